@@ -1,0 +1,1 @@
+"""morphlm: build, grow, shrink and reroute transformer language models."""

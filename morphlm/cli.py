@@ -1,0 +1,234 @@
+"""The command line: a thin table from subcommands to typed functions (no logic of its own)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="morphlm: build, grow, shrink and reroute transformer language models, and measure them.")
+data_app = typer.Typer(no_args_is_help=True, help="Corpora and token stores: list, prepare, inspect.")
+app.add_typer(data_app, name="data")
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    rank = int(os.environ.get("RANK", "0"))
+    level = logging.DEBUG if verbose else (logging.INFO if rank == 0 else logging.WARNING)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def _user_errors():
+    from .data import CorpusError, TaskError, TokenizerError
+    from .data.batches import BatchError
+    from .data.tokens import TokenStoreError
+    from .interop.hf import InteropError
+    from .model.config import ConfigError
+    from .train.checkpoint import CheckpointError
+    from .train.loop import TrainingDiverged
+
+    return (ConfigError, CheckpointError, CorpusError, TokenizerError, TokenStoreError, TaskError, BatchError,
+            InteropError, TrainingDiverged, FileNotFoundError, ValueError)
+
+
+def friendly(fn):
+    """Turn known user errors into one clear line on stderr and exit status 2 (1 for a diverged run)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except _user_errors() as exc:
+            from .train.loop import TrainingDiverged
+
+            typer.secho(f"error: {exc}", fg="red", err=True)
+            raise typer.Exit(1 if isinstance(exc, TrainingDiverged) else 2) from None
+
+    return wrapper
+
+
+def _parse_extra(args: list[str]) -> dict[str, str]:
+    """``--field value``, ``--field=value`` or ``--set field=value`` → {field: value}."""
+    out: dict[str, str] = {}
+    i = 0
+    while i < len(args):
+        tok = args[i]
+        if not tok.startswith("--"):
+            raise typer.BadParameter(f"unexpected argument {tok!r}; settings look like --d-model 128 or --set d_model=128")
+        key = tok[2:]
+        if "=" in key:
+            key, value = key.split("=", 1)
+            i += 1
+        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+            value = args[i + 1]
+            i += 2
+        else:
+            value, i = "true", i + 1
+        if key == "set":
+            if "=" not in value:
+                raise typer.BadParameter(f"--set {value!r}: use --set field=value")
+            key, value = value.split("=", 1)
+        out[key.replace("-", "_")] = value
+    return out
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@friendly
+def train(
+    ctx: typer.Context,
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Recipe YAML with model/data/train sections."),
+    preset: Optional[str] = typer.Option(None, help="Model preset (tiny, small, gpt-20m, gpt2-small, bert-base, ...)."),
+    corpus: Optional[str] = typer.Option(None, help="Corpus name (stdlib, shakespeare) or a path/glob/JSONL."),
+    max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimizer steps."),
+    out: Optional[Path] = typer.Option(None, help="Checkpoint directory to write (and resume from)."),
+    resume: str = typer.Option("never", help="'auto': continue the run in --out if there is one."),
+    batch_size: Optional[int] = typer.Option(None, help="Global batch, sequences per optimizer step."),
+    seq_len: Optional[int] = typer.Option(None, help="Tokens per sequence."),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
+    schedule_steps: Optional[int] = typer.Option(
+        None, help="LR schedule horizon (warmup + cosine). Independent of --max-steps so a run can be extended "
+                   "and resumed without changing its past; default 1000 (recorded and reused on resume)."),
+    parallel: Optional[str] = typer.Option(None, help="none | ddp | fsdp (under torchrun)."),
+    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),
+    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda."),
+    init: Optional[Path] = typer.Option(None, help="Start from this checkpoint's weights (fine-tuning)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Train (or resume) a model. Any config field can be overridden: --d-model 128, --n-layers 4,
+    --warmup-steps 50, --eval-every 100, --save-every 50, --precision bf16, --task-train F --task-val F, ...
+    (or --set field=value)."""
+    _setup_logging(verbose)
+    from .train.checkpoint import has_trainer_state
+    from .train.run import build_spec, train_run
+
+    overrides = _parse_extra(ctx.args)
+    overrides.update({k: v for k, v in dict(
+        corpus=corpus, max_steps=max_steps, out_dir=str(out) if out else None, resume=resume,
+        batch_size=batch_size, seq_len=seq_len, lr=lr, schedule_steps=schedule_steps, parallel=parallel,
+        compile=compile, device=device, init=str(init) if init else None).items() if v is not None})
+    if overrides.get("schedule_steps") is None and not (out and has_trainer_state(out)) and config is None:
+        overrides["schedule_steps"] = 1000
+    spec = build_spec(preset, config, overrides)
+    result = train_run(spec)
+    if int(os.environ.get("RANK", "0")) == 0:
+        msg = f"done: step {result.steps}, {result.tokens:,} tokens, {result.flops:.3g} FLOPs"
+        if result.val_loss is not None:
+            msg += f", val_loss {result.val_loss:.4f}"
+        if result.out_dir:
+            msg += f" → {result.out_dir}"
+        typer.echo(msg)
+        if result.interrupted:
+            raise typer.Exit(130)
+
+
+@app.command("eval")
+@friendly
+def eval_cmd(
+    run_dir: Path = typer.Argument(..., help="Checkpoint directory."),
+    corpus: Optional[str] = typer.Option(None, help="Evaluate on this corpus instead of the run's own."),
+    max_batches: Optional[int] = typer.Option(None, help="Number of validation batches."),
+    device: str = typer.Option("auto"),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Validation loss and perplexity (and accuracy for classifiers) of a checkpoint."""
+    _setup_logging()
+    from .train.run import eval_run
+
+    metrics = eval_run(run_dir, corpus=corpus, device=device, max_batches=max_batches)
+    if as_json:
+        typer.echo(json.dumps(metrics))
+    else:
+        typer.echo("  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+
+
+@app.command()
+@friendly
+def generate(
+    run_dir: Path = typer.Argument(..., help="Checkpoint directory of a causal LM."),
+    prompt: str = typer.Option("", help="Text to continue."),
+    max_new_tokens: int = typer.Option(100),
+    temperature: float = typer.Option(0.8, help="0 = greedy."),
+    top_k: int = typer.Option(50),
+    n: int = typer.Option(1, help="Number of samples."),
+    seed: int = typer.Option(0),
+    device: str = typer.Option("auto"),
+) -> None:
+    """Sample text from a trained causal LM."""
+    _setup_logging()
+    from .train.run import sample_texts
+
+    for i, text in enumerate(sample_texts(run_dir, prompt, n=n, max_new_tokens=max_new_tokens,
+                                          temperature=temperature, top_k=top_k, seed=seed, device=device)):
+        if n > 1:
+            typer.secho(f"--- sample {i + 1}", fg="cyan")
+        typer.echo(text)
+
+
+@app.command()
+@friendly
+def convert(
+    src: Path = typer.Argument(..., help="A Hugging Face model directory or a morphlm checkpoint directory."),
+    out: Path = typer.Argument(..., help="Where to write the converted model."),
+) -> None:
+    """Hugging Face ↔ morphlm: a HF directory (GPT-2, LLaMA, BERT) becomes a morphlm checkpoint and a
+    morphlm checkpoint becomes a HF directory (GPT2LMHeadModel, LlamaForCausalLM, BertForMaskedLM,
+    BertForSequenceClassification)."""
+    _setup_logging()
+    from .interop.convert import convert_dir
+
+    kind = convert_dir(src, out)
+    typer.echo(f"wrote {kind} → {out}")
+
+
+@data_app.command("list")
+def data_list() -> None:
+    """The registered corpus names."""
+    from .data import list_corpora
+
+    for name, desc in list_corpora().items():
+        typer.echo(f"{name:14s} {desc}")
+    typer.echo("(any file, folder, glob or .jsonl path works too; hf:NAME[:CONFIG][:SPLIT] with `datasets`)")
+
+
+@data_app.command("prepare")
+@friendly
+def data_prepare(
+    corpus: str = typer.Argument(..., help="Corpus name or path."),
+    vocab_size: int = typer.Option(4096),
+    max_bytes: Optional[int] = typer.Option(4_000_000, help="Cap on corpus bytes (0 = no cap)."),
+) -> None:
+    """Train (or reuse) the BPE tokenizer and token store of a corpus and print their statistics."""
+    _setup_logging()
+    from .data import prepare_lm_store
+
+    tok, store = prepare_lm_store(corpus, vocab_size, max_bytes=max_bytes or None)
+    meta = store.meta
+    typer.echo(json.dumps({k: meta[k] for k in ("n_train_docs", "n_val_docs", "n_train_tokens", "n_val_tokens",
+                                                "vocab_size")}, indent=1))
+
+
+@app.command()
+@friendly
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), help="Where the demo writes its checkpoint and plot."),
+    steps: int = typer.Option(600, help="Training steps (about 3 minutes on 2 CPU cores at the default size)."),
+) -> None:
+    """Train a small model on the embedded stdlib corpus, evaluate it, sample from it, plot its loss."""
+    _setup_logging()
+    from .demo import run_demo
+
+    run_demo(out, steps=steps)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""Multi-head / grouped-query self-attention with optional rotary positions.
+
+The fast path is ``scaled_dot_product_attention``. When the caller asks for attention scores
+(distillation needs them) the explicit path runs instead and returns the *raw pre-softmax* scores
+``q·kᵀ/√d_head`` of shape (B, H, T, T), before any mask is added: a distillation loss applies its own
+mask, so padded or future positions never leak -inf into an MSE.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+
+
+def rope_tables(cfg: ModelConfig, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables (T_max, d_head) in the LLaMA "rotate half" convention."""
+    dh = cfg.d_model // cfg.n_heads
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, dh, 2, dtype=torch.float32, device=device) / dh))
+    t = torch.arange(cfg.max_seq_len, dtype=torch.float32, device=device)
+    freqs = torch.outer(t, inv_freq)  # (T_max, dh/2)
+    emb = torch.cat((freqs, freqs), dim=-1)  # (T_max, dh)
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # x: (B, H, T, Dh); cos/sin: (T, Dh)
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return (x * cos + rotated * sin).to(x.dtype)
+
+
+class Attention(nn.Module):
+    """Self-attention. ``qkv`` is one fused projection whose output rows are [q; k; v]."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.n_kv_heads = cfg.n_kv_heads
+        self.head_dim = cfg.d_model // cfg.n_heads
+        self.causal = cfg.causal
+        self.dropout = cfg.dropout
+        self.q_dim = cfg.d_model
+        self.kv_dim = cfg.kv_dim
+        self.qkv = nn.Linear(cfg.d_model, self.q_dim + 2 * self.kv_dim, bias=cfg.bias)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        mask: torch.Tensor | None = None,
+        return_scores: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x: (B, T, D). mask: optional bool (B, 1, T, T), True = may attend (already causal if needed)."""
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x).split((self.q_dim, self.kv_dim, self.kv_dim), dim=-1)
+        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, Dh)
+        k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, Dh)
+        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, Dh)
+        if rope is not None:
+            cos, sin = rope[0][:T], rope[1][:T]
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        drop = self.dropout if self.training else 0.0
+        scores = None
+        if return_scores:
+            if self.n_kv_heads != self.n_heads:
+                rep = self.n_heads // self.n_kv_heads
+                k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+            scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)  # (B, H, T, T), raw
+            allowed = mask
+            if allowed is None and self.causal:
+                allowed = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+            masked = scores if allowed is None else scores.masked_fill(~allowed, float("-inf"))
+            probs = F.dropout(masked.float().softmax(dim=-1).to(q.dtype), drop, self.training)
+            y = probs @ v  # (B, H, T, Dh)
+        else:
+            gqa = self.n_kv_heads != self.n_heads
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=drop,
+                is_causal=self.causal and mask is None, enable_gqa=gqa,
+            )  # (B, H, T, Dh)
+        y = y.transpose(1, 2).reshape(B, T, self.q_dim)  # (B, T, D)
+        return self.proj(y), scores

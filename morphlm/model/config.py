@@ -1,0 +1,220 @@
+"""ModelConfig: the one torch-free, serializable description of a morphlm transformer.
+
+Everything that shapes the network lives here; the model reads it, the FLOPs ruler reads it, and
+checkpoints store it as ``config.json``. Derived fields are filled in ``__post_init__`` and every
+invalid combination fails with a :class:`ConfigError` that names the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+FORMAT_VERSION = 1
+
+ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "swiglu")
+NORMS = ("layernorm", "rmsnorm")
+NORM_PLACEMENTS = ("pre", "post", "sandwich", "dssn")
+POSITIONS = ("learned", "rope", "none")
+HEADS = ("lm", "mlm", "cls")
+
+# Depth-scaled sandwich norm constants (Pangu Ultra, refs/architectures.md §4).
+DSSN_C_ATTN = 0.283
+DSSN_C_MLP = 0.432
+
+
+class ConfigError(ValueError):
+    """An invalid model configuration; the message says what is wrong and how to fix it."""
+
+
+@dataclass
+class ModelConfig:
+    """Shape of a morphlm transformer.
+
+    ``head`` picks the output head: ``lm`` (causal language model), ``mlm`` (BERT-style masked LM with
+    a transform layer), ``cls`` (sequence classification over the first token; sentence pairs use
+    ``n_segments = 2``).
+    """
+
+    name: str = "custom"
+    vocab_size: int = 512
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    n_kv_heads: int | None = None  # grouped-query attention; None -> n_heads
+    d_ff: int | None = None  # None -> 4*d_model (gelu/relu) or the 8/3 rule rounded to 64 (swiglu)
+    max_seq_len: int = 256
+    activation: str = "gelu"
+    norm: str = "layernorm"
+    norm_placement: str = "pre"
+    norm_eps: float = 1e-5
+    position: str = "learned"
+    rope_theta: float = 10000.0
+    causal: bool = True
+    tie_embeddings: bool = True
+    bias: bool = True
+    dropout: float = 0.0
+    embed_norm: bool = False  # LayerNorm right after the embeddings (BERT)
+    final_norm: bool | None = None  # None -> True unless norm_placement == "post"
+    n_segments: int = 0  # token-type (segment) embeddings; BERT uses 2
+    head: str = "lm"
+    n_classes: int = 2
+    init_std: float = 0.02
+    # derived
+    head_dim: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        if self.d_ff is None:
+            if self.activation == "swiglu":
+                hidden = int(8 * self.d_model / 3)
+                self.d_ff = 64 * ((hidden + 63) // 64)
+            else:
+                self.d_ff = 4 * self.d_model
+        if self.final_norm is None:
+            self.final_norm = self.norm_placement != "post"
+        self.validate()
+        self.head_dim = self.d_model // self.n_heads
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise ConfigError(f"invalid ModelConfig '{self.name}': {msg}")
+
+        for key in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_seq_len"):
+            value = getattr(self, key)
+            need(isinstance(value, int) and not isinstance(value, bool) and value > 0,
+                 f"{key}={value!r} must be a positive integer")
+        need(self.d_model % self.n_heads == 0,
+             f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; "
+             f"pick n_heads from {_divisors(self.d_model)} or change d_model")
+        need(self.n_heads % self.n_kv_heads == 0,
+             f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}; "
+             f"pick n_kv_heads from {_divisors(self.n_heads)}")
+        need(self.activation in ACTIVATIONS, f"activation={self.activation!r}; choose one of {ACTIVATIONS}")
+        need(self.norm in NORMS, f"norm={self.norm!r}; choose one of {NORMS}")
+        need(self.norm_placement in NORM_PLACEMENTS,
+             f"norm_placement={self.norm_placement!r}; choose one of {NORM_PLACEMENTS}")
+        need(self.position in POSITIONS, f"position={self.position!r}; choose one of {POSITIONS}")
+        need(self.head in HEADS, f"head={self.head!r}; choose one of {HEADS}")
+        need(0.0 <= self.dropout < 1.0, f"dropout={self.dropout} must be in [0, 1)")
+        need(self.norm_eps > 0, f"norm_eps={self.norm_eps} must be > 0")
+        need(self.n_segments >= 0, f"n_segments={self.n_segments} must be >= 0")
+        if self.position == "rope":
+            need((self.d_model // self.n_heads) % 2 == 0,
+                 f"rope needs an even head dim, got d_model/n_heads={self.d_model / self.n_heads}")
+        if self.head == "lm":
+            need(self.causal, "head='lm' predicts the next token and needs causal=True "
+                              "(use head='mlm' for a bidirectional encoder)")
+        if self.head == "cls":
+            need(self.n_classes >= 2, f"n_classes={self.n_classes} must be >= 2 for head='cls'")
+
+    # ------------------------------------------------------------------ (de)serialization
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        data = dict(data)
+        data.pop("format_version", None)
+        data.pop("head_dim", None)
+        known = {f.name for f in dataclasses.fields(cls) if f.init}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown ModelConfig field(s) {unknown}; known fields: {sorted(known)}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps({"format_version": FORMAT_VERSION, **self.to_dict()}, indent=2, sort_keys=True)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "ModelConfig":
+        path = Path(path)
+        if path.is_dir():
+            path = path / "config.json"
+        if not path.exists():
+            raise ConfigError(f"config file {path} does not exist; pass a checkpoint directory or a config .json/.yaml")
+        text = path.read_text(encoding="utf-8")
+        try:
+            if path.suffix in (".yaml", ".yml"):
+                import yaml
+
+                data = yaml.safe_load(text)
+                if isinstance(data, dict) and "model" in data:
+                    data = data["model"]
+            else:
+                data = json.loads(text)
+        except Exception as exc:  # noqa: BLE001 - re-raised with the path
+            raise ConfigError(f"could not parse {path}: {exc}; fix the file's syntax") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path} must hold a mapping of ModelConfig fields")
+        version = data.get("format_version", FORMAT_VERSION)
+        if isinstance(version, int) and version > FORMAT_VERSION:
+            raise ConfigError(f"{path} has format_version {version}, newer than this morphlm understands "
+                              f"({FORMAT_VERSION}); upgrade morphlm (pip install -U morphlm)")
+        if "preset" in data:
+            base = cls.from_name(data.pop("preset")).to_dict()
+            base.update(data)
+            data = base
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_name(cls, name: str, **overrides: Any) -> "ModelConfig":
+        if name not in PRESETS:
+            raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        data = dict(PRESETS[name])
+        data.update(overrides)
+        data.setdefault("name", name)
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path) -> "ModelConfig":
+        return cls.from_file(Path(path) / "config.json")
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        data = self.to_dict()
+        data.update(changes)
+        return ModelConfig.from_dict(data)
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def kv_dim(self) -> int:
+        return self.n_kv_heads * (self.d_model // self.n_heads)
+
+
+def _divisors(n: int) -> list[int]:
+    return [k for k in range(1, n + 1) if n % k == 0]
+
+
+_GPT = dict(activation="gelu_tanh", norm="layernorm", norm_placement="pre", position="learned",
+            causal=True, tie_embeddings=True, bias=True, head="lm")
+_LLAMA = dict(activation="swiglu", norm="rmsnorm", norm_placement="pre", position="rope",
+              causal=True, tie_embeddings=False, bias=False, head="lm", norm_eps=1e-6)
+_BERT = dict(activation="gelu", norm="layernorm", norm_placement="post", position="learned",
+             causal=False, tie_embeddings=True, bias=True, embed_norm=True, n_segments=2, head="mlm",
+             norm_eps=1e-12)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # tiny sizes: unit tests and CPU demos
+    "tiny": dict(_GPT, vocab_size=512, d_model=64, n_layers=2, n_heads=4, max_seq_len=128),
+    "tiny-llama": dict(_LLAMA, vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=128),
+    "tiny-bert": dict(_BERT, vocab_size=512, d_model=64, n_layers=2, n_heads=4, max_seq_len=128),
+    "small": dict(_GPT, vocab_size=4096, d_model=256, n_layers=4, n_heads=4, max_seq_len=256),
+    "small-llama": dict(_LLAMA, vocab_size=4096, d_model=256, n_layers=4, n_heads=4, n_kv_heads=2, max_seq_len=256),
+    "small-bert": dict(_BERT, vocab_size=4096, d_model=256, n_layers=4, n_heads=4, max_seq_len=256),
+    # 10-30M parameters: CPU throughput benchmark
+    "gpt-20m": dict(_GPT, vocab_size=8192, d_model=384, n_layers=8, n_heads=6, max_seq_len=256),
+    "llama-20m": dict(_LLAMA, vocab_size=8192, d_model=384, n_layers=8, n_heads=6, n_kv_heads=2, max_seq_len=256),
+    # reference sizes
+    "gpt2-small": dict(_GPT, vocab_size=50304, d_model=768, n_layers=12, n_heads=12, max_seq_len=1024),
+    "gpt2-medium": dict(_GPT, vocab_size=50304, d_model=1024, n_layers=24, n_heads=16, max_seq_len=1024),
+    "llama-125m": dict(_LLAMA, vocab_size=32000, d_model=768, n_layers=12, n_heads=12, n_kv_heads=4, max_seq_len=2048),
+    "bert-base": dict(_BERT, vocab_size=30522, d_model=768, n_layers=12, n_heads=12, max_seq_len=512),
+    "bert-large": dict(_BERT, vocab_size=30522, d_model=1024, n_layers=24, n_heads=16, max_seq_len=512),
+}

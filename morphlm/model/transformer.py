@@ -1,0 +1,215 @@
+"""TransformerLM: the one native morphlm model.
+
+Embeddings -> n_layers blocks -> one head (causal LM, masked LM, or sequence classification), all shaped
+by :class:`~morphlm.model.config.ModelConfig`. The forward pass returns a :class:`ModelOutput` with the
+logits, the loss when labels are given, and on request every hidden state and every layer's raw
+pre-softmax attention scores: that is the output contract that distillation and growth code rely on.
+
+Norm placements (per block, ``a`` = attention or MLP sub-layer):
+  pre:      h = h + a(N(h))
+  post:     h = N(h + a(h))                                  (BERT)
+  sandwich: h = h + N_out(a(N_in(h)))
+  dssn:     sandwich with N_out's gain initialised to c/√L (c_attn = 0.283, c_mlp = 0.432) and TinyInit
+            (std √(1/(2dL)), embedding std 0.5) — Pangu Ultra's depth-scaled sandwich norm
+            (refs/architectures.md §4). Pangu does not say whether the output projection is also rescaled;
+            we use plain TinyInit for every matrix (a reconstruction).
+
+No training, CLI or parallelism imports here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import Attention, rope_tables
+from .config import DSSN_C_ATTN, DSSN_C_MLP, ModelConfig
+from .ffn import MLP, activation_fn
+from .norms import make_norm
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class ModelOutput:
+    logits: torch.Tensor  # (B, T, V) for lm/mlm, (B, n_classes) for cls
+    loss: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None  # L+1 tensors (B, T, D): embeddings, then each block
+    attentions: tuple[torch.Tensor, ...] | None = None  # L tensors (B, H, T, T): raw pre-softmax scores
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.placement = cfg.norm_placement
+        self.attn = Attention(cfg)
+        self.mlp = MLP(cfg)
+        self.norm1 = make_norm(cfg)
+        self.norm2 = make_norm(cfg)
+        if self.placement in ("sandwich", "dssn"):
+            self.norm1_out = make_norm(cfg)
+            self.norm2_out = make_norm(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, h, rope=None, mask=None, return_scores=False):
+        if self.placement == "pre":
+            a, scores = self.attn(self.norm1(h), rope, mask, return_scores)
+            h = h + self.drop(a)
+            h = h + self.drop(self.mlp(self.norm2(h)))
+        elif self.placement == "post":
+            a, scores = self.attn(h, rope, mask, return_scores)
+            h = self.norm1(h + self.drop(a))
+            h = self.norm2(h + self.drop(self.mlp(h)))
+        else:  # sandwich / dssn
+            a, scores = self.attn(self.norm1(h), rope, mask, return_scores)
+            h = h + self.drop(self.norm1_out(a))
+            h = h + self.drop(self.norm2_out(self.mlp(self.norm2(h))))
+        return h, scores
+
+
+class TransformerLM(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos_emb = nn.Embedding(cfg.max_seq_len, cfg.d_model) if cfg.position == "learned" else None
+        self.seg_emb = nn.Embedding(cfg.n_segments, cfg.d_model) if cfg.n_segments > 0 else None
+        self.emb_norm = make_norm(cfg) if cfg.embed_norm else None
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.final_norm = make_norm(cfg) if cfg.final_norm else None
+        if cfg.position == "rope":
+            cos, sin = rope_tables(cfg)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        else:
+            self.rope_cos = self.rope_sin = None
+
+        if cfg.head == "lm":
+            self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        elif cfg.head == "mlm":
+            self.mlm_dense = nn.Linear(cfg.d_model, cfg.d_model)
+            self.mlm_norm = make_norm(cfg)
+            self.mlm_act = activation_fn("gelu" if cfg.activation == "swiglu" else cfg.activation)
+            self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+            self.mlm_bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+        else:  # cls
+            self.pooler = nn.Linear(cfg.d_model, cfg.d_model)
+            self.classifier = nn.Linear(cfg.d_model, cfg.n_classes)
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------ init
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        cfg = self.config
+        dssn = cfg.norm_placement == "dssn"
+        std = math.sqrt(1.0 / (2 * cfg.d_model * cfg.n_layers)) if dssn else cfg.init_std
+        for name, p in self.named_parameters():
+            if p.dim() == 1:
+                if name.endswith("bias") or name == "mlm_bias":
+                    p.zero_()
+                else:
+                    p.fill_(1.0)
+            elif "emb" in name.split(".")[0]:
+                p.normal_(0.0, 0.5 if dssn else cfg.init_std)
+            elif name.endswith(("attn.proj.weight", "mlp.fc2.weight")) and not dssn:
+                # GPT-2 scaled init for the projections that write into the residual stream
+                p.normal_(0.0, std / math.sqrt(2 * cfg.n_layers))
+            else:
+                p.normal_(0.0, std)
+        if dssn:
+            for block in self.blocks:
+                block.norm1_out.weight.fill_(DSSN_C_ATTN / math.sqrt(cfg.n_layers))
+                block.norm2_out.weight.fill_(DSSN_C_MLP / math.sqrt(cfg.n_layers))
+
+    # ------------------------------------------------------------------ helpers
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings:
+            for emb in (self.tok_emb, self.pos_emb, self.seg_emb):
+                if emb is not None:
+                    n -= emb.weight.numel()
+        return n
+
+    def output_embeddings(self) -> torch.Tensor:
+        return self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
+
+    def _attention_mask(self, attention_mask: torch.Tensor | None, T: int) -> torch.Tensor | None:
+        """(B, T) 1/0 key mask -> bool (B, 1, T, T) allowed-mask (causal folded in); None when no padding."""
+        if attention_mask is None:
+            return None
+        keep = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T)
+        if self.config.causal:
+            keep = keep & torch.ones(T, T, dtype=torch.bool, device=keep.device).tril()
+        # a query row with no allowed key would give NaN; let it see itself
+        eye = torch.eye(T, dtype=torch.bool, device=keep.device)
+        return keep | eye
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> ModelOutput:
+        """input_ids (B, T). For lm/mlm, ``labels`` (B, T) are the targets at each position (already
+        shifted for causal LM: labels[t] = input_ids[t+1]); -100 is ignored. For cls, labels (B,)."""
+        cfg = self.config
+        B, T = input_ids.shape
+        if T > cfg.max_seq_len:
+            raise ValueError(f"sequence length {T} exceeds max_seq_len={cfg.max_seq_len}; "
+                             f"truncate the input or build the model with a larger max_seq_len")
+        h = self.tok_emb(input_ids)  # (B, T, D)
+        if self.pos_emb is not None:
+            h = h + self.pos_emb(torch.arange(T, device=input_ids.device))
+        if self.seg_emb is not None:
+            seg = token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids)
+            h = h + self.seg_emb(seg)
+        if self.emb_norm is not None:
+            h = self.emb_norm(h)
+        h = self.drop(h)
+        rope = (self.rope_cos, self.rope_sin) if self.rope_cos is not None else None
+        mask = self._attention_mask(attention_mask, T)
+
+        hidden = [h] if output_hidden_states else None
+        scores = [] if output_attentions else None
+        for block in self.blocks:
+            h, s = block(h, rope, mask, output_attentions)
+            if hidden is not None:
+                hidden.append(h)
+            if scores is not None:
+                scores.append(s)
+        if self.final_norm is not None:
+            h = self.final_norm(h)
+
+        logits = self.head(h)
+        loss = None
+        if labels is not None:
+            if cfg.head == "cls":
+                loss = F.cross_entropy(logits.float(), labels)
+            else:
+                loss = F.cross_entropy(logits.view(-1, logits.size(-1)), labels.reshape(-1),
+                                       ignore_index=IGNORE_INDEX)
+        return ModelOutput(
+            logits=logits, loss=loss,
+            hidden_states=tuple(hidden) if hidden is not None else None,
+            attentions=tuple(scores) if scores is not None else None,
+        )
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """Final hidden states (B, T, D) -> logits."""
+        cfg = self.config
+        if cfg.head == "lm":
+            return F.linear(h, self.output_embeddings())  # (B, T, V)
+        if cfg.head == "mlm":
+            t = self.mlm_norm(self.mlm_act(self.mlm_dense(h)))
+            return F.linear(t, self.output_embeddings(), self.mlm_bias)  # (B, T, V)
+        pooled = torch.tanh(self.pooler(h[:, 0]))  # (B, D) from the first ([cls]) token
+        return self.classifier(self.drop(pooled))  # (B, n_classes)

@@ -1,0 +1,295 @@
+"""Checkpoint directories: the currency between morphlm verbs (DESIGN.md).
+
+    run/
+      model.safetensors        weights of the unwrapped model (never pickle)
+      config.json              ModelConfig + format_version + weights_sha256 (integrity hash)
+      tokenizer.json           the tokenizer the weights were trained with
+      state/optimizer.safetensors, state/trainer.json   enough to resume bit-exactly
+      metrics.jsonl            appended by the training loop
+      lineage.json             what produced this directory
+
+Crash safety: a save first writes every file into ``run/.staging/``, then atomically writes
+``.staging/COMMIT`` (temporary file + rename), then moves the files into place with ``os.replace``
+and removes the staging folder. A reader first calls :func:`recover`: a staging folder with a COMMIT
+marker is rolled forward (the moves are idempotent), one without is discarded, so a kill at any moment
+leaves either the previous checkpoint or the new one — never a mix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from ..model.config import FORMAT_VERSION, ConfigError, ModelConfig
+from ..model.transformer import TransformerLM
+
+STAGING = ".staging"
+COMMIT = "COMMIT"
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+TOKENIZER_FILE = "tokenizer.json"
+LINEAGE_FILE = "lineage.json"
+OPTIM_FILE = "state/optimizer.safetensors"
+TRAINER_FILE = "state/trainer.json"
+METRICS_FILE = "metrics.jsonl"
+
+# Explicit upgrade functions: UPGRADES[v] turns a config dict of format v into format v+1.
+# Format 1 is the first released format, so there is nothing to upgrade yet.
+UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint directory that cannot be used; the message names the problem and the fix."""
+
+
+# ---------------------------------------------------------------------------- low-level writes
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_atomic(path: str | Path, data: bytes | str) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(raw)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def tensors_to_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
+    clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    return st_save(clean, metadata=metadata)
+
+
+def _read_safetensors(path: Path, what: str) -> dict[str, torch.Tensor]:
+    try:
+        return st_load(path.read_bytes())
+    except (SafetensorError, ValueError, OSError) as exc:
+        raise CheckpointError(f"{what} {path} is unreadable ({exc}); the file is truncated or corrupted — "
+                              f"restore it from a backup or retrain") from exc
+
+
+# ---------------------------------------------------------------------------- staging / recovery
+def recover(run_dir: str | Path) -> None:
+    """Finish or discard an interrupted save (see module docstring)."""
+    run_dir = Path(run_dir)
+    stage = run_dir / STAGING
+    if not stage.exists():
+        return
+    marker = stage / COMMIT
+    if marker.exists():
+        for rel in json.loads(marker.read_text())["files"]:
+            src = stage / rel
+            if src.exists():
+                (run_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(src, run_dir / rel)
+    shutil.rmtree(stage, ignore_errors=True)
+
+
+def save_checkpoint(
+    run_dir: str | Path,
+    model_state: dict[str, torch.Tensor],
+    cfg: ModelConfig,
+    *,
+    tokenizer_json: str | None = None,
+    optimizer_tensors: dict[str, torch.Tensor] | None = None,
+    trainer_state: dict[str, Any] | None = None,
+    lineage: dict[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint directory atomically. ``model_state`` must be the unwrapped model's."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    recover(run_dir)
+    stage = run_dir / STAGING
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir()
+    files: list[str] = []
+
+    def put(rel: str, data: bytes | str) -> None:
+        write_atomic(stage / rel, data)
+        files.append(rel)
+
+    weights = tensors_to_bytes(model_state, metadata={"format": "pt", "morphlm_format_version": str(FORMAT_VERSION)})
+    weights_sha = sha256_bytes(weights)
+    put(MODEL_FILE, weights)
+    if tokenizer_json is not None:
+        put(TOKENIZER_FILE, tokenizer_json)
+    if lineage is not None:
+        put(LINEAGE_FILE, json.dumps(lineage, indent=2, sort_keys=True, default=str))
+    if optimizer_tensors is not None or trainer_state is not None:
+        trainer_state = dict(trainer_state or {})
+        trainer_state["weights_sha256"] = weights_sha
+        if optimizer_tensors is not None:
+            optim = tensors_to_bytes(optimizer_tensors)
+            trainer_state["optimizer_sha256"] = sha256_bytes(optim)
+            put(OPTIM_FILE, optim)
+        put(TRAINER_FILE, json.dumps(trainer_state, indent=2, sort_keys=True))
+    config = json.loads(cfg.to_json())
+    config["weights_sha256"] = weights_sha
+    put(CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True))
+    write_atomic(stage / COMMIT, json.dumps({"files": files}))
+    recover(run_dir)
+    return run_dir
+
+
+# ---------------------------------------------------------------------------- reading
+def has_checkpoint(run_dir: str | Path) -> bool:
+    run_dir = Path(run_dir)
+    recover(run_dir) if run_dir.exists() else None
+    return (run_dir / CONFIG_FILE).exists() and (run_dir / MODEL_FILE).exists()
+
+
+def has_trainer_state(run_dir: str | Path) -> bool:
+    return has_checkpoint(run_dir) and (Path(run_dir) / TRAINER_FILE).exists()
+
+
+def read_config(run_dir: str | Path) -> tuple[ModelConfig, dict[str, Any]]:
+    """(ModelConfig, raw dict with format_version and weights_sha256)."""
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise CheckpointError(f"checkpoint directory {run_dir} does not exist; check the path "
+                              f"(a run writes one with `morphlm train --out DIR`)")
+    recover(run_dir)
+    path = run_dir / CONFIG_FILE
+    if not path.exists():
+        raise CheckpointError(f"{run_dir} is not a morphlm checkpoint: {CONFIG_FILE} is missing")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path} is not valid JSON ({exc}); restore it or retrain") from exc
+    version = raw.get("format_version", 1)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{run_dir} was written with checkpoint format {version}, newer than this morphlm reads "
+            f"(format {FORMAT_VERSION}); upgrade morphlm to load it")
+    while version < FORMAT_VERSION:
+        if version not in UPGRADES:
+            raise CheckpointError(f"{run_dir} has checkpoint format {version} and no upgrade path to "
+                                  f"{FORMAT_VERSION} exists; re-export it with an older morphlm")
+        raw = UPGRADES[version](raw)
+        version += 1
+    fields = {k: v for k, v in raw.items() if k not in ("format_version", "weights_sha256")}
+    try:
+        cfg = ModelConfig.from_dict(fields)
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
+    return cfg, raw
+
+
+def load_state_dict(run_dir: str | Path, verify: bool = True) -> tuple[dict[str, torch.Tensor], ModelConfig]:
+    run_dir = Path(run_dir)
+    cfg, raw = read_config(run_dir)
+    path = run_dir / MODEL_FILE
+    if not path.exists():
+        raise CheckpointError(f"{run_dir} has no {MODEL_FILE}; the checkpoint is incomplete — retrain or restore it")
+    data = path.read_bytes()
+    expected = raw.get("weights_sha256")
+    if verify and expected and sha256_bytes(data) != expected:
+        raise CheckpointError(
+            f"{path} does not match the integrity hash recorded at save time (sha256 {expected[:12]}…): "
+            f"the file was truncated or altered. Restore it from a backup or retrain; "
+            f"pass verify=False only if you changed it on purpose")
+    try:
+        state = st_load(data)
+    except (SafetensorError, ValueError) as exc:
+        raise CheckpointError(f"{path} is unreadable ({exc}); the weights file is corrupted — restore or retrain") from exc
+    return state, cfg
+
+
+def load_model(run_dir: str | Path, device: str | torch.device = "cpu", verify: bool = True) -> TransformerLM:
+    """Build the model of a checkpoint directory and load its verified weights."""
+    state, cfg = load_state_dict(run_dir, verify=verify)
+    model = TransformerLM(cfg)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"{run_dir}: weights do not fit config.json (missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]}); the config and weights come from different runs")
+    for name, tensor in state.items():
+        if tensor.shape != expected[name].shape:
+            raise CheckpointError(f"{run_dir}: tensor {name} has shape {tuple(tensor.shape)} but config.json "
+                                  f"implies {tuple(expected[name].shape)}; config and weights do not match")
+    model.load_state_dict(state)
+    return model.to(device)
+
+
+def load_tokenizer_json(run_dir: str | Path) -> str | None:
+    path = Path(run_dir) / TOKENIZER_FILE
+    return path.read_text(encoding="utf-8") if path.exists() else None
+
+
+def load_trainer_state(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(trainer.json dict, optimizer tensors), checked against the weights they were saved with."""
+    run_dir = Path(run_dir)
+    recover(run_dir)
+    tpath = run_dir / TRAINER_FILE
+    if not tpath.exists():
+        raise CheckpointError(f"{run_dir} has no {TRAINER_FILE}; it holds weights only and cannot be resumed — "
+                              f"start a new run from it instead")
+    try:
+        state = json.loads(tpath.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{tpath} is not valid JSON ({exc}); the resume state is corrupted") from exc
+    weights_sha = sha256_file(run_dir / MODEL_FILE)
+    if state.get("weights_sha256") not in (None, weights_sha):
+        raise CheckpointError(f"{run_dir}: {MODEL_FILE} does not belong to {TRAINER_FILE} (hash mismatch); "
+                              f"the weights were replaced or altered — restore them or start a new run")
+    optim: dict[str, torch.Tensor] = {}
+    opath = run_dir / OPTIM_FILE
+    if opath.exists():
+        if state.get("optimizer_sha256") not in (None, sha256_file(opath)):
+            raise CheckpointError(f"{opath} does not match the hash in {TRAINER_FILE}: the optimizer state "
+                                  f"was truncated or altered; restore it or start a new run")
+        optim = _read_safetensors(opath, "optimizer state")
+    return state, optim
+
+
+def read_lineage(run_dir: str | Path) -> dict[str, Any] | None:
+    path = Path(run_dir) / LINEAGE_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
+def dir_fingerprint(run_dir: str | Path) -> str:
+    """Hash identifying a checkpoint (its weights hash), for lineage records."""
+    _, raw = read_config(run_dir)
+    return raw.get("weights_sha256") or sha256_file(Path(run_dir) / MODEL_FILE)
+
+
+def total_flops(run_dir: str | Path, include_parents: bool = True) -> float:
+    """FLOPs spent to produce a checkpoint, adding its parents' (via lineage.json) when asked."""
+    run_dir = Path(run_dir)
+    lineage = read_lineage(run_dir) or {}
+    own = float(lineage.get("flops", 0.0))
+    tpath = run_dir / TRAINER_FILE
+    if tpath.exists():
+        own = max(own, float(json.loads(tpath.read_text()).get("flops", 0.0)))
+    if include_parents:
+        for parent in lineage.get("parents", []):
+            p = Path(parent.get("path", ""))
+            if p.exists():
+                own += total_flops(p, include_parents=True)
+            else:
+                own += float(parent.get("flops", 0.0))
+    return own

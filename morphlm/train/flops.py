@@ -1,0 +1,82 @@
+"""The one FLOPs ruler: analytic FLOPs per token from a ModelConfig.
+
+Every benchmark and every log line computes compute through this module, so methods are compared on
+one scale. Conventions (DESIGN.md, "Things that are easy to get wrong"):
+
+* A matrix multiply with a weight of ``m×n`` costs ``2·m·n`` FLOPs per token forward; training costs
+  3× forward (backward = 2× forward), so training is ``6·N_matmul`` per token.
+* ``N_matmul`` counts every weight that takes part in a matmul: attention and FFN projections, the
+  output head (the tied embedding counts once, as the LM head). Embedding look-ups, norms and biases
+  are not counted.
+* Attention adds ``2·2·T·d_attn`` per layer per token forward (QKᵀ and AV), i.e. ``12·L·d·T`` per token
+  for training, counted over the full T×T square also for causal models (the PaLM/Chinchilla
+  convention; a causal kernel does about half of that work).
+* A classification head runs once per sequence: its cost is spread over the T tokens.
+"""
+
+from __future__ import annotations
+
+from ..model.config import ModelConfig
+
+# Dense bf16 peak FLOP/s by device-name fragment (spec sheet, no sparsity).
+PEAK_BF16_FLOPS = {
+    "H200": 989e12,
+    "H100": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "A10G": 125e12,
+    "4090": 165e12,
+}
+
+
+def layer_matmul_params(cfg: ModelConfig) -> int:
+    d = cfg.d_model
+    attn = d * (d + 2 * cfg.kv_dim) + d * d
+    ffn_in = 2 * cfg.d_ff if cfg.activation == "swiglu" else cfg.d_ff
+    ffn = d * ffn_in + cfg.d_ff * d
+    return attn + ffn
+
+
+def head_matmul_params(cfg: ModelConfig, seq_len: int) -> float:
+    d = cfg.d_model
+    if cfg.head == "lm":
+        return d * cfg.vocab_size
+    if cfg.head == "mlm":
+        return d * d + d * cfg.vocab_size
+    return (d * d + d * cfg.n_classes) / max(seq_len, 1)
+
+
+def matmul_params(cfg: ModelConfig, seq_len: int | None = None) -> float:
+    """Weights taking part in a matmul for each token (the N of 6·N)."""
+    T = cfg.max_seq_len if seq_len is None else seq_len
+    return cfg.n_layers * layer_matmul_params(cfg) + head_matmul_params(cfg, T)
+
+
+def forward_flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> float:
+    T = cfg.max_seq_len if seq_len is None else seq_len
+    attention = 4 * cfg.n_layers * cfg.d_model * T
+    return 2 * matmul_params(cfg, T) + attention
+
+
+def training_flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> float:
+    """6·N + 12·L·d·T."""
+    return 3 * forward_flops_per_token(cfg, seq_len)
+
+
+def training_flops(cfg: ModelConfig, tokens: int, seq_len: int | None = None) -> float:
+    return training_flops_per_token(cfg, seq_len) * tokens
+
+
+def peak_flops(device_name: str | None) -> float | None:
+    """Dense bf16 peak for a CUDA device name, or None when unknown (no MFU is reported then)."""
+    if not device_name:
+        return None
+    for key, value in PEAK_BF16_FLOPS.items():
+        if key in device_name:
+            return value
+    return None
+
+
+def mfu(flops_per_second: float, device_name: str | None) -> float | None:
+    peak = peak_flops(device_name)
+    return None if peak is None else flops_per_second / peak

@@ -1,0 +1,115 @@
+"""Data parallelism for the one training loop: DDP and FSDP2 under torchrun.
+
+The model never imports this module. ``fit`` calls :func:`init_distributed` (a no-op outside torchrun),
+wraps the model with :func:`wrap_model`, and reads/writes full (unsharded) state dicts through
+``torch.distributed.checkpoint.state_dict`` so that checkpoints are the same files whatever the
+parallelism. Backend: NCCL on CUDA, gloo on CPU (used by the tests).
+
+Seeds: every rank uses the same ``seed`` for initialisation (identical replicas) and for data (each
+rank slices the same global batch); dropout is reseeded per step with ``seed + 1_000_003·rank + step``
+so ranks draw different masks and a resumed run draws the same ones.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device_type: str) -> DistInfo:
+    """Join the torchrun process group if the environment asks for one."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    rank = int(os.environ["RANK"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        backend = "nccl" if device_type == "cuda" else "gloo"
+        if device_type == "cuda":
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend=backend)
+    return DistInfo(rank=rank, world_size=world, local_rank=local_rank)
+
+
+def wrap_model(model: nn.Module, mode: str, info: DistInfo, device: torch.device) -> nn.Module:
+    """Apply DDP or FSDP2 (per-block sharding, then the root). ``mode`` is none|ddp|fsdp."""
+    if mode == "none" or not info.enabled:
+        return model
+    if mode == "ddp":
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [device.index] if device.type == "cuda" else None
+        return DDP(model, device_ids=ids)
+    if mode == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        for block in getattr(model, "blocks", []):
+            fully_shard(block)
+        fully_shard(model)
+        return model
+    raise ValueError(f"unknown parallel mode {mode!r}; choose none, ddp or fsdp")
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module under DDP / torch.compile wrappers (FSDP2 shards in place: same object)."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif hasattr(model, "module") and isinstance(model.module, nn.Module):
+            model = model.module
+        else:
+            return model
+
+
+def all_reduce_mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    if info.enabled:
+        value = value.clone()
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        value /= info.world_size
+    return value
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()
+
+
+def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Full, unsharded, CPU state dict with clean names (no ``module.``/``_orig_mod.``)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(unwrap(model), options=opts)
+
+
+def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_optimizer_state_dict(unwrap(model), optimizer, options=opts)
+
+
+def load_full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    opts = StateDictOptions(full_state_dict=True)
+    set_optimizer_state_dict(unwrap(model), optimizer, optim_state_dict=state, options=opts)

@@ -1,0 +1,266 @@
+"""Assembling runs: corpus → tokenizer → token store → batches → model → fit().
+
+These are the typed functions behind ``morphlm train`` and ``morphlm eval``; the CLI only parses
+arguments. A run is described by a :class:`RunSpec` (model config + data + training arguments), which
+can come from a preset, a recipe YAML and command-line overrides, in that order of precedence.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..data import (ClassificationBatches, LMBatches, MLMBatches, Tokenizer, load_task, prepare_lm_store)
+from ..model import ModelConfig, TransformerLM
+from ..model.config import ConfigError
+from . import checkpoint as ckpt
+from .loop import FitResult, TrainArgs, evaluate, fit, model_loss, resolve_device
+
+log = logging.getLogger("morphlm.run")
+
+
+@dataclass
+class DataSpec:
+    corpus: str = "stdlib"
+    max_bytes: int | None = 4_000_000
+    seq_len: int = 128
+    batch_size: int = 16
+    val_fraction: float = 0.05
+    eval_batches: int = 8
+    # classification fine-tuning (head == "cls"): labelled files instead of a corpus
+    task_train: str | None = None
+    task_val: str | None = None
+
+
+@dataclass
+class RunSpec:
+    model: ModelConfig
+    data: DataSpec = field(default_factory=DataSpec)
+    train: TrainArgs = field(default_factory=TrainArgs)
+    init: str | None = None  # start from this checkpoint's weights (fine-tuning)
+
+
+def _coerce(value: Any, like: Any, key: str) -> Any:
+    """Parse a command-line string to the type of the field it overrides."""
+    if not isinstance(value, str) or isinstance(like, str):
+        return value
+    low = value.lower()
+    if isinstance(like, bool):
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{key}={value!r} is not a boolean; use true or false")
+    if low in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            continue
+    return value
+
+
+def build_spec(preset: str | None = None, recipe: str | Path | None = None,
+               overrides: dict[str, Any] | None = None) -> RunSpec:
+    """Preset < recipe < overrides. Override keys may name any ModelConfig, DataSpec or TrainArgs field."""
+    model_fields: dict[str, Any] = {}
+    data_fields: dict[str, Any] = {}
+    train_fields: dict[str, Any] = {}
+    init = None
+    base = preset
+    if recipe is not None:
+        path = Path(recipe)
+        if not path.exists():
+            raise ConfigError(f"recipe {path} does not exist; pass a YAML file with model/data/train sections")
+        import yaml
+
+        try:
+            doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"recipe {path} is not valid YAML: {exc}") from exc
+        if not isinstance(doc, dict):
+            raise ConfigError(f"recipe {path} must be a mapping with model/data/train sections")
+        unknown = set(doc) - {"model", "data", "train", "init", "name", "description"}
+        if unknown:
+            raise ConfigError(f"recipe {path} has unknown section(s) {sorted(unknown)}; use model, data, train, init")
+        model_fields.update(doc.get("model") or {})
+        data_fields.update(doc.get("data") or {})
+        train_fields.update(doc.get("train") or {})
+        init = doc.get("init")
+        base = model_fields.pop("preset", None) or base
+    model_names = {f.name for f in dataclasses.fields(ModelConfig) if f.init}
+    data_names = {f.name for f in dataclasses.fields(DataSpec)}
+    train_names = {f.name for f in dataclasses.fields(TrainArgs)}
+    for key, value in (overrides or {}).items():
+        key = key.replace("-", "_")
+        if value is None:
+            continue
+        if key == "init":
+            init = value
+        elif key in model_names:
+            model_fields[key] = value
+        elif key in data_names:
+            data_fields[key] = value
+        elif key in train_names:
+            train_fields[key] = value
+        else:
+            raise ConfigError(f"unknown setting {key!r}; settable fields are model: {sorted(model_names)}, "
+                              f"data: {sorted(data_names)}, train: {sorted(train_names)}")
+    base_cfg = ModelConfig.from_name(base or "tiny").to_dict()
+    for key, value in model_fields.items():
+        model_fields[key] = _coerce(value, base_cfg.get(key), key)
+    cfg = ModelConfig.from_dict({**base_cfg, **model_fields})
+    dspec_defaults = DataSpec()
+    data_fields = {k: _coerce(v, getattr(dspec_defaults, k), k) for k, v in data_fields.items()}
+    unknown = set(data_fields) - data_names
+    if unknown:
+        raise ConfigError(f"unknown data setting(s) {sorted(unknown)}; known: {sorted(data_names)}")
+    targs_defaults = TrainArgs()
+    train_fields = {k: _coerce(v, getattr(targs_defaults, k), k) for k, v in train_fields.items()}
+    unknown = set(train_fields) - train_names
+    if unknown:
+        raise ConfigError(f"unknown train setting(s) {sorted(unknown)}; known: {sorted(train_names)}")
+    dspec = DataSpec(**data_fields)
+    if dspec.seq_len > cfg.max_seq_len:
+        raise ConfigError(f"seq_len={dspec.seq_len} exceeds the model's max_seq_len={cfg.max_seq_len}; "
+                          f"lower --seq-len or raise max_seq_len")
+    return RunSpec(model=cfg, data=dspec, train=TrainArgs(**train_fields), init=init)
+
+
+def _check_vocab(tokenizer: Tokenizer, cfg: ModelConfig, where: str) -> None:
+    if tokenizer.vocab_size > cfg.vocab_size:
+        raise ckpt.CheckpointError(
+            f"{where}: the tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is "
+            f"{cfg.vocab_size}; ids past {cfg.vocab_size - 1} would index outside the embedding. Use the "
+            f"tokenizer the model was trained with, or set vocab_size >= {tokenizer.vocab_size}")
+
+
+def build_data(spec: RunSpec, tokenizer: Tokenizer | None = None):
+    """(tokenizer, batch source, fingerprints) for a run spec."""
+    cfg, d, seed = spec.model, spec.data, spec.train.seed
+    if cfg.head == "cls":
+        if not d.task_train or not d.task_val:
+            raise ConfigError("a classifier (head=cls) trains on labelled files: pass --task-train and --task-val "
+                              "(TSV/CSV/JSONL with a label column)")
+        if tokenizer is None:
+            raise ConfigError("classification fine-tuning needs a tokenizer: pass --init DIR of a pretrained "
+                              "checkpoint (its tokenizer.json is used)")
+        task = load_task(d.task_train, d.task_val)
+        if task.n_classes != cfg.n_classes:
+            raise ConfigError(f"the task has {task.n_classes} classes {task.label_names} but the model has "
+                              f"n_classes={cfg.n_classes}; pass --n-classes {task.n_classes}")
+        data = ClassificationBatches(task.train, task.val, tokenizer, d.batch_size, d.seq_len, seed=seed)
+        fps = {"data_fingerprint": f"task:{Path(d.task_train).name}:{len(task.train)}",
+               "tokenizer_fingerprint": tokenizer.fingerprint()}
+        return tokenizer, data, fps
+    tokenizer, store = prepare_lm_store(d.corpus, cfg.vocab_size, tokenizer=tokenizer, max_bytes=d.max_bytes,
+                                        val_fraction=d.val_fraction, seed=0)
+    _check_vocab(tokenizer, cfg, f"corpus {d.corpus}")
+    if cfg.head == "mlm":
+        data = MLMBatches(store, d.batch_size, d.seq_len, mask_id=tokenizer.mask_id, vocab_size=tokenizer.vocab_size,
+                          seed=seed, eval_batches=d.eval_batches)
+    else:
+        data = LMBatches(store, d.batch_size, d.seq_len, seed=seed, eval_batches=d.eval_batches)
+    fps = {"data_fingerprint": store.meta.get("corpus_fingerprint"),
+           "tokenizer_fingerprint": tokenizer.fingerprint()}
+    return tokenizer, data, fps
+
+
+def _load_init(model: TransformerLM, init_dir: str) -> Tokenizer | None:
+    """Copy every weight of ``init_dir`` whose name and shape fit (the body); new heads stay freshly initialised."""
+    state, src_cfg = ckpt.load_state_dict(init_dir)
+    own = model.state_dict()
+    fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    body_missing = [k for k in own if k.startswith(("blocks.", "tok_emb")) and k not in fitting]
+    if body_missing:
+        raise ckpt.CheckpointError(f"--init {init_dir}: its weights do not fit this model ({body_missing[:3]} ...); "
+                                   f"use the same d_model/n_layers/n_heads as the checkpoint (preset {src_cfg.name!r})")
+    model.load_state_dict(fitting, strict=False)
+    tj = ckpt.load_tokenizer_json(init_dir)
+    return Tokenizer.from_json_str(tj) if tj else None
+
+
+def train_run(spec: RunSpec, callbacks=()) -> FitResult:
+    """Train (or resume) the run described by ``spec``; writes a checkpoint directory at spec.train.out_dir."""
+    args = spec.train
+    out = Path(args.out_dir) if args.out_dir else None
+    tokenizer = None
+    if out is not None and ckpt.has_trainer_state(out) and args.resume == "auto":
+        tj = ckpt.load_tokenizer_json(out)
+        tokenizer = Tokenizer.from_json_str(tj) if tj else None
+        saved_cfg, _ = ckpt.read_config(out)
+        if saved_cfg.to_dict() != spec.model.to_dict():
+            diff = {k: (v, spec.model.to_dict().get(k)) for k, v in saved_cfg.to_dict().items()
+                    if spec.model.to_dict().get(k) != v}
+            raise ckpt.CheckpointError(f"{out} holds a run of a different model (saved vs asked: {diff}); "
+                                       f"resume with the same settings or choose another --out")
+    torch.manual_seed(args.seed)
+    model = TransformerLM(spec.model)
+    if spec.init:
+        init_tok = _load_init(model, spec.init)
+        tokenizer = tokenizer or init_tok
+    tokenizer, data, fps = build_data(spec, tokenizer)
+    lineage = {"verb": "train", "preset": spec.model.name,
+               "data": dataclasses.asdict(spec.data), "parents": []}
+    if spec.init:
+        lineage["parents"].append({"path": str(Path(spec.init).resolve()), "sha256": ckpt.dir_fingerprint(spec.init),
+                                   "flops": ckpt.total_flops(spec.init)})
+    extra = {**fps, "data_spec": dataclasses.asdict(spec.data)}
+    return fit(model, model_loss, data, args, callbacks, tokenizer_json=tokenizer.to_json_str(),
+               lineage=lineage, extra_state=extra)
+
+
+def eval_run(run_dir: str | Path, *, corpus: str | None = None, device: str = "auto",
+             max_batches: int | None = None) -> dict[str, float]:
+    """Validation loss, perplexity (and accuracy for classifiers) of a checkpoint directory."""
+    run_dir = Path(run_dir)
+    dev = resolve_device(device)
+    model = ckpt.load_model(run_dir, device=dev)
+    tj = ckpt.load_tokenizer_json(run_dir)
+    if tj is None:
+        raise ckpt.CheckpointError(f"{run_dir} has no tokenizer.json; evaluation needs the tokenizer the model "
+                                   f"was trained with")
+    tokenizer = Tokenizer.from_json_str(tj)
+    _check_vocab(tokenizer, model.config, str(run_dir))
+    data_spec = DataSpec()
+    tpath = run_dir / ckpt.TRAINER_FILE
+    if tpath.exists():
+        saved = json.loads(tpath.read_text()).get("data_spec") or {}
+        data_spec = DataSpec(**{k: v for k, v in saved.items() if k in {f.name for f in dataclasses.fields(DataSpec)}})
+    if corpus is not None:
+        data_spec.corpus = corpus
+    if max_batches is not None:
+        data_spec.eval_batches = max_batches
+    spec = RunSpec(model=model.config, data=data_spec)
+    _, data, _ = build_data(spec, tokenizer)
+    metrics = evaluate(model, model_loss, data.val_batches(), dev)
+    out = {"val_loss": metrics["val_loss"], "perplexity": metrics["val_ppl"]}
+    if "val_accuracy" in metrics:
+        out["accuracy"] = metrics["val_accuracy"]
+    return out
+
+
+def sample_texts(run_dir: str | Path, prompt: str, *, n: int = 1, max_new_tokens: int = 100,
+                 temperature: float = 0.8, top_k: int | None = 50, seed: int = 0, device: str = "auto") -> list[str]:
+    """Sample ``n`` continuations of ``prompt`` from a causal LM checkpoint."""
+    from ..model import generate
+
+    dev = resolve_device(device)
+    model = ckpt.load_model(run_dir, device=dev)
+    tj = ckpt.load_tokenizer_json(run_dir)
+    if tj is None:
+        raise ckpt.CheckpointError(f"{run_dir} has no tokenizer.json; sampling needs the model's tokenizer")
+    tok = Tokenizer.from_json_str(tj)
+    _check_vocab(tok, model.config, str(run_dir))
+    ids = tok.encode(prompt) or [tok.eos_id]
+    x = torch.tensor([ids] * n, dtype=torch.long, device=dev)
+    g = torch.Generator(device=dev).manual_seed(seed)
+    y = generate(model, x, max_new_tokens, temperature=temperature, top_k=top_k, generator=g)
+    return [tok.decode(row.tolist()) for row in y]
