@@ -1,0 +1,42 @@
+"""Directory-level conversion between Hugging Face model folders and morphlm checkpoints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..train import checkpoint as ckpt
+from .hf import InteropError, export_hf_model, load_hf_model
+
+
+def is_hf_dir(path: Path) -> bool:
+    cfg = path / "config.json"
+    if not cfg.exists():
+        return False
+    try:
+        return "model_type" in json.loads(cfg.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return False
+
+
+def convert_dir(src: str | Path, out: str | Path) -> str:
+    """Convert in the direction the source implies; returns what was written ("morphlm" or "hf")."""
+    src, out = Path(src), Path(out)
+    if not src.exists():
+        raise InteropError(f"{src} does not exist; pass a Hugging Face model folder or a morphlm checkpoint")
+    if out.exists() and any(out.iterdir()):
+        raise InteropError(f"{out} exists and is not empty; choose a new output folder so nothing is overwritten")
+    if is_hf_dir(src):
+        model, cfg = load_hf_model(src)
+        tok = src / "tokenizer.json"
+        lineage = {"verb": "convert", "from": "huggingface", "source": str(src.resolve())}
+        ckpt.save_checkpoint(out, model.state_dict(), cfg,
+                             tokenizer_json=tok.read_text(encoding="utf-8") if tok.exists() else None,
+                             lineage=lineage)
+        return "morphlm"
+    if ckpt.has_checkpoint(src):
+        model = ckpt.load_model(src)
+        export_hf_model(model, out, tokenizer_json=ckpt.load_tokenizer_json(src))
+        return "hf"
+    raise InteropError(f"{src} is neither a Hugging Face model folder (config.json with model_type) nor a "
+                       f"morphlm checkpoint (config.json + model.safetensors)")

@@ -1,0 +1,792 @@
+"""Hugging Face <-> native weight and config maps (GPT-2, LLaMA, BERT), both directions.
+
+DESIGN.md principle 7: foreign weights load through explicit, templated name maps with shape asserts
+both ways, and the maps are tested by comparing logits with the transformers implementation on tiny
+random configs (tests/test_interop_hf.py).
+
+Each supported architecture is a table of rows ``(native template, HF template(s), op, condition)``;
+``{i}`` stands for the block index. ``op`` says how the tensors relate:
+
+  copy       same tensor, same layout
+  transpose  GPT-2 ``Conv1D`` stores weights (in, out); nn.Linear stores (out, in)
+  concat     one fused native tensor = HF tensors stacked on dim 0: ``qkv`` = [q; k; v]
+             (k/v have n_kv_heads heads) and SwiGLU ``fc1`` = [gate; up]
+
+HF state dicts also hold keys that carry no information of their own: tied duplicates ("aliases",
+e.g. ``lm_head.weight`` when embeddings are tied, shape-checked and dropped), buffers (GPT-2's causal
+``attn.bias``, ``position_ids``, rotary ``inv_freq``) and, for BertForMaskedLM, the pre-training-only
+pooler / next-sentence head that transformers itself drops. They are listed per architecture below; any
+other unexpected or missing key is an :class:`InteropError`.
+
+Reading a checkpoint needs only torch, safetensors and json: ``import morphlm.interop.hf`` does not
+import transformers. ``config_to_hf``, ``to_hf_module`` (and the tests) do.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from morphlm.model.config import ConfigError, ModelConfig
+from morphlm.model.transformer import TransformerLM
+
+__all__ = [
+    "SUPPORTED_ARCHITECTURES",
+    "InteropError",
+    "config_from_hf",
+    "config_to_hf",
+    "state_dict_from_hf",
+    "state_dict_to_hf",
+    "load_hf_model",
+    "export_hf_model",
+    "from_hf_module",
+    "to_hf_module",
+]
+
+
+class InteropError(ValueError):
+    """A Hugging Face config or checkpoint that morphlm cannot map; the message names the field, key or
+    shape at fault and what to do about it."""
+
+
+# ---------------------------------------------------------------------------------------------- tables
+COPY, TRANSPOSE, CONCAT = "copy", "transpose", "concat"
+# Row conditions: a row exists only when its condition holds for the native config.
+ALWAYS, BIAS, UNTIED, LEARNED = "always", "bias", "untied", "learned"
+
+
+@dataclass(frozen=True)
+class _Row:
+    native: str  # template, "{i}" = block index
+    hf: tuple[str, ...]  # one template, or several for CONCAT (in stacking order)
+    op: str = COPY
+    when: str = ALWAYS
+    split: str = ""  # CONCAT only: "qkv" or "gate_up" (how many rows each HF tensor holds)
+
+
+def _r(native: str, hf: str | tuple[str, ...], op: str = COPY, when: str = ALWAYS, split: str = "") -> _Row:
+    return _Row(native, hf if isinstance(hf, tuple) else (hf,), op, when, split)
+
+
+@dataclass(frozen=True)
+class _Arch:
+    name: str  # transformers class name
+    model_type: str
+    config_class: str
+    base_prefix: str  # prefix of the backbone in the task model ("transformer.", "model.", "bert.")
+    embed: tuple[_Row, ...]
+    block: tuple[_Row, ...]  # instantiated once per layer
+    top: tuple[_Row, ...]  # final norm and head
+    tied_aliases: tuple[tuple[str, str], ...]  # (alias, primary): only present when embeddings are tied
+    aliases: tuple[tuple[str, str], ...]  # (alias, primary): always the same tensor in HF
+    ignored: tuple[str, ...]  # regexes of HF keys that carry no weights we need
+
+
+_GPT2_BLOCK = (
+    _r("blocks.{i}.norm1.weight", "transformer.h.{i}.ln_1.weight"),
+    _r("blocks.{i}.norm1.bias", "transformer.h.{i}.ln_1.bias"),
+    # c_attn is already fused with output columns [q | k | v]; Conv1D stores (D, 3D)
+    _r("blocks.{i}.attn.qkv.weight", "transformer.h.{i}.attn.c_attn.weight", TRANSPOSE),
+    _r("blocks.{i}.attn.qkv.bias", "transformer.h.{i}.attn.c_attn.bias"),
+    _r("blocks.{i}.attn.proj.weight", "transformer.h.{i}.attn.c_proj.weight", TRANSPOSE),
+    _r("blocks.{i}.attn.proj.bias", "transformer.h.{i}.attn.c_proj.bias"),
+    _r("blocks.{i}.norm2.weight", "transformer.h.{i}.ln_2.weight"),
+    _r("blocks.{i}.norm2.bias", "transformer.h.{i}.ln_2.bias"),
+    _r("blocks.{i}.mlp.fc1.weight", "transformer.h.{i}.mlp.c_fc.weight", TRANSPOSE),
+    _r("blocks.{i}.mlp.fc1.bias", "transformer.h.{i}.mlp.c_fc.bias"),
+    _r("blocks.{i}.mlp.fc2.weight", "transformer.h.{i}.mlp.c_proj.weight", TRANSPOSE),
+    _r("blocks.{i}.mlp.fc2.bias", "transformer.h.{i}.mlp.c_proj.bias"),
+)
+
+_LLAMA_BLOCK = (
+    _r("blocks.{i}.norm1.weight", "model.layers.{i}.input_layernorm.weight"),
+    _r("blocks.{i}.attn.qkv.weight", ("model.layers.{i}.self_attn.q_proj.weight",
+                                      "model.layers.{i}.self_attn.k_proj.weight",
+                                      "model.layers.{i}.self_attn.v_proj.weight"), CONCAT, split="qkv"),
+    _r("blocks.{i}.attn.qkv.bias", ("model.layers.{i}.self_attn.q_proj.bias",
+                                    "model.layers.{i}.self_attn.k_proj.bias",
+                                    "model.layers.{i}.self_attn.v_proj.bias"), CONCAT, BIAS, "qkv"),
+    _r("blocks.{i}.attn.proj.weight", "model.layers.{i}.self_attn.o_proj.weight"),
+    _r("blocks.{i}.attn.proj.bias", "model.layers.{i}.self_attn.o_proj.bias", when=BIAS),
+    _r("blocks.{i}.norm2.weight", "model.layers.{i}.post_attention_layernorm.weight"),
+    _r("blocks.{i}.mlp.fc1.weight", ("model.layers.{i}.mlp.gate_proj.weight",
+                                     "model.layers.{i}.mlp.up_proj.weight"), CONCAT, split="gate_up"),
+    _r("blocks.{i}.mlp.fc1.bias", ("model.layers.{i}.mlp.gate_proj.bias",
+                                   "model.layers.{i}.mlp.up_proj.bias"), CONCAT, BIAS, "gate_up"),
+    _r("blocks.{i}.mlp.fc2.weight", "model.layers.{i}.mlp.down_proj.weight"),
+    _r("blocks.{i}.mlp.fc2.bias", "model.layers.{i}.mlp.down_proj.bias", when=BIAS),
+)
+
+_BERT_EMBED = (
+    _r("tok_emb.weight", "bert.embeddings.word_embeddings.weight"),
+    _r("pos_emb.weight", "bert.embeddings.position_embeddings.weight"),
+    _r("seg_emb.weight", "bert.embeddings.token_type_embeddings.weight"),
+    _r("emb_norm.weight", "bert.embeddings.LayerNorm.weight"),
+    _r("emb_norm.bias", "bert.embeddings.LayerNorm.bias"),
+)
+
+_BERT_BLOCK = (
+    _r("blocks.{i}.attn.qkv.weight", ("bert.encoder.layer.{i}.attention.self.query.weight",
+                                      "bert.encoder.layer.{i}.attention.self.key.weight",
+                                      "bert.encoder.layer.{i}.attention.self.value.weight"), CONCAT, split="qkv"),
+    _r("blocks.{i}.attn.qkv.bias", ("bert.encoder.layer.{i}.attention.self.query.bias",
+                                    "bert.encoder.layer.{i}.attention.self.key.bias",
+                                    "bert.encoder.layer.{i}.attention.self.value.bias"), CONCAT, split="qkv"),
+    _r("blocks.{i}.attn.proj.weight", "bert.encoder.layer.{i}.attention.output.dense.weight"),
+    _r("blocks.{i}.attn.proj.bias", "bert.encoder.layer.{i}.attention.output.dense.bias"),
+    # post-norm: norm1 follows the attention residual, norm2 the MLP residual
+    _r("blocks.{i}.norm1.weight", "bert.encoder.layer.{i}.attention.output.LayerNorm.weight"),
+    _r("blocks.{i}.norm1.bias", "bert.encoder.layer.{i}.attention.output.LayerNorm.bias"),
+    _r("blocks.{i}.mlp.fc1.weight", "bert.encoder.layer.{i}.intermediate.dense.weight"),
+    _r("blocks.{i}.mlp.fc1.bias", "bert.encoder.layer.{i}.intermediate.dense.bias"),
+    _r("blocks.{i}.mlp.fc2.weight", "bert.encoder.layer.{i}.output.dense.weight"),
+    _r("blocks.{i}.mlp.fc2.bias", "bert.encoder.layer.{i}.output.dense.bias"),
+    _r("blocks.{i}.norm2.weight", "bert.encoder.layer.{i}.output.LayerNorm.weight"),
+    _r("blocks.{i}.norm2.bias", "bert.encoder.layer.{i}.output.LayerNorm.bias"),
+)
+
+_BERT_IGNORED = (r"bert\.embeddings\.position_ids", r"bert\.embeddings\.token_type_ids")
+
+_ARCHS: dict[str, _Arch] = {
+    a.name: a
+    for a in (
+        _Arch(
+            name="GPT2LMHeadModel", model_type="gpt2", config_class="GPT2Config", base_prefix="transformer.",
+            embed=(_r("tok_emb.weight", "transformer.wte.weight"), _r("pos_emb.weight", "transformer.wpe.weight")),
+            block=_GPT2_BLOCK,
+            top=(_r("final_norm.weight", "transformer.ln_f.weight"), _r("final_norm.bias", "transformer.ln_f.bias"),
+                 _r("lm_head.weight", "lm_head.weight", when=UNTIED)),
+            tied_aliases=(("lm_head.weight", "transformer.wte.weight"),),
+            aliases=(),
+            # the lower-triangular mask buffers of older transformers versions
+            ignored=(r"transformer\.h\.\d+\.attn\.(bias|masked_bias)",),
+        ),
+        _Arch(
+            name="LlamaForCausalLM", model_type="llama", config_class="LlamaConfig", base_prefix="model.",
+            embed=(_r("tok_emb.weight", "model.embed_tokens.weight"),),
+            block=_LLAMA_BLOCK,
+            top=(_r("final_norm.weight", "model.norm.weight"), _r("lm_head.weight", "lm_head.weight", when=UNTIED)),
+            tied_aliases=(("lm_head.weight", "model.embed_tokens.weight"),),
+            aliases=(),
+            ignored=(r"model\.(layers\.\d+\.self_attn\.)?rotary_emb\.inv_freq",),
+        ),
+        _Arch(
+            name="BertForMaskedLM", model_type="bert", config_class="BertConfig", base_prefix="bert.",
+            embed=_BERT_EMBED,
+            block=_BERT_BLOCK,
+            top=(_r("mlm_dense.weight", "cls.predictions.transform.dense.weight"),
+                 _r("mlm_dense.bias", "cls.predictions.transform.dense.bias"),
+                 _r("mlm_norm.weight", "cls.predictions.transform.LayerNorm.weight"),
+                 _r("mlm_norm.bias", "cls.predictions.transform.LayerNorm.bias"),
+                 _r("mlm_bias", "cls.predictions.bias"),
+                 _r("lm_head.weight", "cls.predictions.decoder.weight", when=UNTIED)),
+            tied_aliases=(("cls.predictions.decoder.weight", "bert.embeddings.word_embeddings.weight"),),
+            # BertLMPredictionHead sets decoder.bias = bias (one Parameter under two names)
+            aliases=(("cls.predictions.decoder.bias", "cls.predictions.bias"),),
+            # pooler and next-sentence head of BertForPreTraining checkpoints: unused by the masked LM,
+            # dropped by transformers' own BertForMaskedLM.from_pretrained as well
+            ignored=_BERT_IGNORED + (r"bert\.pooler\..*", r"cls\.seq_relationship\..*"),
+        ),
+        _Arch(
+            name="BertForSequenceClassification", model_type="bert", config_class="BertConfig", base_prefix="bert.",
+            embed=_BERT_EMBED,
+            block=_BERT_BLOCK,
+            top=(_r("pooler.weight", "bert.pooler.dense.weight"), _r("pooler.bias", "bert.pooler.dense.bias"),
+                 _r("classifier.weight", "classifier.weight"), _r("classifier.bias", "classifier.bias")),
+            tied_aliases=(),
+            aliases=(),
+            ignored=_BERT_IGNORED,
+        ),
+    )
+}
+
+SUPPORTED_ARCHITECTURES = tuple(_ARCHS)
+# model_type -> architecture when config.json names none
+_DEFAULT_ARCH = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "bert": "BertForMaskedLM"}
+
+
+def _arch(arch: str) -> _Arch:
+    if arch not in _ARCHS:
+        raise InteropError(f"unsupported Hugging Face architecture {arch!r}; morphlm maps {list(_ARCHS)}. "
+                           f"Load the checkpoint into one of these classes, or add a table to morphlm/interop/hf.py")
+    return _ARCHS[arch]
+
+
+# ---------------------------------------------------------------------------------------------- concrete maps
+@dataclass(frozen=True)
+class _Pair:
+    native: str
+    hf: tuple[str, ...]
+    op: str
+    sizes: tuple[int, ...]  # CONCAT: rows per HF tensor
+
+
+@dataclass
+class _Map:
+    pairs: list[_Pair]
+    aliases: dict[str, str]  # alias HF key -> primary HF key
+    ignored: re.Pattern
+    constants: dict[str, torch.Tensor]  # HF keys with a fixed value that the native model does not store
+
+
+def _build_map(cfg: ModelConfig, arch: str) -> _Map:
+    a = _arch(arch)
+    sizes = {"qkv": (cfg.d_model, cfg.kv_dim, cfg.kv_dim), "gate_up": (cfg.d_ff, cfg.d_ff)}
+    native_keys = set(_native_shapes(cfg))
+
+    def keep(row: _Row) -> bool:
+        if row.when == BIAS:
+            return cfg.bias
+        if row.when == UNTIED:
+            return not cfg.tie_embeddings
+        return True
+
+    def inst(rows, i=None) -> list[_Pair]:
+        out = []
+        for row in rows:
+            if not keep(row):
+                continue
+            native = row.native.format(i=i)
+            if native == "seg_emb.weight" and cfg.n_segments == 0:
+                continue  # handled as a constant below
+            out.append(_Pair(native, tuple(h.format(i=i) for h in row.hf), row.op,
+                             sizes[row.split] if row.op == CONCAT else ()))
+        return out
+
+    pairs = inst(a.embed)
+    for i in range(cfg.n_layers):
+        pairs += inst(a.block, i)
+    pairs += inst(a.top)
+    mapped = {p.native for p in pairs}
+    if mapped != native_keys:  # e.g. sandwich norms, or a head the architecture does not have
+        raise InteropError(f"ModelConfig {cfg.name!r} does not fit {arch}: native parameters without an HF "
+                           f"counterpart: {_list(native_keys - mapped) or 'none'}; map rows without a native "
+                           f"parameter: {_list(mapped - native_keys) or 'none'}. Check head, norm_placement, "
+                           f"position and n_segments against the architecture")
+    aliases = dict(a.aliases)
+    if cfg.tie_embeddings:
+        aliases.update(a.tied_aliases)
+    constants = {}
+    if a.model_type == "bert" and cfg.n_segments == 0:
+        # BertEmbeddings always adds a token-type embedding; a single all-zero row is the identity
+        constants["bert.embeddings.token_type_embeddings.weight"] = torch.zeros(1, cfg.d_model)
+    ignored = re.compile("|".join(f"(?:{p})" for p in a.ignored) or r"(?!)")
+    return _Map(pairs, aliases, ignored, constants)
+
+
+def _native_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Parameter shapes of TransformerLM(cfg), read off a meta-device instance (no memory, no init cost),
+    so the maps are checked against the model itself rather than a second description of it."""
+    return dict(_shapes_for(cfg.to_json()))
+
+
+@functools.lru_cache(maxsize=32)
+def _shapes_for(cfg_json: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    with torch.device("meta"):
+        model = TransformerLM(ModelConfig.from_dict(json.loads(cfg_json)))
+    return tuple((k, tuple(v.shape)) for k, v in model.state_dict().items())
+
+
+def _hf_shapes(pair: _Pair, native_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
+    if pair.op == COPY:
+        return [native_shape]
+    if pair.op == TRANSPOSE:
+        return [tuple(reversed(native_shape))]
+    return [(n,) + native_shape[1:] for n in pair.sizes]
+
+
+def _check_shape(key: str, side: str, got: torch.Tensor, expected: tuple[int, ...], cfg: ModelConfig) -> None:
+    if tuple(got.shape) != tuple(expected):
+        raise InteropError(f"shape mismatch for {side} key {key!r}: expected {tuple(expected)} from the config "
+                           f"(d_model={cfg.d_model}, n_heads={cfg.n_heads}, n_kv_heads={cfg.n_kv_heads}, "
+                           f"d_ff={cfg.d_ff}, vocab_size={cfg.vocab_size}), got {tuple(got.shape)}; "
+                           f"the checkpoint does not match its config.json")
+
+
+def _list(keys, limit: int = 8) -> str:
+    keys = sorted(keys)
+    more = f" ... and {len(keys) - limit} more" if len(keys) > limit else ""
+    return ", ".join(repr(k) for k in keys[:limit]) + more
+
+
+# ---------------------------------------------------------------------------------------------- state dicts
+def _normalize_hf_keys(hf_state: Mapping[str, torch.Tensor], a: _Arch) -> dict[str, torch.Tensor]:
+    """Accept the two layouts transformers itself accepts: checkpoints saved from the bare backbone
+    (GPT2Model / LlamaModel / BertModel: keys without ``transformer.``/``model.``/``bert.``, e.g. the
+    original ``gpt2`` weights) and TF-era BERT LayerNorm names ``gamma``/``beta``."""
+    state = dict(hf_state)
+    if state and not any(k.startswith(a.base_prefix) for k in state):
+        state = {a.base_prefix + k: v for k, v in state.items()}
+    if a.model_type == "bert":
+        renamed = {}
+        for k, v in state.items():
+            if "LayerNorm." in k:
+                k = re.sub(r"\.gamma$", ".weight", re.sub(r"\.beta$", ".bias", k))
+            renamed[k] = v
+        state = renamed
+    return state
+
+
+def state_dict_from_hf(hf_state: Mapping[str, torch.Tensor], cfg: ModelConfig, arch: str) -> dict[str, torch.Tensor]:
+    """HF state dict (as ``model.state_dict()`` or a safetensors file holds it) -> native state dict for
+    ``TransformerLM(cfg)``. Every HF key is consumed, recognised as a tied alias / buffer, or an error."""
+    a = _arch(arch)
+    m = _build_map(cfg, arch)
+    shapes = _native_shapes(cfg)
+    state = _normalize_hf_keys(hf_state, a)
+    used: set[str] = set()
+    missing: list[str] = []
+    out: dict[str, torch.Tensor] = {}
+
+    def fetch(key: str) -> torch.Tensor | None:
+        if key in state:
+            used.add(key)
+            return state[key]
+        for alias, primary in m.aliases.items():  # e.g. only lm_head.weight stored for tied embeddings
+            if primary == key and alias in state:
+                used.add(alias)
+                return state[alias]
+        return None
+
+    hf_expected: dict[str, tuple[int, ...]] = {}
+    for pair in m.pairs:
+        native_shape = shapes[pair.native]
+        tensors = []
+        for key, shape in zip(pair.hf, _hf_shapes(pair, native_shape)):
+            hf_expected[key] = shape
+            t = fetch(key)
+            if t is None:
+                missing.append(key)
+                continue
+            _check_shape(key, "Hugging Face", t, shape, cfg)
+            tensors.append(t)
+        if len(tensors) != len(pair.hf):
+            continue
+        if pair.op == COPY:
+            value = tensors[0]
+        elif pair.op == TRANSPOSE:
+            value = tensors[0].t()
+        else:
+            value = torch.cat(tensors, dim=0)
+        _check_shape(pair.native, "native", value, native_shape, cfg)
+        out[pair.native] = value.detach().clone(memory_format=torch.contiguous_format)
+    if missing:
+        raise InteropError(f"{arch} checkpoint is missing {len(missing)} key(s) the config needs: {_list(missing)}; "
+                           f"check that config.json (n_layers, bias, tie_word_embeddings) matches the weights")
+
+    for key, const in m.constants.items():
+        if key in state:
+            used.add(key)
+            _check_shape(key, "Hugging Face", state[key], tuple(const.shape), cfg)
+            if state[key].abs().max() != 0:
+                raise InteropError(f"{key!r} is non-zero but the native config has n_segments=0; "
+                                   f"use n_segments={state[key].shape[0]} to keep the token-type embeddings")
+    extra = []
+    for key in set(state) - used:
+        if key in m.aliases:
+            # a tied duplicate: same tensor as its primary, so only its shape can be wrong
+            _check_shape(key, "Hugging Face", state[key], hf_expected[m.aliases[key]], cfg)
+        elif not m.ignored.fullmatch(key):
+            extra.append(key)
+    if extra:
+        raise InteropError(f"{arch} checkpoint has {len(extra)} key(s) with no native counterpart: {_list(extra)}; "
+                           f"the config does not describe these weights (e.g. biases with bias=False, or an "
+                           f"untied head with tie_word_embeddings=True)")
+    return out
+
+
+def state_dict_to_hf(state: Mapping[str, torch.Tensor], cfg: ModelConfig, arch: str) -> dict[str, torch.Tensor]:
+    """Native state dict -> HF state dict for ``arch``, as transformers' ``save_pretrained`` writes it:
+    tied duplicates are omitted, every tensor is a fresh contiguous copy (no shared storage)."""
+    m = _build_map(cfg, arch)
+    shapes = _native_shapes(cfg)
+    state = {k.removeprefix("_orig_mod.").removeprefix("module."): v for k, v in state.items()}
+    wanted = {p.native for p in m.pairs}
+    missing = sorted(wanted - set(state))
+    extra = sorted(set(state) - wanted)
+    if missing or extra:
+        raise InteropError(f"native state dict does not match {arch} for config {cfg.name!r}: "
+                           f"missing {_list(missing) or 'none'}; unexpected {_list(extra) or 'none'}")
+    out: dict[str, torch.Tensor] = {}
+    for pair in m.pairs:
+        t = state[pair.native].detach()
+        _check_shape(pair.native, "native", t, shapes[pair.native], cfg)
+        if pair.op == COPY:
+            parts = [t]
+        elif pair.op == TRANSPOSE:
+            parts = [t.t()]
+        else:
+            parts = list(torch.split(t, pair.sizes, dim=0))
+        for key, part, shape in zip(pair.hf, parts, _hf_shapes(pair, shapes[pair.native])):
+            _check_shape(key, "Hugging Face", part, shape, cfg)
+            out[key] = part.clone(memory_format=torch.contiguous_format)
+    like = next(iter(out.values()))
+    for key, const in m.constants.items():
+        out[key] = const.to(dtype=like.dtype, device=like.device)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- configs
+# HF activation name -> native. "gelu_new" is GPT-2's tanh approximation written out; PyTorch's
+# approximate="tanh" is the same function (agrees to ~1e-7).
+_ACT_FROM_HF = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh",
+                "relu": "relu"}
+_ACT_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu"}
+
+
+def _as_dict(hf_config: Any) -> dict[str, Any]:
+    if isinstance(hf_config, Mapping):
+        return dict(hf_config)
+    if hasattr(hf_config, "to_dict"):
+        d = hf_config.to_dict()
+        if hasattr(hf_config, "num_labels"):
+            d["num_labels"] = hf_config.num_labels
+        return d
+    raise InteropError(f"expected a transformers config or a config.json dict, got {type(hf_config).__name__}")
+
+
+def _resolve_arch(d: dict[str, Any], arch: str | None) -> str:
+    if arch is None:
+        archs = d.get("architectures") or []
+        if archs:
+            arch = archs[0]
+        else:
+            model_type = d.get("model_type")
+            if model_type not in _DEFAULT_ARCH:
+                raise InteropError(f"config has model_type={model_type!r} and no 'architectures'; morphlm maps "
+                                   f"model types {sorted(_DEFAULT_ARCH)} ({list(_ARCHS)})")
+            arch = _DEFAULT_ARCH[model_type]
+    a = _arch(arch)
+    if d.get("model_type", a.model_type) != a.model_type:
+        raise InteropError(f"config model_type={d.get('model_type')!r} does not match architecture {arch} "
+                           f"(expects {a.model_type!r})")
+    return arch
+
+
+def _need(cond: bool, field: str, value: Any, msg: str) -> None:
+    if not cond:
+        raise InteropError(f"unsupported Hugging Face config field {field}={value!r}: {msg}")
+
+
+def _req(d: dict[str, Any], key: str) -> Any:
+    if d.get(key) is None:
+        raise InteropError(f"Hugging Face config lacks the required field {key!r}; "
+                           f"the config.json is incomplete or belongs to another architecture")
+    return d[key]
+
+
+def _activation(d: dict[str, Any], key: str) -> str:
+    act = d.get(key)
+    _need(act in _ACT_FROM_HF, key, act, f"morphlm supports {sorted(_ACT_FROM_HF)}")
+    return _ACT_FROM_HF[act]
+
+
+def config_from_hf(hf_config: Any, arch: str | None = None) -> ModelConfig:
+    """A GPT2Config / LlamaConfig / BertConfig (object or config.json dict) -> ModelConfig.
+
+    ``arch`` (a transformers class name) is read from ``architectures`` when not given; in-memory configs
+    often have none, so :func:`from_hf_module` passes the model's class name."""
+    d = _as_dict(hf_config)
+    arch = _resolve_arch(d, arch)
+    model_type = _arch(arch).model_type
+    if model_type == "gpt2":
+        _need(d.get("scale_attn_weights", True), "scale_attn_weights", d.get("scale_attn_weights"),
+              "the native attention always scales scores by 1/sqrt(head_dim)")
+        _need(not d.get("scale_attn_by_inverse_layer_idx", False), "scale_attn_by_inverse_layer_idx", True,
+              "no native equivalent")
+        _need(not d.get("add_cross_attention", False), "add_cross_attention", True, "decoder-only models only")
+        n_embd = _req(d, "n_embd")
+        fields = dict(
+            vocab_size=_req(d, "vocab_size"), d_model=n_embd, n_layers=_req(d, "n_layer"), n_heads=_req(d, "n_head"),
+            d_ff=d.get("n_inner") or 4 * n_embd, max_seq_len=_req(d, "n_positions"),
+            activation=_activation(d, "activation_function"), norm="layernorm", norm_placement="pre",
+            norm_eps=d.get("layer_norm_epsilon", 1e-5), position="learned", causal=True,
+            tie_embeddings=d.get("tie_word_embeddings", True), bias=True, head="lm",
+            dropout=d.get("resid_pdrop", 0.0),
+        )
+    elif model_type == "llama":
+        act = d.get("hidden_act", "silu")
+        _need(act in ("silu", "swish"), "hidden_act", act, "the native SwiGLU uses SiLU")
+        hidden, heads = _req(d, "hidden_size"), _req(d, "num_attention_heads")
+        head_dim = d.get("head_dim")
+        _need(head_dim in (None, hidden // heads), "head_dim", head_dim,
+              f"the native attention needs head_dim = hidden_size / num_attention_heads = {hidden // heads}")
+        rope = d.get("rope_parameters") or {}
+        scaling = d.get("rope_scaling") or {}
+        for field, spec in (("rope_parameters", rope), ("rope_scaling", scaling)):
+            kind = spec.get("rope_type", spec.get("type", "default"))
+            _need(kind == "default", field, spec, "only plain RoPE (rope_type='default') is implemented natively")
+        theta = d.get("rope_theta") or rope.get("rope_theta") or 10000.0  # older / newer transformers
+        attn_bias, mlp_bias = d.get("attention_bias", False), d.get("mlp_bias", False)
+        _need(attn_bias == mlp_bias, "mlp_bias", mlp_bias,
+              f"the native model has one bias flag; attention_bias={attn_bias} must equal mlp_bias")
+        fields = dict(
+            vocab_size=_req(d, "vocab_size"), d_model=hidden, n_layers=_req(d, "num_hidden_layers"), n_heads=heads,
+            n_kv_heads=d.get("num_key_value_heads") or heads, d_ff=_req(d, "intermediate_size"),
+            max_seq_len=d.get("max_position_embeddings", 2048), activation="swiglu", norm="rmsnorm",
+            norm_placement="pre", norm_eps=d.get("rms_norm_eps", 1e-6), position="rope", rope_theta=float(theta),
+            causal=True, tie_embeddings=d.get("tie_word_embeddings", False), bias=bool(attn_bias), head="lm",
+            dropout=d.get("attention_dropout", 0.0),
+        )
+    else:  # bert
+        _need(not d.get("is_decoder", False), "is_decoder", True, "only the bidirectional BERT encoder is mapped")
+        _need(not d.get("add_cross_attention", False), "add_cross_attention", True, "encoder-only models only")
+        pos = d.get("position_embedding_type", "absolute")
+        _need(pos == "absolute", "position_embedding_type", pos, "only absolute learned positions are mapped")
+        fields = dict(
+            vocab_size=_req(d, "vocab_size"), d_model=_req(d, "hidden_size"),
+            n_layers=_req(d, "num_hidden_layers"), n_heads=_req(d, "num_attention_heads"),
+            d_ff=_req(d, "intermediate_size"), max_seq_len=_req(d, "max_position_embeddings"),
+            activation=_activation(d, "hidden_act"), norm="layernorm", norm_placement="post",
+            norm_eps=d.get("layer_norm_eps", 1e-12), position="learned", causal=False,
+            tie_embeddings=d.get("tie_word_embeddings", True), bias=True, embed_norm=True, final_norm=False,
+            n_segments=d.get("type_vocab_size", 2), dropout=d.get("hidden_dropout_prob", 0.0),
+            head="cls" if arch == "BertForSequenceClassification" else "mlm",
+        )
+        if arch == "BertForSequenceClassification":
+            n = d.get("num_labels") or len(d.get("id2label") or {}) or 2
+            _need(n >= 2, "num_labels", n, "the native cls head needs >= 2 classes (regression is not mapped)")
+            fields["n_classes"] = n
+            fields["tie_embeddings"] = True  # no output embedding in a classifier
+    fields["init_std"] = d.get("initializer_range", 0.02)
+    fields["name"] = f"hf-{model_type}"
+    try:
+        return ModelConfig(**fields)
+    except ConfigError as exc:
+        raise InteropError(f"the {arch} config maps to an invalid ModelConfig: {exc}") from exc
+
+
+def _hf_config_dict(cfg: ModelConfig) -> tuple[dict[str, Any], str]:
+    """ModelConfig -> (config.json dict in transformers' format, architecture). Pure Python: no
+    transformers import. Fields with no HF equivalent raise an InteropError naming the field."""
+
+    def need(field: str, ok: bool, target: str, want: str) -> None:
+        if not ok:
+            raise InteropError(f"cannot export ModelConfig field {field}={getattr(cfg, field)!r} to Hugging Face: "
+                               f"{target} needs {want}. Export a model whose config has {want}, or keep it native")
+
+    if cfg.causal:
+        llama = cfg.position == "rope" or cfg.norm == "rmsnorm" or cfg.activation == "swiglu"
+        target = "LlamaForCausalLM" if llama else "GPT2LMHeadModel"
+        need("head", cfg.head == "lm", target, "head='lm'")
+        need("norm_placement", cfg.norm_placement == "pre", target, "norm_placement='pre'")
+        need("final_norm", bool(cfg.final_norm), target, "final_norm=True")
+        need("embed_norm", not cfg.embed_norm, target, "embed_norm=False")
+        need("n_segments", cfg.n_segments == 0, target, "n_segments=0")
+        if llama:
+            need("activation", cfg.activation == "swiglu", target, "activation='swiglu'")
+            need("norm", cfg.norm == "rmsnorm", target, "norm='rmsnorm'")
+            need("position", cfg.position == "rope", target, "position='rope'")
+            d = dict(
+                model_type="llama", vocab_size=cfg.vocab_size, hidden_size=cfg.d_model,
+                intermediate_size=cfg.d_ff, num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
+                num_key_value_heads=cfg.n_kv_heads, head_dim=cfg.head_dim, hidden_act="silu",
+                max_position_embeddings=cfg.max_seq_len, initializer_range=cfg.init_std, rms_norm_eps=cfg.norm_eps,
+                tie_word_embeddings=cfg.tie_embeddings, rope_theta=cfg.rope_theta,
+                # newer transformers keep rope_theta here; older ones ignore the key
+                rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
+                attention_bias=cfg.bias, mlp_bias=cfg.bias, attention_dropout=cfg.dropout,
+            )
+        else:
+            need("activation", cfg.activation in _ACT_TO_HF, target, f"activation in {sorted(_ACT_TO_HF)}")
+            need("position", cfg.position == "learned", target, "position='learned'")
+            need("bias", cfg.bias, target, "bias=True")
+            need("n_kv_heads", cfg.n_kv_heads == cfg.n_heads, target, f"n_kv_heads=n_heads={cfg.n_heads} "
+                 f"(use the LLaMA layout, rope/rmsnorm/swiglu, for grouped-query attention)")
+            d = dict(
+                model_type="gpt2", vocab_size=cfg.vocab_size, n_positions=cfg.max_seq_len, n_embd=cfg.d_model,
+                n_layer=cfg.n_layers, n_head=cfg.n_heads, n_inner=cfg.d_ff,
+                activation_function=_ACT_TO_HF[cfg.activation], layer_norm_epsilon=cfg.norm_eps,
+                initializer_range=cfg.init_std, resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout,
+                attn_pdrop=cfg.dropout, tie_word_embeddings=cfg.tie_embeddings, scale_attn_weights=True,
+                scale_attn_by_inverse_layer_idx=False,
+            )
+    else:
+        target = "BertForSequenceClassification" if cfg.head == "cls" else "BertForMaskedLM"
+        need("head", cfg.head in ("mlm", "cls"), target, "head='mlm' or 'cls'")
+        need("activation", cfg.activation in _ACT_TO_HF, target, f"activation in {sorted(_ACT_TO_HF)}")
+        need("norm", cfg.norm == "layernorm", target, "norm='layernorm'")
+        need("norm_placement", cfg.norm_placement == "post", target, "norm_placement='post'")
+        need("position", cfg.position == "learned", target, "position='learned'")
+        need("embed_norm", cfg.embed_norm, target, "embed_norm=True")
+        need("final_norm", not cfg.final_norm, target, "final_norm=False")
+        need("bias", cfg.bias, target, "bias=True")
+        need("n_kv_heads", cfg.n_kv_heads == cfg.n_heads, target, f"n_kv_heads=n_heads={cfg.n_heads}")
+        d = dict(
+            model_type="bert", vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, num_hidden_layers=cfg.n_layers,
+            num_attention_heads=cfg.n_heads, intermediate_size=cfg.d_ff, hidden_act=_ACT_TO_HF[cfg.activation],
+            hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.dropout,
+            max_position_embeddings=cfg.max_seq_len, type_vocab_size=max(cfg.n_segments, 1),
+            initializer_range=cfg.init_std, layer_norm_eps=cfg.norm_eps, position_embedding_type="absolute",
+            is_decoder=False, tie_word_embeddings=cfg.tie_embeddings,
+        )
+        if cfg.head == "cls":
+            d["num_labels"] = cfg.n_classes
+            d["id2label"] = {str(i): f"LABEL_{i}" for i in range(cfg.n_classes)}
+            d["label2id"] = {f"LABEL_{i}": i for i in range(cfg.n_classes)}
+    if cfg.causal:
+        # the defaults (GPT-2: 50256, LLaMA: 1/2) belong to those models' tokenizers, not to ours; the
+        # tokenizer, when exported, carries its own special tokens
+        d.update(bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    d["architectures"] = [target]
+    return d, target
+
+
+def config_to_hf(cfg: ModelConfig):
+    """ModelConfig -> (transformers config object, architecture class name). Needs transformers."""
+    d, arch = _hf_config_dict(cfg)
+    transformers = _transformers()
+    kwargs = {k: v for k, v in d.items() if k not in ("model_type", "id2label", "label2id", "rope_parameters")}
+    return getattr(transformers, _arch(arch).config_class)(**kwargs), arch
+
+
+def _transformers():
+    try:
+        import transformers
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise InteropError("this function builds a transformers model and needs `pip install transformers`; "
+                           "load_hf_model / export_hf_model work without it") from exc
+    return transformers
+
+
+# ---------------------------------------------------------------------------------------------- files
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    single = path / "model.safetensors"
+    index = path / "model.safetensors.index.json"
+    if single.exists():
+        return load_file(str(single))
+    if index.exists():
+        shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        state: dict[str, torch.Tensor] = {}
+        for shard in shards:
+            state.update(load_file(str(path / shard)))
+        return state
+    pickles = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack"))
+    if pickles:
+        raise InteropError(f"{path} holds only {pickles} and no model.safetensors; morphlm never unpickles weights. "
+                           f"Convert it first, in an environment you trust, with the class named in config.json's "
+                           f"'architectures': `transformers.<Arch>.from_pretrained(dir).save_pretrained(new_dir)` "
+                           f"(transformers >= 4.35 writes model.safetensors)")
+    raise InteropError(f"{path} has no model.safetensors (or model.safetensors.index.json); "
+                       f"pass a Hugging Face model directory")
+
+
+def load_hf_model(path: str | os.PathLike) -> tuple[TransformerLM, ModelConfig]:
+    """Local HF directory (config.json + model.safetensors, or a sharded safetensors index) -> native
+    model in eval mode (float32) and its config. Needs no transformers: config.json is parsed as JSON."""
+    path = Path(path)
+    if not path.is_dir():
+        raise InteropError(f"{path} is not a directory; pass a local Hugging Face model directory "
+                           f"(download hub models first, e.g. with `huggingface-cli download`)")
+    cfg_path = path / "config.json"
+    if not cfg_path.exists():
+        raise InteropError(f"{path} has no config.json; it is not a Hugging Face model directory")
+    try:
+        d = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise InteropError(f"could not parse {cfg_path}: {exc}") from exc
+    arch = _resolve_arch(d, None)
+    cfg = config_from_hf(d, arch)
+    state = state_dict_from_hf(_read_safetensors(path), cfg, arch)
+    model = TransformerLM(cfg)
+    model.load_state_dict(state, strict=True)
+    return model.eval(), cfg
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def export_hf_model(model: TransformerLM, out_dir: str | os.PathLike, *, tokenizer_json: str | None = None) -> Path:
+    """Write ``config.json`` (transformers format, with ``architectures``) and ``model.safetensors`` so that
+    ``<Arch>.from_pretrained(out_dir)`` loads the model. ``tokenizer_json`` is a path to a tokenizer.json
+    file or its JSON text; it is written as ``tokenizer.json`` with a minimal ``tokenizer_config.json``
+    (PreTrainedTokenizerFast). Needs no transformers."""
+    from safetensors.torch import save_file
+
+    model = getattr(model, "_orig_mod", model)  # torch.compile wrapper
+    cfg = model.config
+    d, arch = _hf_config_dict(cfg)
+    state = state_dict_to_hf(model.state_dict(), cfg, arch)
+    dtype = next(iter(state.values())).dtype
+    d["dtype"] = str(dtype).removeprefix("torch.")
+    state = {k: v.cpu() for k, v in state.items()}
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_write(out / "model.safetensors", lambda p: save_file(state, p, metadata={"format": "pt"}))
+    text = json.dumps(d, indent=2, sort_keys=True) + "\n"
+    _atomic_write(out / "config.json", lambda p: Path(p).write_text(text, encoding="utf-8"))
+    if tokenizer_json is not None:
+        tok = tokenizer_json
+        if not tok.lstrip().startswith("{"):
+            tok_path = Path(tok)
+            if not tok_path.is_file():
+                raise InteropError(f"tokenizer_json={tokenizer_json!r} is neither JSON text nor an existing file")
+            tok = tok_path.read_text(encoding="utf-8")
+        try:
+            json.loads(tok)
+        except json.JSONDecodeError as exc:
+            raise InteropError(f"tokenizer_json is not valid JSON: {exc}") from exc
+        _atomic_write(out / "tokenizer.json", lambda p: Path(p).write_text(tok, encoding="utf-8"))
+        meta = json.dumps({"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": cfg.max_seq_len},
+                          indent=2) + "\n"
+        _atomic_write(out / "tokenizer_config.json", lambda p: Path(p).write_text(meta, encoding="utf-8"))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- modules
+def from_hf_module(hf_model) -> TransformerLM:
+    """In-memory transformers model (one of SUPPORTED_ARCHITECTURES) -> native TransformerLM with the same
+    weights, on the same device and dtype, in the same train/eval mode."""
+    arch = type(hf_model).__name__
+    cfg = config_from_hf(hf_model.config, arch)
+    state = state_dict_from_hf(hf_model.state_dict(), cfg, arch)
+    model = TransformerLM(cfg)
+    model.load_state_dict(state, strict=True)
+    ref = next(hf_model.parameters())
+    return model.to(device=ref.device, dtype=ref.dtype).train(hf_model.training)
+
+
+def to_hf_module(model: TransformerLM, attn_implementation: str | None = None):
+    """Native TransformerLM -> in-memory transformers model with the same weights (needs transformers).
+    ``attn_implementation`` ("eager", "sdpa") is passed to the HF config; None keeps transformers' default."""
+    model = getattr(model, "_orig_mod", model)
+    transformers = _transformers()
+    hf_cfg, arch = config_to_hf(model.config)
+    if attn_implementation is not None:
+        hf_cfg._attn_implementation = attn_implementation
+    state = state_dict_to_hf(model.state_dict(), model.config, arch)
+    ref = next(model.parameters())
+    hf = getattr(transformers, arch)(hf_cfg).to(dtype=ref.dtype)
+    result = hf.load_state_dict(state, strict=False)
+    m = _build_map(model.config, arch)
+    # keys transformers holds that we did not write: tied duplicates (loaded through their primary, the
+    # same Parameter) and buffers that older transformers versions keep in the state dict
+    leftover = [k for k in result.missing_keys if k not in m.aliases and not m.ignored.fullmatch(k)]
+    if leftover or result.unexpected_keys:
+        raise InteropError(f"{arch} rejected the mapped weights: missing {_list(leftover) or 'none'}, "
+                           f"unexpected {_list(result.unexpected_keys) or 'none'} (transformers version mismatch?)")
+    hf_state = hf.state_dict()
+    for alias, primary in m.aliases.items():
+        if alias in hf_state and not torch.equal(hf_state[alias], hf_state[primary]):
+            raise InteropError(f"{arch}: {alias!r} is not tied to {primary!r} after loading; "
+                               f"check tie_word_embeddings in the transformers config")
+    return hf.to(ref.device).train(model.training)
