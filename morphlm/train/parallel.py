@@ -109,7 +109,38 @@ def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> 
 
 
 def load_full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    """Load a full (unsharded, FQN-keyed) optimizer state into ``optimizer``.
 
-    opts = StateDictOptions(full_state_dict=True)
-    set_optimizer_state_dict(unwrap(model), optimizer, optim_state_dict=state, options=opts)
+    Done by hand rather than with ``set_optimizer_state_dict``: each tensor of a sharded (DTensor)
+    parameter is cut with ``distribute_tensor`` using that parameter's own mesh and placements. (With
+    torch 2.13 on gloo, ``set_optimizer_state_dict`` and a scattering ``distribute_tensor`` both left wrong
+    values in some FSDP2 shards on rank 1; every rank reads the full state from disk, so no collective is needed.)
+    """
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    params = dict(unwrap(model).named_parameters())
+    saved_groups = state["param_groups"]
+    if len(saved_groups) != len(optimizer.param_groups):
+        raise ValueError(f"saved optimizer has {len(saved_groups)} parameter groups, this one "
+                         f"{len(optimizer.param_groups)}: the model or optimizer settings changed since the save")
+    for group, saved in zip(optimizer.param_groups, saved_groups):
+        for key, value in saved.items():
+            if key != "params":
+                group[key] = value
+        on_device = group.get("fused") or group.get("capturable")
+        for fqn in saved["params"]:
+            if fqn not in params:
+                raise ValueError(f"saved optimizer state names parameter {fqn!r} that this model lacks")
+            p = params[fqn]
+            entry = {}
+            for key, value in state["state"].get(fqn, {}).items():
+                if key == "step":
+                    value = value.to(p.device if on_device else "cpu", torch.float32)
+                elif isinstance(p, DTensor):
+                    value = distribute_tensor(value.to(p.device_mesh.device_type), p.device_mesh, p.placements,
+                                               src_data_rank=None)  # every rank holds the full tensor: no collective
+                else:
+                    value = value.to(p.device)
+                entry[key] = value
+            if entry:
+                optimizer.state[p] = entry
