@@ -40,7 +40,8 @@ def git_commit(root: Path = ROOT) -> str | None:
     head = _git("rev-parse", "HEAD", cwd=root)
     if head is None:
         return os.environ.get("MORPHLM_COMMIT") or None
-    status = _git("status", "--porcelain", cwd=root)
+    # results files are outputs, not code: rewriting them does not change what was measured
+    status = _git("status", "--porcelain", "--", ".", ":(exclude)benchmarks/results", cwd=root)
     return f"{head}-dirty" if status else head
 
 
