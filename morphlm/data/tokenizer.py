@@ -15,6 +15,8 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
+from ..io import write_atomic
+
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
@@ -159,9 +161,7 @@ class Tokenizer:
         if p.is_dir():
             p = p / "tokenizer.json"
         p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-        tmp.write_text(self.to_json_str(), encoding="utf-8")
-        os.replace(tmp, p)
+        write_atomic(p, self.to_json_str())
         return p
 
     @classmethod

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io import atomic_path, write_atomic
 from .corpora import Document, corpus_fingerprint, default_cache_dir, load_corpus
 from .tokenizer import Tokenizer, TokenizerError, train_tokenizer
 
@@ -46,16 +47,6 @@ class TokenStoreError(ValueError):
 def _dtype_for(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 65535 else np.dtype(np.uint32)
 
-
-def _tmp_path(path: Path) -> Path:
-    # Per-process temporary names, so two processes building the same store never write one file.
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = _tmp_path(path)
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _split_single_doc(doc: Document, val_fraction: float) -> tuple[Document, Document]:
@@ -162,7 +153,7 @@ class TokenStore:
             "eos_id": tokenizer.eos_id,
             "val_doc_names": [d.name for d in val_docs][:1000],
         }
-        _atomic_write_text(out / "meta.json", json.dumps(meta, indent=1))
+        write_atomic(out / "meta.json", json.dumps(meta, indent=1))
         log.info("built token store %s: %d train tokens (%d docs), %d val tokens (%d docs)",
                  out, n_train, len(train_docs), n_val_tok, len(val_docs))
         return cls.open(out)
@@ -170,9 +161,8 @@ class TokenStore:
     @staticmethod
     def _write_split(docs: list[Document], tokenizer: Tokenizer, path: Path, dtype: np.dtype, bar) -> int:
         eos = tokenizer.eos_id
-        tmp = _tmp_path(path)
         n = 0
-        with open(tmp, "wb") as f:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
             i = 0
             while i < len(docs):
                 # Group documents into a chunk of bounded size for one parallel encode_batch call.
@@ -190,9 +180,6 @@ class TokenStore:
                 if bar is not None:
                     bar.update(chars)
                 i = j
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
         return n
 
     # ---- open -------------------------------------------------------------------------------------

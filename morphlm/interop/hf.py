@@ -28,13 +28,13 @@ import functools
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
+from morphlm.io import atomic_path, write_atomic
 from morphlm.model.config import ConfigError, ModelConfig
 from morphlm.model.transformer import TransformerLM
 
@@ -703,17 +703,6 @@ def load_hf_model(path: str | os.PathLike) -> tuple[TransformerLM, ModelConfig]:
     return model.eval(), cfg
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def export_hf_model(model: TransformerLM, out_dir: str | os.PathLike, *, tokenizer_json: str | None = None) -> Path:
     """Write ``config.json`` (transformers format, with ``architectures``) and ``model.safetensors`` so that
     ``<Arch>.from_pretrained(out_dir)`` loads the model. ``tokenizer_json`` is a path to a tokenizer.json
@@ -731,9 +720,10 @@ def export_hf_model(model: TransformerLM, out_dir: str | os.PathLike, *, tokeniz
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / "model.safetensors", lambda p: save_file(state, p, metadata={"format": "pt"}))
+    with atomic_path(out / "model.safetensors") as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt"})
     text = json.dumps(d, indent=2, sort_keys=True) + "\n"
-    _atomic_write(out / "config.json", lambda p: Path(p).write_text(text, encoding="utf-8"))
+    write_atomic(out / "config.json", text)
     if tokenizer_json is not None:
         tok = tokenizer_json
         if not tok.lstrip().startswith("{"):
@@ -745,10 +735,10 @@ def export_hf_model(model: TransformerLM, out_dir: str | os.PathLike, *, tokeniz
             json.loads(tok)
         except json.JSONDecodeError as exc:
             raise InteropError(f"tokenizer_json is not valid JSON: {exc}") from exc
-        _atomic_write(out / "tokenizer.json", lambda p: Path(p).write_text(tok, encoding="utf-8"))
+        write_atomic(out / "tokenizer.json", tok)
         meta = json.dumps({"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": cfg.max_seq_len},
                           indent=2) + "\n"
-        _atomic_write(out / "tokenizer_config.json", lambda p: Path(p).write_text(meta, encoding="utf-8"))
+        write_atomic(out / "tokenizer_config.json", meta)
     return out
 
 
