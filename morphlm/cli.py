@@ -216,7 +216,7 @@ def data_prepare(
 @friendly
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="Where the demo writes its checkpoint and plot."),
-    steps: int = typer.Option(800, help="Training steps (about 3 minutes on 2 CPU cores at the default size)."),
+    steps: int = typer.Option(1500, help="Training steps (about 3 minutes on 2 CPU cores at the default size)."),
 ) -> None:
     """Train a small model on the embedded stdlib corpus, evaluate it, sample from it, plot its loss."""
     _setup_logging()

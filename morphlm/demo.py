@@ -15,7 +15,7 @@ DEMO_MODEL = dict(d_model=192, n_layers=4, n_heads=4, vocab_size=2048, max_seq_l
 PROMPTS = ["def ", "import os\n", "class "]
 
 
-def run_demo(out: str | Path = "runs/demo", steps: int = 800) -> dict:
+def run_demo(out: str | Path = "runs/demo", steps: int = 1500) -> dict:
     out = Path(out)
     t0 = time.time()
     typer.secho(f"[1/4] training a {DEMO_MODEL['n_layers']}-layer, d={DEMO_MODEL['d_model']} GPT on the Python "
