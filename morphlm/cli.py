@@ -27,13 +27,14 @@ def _user_errors():
     from .data import CorpusError, TaskError, TokenizerError
     from .data.batches import BatchError
     from .data.tokens import TokenStoreError
+    from .grow.index_maps import GrowthError
     from .interop.hf import InteropError
     from .model.config import ConfigError
     from .train.checkpoint import CheckpointError
     from .train.loop import TrainingDiverged
 
     return (ConfigError, CheckpointError, CorpusError, TokenizerError, TokenStoreError, TaskError, BatchError,
-            InteropError, TrainingDiverged, FileNotFoundError, ValueError)
+            InteropError, GrowthError, TrainingDiverged, FileNotFoundError, ValueError)
 
 
 def friendly(fn):
@@ -183,6 +184,40 @@ def convert(
 
     kind = convert_dir(src, out)
     typer.echo(f"wrote {kind} → {out}")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@friendly
+def grow(
+    ctx: typer.Context,
+    src: Path = typer.Argument(..., help="Checkpoint directory of the source (smaller) model."),
+    to: str = typer.Option(..., "--to", help="Target: a preset name or a config .json/.yaml file."),
+    method: str = typer.Option("fpi", help="fpi | aki | stack | interpolate | msg (or a registered learned operator)."),
+    out: Path = typer.Option(..., help="Checkpoint directory to write."),
+    seed: int = typer.Option(0, help="Seed of the index maps and of new units' initialisation."),
+    depth: Optional[str] = typer.Option(None, help="Layer map for a deeper target: stack | interpolate | 0,0,1,1."),
+    ramp_steps: Optional[int] = typer.Option(None, help="msg: steps over which the mask ramps 0 → 1 (default 100)."),
+) -> None:
+    """Grow a trained model into a larger one (bert2BERT FPI/AKI, StackBERT, interpolation, MSG) and write a
+    checkpoint directory that keeps the source's tokenizer; lineage.json records the source and the cost.
+    Method-specific options pass through: --layers random (msg), --set key=value."""
+    _setup_logging()
+    from .grow.api import grow_checkpoint
+
+    extra = {k: _number(v) for k, v in _parse_extra(ctx.args).items()}
+    info = grow_checkpoint(src, to, method, out, seed=seed, depth=depth, ramp_steps=ramp_steps, **extra)
+    typer.echo(f"grew {src} ({info['source_params']:,} params) → {info['out_dir']} ({info['target_params']:,} params) "
+               f"by {info['method']}; operator FLOPs {info['flops']:.3g}, source FLOPs {info['parent_flops']:.3g}; "
+               f"function-preserving: {info['function_preserving']}")
+
+
+def _number(value: str):
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            continue
+    return value
 
 
 @data_app.command("list")

@@ -1,0 +1,20 @@
+"""Growth: reuse a trained small model to start a larger one (refs/growth.md).
+
+``grow(model_or_dir, target_cfg, method="fpi"|"aki"|"stack"|"interpolate"|"msg", **opts)`` is the verb;
+``grow_checkpoint`` is its checkpoint-directory form (``morphlm grow``). ``index_maps`` holds the shared
+select/duplicate helpers (also used by extraction), ``width`` the bert2BERT operators, ``depth`` the layer
+maps, MSG masks and optimizer carry-over.
+"""
+
+from .api import (METHODS, GrowOutput, available_methods, build_plan, grow, grow_checkpoint, grow_model,
+                  masked_growth_from_checkpoint, register_method, resolve_target)
+from .depth import MaskedGrowth, carry_optimizer_state, expand_depth, load_optimizer_state, to_resume_format
+from .index_maps import GrowthError, GrowthPlan, IndexMap, ParamMap, apply_plan, remap
+from .width import check_growable, width_plan
+
+__all__ = [
+    "METHODS", "GrowOutput", "GrowthError", "GrowthPlan", "IndexMap", "MaskedGrowth", "ParamMap", "apply_plan",
+    "available_methods", "build_plan", "carry_optimizer_state", "check_growable", "expand_depth", "grow",
+    "grow_checkpoint", "grow_model", "load_optimizer_state", "masked_growth_from_checkpoint", "register_method",
+    "remap", "resolve_target", "to_resume_format", "width_plan",
+]

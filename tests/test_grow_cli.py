@@ -1,0 +1,116 @@
+"""`morphlm grow` end to end: train a tiny source via the CLI, grow it, evaluate the grown directory, check
+lineage.json and the FLOPs bookkeeping, re-attach MSG masks from disk, and every bad input's message."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from morphlm.cli import app
+from morphlm.grow import masked_growth_from_checkpoint
+from morphlm.model import ModelConfig
+from morphlm.train.checkpoint import load_model, total_flops
+
+runner = CliRunner()
+
+
+def cli(*args, code=0):
+    res = runner.invoke(app, [str(a) for a in args])
+    if code is not None:
+        assert res.exit_code == code, f"exit {res.exit_code}\n{res.output}\n{res.exception!r}"
+    return res
+
+
+@pytest.fixture(scope="module")
+def src(tmp_path_factory):
+    out = tmp_path_factory.mktemp("grow") / "src"
+    cli("train", "--preset", "tiny", "--corpus", "stdlib", "--max-bytes", 200000, "--max-steps", 5, "--out", out,
+        "--seq-len", 64, "--batch-size", 8)
+    return out
+
+
+def target_file(path, **fields):
+    cfg = ModelConfig.from_name("tiny").to_dict()
+    cfg.update(fields)
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+def same_logits(a, b, tol=1e-5):
+    ids = torch.randint(0, 512, (2, 48), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return (a.eval()(ids).logits - b.eval()(ids).logits).abs().max().item() < tol
+
+
+def test_grow_fpi_then_eval_and_lineage(src, tmp_path):
+    wide = target_file(tmp_path / "wide.json", d_model=128, n_heads=8, n_kv_heads=8, d_ff=512)
+    res = cli("grow", src, "--to", wide, "--method", "fpi", "--out", tmp_path / "g", "--seed", 3)
+    assert "function-preserving: exact" in res.stdout
+    g = tmp_path / "g"
+    assert (g / "tokenizer.json").read_text() == (src / "tokenizer.json").read_text()
+    assert same_logits(load_model(g), load_model(src))
+    metrics = json.loads(cli("eval", g, "--json", "--max-batches", 2).stdout.strip().splitlines()[-1])
+    assert metrics["val_loss"] > 0 and metrics["perplexity"] > 1
+    lineage = json.loads((g / "lineage.json").read_text())
+    src_sha = json.loads((src / "config.json").read_text())["weights_sha256"]
+    assert lineage["verb"] == "grow" and lineage["method"] == "fpi" and lineage["flops"] == 0.0
+    assert lineage["options"] == {"seed": 3, "depth": "stack"}
+    assert lineage["target"] == str(wide) and lineage["source_config"]["d_model"] == 64
+    parent = lineage["parents"][0]
+    assert parent["path"] == str(src.resolve()) and parent["sha256"] == src_sha
+    assert parent["flops"] == total_flops(src) > 0
+    assert total_flops(g) == total_flops(src)  # a closed-form operator adds nothing
+    assert lineage["data"]["corpus"] == "stdlib"
+
+
+def test_grow_stack_by_preset_style_config_and_aki(src, tmp_path):
+    deep = target_file(tmp_path / "deep.json", n_layers=4)
+    cli("grow", src, "--to", deep, "--method", "interpolate", "--out", tmp_path / "i")
+    assert json.loads((tmp_path / "i" / "lineage.json").read_text())["layer_map"] == [0, 0, 1, 1]
+    both = target_file(tmp_path / "both.json", d_model=128, n_heads=8, n_kv_heads=8, n_layers=4)
+    res = cli("grow", src, "--to", both, "--method", "aki", "--out", tmp_path / "a", "--depth", "interpolate")
+    assert "function-preserving: no" in res.stdout
+    assert load_model(tmp_path / "a").config.n_layers == 4
+
+
+def test_grow_msg_and_reattach_masks_from_disk(src, tmp_path):
+    both = target_file(tmp_path / "both.json", d_model=128, n_heads=8, n_kv_heads=8, n_layers=4)
+    cli("grow", src, "--to", both, "--method", "msg", "--out", tmp_path / "m", "--ramp-steps", 50, "--seed", 1)
+    lineage = json.loads((tmp_path / "m" / "lineage.json").read_text())
+    assert lineage["options"] == {"seed": 1, "depth": "stack", "layers": "copy", "ramp_steps": 50}
+    assert lineage["new_layers"] == [2, 3]
+    grown = load_model(tmp_path / "m")
+    assert not same_logits(grown, load_model(src))  # on disk: the plain (mask 1) weights
+    masks = masked_growth_from_checkpoint(grown, tmp_path / "m")
+    assert masks.ramp_steps == 50 and masks.mask == 0.0
+    assert same_logits(grown, load_model(src))  # masks at 0: exactly the source
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--to", "tiny", "--out", "{tmp}/x", "SRC_MISSING"], "does not exist"),
+    (["--to", "small", "--out", "{tmp}/x"], "vocab_size=512"),
+    (["--to", "{small}", "--out", "{tmp}/x"], "smaller than the source in d_model"),
+    (["--to", "{headdim}", "--out", "{tmp}/x"], "head_dim changes from 16 to 32"),
+    (["--to", "{rms}", "--out", "{tmp}/x"], "differ in norm"),
+    (["--to", "tiny-bert", "--out", "{tmp}/x"], "differ in activation"),
+    (["--to", "huge", "--out", "{tmp}/x"], "unknown target 'huge'"),
+    (["--to", "tiny", "--method", "magic", "--out", "{tmp}/x"], "unknown growth method 'magic'"),
+    (["--to", "tiny", "--ramp-steps", "3", "--out", "{tmp}/x"], "do not apply"),
+    (["--to", "tiny", "--out", "SRC"], "must differ from the source"),
+])
+def test_bad_input_gives_one_clear_line(src, tmp_path, args, message):
+    files = {"small": target_file(tmp_path / "s.json", d_model=32, n_heads=2, n_kv_heads=2),
+             "headdim": target_file(tmp_path / "h.json", d_model=128),
+             "rms": target_file(tmp_path / "r.json", norm="rmsnorm")}
+    source = str(tmp_path / "missing") if "SRC_MISSING" in args else str(src)
+    argv = [a.format(tmp=tmp_path, **files).replace("SRC", source) for a in args if a != "SRC_MISSING"]
+    res = cli("grow", source, *argv, code=2)
+    assert "error:" in res.output and message in res.output, res.output
+    assert "Traceback" not in res.output
+
+
+def test_existing_output_is_not_overwritten(src, tmp_path):
+    cli("grow", src, "--to", "tiny", "--out", tmp_path / "o")
+    res = cli("grow", src, "--to", "tiny", "--out", tmp_path / "o", code=2)
+    assert "already holds a checkpoint" in res.output
