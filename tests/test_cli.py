@@ -189,3 +189,17 @@ def test_ctrl_c_saves_cleanly(tmp_path):
     state = json.loads((out / "state" / "trainer.json").read_text())
     assert state["step"] >= 3 and state["step"] == len(losses(out))
     assert "--resume auto" in err
+
+
+def test_eval_without_trainer_state_uses_lineage_data(trained, tmp_path):
+    import shutil
+
+    run = tmp_path / "weights-only"
+    shutil.copytree(trained, run)
+    shutil.rmtree(run / "state")
+    lineage = json.loads((run / "lineage.json").read_text())
+    lineage["data"] = {**lineage["data"], "corpus": str(tmp_path / "the-parents-corpus.txt")}
+    (run / "lineage.json").write_text(json.dumps(lineage))
+    assert "the-parents-corpus.txt" in cli("eval", run, code=2).output  # the lineage's corpus was looked for
+    res = cli("eval", run, "--corpus", "stdlib", "--json")
+    assert "val_loss" in json.loads(res.stdout.strip().splitlines()[-1])

@@ -229,11 +229,11 @@ def eval_run(run_dir: str | Path, *, corpus: str | None = None, device: str = "a
                                    f"was trained with")
     tokenizer = Tokenizer.from_json_str(tj)
     _check_vocab(tokenizer, model.config, str(run_dir))
-    data_spec = DataSpec()
+    # the data the run was trained on: its trainer state, else (grown or converted dirs) its lineage
     tpath = run_dir / ckpt.TRAINER_FILE
-    if tpath.exists():
-        saved = json.loads(tpath.read_text()).get("data_spec") or {}
-        data_spec = DataSpec(**{k: v for k, v in saved.items() if k in {f.name for f in dataclasses.fields(DataSpec)}})
+    saved = json.loads(tpath.read_text()).get("data_spec") if tpath.exists() else None
+    saved = saved or (ckpt.read_lineage(run_dir) or {}).get("data") or {}
+    data_spec = DataSpec(**{k: v for k, v in saved.items() if k in {f.name for f in dataclasses.fields(DataSpec)}})
     if corpus is not None:
         data_spec.corpus = corpus
     if max_batches is not None:
