@@ -114,3 +114,15 @@ def test_existing_output_is_not_overwritten(src, tmp_path):
     cli("grow", src, "--to", "tiny", "--out", tmp_path / "o")
     res = cli("grow", src, "--to", "tiny", "--out", tmp_path / "o", code=2)
     assert "already holds a checkpoint" in res.output
+
+
+@pytest.mark.parametrize("method", ["ligo", "mango"])
+def test_grow_learned_operator_fits_on_the_sources_data(src, tmp_path, method):
+    to = target_file(tmp_path / "t.json", preset="tiny", n_layers=3)
+    out = tmp_path / method
+    cli("grow", src, "--to", to, "--method", method, "--out", out, "--steps", 3)
+    lineage = json.loads((out / "lineage.json").read_text())
+    assert lineage["method"] == method and lineage["flops"] > 0
+    assert lineage["options"]["operator"]["steps"] == 3
+    res = cli("eval", out, "--json")
+    assert "val_loss" in json.loads(res.stdout.strip().splitlines()[-1])

@@ -14,6 +14,8 @@ total FLOPs) and the operator's own FLOPs (0 for the closed-form operators here)
 
 from __future__ import annotations
 
+import dataclasses
+
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -211,6 +213,8 @@ def grow_checkpoint(src_dir: str | Path, target: ModelConfig | dict | str | Path
     if ckpt.has_checkpoint(out_dir):
         raise GrowthError(f"{out_dir} already holds a checkpoint; choose another --out so nothing is overwritten")
     source = ckpt.load_model(src_dir)
+    if method in LEARNED_METHODS and opts.get("data") is None:
+        opts["data"] = _source_batches(src_dir, resolve_target(target), seed)
     result = grow_model(source, target, method, seed=seed, **opts)
     src_cfg = source.config
     parent_lineage = ckpt.read_lineage(src_dir) or {}
@@ -234,6 +238,31 @@ def grow_checkpoint(src_dir: str | Path, target: ModelConfig | dict | str | Path
             "target_params": model.num_parameters(), "flops": float(result.flops),
             "parent_flops": lineage["parents"][0]["flops"], "function_preserving": result.function_preserving,
             "layer_map": lineage.get("layer_map")}
+
+
+LEARNED_METHODS = ("ligo", "mango")
+
+
+def _source_batches(src_dir: Path, target_cfg: ModelConfig, seed: int):
+    """The batches a learned operator is fitted on: the source run's own data (its recorded data spec and
+    tokenizer), shaped for the target model."""
+    import json
+
+    from ..data import Tokenizer
+    from ..train import checkpoint as ckpt
+    from ..train.run import DataSpec, RunSpec, build_data
+
+    tj = ckpt.load_tokenizer_json(src_dir)
+    if tj is None:
+        raise GrowthError(f"{src_dir} has no tokenizer.json; a learned operator is fitted on the source's data")
+    tpath = src_dir / ckpt.TRAINER_FILE
+    saved = json.loads(tpath.read_text()).get("data_spec") if tpath.exists() else None
+    saved = saved or (ckpt.read_lineage(src_dir) or {}).get("data") or {}
+    known = {f.name for f in dataclasses.fields(DataSpec)}
+    spec = RunSpec(model=target_cfg, data=DataSpec(**{k: v for k, v in saved.items() if k in known}))
+    spec.train.seed = seed
+    _, data, _ = build_data(spec, Tokenizer.from_json_str(tj))
+    return data
 
 
 def masked_growth_from_checkpoint(model: TransformerLM, run_dir: str | Path, ramp_steps: int | None = None,
