@@ -104,6 +104,7 @@ def train(
     --warmup-steps 50, --eval-every 100, --save-every 50, --precision bf16, --task-train F --task-val F, ...
     (or --set field=value)."""
     _setup_logging(verbose)
+    from . import grow  # noqa: F401  (registers growth's --init hooks, e.g. the MSG mask ramp)
     from .train.checkpoint import has_trainer_state
     from .train.run import build_spec, train_run
 

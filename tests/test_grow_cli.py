@@ -126,3 +126,21 @@ def test_grow_learned_operator_fits_on_the_sources_data(src, tmp_path, method):
     assert lineage["options"]["operator"]["steps"] == 3
     res = cli("eval", out, "--json")
     assert "val_loss" in json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def test_train_from_msg_growth_starts_at_the_sources_function(src, tmp_path):
+    """`morphlm train --init` on an MSG-grown dir re-attaches the masks at 0: the first loss (taken before
+    any update) equals the one the source model gets on the same batch; then the masks ramp."""
+    to = target_file(tmp_path / "t.json", preset="tiny", n_layers=4, d_model=128, n_heads=8)
+    grown = tmp_path / "msg"
+    cli("grow", src, "--to", to, "--method", "msg", "--out", grown, "--ramp-steps", 3)
+    common = ["--corpus", "stdlib", "--max-bytes", 200000, "--seq-len", 64, "--batch-size", 8, "--max-steps", 4]
+    big = ["--preset", "tiny", "--n-layers", 4, "--d-model", 128, "--n-heads", 8]
+    cli("train", *big, "--init", grown, *common, "--out", tmp_path / "a")
+    cli("train", "--preset", "tiny", "--init", src, *common, "--out", tmp_path / "b")
+    a = [json.loads(x)["loss"] for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    b = [json.loads(x)["loss"] for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert abs(a[0] - b[0]) < 1e-4
+    # resuming the grown run keeps the ramp where it was (no reset of the masks or the optimizer)
+    cli("train", *big, "--init", grown, *common[:-1], 6, "--out", tmp_path / "a", "--resume", "auto")
+    assert len((tmp_path / "a" / "metrics.jsonl").read_text().splitlines()) == 6

@@ -25,7 +25,7 @@ import torch
 
 from ..model.config import PRESETS, ModelConfig
 from ..model.transformer import TransformerLM
-from .depth import MaskedGrowth, expand_depth
+from .depth import MaskedGrowth, carry_optimizer_state, expand_depth
 from .index_maps import GrowthError, GrowthPlan, apply_plan, compose_depth, first_copies, resolve_layer_map
 from .width import aki_patch, check_growable, width_plan
 
@@ -282,3 +282,30 @@ def masked_growth_from_checkpoint(model: TransformerLM, run_dir: str | Path, ram
                          layers=opts.get("layers", "copy"))
     return MaskedGrowth(model, plan, ramp_steps=ramp_steps if ramp_steps is not None else int(opts["ramp_steps"]),
                         start_step=start_step)
+
+
+def _msg_init_hook(model: TransformerLM, init_dir: str, resuming: bool) -> list:
+    """``morphlm train --init DIR`` on a directory grown with ``--method msg``: re-attach the masks (ramping from
+    step 0 of the new run) and, on a fresh start, carry the source run's AdamW moments over (old entries
+    through the growth's index maps, new ones zero). Other init directories get no callback."""
+    from ..train import checkpoint as ckpt
+
+    lineage = ckpt.read_lineage(init_dir) or {}
+    if lineage.get("verb") != "grow" or lineage.get("method") != "msg":
+        return []
+    masks = masked_growth_from_checkpoint(model, init_dir, start_step=0)
+    parents = lineage.get("parents") or []
+    parent = Path(parents[0]["path"]) if parents else None
+    if not resuming and parent is not None and (parent / ckpt.TRAINER_FILE).exists():
+        masks.optimizer_state = carry_optimizer_state(ckpt.load_model(parent), parent, model, masks.plan)
+    return [masks]
+
+
+def _register_init_hook() -> None:
+    from ..train.run import INIT_HOOKS
+
+    if _msg_init_hook not in INIT_HOOKS:
+        INIT_HOOKS.append(_msg_init_hook)
+
+
+_register_init_hook()

@@ -24,6 +24,11 @@ from .loop import FitResult, TrainArgs, evaluate, fit, model_loss, resolve_devic
 
 log = logging.getLogger("morphlm.run")
 
+# Fit callbacks contributed by higher layers for a run started with --init (growth's MSG mask ramp is one):
+# each hook is called as hook(model, init_dir, resuming) and returns a list of callbacks (often empty).
+# Higher layers register here on import, so this module never imports them.
+INIT_HOOKS: list = []
+
 
 @dataclass
 class DataSpec:
@@ -206,6 +211,9 @@ def train_run(spec: RunSpec, callbacks=()) -> FitResult:
     if spec.init:
         init_tok = _load_init(model, spec.init)
         tokenizer = tokenizer or init_tok
+        resuming = out is not None and ckpt.has_trainer_state(out) and args.resume == "auto"
+        for hook in INIT_HOOKS:
+            callbacks = [*callbacks, *hook(model, spec.init, resuming)]
     tokenizer, data, fps = build_data(spec, tokenizer)
     lineage = {"verb": "train", "preset": spec.model.name,
                "data": dataclasses.asdict(spec.data), "parents": []}
