@@ -204,21 +204,13 @@ def grow(
     Method-specific options pass through: --layers random (msg), --set key=value."""
     _setup_logging()
     from .grow.api import grow_checkpoint
+    from .train.run import parse_value
 
-    extra = {k: _number(v) for k, v in _parse_extra(ctx.args).items()}
+    extra = {k: parse_value(v, None, k) for k, v in _parse_extra(ctx.args).items()}
     info = grow_checkpoint(src, to, method, out, seed=seed, depth=depth, ramp_steps=ramp_steps, **extra)
     typer.echo(f"grew {src} ({info['source_params']:,} params) → {info['out_dir']} ({info['target_params']:,} params) "
                f"by {info['method']}; operator FLOPs {info['flops']:.3g}, source FLOPs {info['parent_flops']:.3g}; "
                f"function-preserving: {info['function_preserving']}")
-
-
-def _number(value: str):
-    for cast in (int, float):
-        try:
-            return cast(value)
-        except ValueError:
-            continue
-    return value
 
 
 @data_app.command("list")

@@ -51,8 +51,9 @@ class RunSpec:
     init: str | None = None  # start from this checkpoint's weights (fine-tuning)
 
 
-def _coerce(value: Any, like: Any, key: str) -> Any:
-    """Parse a command-line string to the type of the field it overrides."""
+def parse_value(value: Any, like: Any, key: str) -> Any:
+    """Parse a command-line string to the type of the field it overrides (``like``: its current value;
+    None when unknown: then int, float, none/null or the string itself)."""
     if not isinstance(value, str) or isinstance(like, str):
         return value
     low = value.lower()
@@ -120,15 +121,15 @@ def build_spec(preset: str | None = None, recipe: str | Path | None = None,
                               f"data: {sorted(data_names)}, train: {sorted(train_names)}")
     base_cfg = ModelConfig.from_name(base or "tiny").to_dict()
     for key, value in model_fields.items():
-        model_fields[key] = _coerce(value, base_cfg.get(key), key)
+        model_fields[key] = parse_value(value, base_cfg.get(key), key)
     cfg = ModelConfig.from_dict({**base_cfg, **model_fields})
     dspec_defaults = DataSpec()
-    data_fields = {k: _coerce(v, getattr(dspec_defaults, k), k) for k, v in data_fields.items()}
+    data_fields = {k: parse_value(v, getattr(dspec_defaults, k), k) for k, v in data_fields.items()}
     unknown = set(data_fields) - data_names
     if unknown:
         raise ConfigError(f"unknown data setting(s) {sorted(unknown)}; known: {sorted(data_names)}")
     targs_defaults = TrainArgs()
-    train_fields = {k: _coerce(v, getattr(targs_defaults, k), k) for k, v in train_fields.items()}
+    train_fields = {k: parse_value(v, getattr(targs_defaults, k), k) for k, v in train_fields.items()}
     unknown = set(train_fields) - train_names
     if unknown:
         raise ConfigError(f"unknown train setting(s) {sorted(unknown)}; known: {sorted(train_names)}")
