@@ -40,6 +40,8 @@ Both are in ``info["flops"]`` for the lineage; the source's own pretraining is n
 
 from __future__ import annotations
 
+import abc
+
 import logging
 import math
 from dataclasses import asdict
@@ -170,7 +172,7 @@ def source_layers(model: TransformerLM) -> dict[str, torch.Tensor]:
 
 
 # ---------------------------------------------------------------------------- the shared wrapper
-class GrowerBase(nn.Module):
+class GrowerBase(nn.Module, abc.ABC):
     """An operator over frozen source weights whose forward is the grown target model's forward.
 
     Subclasses define ``grown_layers()`` (target block tensors by role, stacked over target layers) and
@@ -216,12 +218,14 @@ class GrowerBase(nn.Module):
         self._shell.train(mode)
         return self
 
-    # subclasses ----------------------------------------------------------------------------------
+    # what each operator defines (LiGOGrower, MangoGrower) ----------------------------------------
+    @abc.abstractmethod
     def grown_layers(self) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+        """Per-layer target tensors (q, k, v, o, fc1, fc2, their biases and norms), stacked over layers."""
 
+    @abc.abstractmethod
     def boundary_maps(self) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
+        """(out-map, in-map) of the residual width, used for embeddings, final norm and heads."""
 
     # --------------------------------------------------------------------------------------------
     def grown_parameters(self) -> dict[str, torch.Tensor]:
