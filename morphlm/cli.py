@@ -15,6 +15,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="morphlm: build, grow, shrink and reroute transformer language models, and measure them.")
 data_app = typer.Typer(no_args_is_help=True, help="Corpora and token stores: list, prepare, inspect.")
 app.add_typer(data_app, name="data")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: each writes benchmarks/results/<name>.json (+ plot).")
+app.add_typer(bench_app, name="bench")
+search_app = typer.Typer(no_args_is_help=True, help="Searches over layer mappings and architectures.")
+app.add_typer(search_app, name="search")
 
 
 def _setup_logging(verbose: bool = False) -> None:
@@ -251,6 +255,12 @@ def demo(
     from .demo import run_demo
 
     run_demo(out, steps=steps)
+
+
+# the method families' own command modules (morphlm/commands/*.py) decorate onto app / bench_app / search_app
+from .commands import load_all as _load_commands  # noqa: E402
+
+_load_commands()
 
 
 def main() -> None:
