@@ -102,11 +102,20 @@ def train(
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda."),
     init: Optional[Path] = typer.Option(None, help="Start from this checkpoint's weights (fine-tuning)."),
+    schedule: Optional[str] = typer.Option(
+        None, help="Progressive schedule: two-stage (bert2BERT) | apollo | mslt | chain. --max-steps is the budget "
+                   "of all stages; stage checkpoints go to OUT/stage<k>-*/, the final model to OUT/."),
+    source: Optional[Path] = typer.Option(None, help="--schedule: checkpoint of the smaller model to grow from."),
+    schedule_opt: Optional[list[str]] = typer.Option(
+        None, "--schedule-opt", help="--schedule option KEY=VALUE (YAML value), repeatable: two-stage l_b=3 "
+        "stage1_fraction=0.125 method=aki; apollo unique=[1,3,6,12] switch=[0.05,0.1,0.25]; mslt depths=[2,4,8] "
+        "final_fraction=0.5; chain stages=[{n_layers: 2}, {method: stack, n_layers: 4}]. A recipe's "
+        "`schedule:` section (name: + options) does the same."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Train (or resume) a model. Any config field can be overridden: --d-model 128, --n-layers 4,
     --warmup-steps 50, --eval-every 100, --save-every 50, --precision bf16, --task-train F --task-val F, ...
-    (or --set field=value)."""
+    (or --set field=value). With --schedule, the model settings describe the final (target) model."""
     _setup_logging(verbose)
     from . import grow  # noqa: F401  (registers growth's --init hooks, e.g. the MSG mask ramp)
     from .train.checkpoint import has_trainer_state
@@ -117,6 +126,18 @@ def train(
         corpus=corpus, max_steps=max_steps, out_dir=str(out) if out else None, resume=resume,
         batch_size=batch_size, seq_len=seq_len, lr=lr, schedule_steps=schedule_steps, parallel=parallel,
         compile=compile, device=device, init=str(init) if init else None).items() if v is not None})
+    if schedule or source or schedule_opt:
+        import yaml
+
+        sopts: dict = {}
+        for item in schedule_opt or []:
+            if "=" not in item:
+                raise typer.BadParameter(f"--schedule-opt {item!r}: use KEY=VALUE, e.g. l_b=3")
+            key, value = item.split("=", 1)
+            sopts[key.strip().replace("-", "_")] = yaml.safe_load(value)
+        if source:
+            sopts["source"] = str(source)
+        overrides.update(schedule=schedule, schedule_opts=sopts)
     if overrides.get("schedule_steps") is None and not (out and has_trainer_state(out)) and config is None:
         overrides["schedule_steps"] = 1000
     spec = build_spec(preset, config, overrides)
@@ -140,16 +161,22 @@ def eval_cmd(
     max_batches: Optional[int] = typer.Option(None, help="Number of validation batches."),
     device: str = typer.Option("auto"),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    latency: bool = typer.Option(False, "--latency/--no-latency",
+                                 help="Also time the forward pass: batch 1 and 32, sequence 128, 1 thread, "
+                                      "median and p90 ms."),
+    latency_runs: int = typer.Option(100, help="Timed runs per batch size (after 10 warm-up runs)."),
 ) -> None:
-    """Validation loss and perplexity (and accuracy for classifiers) of a checkpoint."""
+    """Validation loss and perplexity (and accuracy for classifiers) of a checkpoint, its parameter count and
+    bytes on disk (also for quantized directories written by `morphlm quantize`), and optionally latency."""
     _setup_logging()
     from .train.run import eval_run
 
-    metrics = eval_run(run_dir, corpus=corpus, device=device, max_batches=max_batches)
+    metrics = eval_run(run_dir, corpus=corpus, device=device, max_batches=max_batches, latency=latency,
+                       latency_runs=latency_runs)
     if as_json:
         typer.echo(json.dumps(metrics))
     else:
-        typer.echo("  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        typer.echo("  ".join(f"{k} {v}" if isinstance(v, int) else f"{k} {v:.4f}" for k, v in metrics.items()))
 
 
 @app.command()

@@ -111,3 +111,15 @@ def test_weights_not_matching_config(tmp_path):
 def test_atomic_write_leaves_no_temp(tmp_path):
     ckpt.write_atomic(tmp_path / "a.json", "{}")
     assert os.listdir(tmp_path) == ["a.json"]
+
+
+def test_model_config_reads_a_checkpoint_directory(tmp_path):
+    """ModelConfig.from_checkpoint / from_file(dir) skip the checkpoint-only keys of config.json."""
+    import json
+
+    from morphlm.model import ModelConfig
+
+    cfg = ModelConfig.from_name("tiny")
+    (tmp_path / "config.json").write_text(json.dumps({"format_version": 2, "weights_sha256": "ab", **cfg.to_dict()}))
+    assert ModelConfig.from_checkpoint(tmp_path) == cfg
+    assert ModelConfig.from_file(tmp_path) == cfg

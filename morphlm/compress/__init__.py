@@ -2,5 +2,6 @@
 Distill, LightMBERT, TernaryBERT (packed 2-bit), AutoTinyBERT search. Errors are :class:`CompressionError`."""
 
 from .errors import CompressionError
+from . import packed, quantize  # noqa: E402  (importing them registers the quantized checkpoint loaders)
 
-__all__ = ["CompressionError"]
+__all__ = ["CompressionError", "packed", "quantize"]

@@ -18,3 +18,8 @@ __all__ = [
     "grow_checkpoint", "grow_model", "load_optimizer_state", "masked_growth_from_checkpoint", "register_method",
     "remap", "resolve_target", "to_resume_format", "width_plan",
 ]
+
+from . import schedules as _schedules  # noqa: E402  (registers `morphlm train --schedule` runners)
+from .schedules import SCHEDULES, ScheduleResult, available_schedules, run_schedule  # noqa: E402
+
+__all__ += ["SCHEDULES", "ScheduleResult", "available_schedules", "run_schedule"]

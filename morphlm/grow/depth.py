@@ -58,6 +58,17 @@ def expand_depth(state: Mapping[str, torch.Tensor], layer_map: Sequence[int], ta
     return out
 
 
+def top_copy_layers(n_source: int, n_target: int) -> list[int]:
+    """MSLT stacking: keep layers 0..L-1 and put copies of the top ``n_target - L`` layers (in order) on top,
+    e.g. 3 → 5: 0 1 2 1 2; growing by more than L repeats the whole stack (StackBERT, l mod L)."""
+    if not 0 < n_source <= n_target:
+        raise GrowthError(f"cannot stack {n_source} layers into {n_target}; the target must be at least as deep")
+    add = n_target - n_source
+    if add <= n_source:
+        return list(range(n_source)) + list(range(n_source - add, n_source))
+    return [i % n_source for i in range(n_target)]
+
+
 # ---------------------------------------------------------------------------- masked growth
 def masked_norm(module: nn.Module, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     """LayerNorm/RMSNorm of x (…, D) with statistics weighted by c (D,) and the output multiplied by c."""

@@ -22,7 +22,8 @@ API
 ``IndexMap.extend(n_source, n_target)``      identity prefix, the rest fresh (-1)
 ``IndexMap.select(indices, n_source)``       keep these source units, in this order (extraction / pruning)
 ``IndexMap.cat(maps)``                       a fused axis ([q; k; v], [gate; up]); source offsets are added
-``m.per_unit(k)``                            a unit map → a row map where every unit spans k rows (head → dims)
+``m.per_unit(k)``                            a unit map → a row map where every unit spans k rows (head → dims);
+                                             ``per_unit(k, within=...)`` keeps some rows of each unit (head dims)
 ``m.without_duplicates()``                   every repeated unit becomes fresh (masked growth: new units are new)
 ``m.counts`` (n_source,)  ``m.scale`` (n_target,) = 1/C_{g(i)}  ``m.is_new``: fresh or not the first copy
 ``remap(t, maps, divide=(), fresh=None)``    apply one map per dim (None = keep the axis); divide the dims in
@@ -103,9 +104,25 @@ class IndexMap:
     def n_target(self) -> int:
         return int(self.index.numel())
 
-    def per_unit(self, k: int) -> "IndexMap":
-        """Unit map → row map where unit u spans rows [u·k, (u+1)·k) (e.g. heads → their head_dim rows)."""
-        rows = self.index[:, None] * k + torch.arange(k)[None, :]  # (n_target, k)
+    def per_unit(self, k: int, within: Sequence[int] | Sequence[Sequence[int]] | torch.Tensor | None = None
+                 ) -> "IndexMap":
+        """Unit map → row map where unit u spans rows [u·k, (u+1)·k) (e.g. heads → their head_dim rows).
+
+        ``within`` keeps only some rows of every unit, in the given order: one list of offsets in [0, k) shared
+        by every target unit, or one list per target unit (extraction keeps a subset of each head's dims).
+        """
+        if within is None:
+            offsets = torch.arange(k)[None, :].expand(self.n_target, k)
+        else:
+            offsets = torch.as_tensor(within, dtype=torch.long)
+            if offsets.dim() == 1:
+                offsets = offsets[None, :].expand(self.n_target, -1)
+            if offsets.dim() != 2 or offsets.shape[0] != self.n_target:
+                raise ValueError(f"within= must give one offset list, or one per target unit ({self.n_target}); "
+                                 f"got shape {tuple(offsets.shape)}")
+            if offsets.numel() and (int(offsets.min()) < 0 or int(offsets.max()) >= k):
+                raise ValueError(f"within= offsets must lie in [0, {k})")
+        rows = self.index[:, None] * k + offsets  # (n_target, k or len(within))
         rows = torch.where(self.index[:, None] >= 0, rows, torch.full_like(rows, -1))
         return IndexMap(rows.reshape(-1), self.n_source * k)
 

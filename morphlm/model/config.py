@@ -154,10 +154,14 @@ class ModelConfig:
             raise ConfigError(f"could not parse {path}: {exc}; fix the file's syntax") from exc
         if not isinstance(data, dict):
             raise ConfigError(f"{path} must hold a mapping of ModelConfig fields")
-        version = data.get("format_version", FORMAT_VERSION)
+        # a checkpoint directory's config.json (it carries weights_sha256) numbers the checkpoint format,
+        # which train/checkpoint.py checks when it loads weights; here only its model fields matter
+        version = FORMAT_VERSION if "weights_sha256" in data else data.get("format_version", FORMAT_VERSION)
         if isinstance(version, int) and version > FORMAT_VERSION:
             raise ConfigError(f"{path} has format_version {version}, newer than this morphlm understands "
                               f"({FORMAT_VERSION}); upgrade morphlm (pip install -U morphlm)")
+        for key in CHECKPOINT_ONLY_KEYS:  # a checkpoint's config.json also carries these
+            data.pop(key, None)
         if "preset" in data:
             base = cls.from_name(data.pop("preset")).to_dict()
             base.update(data)
@@ -186,6 +190,10 @@ class ModelConfig:
     @property
     def kv_dim(self) -> int:
         return self.n_kv_heads * (self.d_model // self.n_heads)
+
+
+# keys a checkpoint directory's config.json carries beside the ModelConfig fields (see train/checkpoint.py)
+CHECKPOINT_ONLY_KEYS = ("format_version", "weights_sha256", "quantization")
 
 
 def _divisors(n: int) -> list[int]:

@@ -158,17 +158,48 @@ class TransformerLM(nn.Module):
         token_type_ids: torch.Tensor | None = None,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
+        prompt_embeds: torch.Tensor | None = None,
     ) -> ModelOutput:
         """input_ids (B, T). For lm/mlm, ``labels`` (B, T) are the targets at each position (already
-        shifted for causal LM: labels[t] = input_ids[t+1]); -100 is ignored. For cls, labels (B,)."""
+        shifted for causal LM: labels[t] = input_ids[t+1]); -100 is ignored. For cls, labels (B,).
+
+        ``prompt_embeds`` (1 or B, P, D): soft-prompt vectors (prompt tuning) inserted *after the first
+        token*, so a leading [cls]/[bos] keeps position 0 (the cls head still pools it) and every later
+        token sees the prompt, causal or not. A prompt vector stands in for a token embedding: it gets
+        the position embedding of its slot (learned positions 1..P; RoPE rotates by the same slots), the
+        segment embedding of segment 0, and is always attended to (attention_mask is extended with 1s).
+        The input tokens move to positions 0 and P+1..P+T-1, so T + P must fit max_seq_len. Logits and
+        the loss cover the T input positions only (prompt slots are dropped before the head, so labels
+        stay (B, T)); hidden_states and attentions cover all T + P positions. With ``prompt_embeds=None``
+        the computation is exactly the one without the argument."""
         cfg = self.config
         B, T = input_ids.shape
-        if T > cfg.max_seq_len:
-            raise ValueError(f"sequence length {T} exceeds max_seq_len={cfg.max_seq_len}; "
+        P = 0 if prompt_embeds is None else prompt_embeds.shape[1]
+        if prompt_embeds is not None:
+            shape = tuple(prompt_embeds.shape)
+            if len(shape) != 3 or shape[0] not in (1, B) or shape[2] != cfg.d_model:
+                raise ValueError(f"prompt_embeds must have shape (1 or {B}, P, {cfg.d_model}), got "
+                                 f"{tuple(prompt_embeds.shape)}")
+            if T < 1:
+                raise ValueError("prompt_embeds needs at least one input token (the prompt follows the first one)")
+        if T + P > cfg.max_seq_len:
+            extra = f" plus {P} prompt vectors" if P else ""
+            raise ValueError(f"sequence length {T}{extra} exceeds max_seq_len={cfg.max_seq_len}; "
                              f"truncate the input or build the model with a larger max_seq_len")
         h = self.tok_emb(input_ids)  # (B, T, D)
+        if prompt_embeds is not None:
+            prompt = prompt_embeds.to(h.dtype).expand(B, -1, -1)  # (B, P, D)
+            h = torch.cat([h[:, :1], prompt, h[:, 1:]], dim=1)  # (B, T+P, D)
+            if attention_mask is not None:
+                attention_mask = torch.cat([attention_mask[:, :1], attention_mask.new_ones(B, P),
+                                            attention_mask[:, 1:]], dim=1)  # (B, T+P)
+            if token_type_ids is not None:
+                token_type_ids = torch.cat([token_type_ids[:, :1], token_type_ids.new_zeros(B, P),
+                                            token_type_ids[:, 1:]], dim=1)  # (B, T+P)
+            elif self.seg_emb is not None:
+                token_type_ids = input_ids.new_zeros(B, T + P)
         if self.pos_emb is not None:
-            h = h + self.pos_emb(torch.arange(T, device=input_ids.device))
+            h = h + self.pos_emb(torch.arange(T + P, device=input_ids.device))
         if self.seg_emb is not None:
             seg = token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids)
             h = h + self.seg_emb(seg)
@@ -176,7 +207,7 @@ class TransformerLM(nn.Module):
             h = self.emb_norm(h)
         h = self.drop(h)
         rope = (self.rope_cos, self.rope_sin) if self.rope_cos is not None else None
-        mask = self._attention_mask(attention_mask, T)
+        mask = self._attention_mask(attention_mask, T + P)
 
         hidden = [h] if output_hidden_states else None
         scores = [] if output_attentions else None
@@ -188,6 +219,8 @@ class TransformerLM(nn.Module):
                 scores.append(s)
         if self.final_norm is not None:
             h = self.final_norm(h)
+        if P:
+            h = torch.cat([h[:, :1], h[:, 1 + P:]], dim=1)  # (B, T, D): drop the prompt slots
 
         logits = self.head(h)
         loss = None

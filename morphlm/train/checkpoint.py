@@ -47,6 +47,13 @@ METRICS_FILE = "metrics.jsonl"
 # Format 1 is the first released format, so there is nothing to upgrade yet.
 UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
 
+# Quantized checkpoints (config.json carries a ``quantization`` block naming its ``method``) are built by
+# the loader registered for that method: QUANTIZED_LOADERS[method](run_dir, device, verify) -> model.
+# Higher layers register on import (morphlm.compress registers "ternary" and "int8_dynamic"); load_model
+# imports the packages named in QUANTIZED_PROVIDERS on first need, so this module never imports them.
+QUANTIZED_LOADERS: dict[str, Callable[..., Any]] = {}
+QUANTIZED_PROVIDERS: tuple[str, ...] = ("morphlm.compress",)
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint directory that cannot be used; the message names the problem and the fix."""
@@ -104,8 +111,10 @@ def save_checkpoint(
     optimizer_tensors: dict[str, torch.Tensor] | None = None,
     trainer_state: dict[str, Any] | None = None,
     lineage: dict[str, Any] | None = None,
+    extra_config: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a checkpoint directory atomically. ``model_state`` must be the unwrapped model's."""
+    """Write a checkpoint directory atomically. ``model_state`` must be the unwrapped model's.
+    ``extra_config``: extra top-level entries of config.json (a packed model's ``quantization`` block)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     recover(run_dir)
@@ -135,6 +144,7 @@ def save_checkpoint(
         put(TRAINER_FILE, json.dumps(trainer_state, indent=2, sort_keys=True))
     config = json.loads(cfg.to_json())
     config["weights_sha256"] = weights_sha
+    config.update(extra_config or {})
     put(CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True))
     write_atomic(stage / COMMIT, json.dumps({"files": files}))
     recover(run_dir)
@@ -177,7 +187,7 @@ def read_config(run_dir: str | Path) -> tuple[ModelConfig, dict[str, Any]]:
                                   f"{FORMAT_VERSION} exists; re-export it with an older morphlm")
         raw = UPGRADES[version](raw)
         version += 1
-    fields = {k: v for k, v in raw.items() if k not in ("format_version", "weights_sha256")}
+    fields = {k: v for k, v in raw.items() if k not in ("format_version", "weights_sha256", "quantization")}
     try:
         cfg = ModelConfig.from_dict(fields)
     except ConfigError as exc:
@@ -185,9 +195,15 @@ def read_config(run_dir: str | Path) -> tuple[ModelConfig, dict[str, Any]]:
     return cfg, raw
 
 
-def load_state_dict(run_dir: str | Path, verify: bool = True) -> tuple[dict[str, torch.Tensor], ModelConfig]:
+def load_state_dict(run_dir: str | Path, verify: bool = True,
+                    allow_quantized: bool = False) -> tuple[dict[str, torch.Tensor], ModelConfig]:
     run_dir = Path(run_dir)
     cfg, raw = read_config(run_dir)
+    if raw.get("quantization") and not allow_quantized:
+        method = raw["quantization"].get("method") if isinstance(raw["quantization"], dict) else None
+        raise CheckpointError(f"{run_dir} holds a quantized ({method}) model whose weights are not float tensors; "
+                              f"it can be evaluated or served (load_model), but not used as --init, resumed "
+                              f"or grown — use the full-precision checkpoint it was made from")
     path = run_dir / MODEL_FILE
     if not path.exists():
         raise CheckpointError(f"{run_dir} has no {MODEL_FILE}; the checkpoint is incomplete — retrain or restore it")
@@ -206,7 +222,11 @@ def load_state_dict(run_dir: str | Path, verify: bool = True) -> tuple[dict[str,
 
 
 def load_model(run_dir: str | Path, device: str | torch.device = "cpu", verify: bool = True) -> TransformerLM:
-    """Build the model of a checkpoint directory and load its verified weights."""
+    """Build the model of a checkpoint directory and load its verified weights (a quantized directory is
+    built by its method's registered loader, see QUANTIZED_LOADERS)."""
+    _, raw = read_config(run_dir)
+    if raw.get("quantization"):
+        return _load_quantized(Path(run_dir), raw["quantization"], device, verify)
     state, cfg = load_state_dict(run_dir, verify=verify)
     model = TransformerLM(cfg)
     expected = model.state_dict()
@@ -221,6 +241,33 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu", verify: 
                                   f"implies {tuple(expected[name].shape)}; config and weights do not match")
     model.load_state_dict(state)
     return model.to(device)
+
+
+def _load_quantized(run_dir: Path, block: Any, device: str | torch.device, verify: bool):
+    method = block.get("method") if isinstance(block, dict) else None
+    if method not in QUANTIZED_LOADERS:
+        import importlib
+
+        for provider in QUANTIZED_PROVIDERS:  # plugin lookup by name: registers the loaders it provides
+            importlib.import_module(provider)
+    if method not in QUANTIZED_LOADERS:
+        raise CheckpointError(f"{run_dir}/config.json declares quantization method {method!r}, which no installed "
+                              f"loader reads (known: {sorted(QUANTIZED_LOADERS)}); upgrade morphlm or re-export it")
+    return QUANTIZED_LOADERS[method](run_dir, device=device, verify=verify)
+
+
+def dir_bytes(run_dir: str | Path) -> int:
+    """Bytes on disk of the servable files of a checkpoint directory (weights, config, tokenizer,
+    lineage): everything except resume state (state/), logs (metrics.jsonl, tensorboard/) and staging."""
+    run_dir = Path(run_dir)
+    skip = {"state", STAGING, "tensorboard", METRICS_FILE}
+    total = 0
+    for path in run_dir.rglob("*"):
+        rel = path.relative_to(run_dir)
+        if rel.parts[0] in skip or not path.is_file():
+            continue
+        total += path.stat().st_size
+    return total
 
 
 def load_tokenizer_json(run_dir: str | Path) -> str | None:

@@ -211,8 +211,23 @@ def fit(
     tokenizer_json: str | None = None,
     lineage: dict[str, Any] | None = None,
     extra_state: dict[str, Any] | None = None,
+    step_offset: int = 0,
+    step_flops: Callable[[int], float] | None = None,
+    aux_modules: nn.Module | None = None,
 ) -> FitResult:
-    """Train ``model`` with ``loss_fn`` on ``data``; see the module docstring for the contracts."""
+    """Train ``model`` with ``loss_fn`` on ``data``; see the module docstring for the contracts.
+
+    ``step_offset`` (progressive schedules, morphlm.grow.schedules): this fit continues a longer run whose
+    global step of local step 0 is ``step_offset``; the batches, the LR schedule, the dropout seed and the
+    eval cadence follow the global step, while ``max_steps``, checkpoints and metrics count local steps.
+    ``step_flops(step)``: FLOPs of local step ``step`` when they vary per step (sampled sub-models, frozen
+    layers); it overrides ``args.flops_per_step`` and the ruler's full-model count.
+    ``aux_modules``: extra trainable parameters the loss owns (distillation's projections W_h). They are
+    moved to the device, updated by an AdamW with the same settings and LR schedule, clipped together
+    with the model, and stored in state/optimizer.safetensors (``aux.param::NAME``, ``aux.state::I::KEY``)
+    so resume is exact; they are not part of model.safetensors. (Not all-reduced under FSDP sharding:
+    DDP-style gradient averaging is applied to them by hand.)
+    """
     args.validate()
     loss_fn = loss_fn or model_loss
     callbacks = list(callbacks)
@@ -256,7 +271,7 @@ def fit(
         args.schedule_steps = args.max_steps
 
     # the data decides the global batch (sequences per optimizer step) and the sequence length
-    global_batch, seq_len = (int(n) for n in data.train_batch(start_step)["input_ids"].shape)
+    global_batch, seq_len = (int(n) for n in data.train_batch(start_step + step_offset)["input_ids"].shape)
     if global_batch % info.world_size:
         raise ValueError(f"the global batch of {global_batch} sequences is not divisible by the "
                          f"{info.world_size} processes; pick a batch size that is")
@@ -272,6 +287,24 @@ def fit(
     raw = unwrap(model).to(device)
     wrapped = wrap_model(raw, args.parallel, info, device)
     optimizer = build_optimizer(wrapped, args, device)
+    aux_params: list[torch.nn.Parameter] = []
+    aux_opt = None
+    if aux_modules is not None:
+        aux_modules.to(device)
+        aux_params = [p for p in aux_modules.parameters() if p.requires_grad]
+        if resume_state is not None:
+            saved_aux = {k.split("::", 1)[1]: v for k, v in optim_tensors.items() if k.startswith("aux.param::")}
+            if saved_aux:
+                aux_modules.load_state_dict(saved_aux)
+        if aux_params:
+            aux_opt = build_optimizer(aux_modules, args, device)
+            if resume_state is not None and resume_state.get("aux_param_groups"):
+                aux_state: dict[int, dict[str, torch.Tensor]] = {}
+                for name, t in optim_tensors.items():
+                    if name.startswith("aux.state::"):
+                        _, idx, key = name.split("::")
+                        aux_state.setdefault(int(idx), {})[key] = t
+                aux_opt.load_state_dict({"state": aux_state, "param_groups": resume_state["aux_param_groups"]})
     if resume_state is not None and optim_tensors:
         load_full_optimizer_state(wrapped, optimizer, _unflatten_optimizer(optim_tensors, resume_state["param_groups"]))
         if "rng.cpu" in optim_tensors:
@@ -300,12 +333,24 @@ def fit(
         if info.is_main:
             tensors, groups = _flatten_optimizer(osd)
             tensors["rng.cpu"] = torch.get_rng_state()
+            aux_groups = None
+            if aux_modules is not None:
+                for name, t in aux_modules.state_dict().items():
+                    tensors[f"aux.param::{name}"] = t.detach().cpu()
+                if aux_opt is not None:
+                    aux_sd = aux_opt.state_dict()
+                    for idx, entry in aux_sd["state"].items():
+                        for key, value in entry.items():
+                            tensors[f"aux.state::{idx}::{key}"] = (value if torch.is_tensor(value)
+                                                                   else torch.tensor(value)).detach().cpu()
+                    aux_groups = aux_sd["param_groups"]
             trainer = {
                 "step": step, "tokens": fstate.tokens, "flops": fstate.flops,
                 "schedule_steps": args.schedule_steps, "param_groups": groups,
                 "args": {k: v for k, v in asdict(args).items()},
                 "world_size": info.world_size, "data_cursor": {"step": step, "seed": args.seed},
-                "torch": torch.__version__, **(extra_state or {}),
+                "torch": torch.__version__, **({"aux_param_groups": aux_groups} if aux_groups else {}),
+                **(extra_state or {}),
             }
             lineage_full.setdefault("verb", "train")
             lineage_full["flops"] = fstate.flops
@@ -338,7 +383,7 @@ def fit(
 
     def prepare(step: int) -> list[dict[str, torch.Tensor]]:
         """This rank's micro-batches of ``step``, already on their way to the device."""
-        local = _slice(data.train_batch(step), info.rank * per_rank, (info.rank + 1) * per_rank)
+        local = _slice(data.train_batch(step + step_offset), info.rank * per_rank, (info.rank + 1) * per_rank)
         out = []
         for i in range(n_micro):
             mb = _slice(local, i * micro, (i + 1) * micro)
@@ -358,10 +403,10 @@ def fit(
                 for cb in callbacks:
                     if hasattr(cb, "on_step_begin"):
                         cb.on_step_begin(fstate)
-                lr = lr_at(step, args)
-                for group in optimizer.param_groups:
+                lr = lr_at(step + step_offset, args)
+                for group in optimizer.param_groups + (aux_opt.param_groups if aux_opt else []):
                     group["lr"] = lr
-                torch.manual_seed(args.seed + 1_000_003 * info.rank + step)
+                torch.manual_seed(args.seed + 1_000_003 * info.rank + step + step_offset)
                 loss_sum = torch.zeros((), device=device)
                 extras: dict[str, torch.Tensor] = {}
                 for i, mb in enumerate(micro_batches):
@@ -378,8 +423,17 @@ def fit(
                     for k, v in extra.items():
                         extras[k] = extras.get(k, 0.0) + v.detach().float() / n_micro
                 stats = [loss_sum / n_micro]
+                if aux_params and info.enabled:  # the aux module is not wrapped: average its grads by hand
+                    for p in aux_params:
+                        if p.grad is not None:
+                            p.grad.copy_(all_reduce_mean(p.grad, info))
                 if args.grad_clip and args.grad_clip > 0:
-                    norm = torch.nn.utils.clip_grad_norm_(wrapped.parameters(), args.grad_clip)
+                    clip_params = list(wrapped.parameters())
+                    if args.parallel != "fsdp" or not info.enabled:
+                        clip_params += aux_params  # FSDP2 norms are DTensors: aux is then clipped alone
+                    elif aux_params:
+                        torch.nn.utils.clip_grad_norm_(aux_params, args.grad_clip)
+                    norm = torch.nn.utils.clip_grad_norm_(clip_params, args.grad_clip)
                     if hasattr(norm, "full_tensor"):  # FSDP2: a DTensor
                         norm = norm.full_tensor()
                     stats.append(norm.float())
@@ -389,6 +443,9 @@ def fit(
                 # is saved), so the last good checkpoint on disk is what remains.
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
+                if aux_opt is not None:
+                    aux_opt.step()
+                    aux_opt.zero_grad(set_to_none=True)
                 done = step + 1 == args.max_steps
                 if not done:
                     micro_batches = prepare(step + 1)  # CPU work overlaps the GPU finishing this step
@@ -408,7 +465,8 @@ def fit(
                         f"raise --warmup-steps, or check the data for bad tokens, then resume with --resume auto")
 
                 fstate.tokens += tokens_per_step
-                fstate.flops += flops_per_step
+                this_flops = flops_per_step if step_flops is None else float(step_flops(step))
+                fstate.flops += this_flops
                 now = time.perf_counter()
                 dt = max(now - t_last, 1e-9)
                 t_last = now
@@ -421,12 +479,12 @@ def fit(
                 if args.grad_clip and args.grad_clip > 0:
                     record["grad_norm"] = rest.pop(0)
                 record.update(zip(extras.keys(), rest))
-                m = flops_mod.mfu(flops_per_step / dt, device_name)
+                m = flops_mod.mfu(this_flops / dt, device_name)
                 if m is not None:
                     record["mfu"] = m
                 fstate.step = step + 1
                 fstate.last_metrics = record
-                if (args.eval_every and (step + 1) % args.eval_every == 0) or (done and args.eval_at_end):
+                if (args.eval_every and (step + step_offset + 1) % args.eval_every == 0) or (done and args.eval_at_end):
                     val_metrics = evaluate(runner, loss_fn, data.val_batches(), device, args.precision)
                     record.update(val_metrics)
                     for cb in callbacks:

@@ -29,6 +29,10 @@ log = logging.getLogger("morphlm.run")
 # Higher layers register here on import, so this module never imports them.
 INIT_HOOKS: list = []
 
+# Progressive training schedules (growth's two-stage, apollo, mslt, chain) by name, registered by
+# morphlm.grow on import (this module never imports grow/): runner(spec, callbacks) -> FitResult.
+SCHEDULE_RUNNERS: dict = {}
+
 
 @dataclass
 class DataSpec:
@@ -49,6 +53,8 @@ class RunSpec:
     data: DataSpec = field(default_factory=DataSpec)
     train: TrainArgs = field(default_factory=TrainArgs)
     init: str | None = None  # start from this checkpoint's weights (fine-tuning)
+    schedule: str | None = None  # a progressive training schedule (SCHEDULE_RUNNERS); None -> plain fit
+    schedule_opts: dict[str, Any] = field(default_factory=dict)  # its options (source, stages, l_b, ...)
 
 
 def parse_value(value: Any, like: Any, key: str) -> Any:
@@ -80,6 +86,7 @@ def build_spec(preset: str | None = None, recipe: str | Path | None = None,
     data_fields: dict[str, Any] = {}
     train_fields: dict[str, Any] = {}
     init = None
+    schedule, schedule_opts = None, {}
     base = preset
     if recipe is not None:
         path = Path(recipe)
@@ -93,9 +100,18 @@ def build_spec(preset: str | None = None, recipe: str | Path | None = None,
             raise ConfigError(f"recipe {path} is not valid YAML: {exc}") from exc
         if not isinstance(doc, dict):
             raise ConfigError(f"recipe {path} must be a mapping with model/data/train sections")
-        unknown = set(doc) - {"model", "data", "train", "init", "name", "description"}
+        unknown = set(doc) - {"model", "data", "train", "init", "name", "description", "schedule"}
         if unknown:
-            raise ConfigError(f"recipe {path} has unknown section(s) {sorted(unknown)}; use model, data, train, init")
+            raise ConfigError(f"recipe {path} has unknown section(s) {sorted(unknown)}; use model, data, train, "
+                              f"init, schedule")
+        sched = doc.get("schedule")
+        if isinstance(sched, str):
+            schedule = sched
+        elif isinstance(sched, dict):
+            schedule_opts = dict(sched)
+            schedule = schedule_opts.pop("name", None)
+        elif sched is not None:
+            raise ConfigError(f"recipe {path}: schedule must be a name or a mapping with name: and its options")
         model_fields.update(doc.get("model") or {})
         data_fields.update(doc.get("data") or {})
         train_fields.update(doc.get("train") or {})
@@ -110,6 +126,10 @@ def build_spec(preset: str | None = None, recipe: str | Path | None = None,
             continue
         if key == "init":
             init = value
+        elif key == "schedule":
+            schedule = value
+        elif key == "schedule_opts":
+            schedule_opts.update(value)
         elif key in model_names:
             model_fields[key] = value
         elif key in data_names:
@@ -137,7 +157,8 @@ def build_spec(preset: str | None = None, recipe: str | Path | None = None,
     if dspec.seq_len > cfg.max_seq_len:
         raise ConfigError(f"seq_len={dspec.seq_len} exceeds the model's max_seq_len={cfg.max_seq_len}; "
                           f"lower --seq-len or raise max_seq_len")
-    return RunSpec(model=cfg, data=dspec, train=TrainArgs(**train_fields), init=init)
+    return RunSpec(model=cfg, data=dspec, train=TrainArgs(**train_fields), init=init, schedule=schedule,
+                   schedule_opts=schedule_opts)
 
 
 def _check_vocab(tokenizer: Tokenizer, cfg: ModelConfig, where: str) -> None:
@@ -195,6 +216,11 @@ def _load_init(model: TransformerLM, init_dir: str) -> Tokenizer | None:
 
 def train_run(spec: RunSpec, callbacks=()) -> FitResult:
     """Train (or resume) the run described by ``spec``; writes a checkpoint directory at spec.train.out_dir."""
+    if spec.schedule:
+        if spec.schedule not in SCHEDULE_RUNNERS:
+            known = ", ".join(sorted(SCHEDULE_RUNNERS)) or "none registered (import morphlm.grow)"
+            raise ConfigError(f"unknown schedule {spec.schedule!r}; choose one of {known}")
+        return SCHEDULE_RUNNERS[spec.schedule](spec, callbacks)
     args = spec.train
     out = Path(args.out_dir) if args.out_dir else None
     tokenizer = None
@@ -227,8 +253,15 @@ def train_run(spec: RunSpec, callbacks=()) -> FitResult:
 
 
 def eval_run(run_dir: str | Path, *, corpus: str | None = None, device: str = "auto",
-             max_batches: int | None = None) -> dict[str, float]:
-    """Validation loss, perplexity (and accuracy for classifiers) of a checkpoint directory."""
+             max_batches: int | None = None, latency: bool = False, latency_runs: int = 100,
+             latency_warmup: int = 10, latency_threads: int = 1, latency_seq_len: int = 128) -> dict[str, float]:
+    """Validation loss, perplexity (and accuracy for classifiers) of a checkpoint directory, its parameter
+    count (as a float model counts them, also for quantized directories), its bytes on disk (servable
+    files, :func:`checkpoint.dir_bytes`; ``weights_bytes``: model.safetensors alone) and, with
+    ``latency``, the forward latency at batch 1 and 32 (median and p90 ms over ``latency_runs`` timed runs
+    after ``latency_warmup``, ``latency_threads`` threads, sequence ``latency_seq_len`` capped at
+    max_seq_len; the harness of morphlm.compress.latency). Quantized directories (config.json with a
+    ``quantization`` block) load through their registered loaders, e.g. packed ternary models."""
     run_dir = Path(run_dir)
     dev = resolve_device(device)
     model = ckpt.load_model(run_dir, device=dev)
@@ -253,6 +286,21 @@ def eval_run(run_dir: str | Path, *, corpus: str | None = None, device: str = "a
     out = {"val_loss": metrics["val_loss"], "perplexity": metrics["val_ppl"]}
     if "val_accuracy" in metrics:
         out["accuracy"] = metrics["val_accuracy"]
+    with torch.device("meta"):  # the float model's parameter count: a packed model's codes are buffers
+        out["params"] = TransformerLM(model.config).num_parameters()
+    out["bytes_on_disk"] = ckpt.dir_bytes(run_dir)
+    out["weights_bytes"] = (run_dir / ckpt.MODEL_FILE).stat().st_size
+    if latency:
+        from ..compress.latency import measure_latency  # the one latency harness (a leaf module: no cycle)
+
+        seq = min(latency_seq_len, model.config.max_seq_len)
+        for bs in (1, 32):
+            r = measure_latency(model, batch_size=bs, seq_len=seq, threads=latency_threads,
+                                warmup=latency_warmup, runs=latency_runs)
+            out[f"latency_b{bs}_median_ms"] = r["median_ms"]
+            out[f"latency_b{bs}_p90_ms"] = r["p90_ms"]
+        out["latency_seq_len"] = seq
+        out["latency_threads"] = latency_threads
     return out
 
 

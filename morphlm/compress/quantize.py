@@ -1,0 +1,265 @@
+"""`morphlm quantize`: checkpoint directory in, quantized checkpoint directory out.
+
+Two methods:
+
+* ``ternary`` — TernaryBERT (see :mod:`.ternary`): ternarize a copy of the float model (TWN or LAT),
+  optionally train it for ``steps`` with distillation-aware QAT from the float model (the teacher), then
+  pack it to 2 bits per weight (:mod:`.packed`).
+* ``int8`` — the baseline: PyTorch's own dynamic int8 quantization,
+  ``torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)`` (per-tensor symmetric
+  int8 weights, activations quantized per batch at run time, CPU only). ``torch.ao.quantization`` is
+  deprecated (its warning says "will be removed in 2.10", yet it is still present and working in torch
+  2.13; the suggested successor is torchao's ``quantize_``); we silence the warnings and record the API
+  in the checkpoint. A dynamically quantized module can only be serialized by pickling, which morphlm
+  never does, so we store what it holds — each linear's int8 weight, scale and zero point, and its bias —
+  in safetensors (config.json: ``quantization.method = "int8_dynamic"``) and rebuild the modules on load.
+  Embeddings, norms and the tied LM head stay float32 (quantize_dynamic only converts nn.Linear).
+
+Both outputs are ordinary checkpoint directories: ``morphlm eval`` loads them through the quantized
+loaders registered with :mod:`morphlm.train.checkpoint`, and their size is their bytes on disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..model.transformer import TransformerLM
+from ..train import checkpoint as ckpt
+from .errors import CompressionError
+from .packed import _check_out_dir, save_packed, size_report
+from .ternary import TernaryConfig, qat_distill, ternarize
+
+log = logging.getLogger("morphlm.compress.quantize")
+
+METHODS = ("ternary", "int8")
+INT8_API = "torch.ao.quantization.quantize_dynamic({nn.Linear}, dtype=torch.qint8)"
+
+
+# ---------------------------------------------------------------------------- int8 dynamic baseline
+@contextlib.contextmanager
+def _quiet():
+    """Silence torch.ao.quantization's deprecation warnings (the API is recorded in the checkpoint)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.ao.quantization is deprecated.*")
+        warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch.ao")
+        yield
+
+
+def _dynamic_linear_type():
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    return DynamicLinear
+
+
+def int8_dynamic(model: nn.Module, inplace: bool = False) -> nn.Module:
+    """PyTorch's dynamic int8 quantization of every nn.Linear (CPU inference only)."""
+    from torch.ao.quantization import quantize_dynamic
+
+    if any(p.device.type != "cpu" for p in model.parameters()):
+        raise CompressionError("int8 dynamic quantization runs on CPU only; move the model with .cpu() first")
+    with _quiet():
+        q = quantize_dynamic(model if inplace else copy.deepcopy(model), {nn.Linear}, dtype=torch.qint8,
+                             inplace=True)
+    return q.eval()
+
+
+def int8_tensors(qmodel: nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """(safetensors-ready tensors, names of the quantized linears) of an int8 dynamic model."""
+    DynamicLinear = _dynamic_linear_type()
+    tensors: dict[str, torch.Tensor] = {}
+    linears: list[str] = []
+    for name, m in qmodel.named_modules():
+        prefix = f"{name}." if name else ""
+        if isinstance(m, DynamicLinear):
+            w = m.weight()
+            if w.qscheme() not in (torch.per_tensor_affine, torch.per_tensor_symmetric):
+                raise CompressionError(f"{name}: only per-tensor int8 weights are stored (got {w.qscheme()})")
+            tensors[f"{prefix}weight_int8"] = w.int_repr().contiguous()
+            tensors[f"{prefix}weight_scale"] = torch.tensor([w.q_scale()], dtype=torch.float64)
+            tensors[f"{prefix}weight_zero_point"] = torch.tensor([w.q_zero_point()], dtype=torch.int64)
+            b = m.bias()
+            if b is not None:
+                tensors[f"{prefix}bias"] = b.detach().float()
+            linears.append(name)
+            continue
+        for pname, p in m._parameters.items():
+            if p is not None:
+                tensors[f"{prefix}{pname}"] = p.detach()
+        for bname, b in m._buffers.items():
+            if b is not None and bname not in m._non_persistent_buffers_set:
+                tensors[f"{prefix}{bname}"] = b.detach()
+    return tensors, linears
+
+
+def save_int8(qmodel: nn.Module, out_dir: str | Path, tokenizer_json: str | None = None,
+              lineage: dict[str, Any] | None = None, *, overwrite: bool = False) -> Path:
+    out_dir = Path(out_dir)
+    _check_out_dir(out_dir, overwrite)
+    tensors, linears = int8_tensors(qmodel)
+    if not linears:
+        raise CompressionError("save_int8 needs a model quantized with int8_dynamic(model)")
+    block = {"method": "int8_dynamic", "api": INT8_API, "torch": torch.__version__, "weights": "qint8 per-tensor",
+             "activations": "dynamic per-batch uint8 (quantize_dynamic)", "modules": linears}
+    lineage = dict(lineage or {})
+    lineage.setdefault("verb", "quantize")
+    lineage.setdefault("method", "int8")
+    return ckpt.save_checkpoint(out_dir, tensors, qmodel.config, tokenizer_json=tokenizer_json, lineage=lineage,
+                                extra_config={"quantization": block})
+
+
+def load_int8(run_dir: str | Path, device: str | torch.device = "cpu", verify: bool = True) -> nn.Module:
+    """Rebuild an int8 dynamic model from its checkpoint directory (CPU)."""
+    run_dir = Path(run_dir)
+    if torch.device(device).type != "cpu":
+        raise CompressionError(f"{run_dir} holds an int8 dynamic model, which PyTorch runs on CPU only; "
+                               f"pass --device cpu")
+    cfg, raw = ckpt.read_config(run_dir)
+    block = raw.get("quantization") or {}
+    state, _ = ckpt.load_state_dict(run_dir, verify=verify, allow_quantized=True)
+    model = int8_dynamic(TransformerLM(cfg), inplace=True)
+    expected, linears = int8_tensors(model)
+    if sorted(linears) != sorted(block.get("modules", [])):
+        raise ckpt.CheckpointError(f"{run_dir}: config.json lists quantized linears {block.get('modules')} but the "
+                                   f"model has {linears}; the checkpoint is inconsistent — re-export it")
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ckpt.CheckpointError(f"{run_dir}: int8 weights do not fit config.json (missing {missing[:4]}, "
+                                   f"unexpected {unexpected[:4]}); the files come from different exports")
+    for key, t in state.items():
+        if t.shape != expected[key].shape or t.dtype != expected[key].dtype:
+            raise ckpt.CheckpointError(f"{run_dir}: {key} is {t.dtype}{tuple(t.shape)} but the model expects "
+                                       f"{expected[key].dtype}{tuple(expected[key].shape)}; the file is corrupted")
+    with _quiet():
+        for name in linears:
+            m = model.get_submodule(name)
+            w = torch._make_per_tensor_quantized_tensor(state[f"{name}.weight_int8"],
+                                                        float(state[f"{name}.weight_scale"][0]),
+                                                        int(state[f"{name}.weight_zero_point"][0]))
+            m.set_weight_bias(w, state.get(f"{name}.bias"))
+    rest = {k: v for k, v in state.items()
+            if not any(k == f"{n}.{s}" for n in linears for s in ("weight_int8", "weight_scale", "weight_zero_point", "bias"))}
+    with torch.no_grad():  # module by module: load_state_dict would recurse into the quantized linears
+        for key, t in rest.items():
+            owner, _, attr = key.rpartition(".")
+            mod = model.get_submodule(owner)
+            target = mod._parameters.get(attr) if attr in mod._parameters else mod._buffers[attr]
+            target.copy_(t)
+    model.quantization = block
+    return model.eval()
+
+
+def _int8_loader(run_dir: Path, device="cpu", verify: bool = True):
+    return load_int8(run_dir, device=device, verify=verify)
+
+
+ckpt.QUANTIZED_LOADERS["int8_dynamic"] = _int8_loader
+
+
+# ---------------------------------------------------------------------------- checkpoint-level verb
+def _source_data_spec(src_dir: Path) -> dict[str, Any]:
+    tpath = src_dir / ckpt.TRAINER_FILE
+    saved = json.loads(tpath.read_text()).get("data_spec") if tpath.exists() else None
+    return dict(saved or (ckpt.read_lineage(src_dir) or {}).get("data") or {})
+
+
+def quantize_checkpoint(src_dir: str | Path, out_dir: str | Path, method: str = "ternary", *,
+                        weights: str = "twn", config: TernaryConfig | None = None, steps: int = 0,
+                        task_train: str | None = None, task_val: str | None = None, lr: float = 5e-5,
+                        batch_size: int | None = None, seq_len: int | None = None, warmup_steps: int | None = None,
+                        weight_decay: float = 0.01, temperature: float = 1.0, seed: int = 0, device: str = "auto",
+                        scale_dtype: str = "float32", rest_dtype: str = "float32", progress: bool = True,
+                        distill_config=None) -> dict[str, Any]:
+    """Quantize the float checkpoint ``src_dir`` into ``out_dir``; returns a summary (sizes, ratios, FLOPs).
+
+    ternary: ``weights`` twn|lat (or a full ``config``); ``steps`` > 0 trains the ternary model with
+    distillation-aware QAT from the source model on ``task_train``/``task_val`` (default: the source run's
+    own data) before packing; ``steps`` = 0 packs the post-training ternarization. int8: the PyTorch
+    dynamic int8 baseline (no training)."""
+    from ..data import Tokenizer
+    from ..train.loop import TrainArgs
+    from ..train.run import DataSpec, RunSpec, build_data
+
+    src_dir, out_dir = Path(src_dir), Path(out_dir)
+    if method not in METHODS:
+        raise CompressionError(f"unknown quantization method {method!r}; choose one of {METHODS}")
+    _, raw = ckpt.read_config(src_dir)
+    if raw.get("quantization"):
+        raise CompressionError(f"{src_dir} is already quantized ({raw['quantization'].get('method')}); quantize the "
+                               f"full-precision checkpoint it was made from")
+    _check_out_dir(out_dir, overwrite=False)
+    if steps < 0:
+        raise CompressionError(f"steps={steps} must be >= 0 (0 = no QAT, pack the post-training ternarization)")
+    if method == "int8" and (steps or task_train or task_val):
+        raise CompressionError("the int8 baseline is post-training dynamic quantization: it takes no --steps or "
+                               "task files; drop them or use --method ternary")
+    teacher = ckpt.load_model(src_dir)
+    tokenizer_json = ckpt.load_tokenizer_json(src_dir)
+    parent = {"path": str(src_dir.resolve()), "sha256": ckpt.dir_fingerprint(src_dir),
+              "flops": ckpt.total_flops(src_dir)}
+    data_spec = _source_data_spec(src_dir)
+    lineage: dict[str, Any] = {"verb": "quantize", "method": method, "parents": [parent], "flops": 0.0,
+                               "data": data_spec}
+    summary: dict[str, Any] = {"method": method, "src": str(src_dir), "out_dir": str(out_dir),
+                               "params": teacher.num_parameters()}
+    if method == "int8":
+        q = int8_dynamic(teacher)
+        save_int8(q, out_dir, tokenizer_json, lineage)
+    else:
+        tcfg = config or TernaryConfig(weights=weights)
+        if config is not None and weights != config.weights:
+            tcfg = dataclasses.replace(config, weights=weights)
+        student = ternarize(teacher, tcfg.weights, config=tcfg)
+        lineage["ternary"] = tcfg.to_dict()
+        lineage["steps"] = steps
+        if steps > 0:
+            if tokenizer_json is None:
+                raise CompressionError(f"{src_dir} has no tokenizer.json; QAT needs the tokenizer the model was "
+                                       f"trained with")
+            fields = {f.name for f in dataclasses.fields(DataSpec)}
+            dspec = DataSpec(**{k: v for k, v in data_spec.items() if k in fields})
+            if task_train or task_val:
+                if not (task_train and task_val):
+                    raise CompressionError("pass both --task-train and --task-val (labelled TSV/CSV/JSONL files)")
+                dspec.task_train, dspec.task_val = str(task_train), str(task_val)
+            if batch_size:
+                dspec.batch_size = int(batch_size)
+            if seq_len:
+                dspec.seq_len = int(seq_len)
+            if teacher.config.head == "cls" and not (dspec.task_train and dspec.task_val):
+                raise CompressionError(f"{src_dir} is a classifier and its run records no task files; pass "
+                                       f"--task-train and --task-val for distillation-aware training")
+            args = TrainArgs(max_steps=steps, lr=lr, schedule="linear", min_lr_ratio=0.0,
+                             warmup_steps=warmup_steps if warmup_steps is not None else max(steps // 10, 0),
+                             weight_decay=weight_decay, beta2=0.999, seed=seed, device=device, progress=progress,
+                             out_dir=None)
+            spec = RunSpec(model=teacher.config, data=dspec, train=args)
+            _, data, _ = build_data(spec, Tokenizer.from_json_str(tokenizer_json))
+            dcfg = distill_config
+            if dcfg is None:
+                from .ternary import ternary_distill_config
+
+                dcfg = ternary_distill_config(teacher, student, temperature)
+            result = qat_distill(teacher, student, data, args, dcfg, tokenizer_json=tokenizer_json)
+            student = student.cpu()
+            lineage["flops"] = result.flops
+            lineage["tokens"] = result.tokens
+            lineage["data"] = dataclasses.asdict(dspec)
+            lineage["distill"] = dcfg.to_dict()
+            summary["qat"] = {"steps": result.steps, "flops": result.flops, "final_loss": result.final_loss,
+                              "val_loss": result.val_loss,
+                              **{k: v for k, v in result.metrics.items() if k.startswith("val_")}}
+        save_packed(student, out_dir, tokenizer_json, lineage, scale_dtype=scale_dtype, rest_dtype=rest_dtype)
+    summary["size"] = size_report(src_dir, out_dir)
+    summary["flops"] = lineage["flops"]
+    return summary
