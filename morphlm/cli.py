@@ -274,10 +274,12 @@ def data_prepare(
 @app.command()
 @friendly
 def demo(
-    out: Path = typer.Option(Path("runs/demo"), help="Where the demo writes its checkpoint and plot."),
-    steps: int = typer.Option(1500, help="Training steps (about 3 minutes on 2 CPU cores at the default size)."),
+    out: Path = typer.Option(Path("runs/demo"), help="Where the demo writes its checkpoints, table and plot."),
+    steps: int = typer.Option(1500, help="Total optimizer steps of the three runs (source, grown, scratch)."),
 ) -> None:
-    """Train a small model on the embedded stdlib corpus, evaluate it, sample from it, plot its loss."""
+    """The growth story: pretrain a small GPT on the embedded stdlib corpus, grow it with the best growth
+    method (from benchmarks/results/growth.json), train it and a scratch model of the target size for equal
+    FLOPs, print the table and write the plot. A rerun resumes."""
     _setup_logging()
     from .demo import run_demo
 

@@ -70,7 +70,8 @@ def _no_unknown(name: str, opts: dict, allowed: Sequence[str]) -> None:
 
 
 def _step_generator(seed: int, step: int, salt: int) -> torch.Generator:
-    return torch.Generator().manual_seed((seed * 1_000_003 + salt) * 10_000_019 + step)
+    # kept below 2**63 so any seed works (values for small seeds are unchanged)
+    return torch.Generator().manual_seed(((seed * 1_000_003 + salt) * 10_000_019 + step) % (2**63 - 1))
 
 
 class _StepValue:
