@@ -59,7 +59,7 @@ import torch
 
 from ..grow.index_maps import (GrowthPlan, IndexMap, ParamMap, apply_plan, compose_depth, evenly_spaced_layers,
                                resolve_layer_map)
-from ..grow.width import SAME_FIELDS
+from ..grow.width import check_same_family
 from ..model.config import ModelConfig
 from ..model.transformer import TransformerLM
 from .errors import CompressionError
@@ -72,19 +72,8 @@ SHRINKABLE = ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_seq_l
 def check_extractable(teacher: ModelConfig, student: ModelConfig) -> None:
     """Raise CompressionError unless ``student`` is ``teacher`` with every size equal or smaller and
     attention heads that can be carved out of the teacher's."""
-    if teacher.vocab_size != student.vocab_size:
-        raise CompressionError(
-            f"the teacher's vocabulary has {teacher.vocab_size} tokens but the student's vocab_size is "
-            f"{student.vocab_size}; the student keeps the teacher's tokenizer, so set vocab_size={teacher.vocab_size}")
-    for key in SAME_FIELDS:
-        a, b = getattr(teacher, key), getattr(student, key)
-        if a != b:
-            raise CompressionError(f"teacher and student differ in {key} ({a!r} vs {b!r}); extraction changes sizes "
-                                   f"only, so set {key}={a!r} in the student config")
-    if teacher.position == "rope" and teacher.rope_theta != student.rope_theta:
-        raise CompressionError(f"rope_theta differs ({teacher.rope_theta} vs {student.rope_theta}); keep the teacher's")
-    if teacher.head == "cls" and teacher.n_classes != student.n_classes:
-        raise CompressionError(f"n_classes differs ({teacher.n_classes} vs {student.n_classes}); keep the teacher's")
+    check_same_family(teacher, student, CompressionError, ref_name="teacher", other_name="student",
+                      verb="extraction")
     larger = [f"{k} {getattr(teacher, k)} → {getattr(student, k)}" for k in SHRINKABLE
               if getattr(student, k) > getattr(teacher, k)]
     if larger:

@@ -53,21 +53,29 @@ AKI_PARAMS = ("attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight", "attn.proj
               "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias")
 
 
+def check_same_family(ref: ModelConfig, other: ModelConfig, error: type[ValueError], *, ref_name: str,
+                      other_name: str, verb: str) -> None:
+    """The checks growth and extraction share: ``other`` may differ from ``ref`` in sizes only (same vocabulary,
+    architecture fields, RoPE base and class count). Raises ``error`` naming the field and the fix."""
+    if ref.vocab_size != other.vocab_size:
+        raise error(
+            f"the {ref_name}'s vocabulary has {ref.vocab_size} tokens but the {other_name}'s vocab_size is "
+            f"{other.vocab_size}; the {other_name} keeps the {ref_name}'s tokenizer, so set "
+            f"vocab_size={ref.vocab_size} in the {other_name} config")
+    for key in SAME_FIELDS:
+        a, b = getattr(ref, key), getattr(other, key)
+        if a != b:
+            raise error(f"{ref_name} and {other_name} differ in {key} ({a!r} vs {b!r}); {verb} changes sizes only, "
+                        f"so set {key}={a!r} in the {other_name} config")
+    if ref.position == "rope" and ref.rope_theta != other.rope_theta:
+        raise error(f"rope_theta differs ({ref.rope_theta} vs {other.rope_theta}); keep the {ref_name}'s")
+    if ref.head == "cls" and ref.n_classes != other.n_classes:
+        raise error(f"n_classes differs ({ref.n_classes} vs {other.n_classes}); keep the {ref_name}'s")
+
+
 def check_growable(src: ModelConfig, tgt: ModelConfig) -> None:
     """Raise GrowthError unless ``tgt`` is ``src`` with every size equal or larger and the same architecture."""
-    if src.vocab_size != tgt.vocab_size:
-        raise GrowthError(
-            f"the source vocabulary has {src.vocab_size} tokens but the target's vocab_size is {tgt.vocab_size}; "
-            f"the grown model keeps the source's tokenizer, so set vocab_size={src.vocab_size} in the target")
-    for key in SAME_FIELDS:
-        a, b = getattr(src, key), getattr(tgt, key)
-        if a != b:
-            raise GrowthError(f"source and target differ in {key} ({a!r} vs {b!r}); growth changes sizes only, "
-                              f"so set {key}={a!r} in the target config")
-    if src.position == "rope" and src.rope_theta != tgt.rope_theta:
-        raise GrowthError(f"rope_theta differs ({src.rope_theta} vs {tgt.rope_theta}); keep the source's")
-    if src.head == "cls" and src.n_classes != tgt.n_classes:
-        raise GrowthError(f"n_classes differs ({src.n_classes} vs {tgt.n_classes}); keep the source's")
+    check_same_family(src, tgt, GrowthError, ref_name="source", other_name="target", verb="growth")
     smaller = [f"{k} {getattr(src, k)} → {getattr(tgt, k)}" for k in GROWABLE if getattr(tgt, k) < getattr(src, k)]
     if smaller:
         raise GrowthError(f"the target is smaller than the source in {', '.join(smaller)}; growth only enlarges "
