@@ -277,3 +277,27 @@ def test_stop_watcher_notices_fit_stop_requests():
         assert w.stopped
     finally:
         log.removeHandler(w)
+
+
+def test_ternary_reference_shape_size_is_measured_from_real_artifacts(tmp_path):
+    """The format's size ratio at a reference shape comes from directories really written (and removed)."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from morphlm.model import TransformerLM
+    from morphlm.model.config import PRESETS, ModelConfig
+
+    cfg = ModelConfig.from_dict({**PRESETS["tiny-bert"], "head": "cls", "n_classes": 2, "n_segments": 2})
+    shape = dict(vocab_size=512, d_model=64, n_layers=2, n_heads=2, d_ff=256, max_seq_len=64)
+    ctx = SimpleNamespace(sizes=dataclasses.replace(bc.TEST, ternary_reference_shape=shape), cdir=tmp_path,
+                          teacher=TransformerLM(cfg))
+    res = bc._ternary_reference_size(ctx)
+    n = res["params"]
+    assert res["fp32_bytes"] > 4 * n  # fp32 weights plus header and config
+    # 2 bits per ternary weight, so the packed form is far below fp32 but above n/4 bytes
+    assert n // 4 < res["packed_bytes_fp16_rest"] < res["packed_bytes_fp32_rest"] < res["fp32_bytes"] / 8
+    assert res["size_ratio_fp32_rest"] == pytest.approx(res["fp32_bytes"] / res["packed_bytes_fp32_rest"])
+    assert not (tmp_path / "artifacts" / "reference-shape").exists()
+    assert bc._ternary_reference_size(ctx) == res  # cached
+    ctx.sizes = dataclasses.replace(bc.TEST, ternary_reference_shape=None)
+    assert bc._ternary_reference_size(ctx) is None

@@ -124,6 +124,7 @@ class BenchSizes:
     ternary_steps: int = 80  # QAT of the teacher-size model (its steps cost ~4x a student's)
     gd_steps: int = 150  # TinyBERT general distillation (extra compute, once, shared by seeds)
     eval_every: int = 20
+    etd_eval_every: int = 10  # ETD's steps-to-reach resolution (each dev eval costs ~1 student step)
     train_subset: int | None = None  # None: all 67,349 SST-2 train examples
     dev_subset: int | None = None  # None: all 872 dev sentences
     proxy_train: int = 2000  # searches: proxy fine-tuning examples (from train)
@@ -132,8 +133,11 @@ class BenchSizes:
     layermap_evals: int = 6  # GA and random search get the same number of proxy evaluations
     layermap_proxy_steps: int = 30
     nas_supernet_steps: int = 150
-    nas_latency_samples: int = 40
-    nas_evals: int = 8
+    nas_latency_samples: int = 100  # measured archs for the latency predictor (80/20 train/held-out)
+    nas_evals: int = 32  # proxy evaluations (inherited weights, proxy dev) for each search
+    # ternary format size at a reference shape (bytes depend only on shapes): BERT-base; None skips it
+    ternary_reference_shape: dict | None = field(default_factory=lambda: dict(
+        vocab_size=30522, d_model=768, n_layers=12, n_heads=12, d_ff=3072, max_seq_len=512))
     # latency
     latency_runs: int = 100
     latency_warmup: int = 20
@@ -153,7 +157,7 @@ QUICK = BenchSizes(
     teacher=dict(d_model=128, n_layers=4, n_heads=4, d_ff=512),
     student=dict(d_model=32, n_layers=2, n_heads=4, d_ff=128),
     max_len=48, batch_size=32, mlm_steps=30, mlm_batch=16, mlm_seq=48, ft_steps=60, ft_lr=1e-3,
-    student_steps=40, ternary_steps=20, gd_steps=15, eval_every=10, train_subset=4000, dev_subset=256, proxy_train=300, proxy_dev=128,
+    student_steps=40, ternary_steps=20, gd_steps=15, eval_every=10, etd_eval_every=5, ternary_reference_shape=None, train_subset=4000, dev_subset=256, proxy_train=300, proxy_dev=128,
     layermap_evals=3, layermap_proxy_steps=8, nas_supernet_steps=15, nas_latency_samples=8, nas_evals=3,
     latency_runs=10, latency_warmup=2, latency_batch32_runs=1, seeds=1,
 )
@@ -162,7 +166,7 @@ TEST = BenchSizes(
     teacher=dict(d_model=32, n_layers=2, n_heads=2, d_ff=64),
     student=dict(d_model=16, n_layers=1, n_heads=2, d_ff=32),
     max_len=24, batch_size=8, mlm_steps=3, mlm_batch=4, mlm_seq=24, ft_steps=4, student_steps=4, ternary_steps=4, gd_steps=2,
-    eval_every=2, train_subset=64, dev_subset=32, proxy_train=32, proxy_dev=16, layermap_evals=2, layermap_proxy_steps=2,
+    eval_every=2, etd_eval_every=2, ternary_reference_shape=None, train_subset=64, dev_subset=32, proxy_train=32, proxy_dev=16, layermap_evals=2, layermap_proxy_steps=2,
     nas_supernet_steps=2, nas_latency_samples=4, nas_evals=2, latency_runs=2,
     latency_warmup=1, latency_batch32_runs=1, latency_seq=32, seeds=1,
 )
@@ -821,7 +825,7 @@ def _one_stage_distill(ctx: Context, student: nn.Module, seed: int) -> dict:
     prediction loss together in ONE stage (distill.py's ``full``), so dev accuracy is meaningful at every
     step and steps-to-target can be read off the curve."""
     s = ctx.sizes
-    curve = AccuracyCurve(ctx.task.dev_batches(), s.eval_every)
+    curve = AccuracyCurve(ctx.task.dev_batches(), s.etd_eval_every)
     r = _distill(ctx, ctx.teacher, student, ctx.data(seed), s.student_steps, seed, "full",
                  layer_map=_uniform_map(ctx), callbacks=[curve])
     return _student_result(ctx, student, curve, r.steps, r.flops)
@@ -832,7 +836,7 @@ def _etd(ctx: Context, seed: int, method: str) -> dict:
     student, computed once per seed and cached as ``etd_ref``). Compute saving = 1 - (steps for the
     extracted student to first reach the reference's final dev accuracy) / (reference steps); both runs
     cost the same FLOPs per step (same student shape, same teacher), so the step ratio is the FLOPs ratio.
-    The resolution is ``eval_every`` steps. Extraction is from the fine-tuned teacher (task setting; the
+    The resolution is ``etd_eval_every`` steps. Extraction is from the fine-tuned teacher (task setting; the
     paper extracts from the pretrained one before task-agnostic distillation - a declared difference)."""
     ref = ctx.cached_arm("etd_ref", seed, lambda: _one_stage_distill(ctx, ctx.new_student(seed), seed))
     t0 = time.perf_counter()
@@ -930,11 +934,53 @@ def arm_ternary(ctx: Context, seed: int) -> dict:
     loaded = pmod.load_packed(out)
     loaded = loaded[0] if isinstance(loaded, tuple) else loaded
     packed_acc = accuracy(loaded, ctx.task.dev_batches())
-    return {"dev_acc": packed_acc, "fake_quant_acc": qat_acc, "ptq_twn_acc": ptq_acc, "teacher_acc": ctx.teacher_acc,
+    # the same trained model with scales and every non-ternary tensor in float16 (the protocol's headline
+    # keeps them float32; this variant is reported beside it, with the accuracy of ITS reloaded model)
+    out16 = ctx.cdir / "artifacts" / f"ternary-fp16rest-s{seed}"
+    pmod.save_packed(student, out16, overwrite=True, scale_dtype="float16", rest_dtype="float16")
+    loaded16 = pmod.load_packed(out16)
+    loaded16 = loaded16[0] if isinstance(loaded16, tuple) else loaded16
+    fp16rest = {"packed_bytes": int(pmod.dir_bytes(out16)), "dev_acc": accuracy(loaded16, ctx.task.dev_batches())}
+    fp16rest["size_ratio"] = fp32_bytes / max(fp16rest["packed_bytes"], 1)
+    fp16rest["acc_drop_points"] = (ctx.teacher_acc - fp16rest["dev_acc"]) * 100.0
+    return {"fp16_rest": fp16rest, "reference_shape": _ternary_reference_size(ctx),"dev_acc": packed_acc, "fake_quant_acc": qat_acc, "ptq_twn_acc": ptq_acc, "teacher_acc": ctx.teacher_acc,
             "acc_drop_points": (ctx.teacher_acc - packed_acc) * 100.0, "packed_bytes": packed_bytes,
             "fp32_bytes": fp32_bytes, "size_ratio": fp32_bytes / max(packed_bytes, 1), "steps": r.steps,
             "flops": r.flops, "curve": curve.points, "params": param_count(ctx.teacher),
             "latency": ctx.latency(loaded, key="ternary-packed"), "weights": "twn", "activations": "int8"}
+
+
+def _ternary_reference_size(ctx: Context) -> dict | None:
+    """Bytes on disk of the packed format vs the fp32 checkpoint at ``sizes.ternary_reference_shape``
+    (BERT-base in the full profile: the shape of TernaryBERT's 14.9x). Artifact sizes depend only on the
+    tensor shapes, so a TWN-ternarized random model of that shape gives the format's real ratio there; both
+    directories are written, measured and deleted. Computed once (cached in the work dir)."""
+    shape = ctx.sizes.ternary_reference_shape
+    if not shape:
+        return None
+    path = ctx.cdir / "ternary_reference_size.json"
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    import shutil
+
+    tmod = _need("ternary", "ternarize")
+    pmod = _need("packed", "save_packed", "dir_bytes")
+    cfg = ctx.teacher.config.replace(name="reference-shape", **{"n_kv_heads": shape.get("n_heads"), **shape})
+    torch.manual_seed(0)
+    model = TransformerLM(cfg)
+    tern = tmod.ternarize(model, method="twn")
+    base = ctx.cdir / "artifacts" / "reference-shape"
+    res: dict[str, Any] = {"shape": shape, "params": param_count(model)}
+    try:
+        res["fp32_bytes"] = _fp32_dir_bytes(ctx, model, "reference-shape/fp32", pmod.dir_bytes)
+        for tag, kw in (("fp32_rest", {}), ("fp16_rest", {"scale_dtype": "float16", "rest_dtype": "float16"})):
+            pmod.save_packed(tern, base / tag, overwrite=True, **kw)
+            res[f"packed_bytes_{tag}"] = int(pmod.dir_bytes(base / tag))
+            res[f"size_ratio_{tag}"] = res["fp32_bytes"] / res[f"packed_bytes_{tag}"]
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    write_atomic(path, json.dumps(res, indent=1))
+    return res
 
 
 def arm_int8(ctx: Context, seed: int) -> dict:
@@ -1156,6 +1202,15 @@ def compute_summary(arms: dict, teacher: dict) -> dict:
             s["student_latency_speedup"] = t_lat / lat
     s["ternary_size_ratio"] = _mean(arms, "ternary", "size_ratio")
     s["ternary_acc_drop"] = _mean(arms, "ternary", "acc_drop_points")
+    t_runs = (arms.get("ternary") or {}).get("runs") or []
+    fp16 = [r["fp16_rest"] for r in t_runs if r.get("fp16_rest")]
+    if fp16:  # beside the headline (float32 scales and rest, the protocol's convention)
+        s["ternary_size_ratio_fp16_rest"] = statistics.fmean(f["size_ratio"] for f in fp16)
+        s["ternary_acc_drop_fp16_rest"] = statistics.fmean(f["acc_drop_points"] for f in fp16)
+    ref = next((r["reference_shape"] for r in t_runs if r.get("reference_shape")), None)
+    if ref:
+        s["ternary_size_ratio_at_reference_shape"] = ref["size_ratio_fp32_rest"]
+        s["ternary_reference_shape"] = ref["shape"]
     s["etd_compute_saving"] = _mean(arms, "etd_impt", "compute_saving")
     if s["etd_compute_saving"] is None:
         s["etd_compute_saving"] = _mean(arms, "etd_rand", "compute_saving")

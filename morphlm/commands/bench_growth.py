@@ -23,7 +23,8 @@ def bench_growth(
     methods: Optional[str] = typer.Option(
         None, help="Comma-separated arms (default all): fpi,aki,stack,interpolate,msg,ligo,mango,two-stage,apollo,mslt. "
                    "scratch always runs."),
-    steps: Optional[int] = typer.Option(None, help="Training steps of every run (sources, scratch, grown)."),
+    steps: Optional[int] = typer.Option(
+        None, help="Training steps of every target run (scratch, grown, scheduled); sources train half as many."),
     workers: Optional[int] = typer.Option(None, help="Parallel single-threaded runs (default min(cores, 2))."),
     out: Optional[Path] = typer.Option(
         None, help="Results JSON (default benchmarks/results/growth.json; growth-quick.json with --quick, "
@@ -63,8 +64,7 @@ def bench_growth(
         changes["methods"] = [m.strip() for m in methods.split(",") if m.strip()]
     if steps is not None:
         changes["steps"] = steps
-        if quick:
-            changes["source_steps"] = max(steps // 2, 1)
+        changes["source_steps"] = max(steps // 2, 1)  # both presets train sources for half the target's steps
     cfg = gb.quick_config(**changes) if quick else gb.full_config(**changes)
     if steps is not None and cfg.eval_every > steps:
         cfg.eval_every = max(steps // 10, 1)
