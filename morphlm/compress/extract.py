@@ -49,7 +49,6 @@ with RoPE, the rotation frequencies of the kept pairs; dropped layers remove the
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -392,18 +391,14 @@ def run_batches(run_dir: str | Path, cfg: ModelConfig, *, corpus: str | None = N
     spec), optionally on another ``corpus``; shaped for ``cfg``."""
     from ..data import Tokenizer
     from ..train import checkpoint as ckpt
-    from ..train.run import DataSpec, RunSpec, build_data
+    from ..train.run import RunSpec, build_data, saved_data_spec
 
     run_dir = Path(run_dir)
     tj = ckpt.load_tokenizer_json(run_dir)
     if tj is None:
         raise CompressionError(f"{run_dir} has no tokenizer.json; data for importance scores and proxy evaluation "
                                f"is tokenized with the checkpoint's own tokenizer")
-    tpath = run_dir / ckpt.TRAINER_FILE
-    saved = json.loads(tpath.read_text()).get("data_spec") if tpath.exists() else None
-    saved = saved or (ckpt.read_lineage(run_dir) or {}).get("data") or {}
-    known = {f.name for f in dataclasses.fields(DataSpec)}
-    spec = RunSpec(model=cfg, data=DataSpec(**{k: v for k, v in saved.items() if k in known}))
+    spec = RunSpec(model=cfg, data=saved_data_spec(run_dir))
     if corpus is not None:
         spec.data.corpus = corpus
     spec.data.seq_len = min(spec.data.seq_len, cfg.max_seq_len)
@@ -421,13 +416,7 @@ def extract_checkpoint(teacher_dir: str | Path, student: ModelConfig, out_dir: s
     from ..train import checkpoint as ckpt
 
     teacher_dir, out_dir = Path(teacher_dir), Path(out_dir)
-    if not teacher_dir.is_dir():
-        raise CompressionError(f"teacher checkpoint directory {teacher_dir} does not exist; pass a directory "
-                               f"written by `morphlm train --out DIR`")
-    if out_dir.resolve() == teacher_dir.resolve():
-        raise CompressionError("--out must differ from the teacher directory; extraction never overwrites its source")
-    if ckpt.has_checkpoint(out_dir):
-        raise CompressionError(f"{out_dir} already holds a checkpoint; choose another --out so nothing is overwritten")
+    ckpt.check_derived_dirs(teacher_dir, out_dir, role="teacher", verb="extraction", error=CompressionError)
     teacher = ckpt.load_model(teacher_dir)
     check_extractable(teacher.config, student)
     data = None

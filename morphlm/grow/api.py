@@ -14,7 +14,6 @@ total FLOPs) and the operator's own FLOPs (0 for the closed-form operators here)
 
 from __future__ import annotations
 
-import dataclasses
 
 import importlib
 from dataclasses import dataclass, field
@@ -205,13 +204,7 @@ def grow_checkpoint(src_dir: str | Path, target: ModelConfig | dict | str | Path
 
     src_dir, out_dir = Path(src_dir), Path(out_dir)
     opts = {k: v for k, v in opts.items() if v is not None}
-    if not src_dir.is_dir():
-        raise GrowthError(f"source checkpoint directory {src_dir} does not exist; pass a directory written by "
-                          f"`morphlm train --out DIR`")
-    if out_dir.resolve() == src_dir.resolve():
-        raise GrowthError("--out must differ from the source directory; growth never overwrites its source")
-    if ckpt.has_checkpoint(out_dir):
-        raise GrowthError(f"{out_dir} already holds a checkpoint; choose another --out so nothing is overwritten")
+    ckpt.check_derived_dirs(src_dir, out_dir, role="source", verb="growth", error=GrowthError)
     source = ckpt.load_model(src_dir)
     if method in LEARNED_METHODS and opts.get("data") is None:
         opts["data"] = _source_batches(src_dir, resolve_target(target), seed)
@@ -246,20 +239,14 @@ LEARNED_METHODS = ("ligo", "mango")
 def _source_batches(src_dir: Path, target_cfg: ModelConfig, seed: int):
     """The batches a learned operator is fitted on: the source run's own data (its recorded data spec and
     tokenizer), shaped for the target model."""
-    import json
-
     from ..data import Tokenizer
     from ..train import checkpoint as ckpt
-    from ..train.run import DataSpec, RunSpec, build_data
+    from ..train.run import RunSpec, build_data, saved_data_spec
 
     tj = ckpt.load_tokenizer_json(src_dir)
     if tj is None:
         raise GrowthError(f"{src_dir} has no tokenizer.json; a learned operator is fitted on the source's data")
-    tpath = src_dir / ckpt.TRAINER_FILE
-    saved = json.loads(tpath.read_text()).get("data_spec") if tpath.exists() else None
-    saved = saved or (ckpt.read_lineage(src_dir) or {}).get("data") or {}
-    known = {f.name for f in dataclasses.fields(DataSpec)}
-    spec = RunSpec(model=target_cfg, data=DataSpec(**{k: v for k, v in saved.items() if k in known}))
+    spec = RunSpec(model=target_cfg, data=saved_data_spec(src_dir))
     spec.train.seed = seed
     _, data, _ = build_data(spec, Tokenizer.from_json_str(tj))
     return data

@@ -158,6 +158,20 @@ def has_checkpoint(run_dir: str | Path) -> bool:
     return (run_dir / CONFIG_FILE).exists() and (run_dir / MODEL_FILE).exists()
 
 
+def check_derived_dirs(src_dir: Path, out_dir: Path, *, role: str, verb: str,
+                       error: type[Exception] = CheckpointError) -> None:
+    """The checks of every verb that reads one checkpoint directory and writes a new one (grow, extract):
+    the ``role`` directory (source, teacher) exists, ``out_dir`` is a different directory, and ``out_dir``
+    holds no checkpoint yet (nothing is ever overwritten). Raises ``error`` naming the problem and the fix."""
+    if not src_dir.is_dir():
+        raise error(f"{role} checkpoint directory {src_dir} does not exist; pass a directory written by "
+                    f"`morphlm train --out DIR`")
+    if out_dir.resolve() == src_dir.resolve():
+        raise error(f"--out must differ from the {role} directory; {verb} never overwrites its {role}")
+    if has_checkpoint(out_dir):
+        raise error(f"{out_dir} already holds a checkpoint; choose another --out so nothing is overwritten")
+
+
 def has_trainer_state(run_dir: str | Path) -> bool:
     return has_checkpoint(run_dir) and (Path(run_dir) / TRAINER_FILE).exists()
 

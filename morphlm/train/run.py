@@ -161,6 +161,16 @@ def build_spec(preset: str | None = None, recipe: str | Path | None = None,
                    schedule_opts=schedule_opts)
 
 
+def saved_data_spec(run_dir: str | Path) -> DataSpec:
+    """The data a checkpoint was trained on: its trainer state's data spec, else (grown, extracted or
+    converted directories) the ``data`` recorded in its lineage, else the defaults."""
+    run_dir = Path(run_dir)
+    tpath = run_dir / ckpt.TRAINER_FILE
+    saved = json.loads(tpath.read_text()).get("data_spec") if tpath.exists() else None
+    saved = saved or (ckpt.read_lineage(run_dir) or {}).get("data") or {}
+    return DataSpec(**{k: v for k, v in saved.items() if k in {f.name for f in dataclasses.fields(DataSpec)}})
+
+
 def _check_vocab(tokenizer: Tokenizer, cfg: ModelConfig, where: str) -> None:
     if tokenizer.vocab_size > cfg.vocab_size:
         raise ckpt.CheckpointError(
@@ -271,11 +281,7 @@ def eval_run(run_dir: str | Path, *, corpus: str | None = None, device: str = "a
                                    f"was trained with")
     tokenizer = Tokenizer.from_json_str(tj)
     _check_vocab(tokenizer, model.config, str(run_dir))
-    # the data the run was trained on: its trainer state, else (grown or converted dirs) its lineage
-    tpath = run_dir / ckpt.TRAINER_FILE
-    saved = json.loads(tpath.read_text()).get("data_spec") if tpath.exists() else None
-    saved = saved or (ckpt.read_lineage(run_dir) or {}).get("data") or {}
-    data_spec = DataSpec(**{k: v for k, v in saved.items() if k in {f.name for f in dataclasses.fields(DataSpec)}})
+    data_spec = saved_data_spec(run_dir)
     if corpus is not None:
         data_spec.corpus = corpus
     if max_batches is not None:
