@@ -9,19 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from morphlm.cli import app
 
 SMALL = ["--preset", "tiny", "--corpus", "stdlib", "--max-bytes", "300000", "--seq-len", "64", "--batch-size", "8"]
-runner = CliRunner()
-
-
-def cli(*args, code=0):
-    res = runner.invoke(app, [str(a) for a in args])
-    if code is not None:
-        assert res.exit_code == code, f"exit {res.exit_code}\n{res.output}\n{res.exception!r}"
-    return res
+from clihelp import cli
 
 
 def losses(run):

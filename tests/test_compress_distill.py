@@ -7,9 +7,7 @@ import math
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from morphlm.cli import app
 from morphlm.compress.augment import AugmentConfig, Augmenter, augment_examples
 from morphlm.compress.distill import (DistillConfig, DistillLoss, attention_mse, distill, distill_flops_per_token,
                                       hidden_mse, load_projections, named_layer_map, resolve_layer_map,
@@ -24,7 +22,7 @@ from morphlm.train.optim import TrainArgs
 
 from toydata import ToyData
 
-runner = CliRunner()
+from clihelp import cli
 
 WORDS = ("good great fine happy bright lovely movie film story music actor scene plot bad awful boring slow "
          "dull sad poor weak terrible ending acting")
@@ -302,11 +300,6 @@ def test_lightmbert_student_copies_bottom_layers_and_freezes_embeddings():
 
 
 # ---------------------------------------------------------------------------------------------- CLI
-def cli(*args, code=0):
-    res = runner.invoke(app, [str(a) for a in args])
-    if code is not None:
-        assert res.exit_code == code, f"exit {res.exit_code}\n{res.output}\n{res.exception!r}"
-    return res
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,7 @@ import json
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from morphlm.cli import app
 from morphlm.compress import CompressionError
 from morphlm.compress.extract import (_width_plan, choose_units, extract, extract_student, importance_scores,
                                       resolve_layers)
@@ -16,7 +14,7 @@ from morphlm.grow import IndexMap
 from morphlm.model import ModelConfig, TransformerLM
 from morphlm.train.checkpoint import load_model
 
-runner = CliRunner()
+from clihelp import cli
 
 
 def teacher(preset="tiny", seed=0, **over):
@@ -281,11 +279,6 @@ def test_bad_method_and_missing_data():
 
 
 # ---------------------------------------------------------------------------- CLI
-def cli(*args, code=0):
-    res = runner.invoke(app, [str(a) for a in args])
-    if code is not None:
-        assert res.exit_code == code, f"exit {res.exit_code}\n{res.output}\n{res.exception!r}"
-    return res
 
 
 def test_cli_extract_end_to_end(tmp_path):

@@ -7,9 +7,7 @@ import random
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from morphlm.cli import app
 from morphlm.compress import CompressionError
 from morphlm.compress.nas import (Arch, LatencyPredictor, SearchSpace, SubnetView, SupernetLoss, arch_config,
                                   evolutionary_search, fit_latency_predictor, hand_designed_arch,
@@ -21,7 +19,7 @@ from morphlm.train.checkpoint import load_model, load_state_dict
 from morphlm.train.optim import TrainArgs
 from toydata import ToyData
 
-runner = CliRunner()
+from clihelp import cli
 
 
 def supermodel(preset="tiny", seed=0, **over):
@@ -210,11 +208,6 @@ def test_proxy_fitness_uses_inherited_weights():
 
 
 # ---------------------------------------------------------------------------- CLI
-def cli(*args, code=0):
-    res = runner.invoke(app, [str(a) for a in args])
-    if code is not None:
-        assert res.exit_code == code, f"exit {res.exit_code}\n{res.output}\n{res.exception!r}"
-    return res
 
 
 def test_cli_train_supernet_then_search_and_extract(tmp_path):

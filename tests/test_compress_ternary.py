@@ -7,9 +7,7 @@ import math
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from morphlm.cli import app
 from morphlm.compress import CompressionError
 from morphlm.compress.packed import (PackedTernaryLinear, artifact_bytes, dir_bytes, load_packed, pack_ternary,
                                      save_packed, size_report, unpack_ternary)
@@ -22,14 +20,7 @@ from morphlm.train.checkpoint import CheckpointError, load_model, save_checkpoin
 from morphlm.train.loop import TrainArgs, fit
 from toydata import ToyData
 
-runner = CliRunner()
-
-
-def cli(*args, code=0):
-    res = runner.invoke(app, [str(a) for a in args])
-    if code is not None:
-        assert res.exit_code == code, f"exit {res.exit_code}\n{res.output}\n{res.exception!r}"
-    return res
+from clihelp import cli
 
 
 def tiny(preset="tiny-bert", **kw):

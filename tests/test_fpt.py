@@ -6,9 +6,7 @@ import random
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from morphlm.cli import app
 from morphlm.data import Example, Task, train_tokenizer
 from morphlm.grow import fpt
 from morphlm.grow.fpt import (PromptModel, PromptTuneConfig, activation_scores, make_loss, partial_model, plan_stages,
@@ -17,15 +15,10 @@ from morphlm.grow.index_maps import GrowthError
 from morphlm.model import ModelConfig, TransformerLM
 from morphlm.train.checkpoint import total_flops
 
-runner = CliRunner()
+from clihelp import cli
 PRESETS = ["tiny", "tiny-bert", "tiny-llama"]
 
 
-def cli(*args, code=0):
-    res = runner.invoke(app, [str(a) for a in args])
-    if code is not None:
-        assert res.exit_code == code, f"exit {res.exit_code}\n{res.output}\n{res.exception!r}"
-    return res
 
 
 def model(preset, seed=0, **kw):

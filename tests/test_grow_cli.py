@@ -5,21 +5,12 @@ import json
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from morphlm.cli import app
 from morphlm.grow import masked_growth_from_checkpoint
 from morphlm.model import ModelConfig
 from morphlm.train.checkpoint import load_model, total_flops
 
-runner = CliRunner()
-
-
-def cli(*args, code=0):
-    res = runner.invoke(app, [str(a) for a in args])
-    if code is not None:
-        assert res.exit_code == code, f"exit {res.exit_code}\n{res.output}\n{res.exception!r}"
-    return res
+from clihelp import cli
 
 
 @pytest.fixture(scope="module")
