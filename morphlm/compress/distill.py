@@ -61,7 +61,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import CompressionError
+from .errors import CompressionError, StrictConfig
 
 log = logging.getLogger("morphlm.compress.distill")
 
@@ -147,7 +147,7 @@ def resolve_layer_map(spec: str | Sequence[int], n_student: int, n_teacher: int,
 
 # ---------------------------------------------------------------------------------------------- config
 @dataclass
-class DistillConfig:
+class DistillConfig(StrictConfig):
     """What to distil and how. ``None`` weights take the stage's defaults (1 for its terms, else 0)."""
 
     stage: str = "general"
@@ -189,16 +189,6 @@ class DistillConfig:
             out[term] = float(w) if w is not None else (1.0 if term in on else 0.0)
         return out
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "DistillConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise CompressionError(f"unknown DistillConfig field(s) {unknown}; known: {sorted(known)}")
-        return cls(**data)
 
 
 # ---------------------------------------------------------------------------------------------- loss terms

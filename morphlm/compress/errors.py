@@ -3,3 +3,23 @@
 
 class CompressionError(ValueError):
     """Bad input to a compression verb: the message names the problem and the fix."""
+
+
+class StrictConfig:
+    """Mixin for the compression option dataclasses: ``to_dict`` / ``from_dict``, where an unknown field is a
+    :class:`CompressionError` that lists the known ones (a recipe typo never passes silently)."""
+
+    def to_dict(self) -> dict:
+        import dataclasses
+
+        return dataclasses.asdict(self)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        import dataclasses
+
+        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise CompressionError(f"unknown {cls.__name__} field(s) {unknown}; known: {sorted(known)}")
+        return cls(**data)

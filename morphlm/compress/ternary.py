@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import CompressionError
+from .errors import CompressionError, StrictConfig
 
 log = logging.getLogger("morphlm.compress.ternary")
 
@@ -58,7 +58,7 @@ TWN_FACTOR = 0.7
 
 # ---------------------------------------------------------------------------- configuration
 @dataclass
-class TernaryConfig:
+class TernaryConfig(StrictConfig):
     """How to ternarize a model (defaults: TernaryBERT's W2A8 with row-wise word embeddings)."""
 
     weights: str = "twn"  # twn | lat
@@ -89,16 +89,6 @@ class TernaryConfig:
         need(isinstance(self.lat_iters, int) and self.lat_iters >= 1, f"lat_iters={self.lat_iters} must be >= 1")
         need(self.lat_eps > 0, f"lat_eps={self.lat_eps} must be > 0")
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TernaryConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise CompressionError(f"unknown TernaryConfig field(s) {unknown}; known: {sorted(known)}")
-        return cls(**data)
 
 
 # ---------------------------------------------------------------------------- ternary weights
