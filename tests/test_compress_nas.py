@@ -189,6 +189,32 @@ def test_searches_spend_equal_evaluations_within_the_latency_bound():
     assert abs(hand.d_ff - 4 * hand.d_model) == min(abs(f - 4 * hand.d_model) for f in space.ffn_choices)
 
 
+def test_confirm_by_measurement_keeps_the_fittest_finalist_inside_the_measured_window():
+    from morphlm.compress.nas import confirm_by_measurement
+
+    archs = [Arch(2, 64, 2, 256), Arch(2, 96, 2, 256), Arch(1, 128, 2, 512), Arch(1, 64, 2, 128)]
+    fits = [0.70, 0.75, 0.80, 0.60]
+    res = {"best_arch": archs[2], "best_fitness": 0.80, "n_evals": 4,
+           "history": [{"eval": i, "arch": a.to_dict(), "fitness": f, "pred_ms": 1.0, "origin": "random"}
+                       for i, (a, f) in enumerate(zip(archs, fits))]}
+    true_ms = {archs[0]: 0.9, archs[1]: 1.3, archs[2]: 0.5, archs[3]: 0.95}  # the predictor was wrong on 1, 2
+    timed = []
+
+    def measure(a):
+        timed.append(a)
+        return true_ms[a]
+
+    out = confirm_by_measurement(res, measure, 1.0, min_latency_ms=0.85, top_k=3)
+    assert out["best_arch"] == archs[0] and out["best_fitness"] == 0.70  # 2 too fast, 1 too slow
+    assert out["search_best_arch"] == archs[2] and out["confirmed"]["in_window"]
+    assert timed == [archs[2], archs[1], archs[0]]  # only the top 3 by fitness are timed
+    assert res["best_arch"] == archs[2]  # the input is not modified
+    none = confirm_by_measurement(res, measure, 0.2, top_k=2)
+    assert none["best_arch"] == archs[2] and not none["confirmed"]["in_window"]
+    with pytest.raises(CompressionError, match="top_k"):
+        confirm_by_measurement(res, measure, 1.0, top_k=0)
+
+
 def test_proxy_fitness_uses_inherited_weights():
     sup = supermodel("tiny")
     space = SearchSpace.for_model(sup.config, heads=(4,))
