@@ -17,8 +17,9 @@ Protocol (refs/growth.md §9; every choice is the same for every arm of a seed):
   (``half-depth``) or half width (``half-width``); each method grows along the dimension it is defined for:
   bert2BERT's FPI/AKI (and its two-stage schedule, which grows with AKI) are width operators (from
   ``half-width``), StackBERT/interpolation/MSG/LiGO/Mango and MSLT grow depth (from ``half-depth``); Apollo
-  starts from nothing. Both sources are pretrained for the same number of steps as the target with the same
-  schedule shape (the papers' setting of a fully trained small model).
+  starts from nothing. Sources are pretrained with the same schedule shape for ``source_steps`` (half the
+  target's steps in both presets, so a source is clearly worse than the scratch target, as in the papers;
+  see :func:`full_config`).
 * Schedule: every run (source, scratch, grown, scheduled) uses AdamW with linear warmup and cosine decay to
   ``min_lr_ratio`` over the same number of steps at the same peak LR; a grown model restarts the schedule
   at its start (as bert2BERT/LiGO/MSG do). Learned operators (LiGO, Mango) are fitted for
