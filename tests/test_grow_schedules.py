@@ -5,9 +5,7 @@ import math
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from morphlm.cli import app
 from morphlm.grow import GrowthError, run_schedule
 from morphlm.grow.depth import top_copy_layers
 from morphlm.grow.schedule_methods import (apollo, apollo_plan, lvps_depth, lvps_sample, two_stage_depth_at,
@@ -17,6 +15,7 @@ from morphlm.model import ModelConfig, TransformerLM
 from morphlm.train import checkpoint as ckpt
 from morphlm.train import flops as F
 from morphlm.train.loop import TrainArgs
+from clihelp import cli
 from toydata import ToyData
 
 V, T, B = 128, 16, 4
@@ -297,14 +296,6 @@ def test_errors():
 # ---------------------------------------------------------------------------- CLI
 SMALL = ["--preset", "tiny", "--corpus", "stdlib", "--max-bytes", "300000", "--seq-len", "32", "--batch-size", "4",
          "--d-model", "32"]
-runner = CliRunner()
-
-
-def cli(*args, code=0):
-    res = runner.invoke(app, [str(a) for a in args])
-    if code is not None:
-        assert res.exit_code == code, f"exit {res.exit_code}\n{res.output}\n{res.exception!r}"
-    return res
 
 
 def test_cli_schedule_end_to_end(tmp_path):
