@@ -157,7 +157,8 @@ QUICK = BenchSizes(
     teacher=dict(d_model=128, n_layers=4, n_heads=4, d_ff=512),
     student=dict(d_model=32, n_layers=2, n_heads=4, d_ff=128),
     max_len=48, batch_size=32, mlm_steps=30, mlm_batch=16, mlm_seq=48, ft_steps=60, ft_lr=1e-3,
-    student_steps=40, ternary_steps=20, gd_steps=15, eval_every=10, etd_eval_every=5, ternary_reference_shape=None, train_subset=4000, dev_subset=256, proxy_train=300, proxy_dev=128,
+    student_steps=40, ternary_steps=20, gd_steps=15, eval_every=10, etd_eval_every=5, ternary_reference_shape=None,
+    train_subset=4000, dev_subset=256, proxy_train=300, proxy_dev=128,
     layermap_evals=3, layermap_proxy_steps=8, nas_supernet_steps=15, nas_latency_samples=8, nas_evals=3,
     latency_runs=10, latency_warmup=2, latency_batch32_runs=1, seeds=1,
 )
@@ -166,7 +167,8 @@ TEST = BenchSizes(
     teacher=dict(d_model=32, n_layers=2, n_heads=2, d_ff=64),
     student=dict(d_model=16, n_layers=1, n_heads=2, d_ff=32),
     max_len=24, batch_size=8, mlm_steps=3, mlm_batch=4, mlm_seq=24, ft_steps=4, student_steps=4, ternary_steps=4, gd_steps=2,
-    eval_every=2, etd_eval_every=2, ternary_reference_shape=None, train_subset=64, dev_subset=32, proxy_train=32, proxy_dev=16, layermap_evals=2, layermap_proxy_steps=2,
+    eval_every=2, etd_eval_every=2, ternary_reference_shape=None, train_subset=64, dev_subset=32, proxy_train=32,
+    proxy_dev=16, layermap_evals=2, layermap_proxy_steps=2,
     nas_supernet_steps=2, nas_latency_samples=4, nas_evals=2, latency_runs=2,
     latency_warmup=1, latency_batch32_runs=1, latency_seq=32, seeds=1,
 )
@@ -927,27 +929,28 @@ def arm_ternary(ctx: Context, seed: int) -> dict:
                                                                       progress=ctx.progress),
                          cfg, callbacks=[curve])
     qat_acc = accuracy(student, ctx.task.dev_batches())
-    out = ctx.cdir / "artifacts" / f"ternary-s{seed}"
-    pmod.save_packed(student, out, overwrite=True)
-    packed_bytes = int(pmod.dir_bytes(out))
     fp32_bytes = _fp32_dir_bytes(ctx, ctx.teacher, "teacher-fp32", pmod.dir_bytes)
-    loaded = pmod.load_packed(out)
-    loaded = loaded[0] if isinstance(loaded, tuple) else loaded
-    packed_acc = accuracy(loaded, ctx.task.dev_batches())
+
+    def packed(name: str, **dtypes) -> tuple[dict, nn.Module]:
+        """Write the packed artifact, measure its bytes, and evaluate the model re-loaded FROM it."""
+        out = ctx.cdir / "artifacts" / name
+        pmod.save_packed(student, out, overwrite=True, **dtypes)
+        loaded = pmod.load_packed(out)
+        loaded = loaded[0] if isinstance(loaded, tuple) else loaded
+        res = {"packed_bytes": int(pmod.dir_bytes(out)), "dev_acc": accuracy(loaded, ctx.task.dev_batches())}
+        res["size_ratio"] = fp32_bytes / max(res["packed_bytes"], 1)
+        res["acc_drop_points"] = (ctx.teacher_acc - res["dev_acc"]) * 100.0
+        return res, loaded
+
+    main, loaded = packed(f"ternary-s{seed}")
     # the same trained model with scales and every non-ternary tensor in float16 (the protocol's headline
     # keeps them float32; this variant is reported beside it, with the accuracy of ITS reloaded model)
-    out16 = ctx.cdir / "artifacts" / f"ternary-fp16rest-s{seed}"
-    pmod.save_packed(student, out16, overwrite=True, scale_dtype="float16", rest_dtype="float16")
-    loaded16 = pmod.load_packed(out16)
-    loaded16 = loaded16[0] if isinstance(loaded16, tuple) else loaded16
-    fp16rest = {"packed_bytes": int(pmod.dir_bytes(out16)), "dev_acc": accuracy(loaded16, ctx.task.dev_batches())}
-    fp16rest["size_ratio"] = fp32_bytes / max(fp16rest["packed_bytes"], 1)
-    fp16rest["acc_drop_points"] = (ctx.teacher_acc - fp16rest["dev_acc"]) * 100.0
-    return {"fp16_rest": fp16rest, "reference_shape": _ternary_reference_size(ctx),"dev_acc": packed_acc, "fake_quant_acc": qat_acc, "ptq_twn_acc": ptq_acc, "teacher_acc": ctx.teacher_acc,
-            "acc_drop_points": (ctx.teacher_acc - packed_acc) * 100.0, "packed_bytes": packed_bytes,
-            "fp32_bytes": fp32_bytes, "size_ratio": fp32_bytes / max(packed_bytes, 1), "steps": r.steps,
-            "flops": r.flops, "curve": curve.points, "params": param_count(ctx.teacher),
-            "latency": ctx.latency(loaded, key="ternary-packed"), "weights": "twn", "activations": "int8"}
+    fp16rest, _ = packed(f"ternary-fp16rest-s{seed}", scale_dtype="float16", rest_dtype="float16")
+    return {**main, "fp16_rest": fp16rest, "reference_shape": _ternary_reference_size(ctx),
+            "fake_quant_acc": qat_acc, "ptq_twn_acc": ptq_acc, "teacher_acc": ctx.teacher_acc,
+            "fp32_bytes": fp32_bytes, "steps": r.steps, "flops": r.flops, "curve": curve.points,
+            "params": param_count(ctx.teacher), "latency": ctx.latency(loaded, key="ternary-packed"),
+            "weights": "twn", "activations": "int8"}
 
 
 def _ternary_reference_size(ctx: Context) -> dict | None:
@@ -1010,8 +1013,8 @@ def arm_autotinybert(ctx: Context, seed: int) -> dict:
     evolutionary vs random search at equal evaluations under "predicted latency <= the hand-designed
     student's measured latency" (window [0.85T, T]), fitness = inherited-weight accuracy on held-out train
     data; each search's top 5 are then timed and the fittest whose MEASURED latency is in the window is
-    kept (``nas.confirm_by_measurement``). Per seed, the searched arch and the hand-designed one (our 4-layer student shape) are both taken
-    from the super-model and distilled (logit KD) for the same student budget; both latencies are measured."""
+    kept (``nas.confirm_by_measurement``). Per seed, the searched arch and the hand-designed one (our 4-layer
+    student shape) are both taken from the super-model and distilled (logit KD) for the same student budget; both latencies are measured."""
     nas = _need("nas", "SearchSpace", "train_supernet", "measure_arch_latencies", "fit_latency_predictor",
                 "evolutionary_search", "random_search", "proxy_fitness", "subnet", "Arch")
     s = ctx.sizes
@@ -1285,20 +1288,23 @@ def markdown_table(result: dict) -> str:
             ("student_latency_speedup", "≥ 9.4", "student_latency_speedup>=9.4"),
             ("ternary_size_ratio", "≥ 14.9", "ternary_size_ratio>=14.9"),
             ("ternary_acc_drop", "≤ 1.0", "ternary_acc_drop<=1.0"),
-            ("ternary_size_ratio_fp16_rest", "(≥ 14.9)", None),
-            ("ternary_acc_drop_fp16_rest", "(≤ 1.0)", None),
-            ("ternary_size_ratio_at_reference_shape", "(≥ 14.9)", None),
+            ("ternary_size_ratio_fp16_rest", "(≥ 14.9)", "ternary_size_ratio>=14.9"),
+            ("ternary_acc_drop_fp16_rest", "(≤ 1.0)", "ternary_acc_drop<=1.0"),
+            ("ternary_size_ratio_at_reference_shape", "(≥ 14.9)", "ternary_size_ratio>=14.9"),
             ("etd_compute_saving", "≥ 0.70", "etd_compute_saving>=0.70"),
             ("layermap_best_minus_uniform", "≥ 0", "layermap_searched>=uniform"),
             ("autotinybert_searched_minus_hand", "≥ 0", "autotinybert_searched>=hand")]
-    variants = {"ternary_size_ratio_fp16_rest": lambda v: v >= GOALS["ternary_size_ratio"],
-                "ternary_acc_drop_fp16_rest": lambda v: v <= GOALS["ternary_acc_drop_max"],
-                "ternary_size_ratio_at_reference_shape": lambda v: v >= GOALS["ternary_size_ratio"]}
+    # informative variants of a goal's quantity, judged by the same goal (shown only where measured)
+    variant_of = {"ternary_size_ratio_fp16_rest": "ternary_size_ratio", "ternary_acc_drop_fp16_rest": "ternary_acc_drop",
+                  "ternary_size_ratio_at_reference_shape": "ternary_size_ratio"}
     for key, goal, gkey in rows:
         v = s.get(key)
-        if gkey is None and v is None:  # informative variants only where the run measured them
-            continue
-        met = goals.get(gkey) if gkey is not None else bool(variants[key](v))
+        if key in variant_of:
+            if v is None:
+                continue
+            met = goals_met({**s, variant_of[key]: v})[gkey]
+        else:
+            met = goals.get(gkey)
         lines.append(f"| {key} | {'—' if v is None else f'{v:.3f}'} | {goal} | "
                      f"{'n/a' if met is None else ('yes' if met else 'no')} |")
     return "\n".join(lines)

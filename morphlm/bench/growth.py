@@ -629,21 +629,19 @@ def run_benchmark(cfg: GrowthBenchConfig, *, out_json: str | Path | None = None,
     _run_jobs(arm_jobs, workers, "growth bench: arms", collect_arm)
     if "scratch" not in runs:
         raise BenchError(f"the scratch runs failed ({failures}); nothing to compare against")
+    from ..model import TransformerLM
+    from ..train.flops import training_flops_per_token
+
     methods = analyse(runs)
     src_info = {}
     for s in sources:
         src_cfg = cfg.model_config(cfg.sources[s])
-        from ..model import TransformerLM
-        from ..train.flops import training_flops_per_token
-
         src_info[s] = {"config": src_cfg.to_dict(), "overrides": cfg.sources[s],
                        "parameters": TransformerLM(src_cfg).num_parameters(),
                        "flops_per_token": training_flops_per_token(src_cfg, cfg.seq_len),
                        "steps": cfg.source_steps or cfg.steps}
-    from ..model import TransformerLM
-    from ..train.flops import training_flops_per_token
-
     tgt = cfg.model_config()
+    tgt_params = TransformerLM(tgt).num_parameters()
     results = {
         "benchmark": "growth", "schema_version": SCHEMA_VERSION, **metadata(),
         "summary": summarise(methods, cfg.seeds, _corpus_label(cfg.corpus)),
@@ -656,10 +654,9 @@ def run_benchmark(cfg: GrowthBenchConfig, *, out_json: str | Path | None = None,
             "flops": "morphlm.train.flops (6N + 12LdT per token; operators as reported by grow_model)",
             "mean_std": "over seeds; an arm that missed the target in any seed reports no mean saving"},
         "config": {**asdict(cfg), "target_config": tgt.to_dict(),
-                   "target_parameters": TransformerLM(tgt).num_parameters(),
+                   "target_parameters": tgt_params,
                    "target_flops_per_token": training_flops_per_token(tgt, cfg.seq_len),
-                   "target_tokens_per_parameter": cfg.steps * cfg.batch_size * cfg.seq_len
-                   / TransformerLM(tgt).num_parameters()},
+                   "target_tokens_per_parameter": cfg.steps * cfg.batch_size * cfg.seq_len / tgt_params},
         "data": {"corpus": cfg.corpus, "store": str(store.path), "vocab_size": tokenizer.vocab_size,
                  **{k: store.meta.get(k) for k in ("n_train_docs", "n_val_docs", "n_train_tokens", "n_val_tokens",
                                                    "split_mode", "val_doc_names")}},

@@ -190,7 +190,6 @@ class DistillConfig(StrictConfig):
         return out
 
 
-
 # ---------------------------------------------------------------------------------------------- loss terms
 def _valid_tokens(attention_mask: torch.Tensor | None, B: int, T: int, device) -> torch.Tensor:
     if attention_mask is None:

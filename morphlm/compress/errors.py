@@ -1,5 +1,7 @@
 """The one error type of the compression verbs (a ValueError, so the CLI prints it as a clear one-liner)."""
 
+import dataclasses
+
 
 class CompressionError(ValueError):
     """Bad input to a compression verb: the message names the problem and the fix."""
@@ -10,14 +12,10 @@ class StrictConfig:
     :class:`CompressionError` that lists the known ones (a recipe typo never passes silently)."""
 
     def to_dict(self) -> dict:
-        import dataclasses
-
         return dataclasses.asdict(self)  # type: ignore[arg-type]
 
     @classmethod
     def from_dict(cls, data: dict):
-        import dataclasses
-
         known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(set(data) - known)
         if unknown:

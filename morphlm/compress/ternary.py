@@ -90,7 +90,6 @@ class TernaryConfig(StrictConfig):
         need(self.lat_eps > 0, f"lat_eps={self.lat_eps} must be > 0")
 
 
-
 # ---------------------------------------------------------------------------- ternary weights
 def _rows(w: torch.Tensor, rowwise: bool) -> torch.Tensor:
     """View ``w`` as (groups, n): one group per row (row-wise) or one group for the whole tensor."""

@@ -14,7 +14,6 @@ total FLOPs) and the operator's own FLOPs (0 for the closed-form operators here)
 
 from __future__ import annotations
 
-
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
