@@ -25,7 +25,8 @@ def test_summary_from_hand_made_arms():
     arms = {
         "scratch": _arm([0.70, 0.72]),
         "tinybert": _arm([0.78, 0.76, 0.77]),
-        "ternary": _arm([0.795], size_ratio=[15.5], acc_drop_points=[0.5]),
+        "ternary": _arm([0.795], size_ratio=[15.5], acc_drop_points=[0.5],
+                        base3=[{"size_ratio": 18.0, "acc_drop_points": 0.5}]),
         "etd_impt": _arm([0.77, 0.77], compute_saving=[0.8, 0.6]),
         "etd_rand": _arm([0.76], compute_saving=[0.1]),
         "layermap": _arm([0.77], best_minus_uniform=[-0.01]),
@@ -38,6 +39,8 @@ def test_summary_from_hand_made_arms():
     assert s["student_latency_speedup"] == pytest.approx(12.5)
     assert s["ternary_size_ratio"] == pytest.approx(15.5)
     assert s["ternary_acc_drop"] == pytest.approx(0.5)
+    assert s["ternary_size_ratio_base3"] == pytest.approx(18.0) and "ternary_size_ratio_fp16_rest" not in s
+    assert "| ternary_size_ratio_base3 | 18.000 | (≥ 14.9) | yes |" in bc.markdown_table({"summary": s})
     assert s["etd_compute_saving"] == pytest.approx(0.7)  # ETD-Impt preferred over ETD-Rand
     g = s["goals"]
     assert g["student_retention>=0.968"] is False  # 0.9625
@@ -296,6 +299,7 @@ def test_ternary_reference_shape_size_is_measured_from_real_artifacts(tmp_path):
     assert res["fp32_bytes"] > 4 * n  # fp32 weights plus header and config
     # 2 bits per ternary weight, so the packed form is far below fp32 but above n/4 bytes
     assert n // 4 < res["packed_bytes_fp16_rest"] < res["packed_bytes_fp32_rest"] < res["fp32_bytes"] / 8
+    assert n // 5 < res["packed_bytes_base3_fp32_rest"] < res["packed_bytes_fp32_rest"]  # 1.6 bits per weight
     assert res["size_ratio_fp32_rest"] == pytest.approx(res["fp32_bytes"] / res["packed_bytes_fp32_rest"])
     assert not (tmp_path / "artifacts" / "reference-shape").exists()
     assert bc._ternary_reference_size(ctx) == res  # cached

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from morphlm.compress import CompressionError
-from morphlm.compress.packed import (PackedTernaryLinear, artifact_bytes, dir_bytes, load_packed, pack_ternary,
-                                     save_packed, size_report, unpack_ternary)
+from morphlm.compress.packed import (PackedTernaryLinear, artifact_bytes, dir_bytes, invalid_codes, load_packed,
+                                     pack_ternary, save_packed, size_report, unpack_ternary)
 from morphlm.compress.quantize import int8_dynamic, quantize_checkpoint
 from morphlm.compress.ternary import (LATSecondMoment, TernaryConfig, TernaryEmbedding, TernaryLinear,
                                       activation_qparams, lat_ternarize, quantize_activation, ternarize,
@@ -136,6 +136,59 @@ def test_pack_unpack_round_trip_exact(shape):
     rows = shape[0] if len(shape) == 2 else 1
     assert packed.shape == (rows, math.ceil(shape[-1] / 4))
     assert torch.equal(unpack_ternary(packed, shape[-1]).reshape(shape), codes)
+
+
+def test_base3_pack_layout_by_hand():
+    # trits (0→0, +1→1, −1→2) of +1, −1, 0, +1, −1 from the lowest power: 1 + 2·3 + 0·9 + 1·27 + 2·81 = 196
+    packed = pack_ternary(torch.tensor([[1, -1, 0, 1, -1, -1]]), "base3")
+    assert packed.dtype == torch.uint8 and packed.tolist() == [[196, 2]]  # second byte: −1 then padding
+    assert unpack_ternary(packed, 6, "base3").tolist() == [[1, -1, 0, 1, -1, -1]]
+    assert pack_ternary(-torch.ones(1, 5, dtype=torch.int8), "base3").item() == 242  # the largest valid byte
+    assert invalid_codes(torch.tensor([[242, 243, 255]], dtype=torch.uint8), "base3") == 2
+    assert invalid_codes(torch.tensor([[0xFF, 0b00001100]], dtype=torch.uint8)) == 5  # 2-bit: fields of 0b11
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 5), (7, 13), (2, 4), (5, 1023), (17,)])
+def test_base3_pack_unpack_round_trip_exact(shape):
+    g = torch.Generator().manual_seed(sum(shape) + 1)
+    codes = torch.randint(-1, 2, shape, generator=g, dtype=torch.int8)
+    packed = pack_ternary(codes, "base3")
+    rows = shape[0] if len(shape) == 2 else 1
+    assert packed.shape == (rows, math.ceil(shape[-1] / 5)) and int(packed.max()) <= 242
+    assert torch.equal(unpack_ternary(packed, shape[-1], "base3").reshape(shape), codes)
+    with pytest.raises(CompressionError, match="packing="):
+        pack_ternary(codes, "3bit")
+
+
+def test_base3_artifact_is_smaller_and_computes_the_same_function(tmp_path):
+    model = tiny("tiny-bert", head="cls", n_classes=2)
+    fq = ternarize(model, "twn").eval()
+    save_checkpoint(tmp_path / "fp", model.state_dict(), model.config)
+    save_packed(fq, tmp_path / "two")
+    save_packed(fq, tmp_path / "b3", packing="base3")
+    two, b3 = size_report(tmp_path / "fp", tmp_path / "two"), size_report(tmp_path / "fp", tmp_path / "b3")
+    expect = sum(m.latent_weight.shape[0] * math.ceil(m.latent_weight.shape[1] / 5) for _, m in ternary_modules(fq))
+    assert b3["tensor_bytes"]["packed_codes"] == expect < two["tensor_bytes"]["packed_codes"]
+    assert b3["tensor_bytes"]["full_precision"] == two["tensor_bytes"]["full_precision"]
+    assert b3["weights_ratio"] > two["weights_ratio"]
+    block = json.loads((tmp_path / "b3" / "config.json").read_text())["quantization"]
+    assert block["format"] == "morphlm-ternary-base3" and block["bits_per_weight"] == 1.6
+    with torch.no_grad():
+        ref = fq(IDS).logits
+        for mode in ("unpack", "dequant"):
+            assert torch.allclose(load_packed(tmp_path / "b3", mode=mode)(IDS).logits, ref, atol=1e-6, rtol=0), mode
+        a = load_packed(tmp_path / "b3", mode="int8")(IDS).logits
+        b = load_packed(tmp_path / "two", mode="int8")(IDS).logits
+    assert torch.equal(a, b)  # the same int8 codes once decoded
+    # a corrupted byte (> 242) is refused with the layout named
+    path = tmp_path / "b3" / "model.safetensors"
+    data = bytearray(path.read_bytes())
+    header = 8 + int.from_bytes(data[:8], "little")
+    start, _ = json.loads(bytes(data[8:header]))["blocks.0.mlp.fc1.weight_packed"]["data_offsets"]
+    data[header + start] = 250
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="invalid base-3 byte"):
+        load_packed(tmp_path / "b3", verify=False)
 
 
 def test_pack_rejects_non_ternary():
@@ -349,6 +402,11 @@ def test_cli_distil_ternarize_pack_reload_eval(tmp_path, task_files):
     model = load_model(q)
     assert isinstance(model.blocks[0].mlp.fc1, PackedTernaryLinear)
     assert model.blocks[0].mlp.fc1.weight_packed.dtype == torch.uint8
+    b3 = tmp_path / "b3"
+    cli("quantize", cls, "--packing", "base3", "--out", b3)  # post-training, 1.6 bits per weight
+    mb3 = json.loads(cli("eval", b3, "--json").stdout.strip().splitlines()[-1])
+    assert mb3["bytes_on_disk"] < dir_bytes(q) and mb3["params"] == fp["params"]
+    assert "packing=" in cli("quantize", cls, "--packing", "3bit", "--out", tmp_path / "z", code=2).output
     cli("quantize", cls, "--method", "int8", "--out", i8)
     m8 = json.loads(cli("eval", i8, "--json", "--device", "cpu").stdout.strip().splitlines()[-1])
     assert abs(m8["accuracy"] - fp["accuracy"]) <= 0.25 and m8["bytes_on_disk"] < fp["bytes_on_disk"]

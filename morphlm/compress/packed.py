@@ -1,4 +1,4 @@
-"""The packed ternary format: 2 bits per weight on disk, and inference straight from the packed bytes.
+"""The packed ternary formats: 2 bits (or 1.6 bits) per weight on disk, and inference straight from them.
 
 TernaryBERT's released checkpoints are fake-quantized float tensors, no smaller than the original (refs
 §5, the maintainers' reply in issue #154). Here the converted model really is small: every ternary
@@ -12,7 +12,14 @@ weight tensor is stored as
   default (``scale_dtype="float16"`` halves it);
 
 and every other tensor (position/segment embeddings, norms, biases, classifier) as it was (float32, or
-float16 with ``rest_dtype``). The directory is a normal checkpoint directory (safetensors weights with
+float16 with ``rest_dtype``).
+
+``packing="base3"`` (format ``morphlm-ternary-base3``) stores the same codes five to a byte instead of four:
+byte = Σₖ tₖ·3ᵏ over the row's columns 5j..5j+4, with trit tₖ = 0 for 0, 1 for +1, 2 for −1 (3⁵ = 243 ≤ 256,
+so bytes 243..255 are invalid and rejected on load), rows padded with zero trits to a multiple of five. That
+is 1.6 bits per weight, 0.02 bits above the log₂3 ≈ 1.585 of an incompressible ternary symbol, and 20% fewer
+code bytes than the 2-bit layout; decoding is one gather in a 243 × 5 lookup table. Everything else (scales,
+the rest, the decoding modes) is shared by the two layouts; ``"2bit"`` stays the default. The directory is a normal checkpoint directory (safetensors weights with
 the sha256 integrity hash in config.json, tokenizer.json, lineage.json, written atomically through
 :func:`morphlm.train.checkpoint.save_checkpoint`); config.json adds a ``quantization`` block with the
 format, the activation-quantization settings and one entry (kind, granularity, shape) per packed tensor.
@@ -54,45 +61,83 @@ from .ternary import TernaryConfig, activation_qparams, is_ternarized, quantize_
 log = logging.getLogger("morphlm.compress.packed")
 
 FORMAT = "morphlm-ternary-2bit"
+FORMAT_BASE3 = "morphlm-ternary-base3"
 FORMAT_VERSION = 1
+PACKINGS = {"2bit": FORMAT, "base3": FORMAT_BASE3}  # packing name → the format recorded in config.json
+_PER_BYTE = {"2bit": 4, "base3": 5}
+_BITS = {"2bit": 2.0, "base3": 1.6}
 MODES = ("auto", "int8", "unpack", "dequant")
 _SHIFTS = torch.tensor([0, 2, 4, 6], dtype=torch.uint8)
 _POPCOUNT = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int64)
 _DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
-# ---------------------------------------------------------------------------- 2-bit packing
-def pack_ternary(codes: torch.Tensor) -> torch.Tensor:
-    """int tensor of {-1, 0, +1}, shape (rows, cols) (1-D: one row) → uint8 (rows, ceil(cols/4))."""
+# ---------------------------------------------------------------------------- packing
+def _check_packing(packing: str) -> int:
+    if packing not in _PER_BYTE:
+        raise CompressionError(f"packing={packing!r}; choose one of {sorted(_PER_BYTE)}")
+    return _PER_BYTE[packing]
+
+
+def _trit_table() -> torch.Tensor:
+    """(256, 5) int8: the five values {-1, 0, +1} of every base-3 byte (rows 243..255, invalid, decode to 0)."""
+    b = torch.arange(243)
+    trits = torch.stack([(b // 3 ** k) % 3 for k in range(5)], dim=1)  # (243, 5) in {0, 1, 2}
+    vals = torch.where(trits == 2, torch.full_like(trits, -1), trits).to(torch.int8)
+    return torch.cat([vals, torch.zeros(13, 5, dtype=torch.int8)])
+
+
+_TRITS = _trit_table()
+_POW3 = torch.tensor([1, 3, 9, 27, 81], dtype=torch.int16)
+
+
+def packed_cols(cols: int, packing: str = "2bit") -> int:
+    """Bytes per row of a packed (rows, cols) tensor."""
+    return math.ceil(cols / _check_packing(packing))
+
+
+def pack_ternary(codes: torch.Tensor, packing: str = "2bit") -> torch.Tensor:
+    """int tensor of {-1, 0, +1}, shape (rows, cols) (1-D: one row) → uint8 (rows, ceil(cols/4)) for
+    ``packing="2bit"`` or (rows, ceil(cols/5)) for ``"base3"`` (layouts in the module docstring)."""
+    per = _check_packing(packing)
     c = codes.reshape(1, -1) if codes.dim() == 1 else codes
     if c.dim() != 2:
         raise CompressionError(f"pack_ternary expects a 1-D or 2-D tensor, got shape {tuple(codes.shape)}")
     c = c.to(torch.int16)
     if bool(((c < -1) | (c > 1)).any()):
         raise CompressionError("pack_ternary: codes must be in {-1, 0, +1}")
-    u = torch.where(c < 0, torch.full_like(c, 2), c).to(torch.uint8)  # 0→0, +1→1, −1→2
+    u = torch.where(c < 0, torch.full_like(c, 2), c)  # 0→0, +1→1, −1→2
     rows, cols = u.shape
-    pad = (-cols) % 4
+    pad = (-cols) % per
     if pad:
-        u = torch.cat([u, torch.zeros(rows, pad, dtype=torch.uint8, device=u.device)], dim=1)
-    u = u.view(rows, -1, 4)  # (rows, nbytes, 4)
+        u = torch.cat([u, torch.zeros(rows, pad, dtype=u.dtype, device=u.device)], dim=1)
+    u = u.view(rows, -1, per)  # (rows, nbytes, per)
+    if packing == "base3":
+        return (u * _POW3.to(u.device)).sum(dim=-1).to(torch.uint8)  # ≤ 242
+    u = u.to(torch.uint8)
     return u[..., 0] | (u[..., 1] << 2) | (u[..., 2] << 4) | (u[..., 3] << 6)  # (rows, nbytes)
 
 
-def unpack_ternary(packed: torch.Tensor, cols: int) -> torch.Tensor:
+def unpack_ternary(packed: torch.Tensor, cols: int, packing: str = "2bit") -> torch.Tensor:
     """uint8 (..., nbytes) → int8 codes in {-1, 0, +1} of shape (..., cols)."""
+    per = _check_packing(packing)
     if packed.dtype != torch.uint8:
         raise CompressionError(f"unpack_ternary expects uint8, got {packed.dtype}")
-    if cols > packed.shape[-1] * 4:
-        raise CompressionError(f"unpack_ternary: {packed.shape[-1]} bytes hold at most {packed.shape[-1] * 4} codes, "
-                               f"not {cols}")
-    u = (packed.unsqueeze(-1) >> _SHIFTS.to(packed.device)) & 3  # (..., nbytes, 4)
-    vals = (u & 1).to(torch.int8) - (u >> 1).to(torch.int8)  # 1 → +1, 2 → −1, 0 → 0
+    if cols > packed.shape[-1] * per:
+        raise CompressionError(f"unpack_ternary: {packed.shape[-1]} bytes hold at most {packed.shape[-1] * per} "
+                               f"codes, not {cols}")
+    if packing == "base3":
+        vals = _TRITS.to(packed.device)[packed.long()]  # (..., nbytes, 5)
+    else:
+        u = (packed.unsqueeze(-1) >> _SHIFTS.to(packed.device)) & 3  # (..., nbytes, 4)
+        vals = (u & 1).to(torch.int8) - (u >> 1).to(torch.int8)  # 1 → +1, 2 → −1, 0 → 0
     return vals.reshape(*packed.shape[:-1], -1)[..., :cols]
 
 
-def invalid_codes(packed: torch.Tensor) -> int:
-    """Number of 2-bit fields holding the invalid code 3 (a corrupted file)."""
+def invalid_codes(packed: torch.Tensor, packing: str = "2bit") -> int:
+    """Number of invalid fields (2-bit code 3, or a base-3 byte above 242): a corrupted file."""
+    if _check_packing(packing) == 5:
+        return int((packed > 242).sum())
     both = packed & (packed >> 1) & 0b01010101  # bit 2k set iff field k is 0b11
     return int(_POPCOUNT.to(packed.device)[both.long()].sum())
 
@@ -134,12 +179,13 @@ _INT_MM: bool | None = None
 class _PackedBase(nn.Module):
     """uint8 codes + scales as buffers; decoding follows ``mode`` (see the module docstring)."""
 
-    def _setup(self, rows: int, cols: int, granularity: str, act_bits: int | None, act_clip: float | None) -> None:
+    def _setup(self, rows: int, cols: int, granularity: str, act_bits: int | None, act_clip: float | None,
+               packing: str = "2bit") -> None:
         if granularity not in ("layer", "row"):
             raise CompressionError(f"granularity={granularity!r}; use 'layer' or 'row'")
-        self.rows, self.cols, self.granularity = rows, cols, granularity
+        self.rows, self.cols, self.granularity, self.packing = rows, cols, granularity, packing
         self.act_bits, self.act_clip = act_bits, act_clip
-        self.register_buffer("weight_packed", torch.zeros(rows, math.ceil(cols / 4), dtype=torch.uint8))
+        self.register_buffer("weight_packed", torch.zeros(rows, packed_cols(cols, packing), dtype=torch.uint8))
         self.register_buffer("weight_scale", torch.zeros(rows if granularity == "row" else 1))
         self.mode = "dequant"
         self._cache: torch.Tensor | None = None
@@ -169,9 +215,9 @@ class _PackedBase(nn.Module):
         """α·b as float32 (rows, cols)."""
         if self.mode == "dequant":
             if self._cache is None:
-                self._cache = unpack_ternary(self.weight_packed, self.cols).float() * self._scale_col()
+                self._cache = unpack_ternary(self.weight_packed, self.cols, self.packing).float() * self._scale_col()
             return self._cache
-        return unpack_ternary(self.weight_packed, self.cols).float() * self._scale_col()
+        return unpack_ternary(self.weight_packed, self.cols, self.packing).float() * self._scale_col()
 
     def _apply(self, fn, *args, **kwargs):  # .to(device) etc. invalidate the decoded caches
         self._cache = None
@@ -181,10 +227,10 @@ class _PackedBase(nn.Module):
 class PackedTernaryLinear(_PackedBase):
     def __init__(self, in_features: int, out_features: int, bias: bool, granularity: str = "layer",
                  act_bits: int | None = 8, act_clip: float | None = 2.5,
-                 out_splits: tuple[int, ...] | None = None) -> None:
+                 out_splits: tuple[int, ...] | None = None, packing: str = "2bit") -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self._setup(out_features, in_features, granularity, act_bits, act_clip)
+        self._setup(out_features, in_features, granularity, act_bits, act_clip, packing)
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
         self.out_splits = tuple(out_splits) if out_splits else None
 
@@ -197,7 +243,7 @@ class PackedTernaryLinear(_PackedBase):
         if self.mode == "int8":
             q, s = activation_qparams(x, self.act_bits, self.act_clip)  # integer codes (as float), scale
             if self._cache is None:
-                self._cache = unpack_ternary(self.weight_packed, self.cols).t().contiguous()  # (in, out) int8
+                self._cache = unpack_ternary(self.weight_packed, self.cols, self.packing).t().contiguous()  # (in, out) int8
             lead = q.shape[:-1]
             acc = torch._int_mm(q.reshape(-1, self.in_features).to(torch.int8), self._cache)  # (N, out) int32
             y = acc * (self.weight_scale.float().reshape(1, -1) / s)  # int32 · float32 → float32, exact cast
@@ -223,10 +269,11 @@ class PackedTernaryLinear(_PackedBase):
 class PackedTernaryEmbedding(_PackedBase):
     """Looks up packed rows and decodes only those; ``weight`` decodes the whole table (tied LM heads)."""
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, granularity: str = "row") -> None:
+    def __init__(self, num_embeddings: int, embedding_dim: int, granularity: str = "row",
+                 packing: str = "2bit") -> None:
         super().__init__()
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
-        self._setup(num_embeddings, embedding_dim, granularity, None, None)
+        self._setup(num_embeddings, embedding_dim, granularity, None, None, packing)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -238,7 +285,7 @@ class PackedTernaryEmbedding(_PackedBase):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if self.mode == "dequant":
             return F.embedding(ids, self.dequantized())
-        rows = unpack_ternary(self.weight_packed[ids], self.cols).float()  # (..., D)
+        rows = unpack_ternary(self.weight_packed[ids], self.cols, self.packing).float()  # (..., D)
         scale = self.weight_scale.float()
         return rows * (scale[ids].unsqueeze(-1) if self.granularity == "row" else scale)
 
@@ -261,9 +308,10 @@ def _dtype(name: str, what: str) -> torch.dtype:
     return _DTYPES[name]
 
 
-def packed_tensors(model: nn.Module, *, scale_dtype: str = "float32",
-                   rest_dtype: str = "float32") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def packed_tensors(model: nn.Module, *, scale_dtype: str = "float32", rest_dtype: str = "float32",
+                   packing: str = "2bit") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(tensors to store, the config.json ``quantization`` block) of a fake-quant ternary model."""
+    per = _check_packing(packing)
     if not is_ternarized(model):
         raise CompressionError("save_packed needs a ternarized model: call morphlm.compress.ternary.ternarize(model) "
                                "first (and train it with qat_distill for accuracy)")
@@ -275,7 +323,7 @@ def packed_tensors(model: nn.Module, *, scale_dtype: str = "float32",
     for name, m in ternary_modules(model):
         codes, alpha = m.ternary()
         codes = codes.cpu()
-        tensors[f"{name}.weight_packed"] = pack_ternary(codes)
+        tensors[f"{name}.weight_packed"] = pack_ternary(codes, packing)
         tensors[f"{name}.weight_scale"] = alpha.reshape(-1).to(sdt).cpu()
         kind = "embedding" if hasattr(m, "num_embeddings") else "linear"
         entry: dict[str, Any] = {"kind": kind, "granularity": m.granularity, "shape": list(codes.shape)}
@@ -290,11 +338,13 @@ def packed_tensors(model: nn.Module, *, scale_dtype: str = "float32",
         value = value.detach().cpu()
         tensors[key] = value.to(rdt) if value.is_floating_point() else value
     block = {
-        "method": "ternary", "format": FORMAT, "version": FORMAT_VERSION, "weights": cfg.weights,
+        "method": "ternary", "format": PACKINGS[packing], "version": FORMAT_VERSION, "weights": cfg.weights,
         "embedding": cfg.embedding, "act_bits": cfg.act_bits, "act_clip": cfg.act_clip,
-        "quantize_qkv_output": cfg.quantize_qkv_output, "bits_per_weight": 2,
-        "codes": {"0": 0, "+1": 1, "-1": 2}, "packing": "4 codes per byte, least significant bits first; "
-                                                        "rows padded with code 0 to a multiple of 4",
+        "quantize_qkv_output": cfg.quantize_qkv_output, "bits_per_weight": _BITS[packing],
+        "codes": {"0": 0, "+1": 1, "-1": 2},
+        "packing": (f"{per} codes per byte, " + ("least significant bits first" if per == 4 else
+                                                 "byte = sum of code_k * 3**k") +
+                    f"; rows padded with code 0 to a multiple of {per}"),
         "scale_dtype": scale_dtype, "rest_dtype": rest_dtype, "modules": modules,
     }
     return tensors, block
@@ -307,11 +357,12 @@ def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
 
 def save_packed(model: nn.Module, out_dir: str | Path, tokenizer_json: str | None = None,
                 lineage: dict[str, Any] | None = None, *, scale_dtype: str = "float32",
-                rest_dtype: str = "float32", overwrite: bool = False) -> Path:
-    """Pack a fake-quant ternary model (see :func:`ternarize`) into a checkpoint directory; returns it."""
+                rest_dtype: str = "float32", packing: str = "2bit", overwrite: bool = False) -> Path:
+    """Pack a fake-quant ternary model (see :func:`ternarize`) into a checkpoint directory; returns it.
+    ``packing``: "2bit" (4 weights per byte, the default) or "base3" (5 per byte, 1.6 bits per weight)."""
     out_dir = Path(out_dir)
     _check_out_dir(out_dir, overwrite)
-    tensors, block = packed_tensors(model, scale_dtype=scale_dtype, rest_dtype=rest_dtype)
+    tensors, block = packed_tensors(model, scale_dtype=scale_dtype, rest_dtype=rest_dtype, packing=packing)
     lineage = dict(lineage or {})
     lineage.setdefault("verb", "quantize")
     lineage.setdefault("method", "ternary")
@@ -320,8 +371,18 @@ def save_packed(model: nn.Module, out_dir: str | Path, tokenizer_json: str | Non
 
 
 # ---------------------------------------------------------------------------- load
+def block_packing(block: dict[str, Any]) -> str:
+    """The packing ("2bit" | "base3") of a config.json quantization block, from its format name."""
+    for packing, fmt in PACKINGS.items():
+        if block.get("format") == fmt:
+            return packing
+    raise CompressionError(f"packed format {block.get('format')!r} is not one this morphlm reads "
+                           f"({', '.join(PACKINGS.values())}); upgrade morphlm")
+
+
 def build_packed_model(cfg, block: dict[str, Any]) -> TransformerLM:
     """A TransformerLM of ``cfg`` whose ternary modules are empty packed modules laid out by ``block``."""
+    packing = block_packing(block)
     model = TransformerLM(cfg)
     for name, entry in block["modules"].items():
         try:
@@ -331,10 +392,11 @@ def build_packed_model(cfg, block: dict[str, Any]) -> TransformerLM:
                                    f"does not have; config.json and the weights do not belong together") from exc
         rows, cols = (int(n) for n in entry["shape"])
         if entry["kind"] == "embedding":
-            new = PackedTernaryEmbedding(rows, cols, entry["granularity"])
+            new = PackedTernaryEmbedding(rows, cols, entry["granularity"], packing)
         elif entry["kind"] == "linear":
             new = PackedTernaryLinear(cols, rows, bool(entry.get("bias")), entry["granularity"], block.get("act_bits"),
-                                      block.get("act_clip"), tuple(entry["out_splits"]) if entry.get("out_splits") else None)
+                                      block.get("act_clip"), tuple(entry["out_splits"]) if entry.get("out_splits") else None,
+                                      packing)
         else:
             raise CompressionError(f"unknown packed module kind {entry['kind']!r} for {name}")
         model.set_submodule(name, new)
@@ -351,9 +413,11 @@ def load_packed(run_dir: str | Path, device: str | torch.device = "cpu", verify:
     if not isinstance(block, dict) or block.get("method") != "ternary":
         raise CompressionError(f"{run_dir} is not a packed ternary checkpoint (config.json has no ternary "
                                f"quantization block); load it with morphlm.train.checkpoint.load_model")
-    if block.get("format") != FORMAT or int(block.get("version", 0)) > FORMAT_VERSION:
+    if block.get("format") not in PACKINGS.values() or int(block.get("version", 0)) > FORMAT_VERSION:
         raise CompressionError(f"{run_dir}: packed format {block.get('format')!r} v{block.get('version')} is not "
-                               f"one this morphlm reads ({FORMAT} v{FORMAT_VERSION}); upgrade morphlm")
+                               f"one this morphlm reads ({', '.join(PACKINGS.values())} v{FORMAT_VERSION}); "
+                               f"upgrade morphlm")
+    packing = block_packing(block)
     state, _ = ckpt.load_state_dict(run_dir, verify=verify, allow_quantized=True)
     model = build_packed_model(cfg, block)
     expected = model.state_dict()
@@ -368,9 +432,10 @@ def load_packed(run_dir: str | Path, device: str | torch.device = "cpu", verify:
         if key.endswith("weight_packed"):
             if t.dtype != torch.uint8:
                 raise ckpt.CheckpointError(f"{run_dir}: {key} is {t.dtype}, not uint8; not a packed ternary tensor")
-            bad = invalid_codes(t)
+            bad = invalid_codes(t, packing)
             if bad:
-                raise ckpt.CheckpointError(f"{run_dir}: {key} holds {bad} invalid 2-bit code(s) (3); the file is "
+                what = "2-bit code(s) (3)" if packing == "2bit" else "base-3 byte(s) (> 242)"
+                raise ckpt.CheckpointError(f"{run_dir}: {key} holds {bad} invalid {what}; the file is "
                                            f"corrupted — re-export it with `morphlm quantize`")
     model.load_state_dict(state)  # copies cast float16 scales/rest up to the float32 buffers
     model.requires_grad_(False)  # an inference artifact: train the fake-quant model instead

@@ -36,7 +36,7 @@ from torch import nn
 from ..model.transformer import TransformerLM
 from ..train import checkpoint as ckpt
 from .errors import CompressionError
-from .packed import _check_out_dir, save_packed, size_report
+from .packed import PACKINGS, _check_out_dir, save_packed, size_report
 from .ternary import TernaryConfig, qat_distill, ternarize
 
 log = logging.getLogger("morphlm.compress.quantize")
@@ -178,14 +178,14 @@ def quantize_checkpoint(src_dir: str | Path, out_dir: str | Path, method: str = 
                         task_train: str | None = None, task_val: str | None = None, lr: float = 5e-5,
                         batch_size: int | None = None, seq_len: int | None = None, warmup_steps: int | None = None,
                         weight_decay: float = 0.01, temperature: float = 1.0, seed: int = 0, device: str = "auto",
-                        scale_dtype: str = "float32", rest_dtype: str = "float32", progress: bool = True,
-                        distill_config=None) -> dict[str, Any]:
+                        scale_dtype: str = "float32", rest_dtype: str = "float32", packing: str = "2bit",
+                        progress: bool = True, distill_config=None) -> dict[str, Any]:
     """Quantize the float checkpoint ``src_dir`` into ``out_dir``; returns a summary (sizes, ratios, FLOPs).
 
     ternary: ``weights`` twn|lat (or a full ``config``); ``steps`` > 0 trains the ternary model with
     distillation-aware QAT from the source model on ``task_train``/``task_val`` (default: the source run's
-    own data) before packing; ``steps`` = 0 packs the post-training ternarization. int8: the PyTorch
-    dynamic int8 baseline (no training)."""
+    own data) before packing; ``steps`` = 0 packs the post-training ternarization; ``packing`` 2bit|base3
+    (1.6 bits per weight, see :mod:`morphlm.compress.packed`). int8: the PyTorch dynamic int8 baseline."""
     from ..data import Tokenizer
     from ..train.loop import TrainArgs
     from ..train.run import DataSpec, RunSpec, build_data
@@ -193,6 +193,8 @@ def quantize_checkpoint(src_dir: str | Path, out_dir: str | Path, method: str = 
     src_dir, out_dir = Path(src_dir), Path(out_dir)
     if method not in METHODS:
         raise CompressionError(f"unknown quantization method {method!r}; choose one of {METHODS}")
+    if method == "ternary" and packing not in PACKINGS:  # before any training, not after it
+        raise CompressionError(f"packing={packing!r}; choose one of {sorted(PACKINGS)}")
     _, raw = ckpt.read_config(src_dir)
     if raw.get("quantization"):
         raise CompressionError(f"{src_dir} is already quantized ({raw['quantization'].get('method')}); quantize the "
@@ -259,7 +261,8 @@ def quantize_checkpoint(src_dir: str | Path, out_dir: str | Path, method: str = 
             summary["qat"] = {"steps": result.steps, "flops": result.flops, "final_loss": result.final_loss,
                               "val_loss": result.val_loss,
                               **{k: v for k, v in result.metrics.items() if k.startswith("val_")}}
-        save_packed(student, out_dir, tokenizer_json, lineage, scale_dtype=scale_dtype, rest_dtype=rest_dtype)
+        save_packed(student, out_dir, tokenizer_json, lineage, scale_dtype=scale_dtype, rest_dtype=rest_dtype,
+                    packing=packing)
     summary["size"] = size_report(src_dir, out_dir)
     summary["flops"] = lineage["flops"]
     return summary
