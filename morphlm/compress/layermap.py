@@ -367,6 +367,9 @@ class ProxyEvaluator:
                                 schedule="linear", progress=False, seed=s.seed, device=s.device, weight_decay=0.01)
             res = fit(clf, model_loss, task, ft_args)
             m = res.metrics
+            if "val_loss" not in m:  # fit stopped early (a stop signal) before its final evaluation
+                raise CompressionError(f"the proxy fine-tune of layer map {mapping} stopped at step {res.steps} of "
+                                       f"{s.ft_steps} without scoring it (interrupted?); rerun the search")
             scores.append(float(m["val_accuracy"]) if s.metric == "accuracy" else -float(m["val_loss"]))
         fitness = sum(scores) / len(scores)
         log.info("layer map %s: proxy fitness (%s) %.4f", mapping, s.metric, fitness)
