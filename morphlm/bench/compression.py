@@ -134,7 +134,7 @@ class BenchSizes:
     layermap_proxy_steps: int = 40  # proxy general distillation (with the candidate map)
     # proxy fine-tuning, then fitness = −cross-entropy on the proxy dev slice. Probed on this teacher: after
     # 30 steps every map scored the majority rate (52.2%, the 2026-11-27 run) and after 120 steps every
-    # map's loss is still ln 2 to 3 decimals; at 200 steps maps differ (0.664-0.680 over 4 maps)
+    # map's loss is still ln 2 to 3 decimals; at 200 steps (warm-up 20) maps differ (0.664-0.680 over 4 maps)
     layermap_proxy_ft_steps: int = 200
     layermap_metric: str = "neg_loss"
     nas_supernet_steps: int = 300
@@ -817,7 +817,7 @@ def _layermap_search(ctx: Context, lm) -> dict:
     proxy_task = ClassificationBatches(ctx.task.proxy_train, ctx.task.proxy_dev, ctx.task.tokenizer, s.batch_size,
                                        s.max_len, seed=0)
     setting = lm.ProxySetting(gd_steps=s.layermap_proxy_steps, ft_steps=s.layermap_proxy_ft_steps,
-                              gd_lr=s.distill_lr, ft_lr=s.student_lr, warmup_steps=max(s.layermap_proxy_steps // 10, 1),
+                              gd_lr=s.distill_lr, ft_lr=s.student_lr, warmup_steps=max(s.layermap_proxy_ft_steps // 10, 1),
                               seed=0, metric=s.layermap_metric)
     evaluator = lm.ProxyEvaluator(ctx.teacher_pre, ctx.student_cfg, ctx.gd_data(max(s.batch_size // 2, 2), 1),
                                   [proxy_task], setting)
