@@ -136,3 +136,31 @@ def test_sigkill_between_checkpoints_then_resume_matches(tmp_path):
     assert _spawn(tmp_path / "a", 16, save_every=4).wait(timeout=120) == 0
     assert _spawn(tmp_path / "b", 16, save_every=4).wait(timeout=120) == 0
     assert _losses(tmp_path / "a") == _losses(tmp_path / "b")
+
+
+def test_stop_scope_carries_one_stop_request_across_fits(tmp_path):
+    """A driver that calls fit() many times (the compression benchmark) stops at the next fit() too, and a
+    second signal aborts, instead of each fit() treating the signal as its own first one."""
+    import os
+
+    from morphlm.train.loop import StopScope
+
+    class SignalAt:
+        def __init__(self, step, sig):
+            self.step, self.sig = step, sig
+
+        def on_step_end(self, state, record):
+            if state.step == self.step:
+                os.kill(os.getpid(), self.sig)
+
+    quiet = {"progress": False, "eval_at_end": False}
+    with StopScope() as scope:
+        first = fit(_model(), None, ToyData(), _args(None, 8, **quiet), callbacks=[SignalAt(2, signal.SIGTERM)])
+        assert first.interrupted and first.steps == 3 and scope.requested  # the signal came after step 2's check
+        later = fit(_model(), None, ToyData(), _args(tmp_path / "later", 8, **quiet))
+        assert later.interrupted and later.steps == 1  # stopped at its first step boundary, and saved
+        assert ckpt.load_trainer_state(tmp_path / "later")[0]["step"] == 1
+        with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C aborts, even in a later fit()
+            fit(_model(), None, ToyData(), _args(None, 8, **quiet), callbacks=[SignalAt(1, signal.SIGINT)])
+    # outside a scope every fit() starts afresh
+    assert not fit(_model(), None, ToyData(), _args(None, 3, **quiet)).interrupted

@@ -53,7 +53,6 @@ import importlib
 import json
 import logging
 import os
-import statistics
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -69,9 +68,13 @@ from ..io import write_atomic
 from ..model.config import ModelConfig
 from ..model.transformer import TransformerLM
 from ..train import checkpoint as ckpt
-from ..train.loop import fit
+from ..train.loop import StopScope, fit
 from ..train.optim import TrainArgs
 from . import common
+from .compression_data import (LogitCachedTeacher, TaskData, UnlabelledBatches,  # noqa: F401 (re-exported)
+                               WordPieceAdapter, load_minilm_classifier, load_sst2)
+from .compression_report import (GOALS, aggregate_arm, compute_summary, goals_met,  # noqa: F401 (re-exported)
+                                 markdown_table, mean_std)
 
 log = logging.getLogger("morphlm.bench.compression")
 
@@ -83,11 +86,6 @@ BASELINES = ("scratch", "teacher_layers", "kd")
 METHODS = ("tinybert", "layermap", "etd_rand", "etd_impt", "lightmbert", "ternary", "int8", "autotinybert")
 ALL_ARMS = BASELINES + METHODS
 KD_TEMPERATURE = 2.0
-
-# Goals of issue 4 (checked in the summary; reported whether met or not).
-GOALS = {"student_retention": 0.968, "student_param_ratio": 7.5, "student_latency_speedup": 9.4,
-         "ternary_size_ratio": 14.9, "ternary_acc_drop_max": 1.0, "etd_compute_saving": 0.70}
-
 
 class ArmUnavailable(Exception):
     """An arm cannot run in this checkout (its method module is missing); recorded, never faked."""
@@ -205,14 +203,6 @@ def _need(module: str, *names: str):
     return mod
 
 
-def mean_std(values: list[float]) -> dict[str, float | int | None]:
-    vals = [float(v) for v in values if v is not None]
-    if not vals:
-        return {"mean": None, "std": None, "n": 0}
-    return {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
-            "n": len(vals)}
-
-
 @torch.no_grad()
 def accuracy(model: nn.Module, batches: list[dict]) -> float:
     """Dev accuracy of a classifier over fixed batches (labels ignored by the forward)."""
@@ -274,183 +264,6 @@ def state_bytes(model: nn.Module) -> int:
     """fp32 safetensors bytes of a model's weights (what its checkpoint's model.safetensors holds)."""
     state = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()}
     return len(ckpt.tensors_to_bytes(state))
-
-
-# ============================================================================================ data
-class UnlabelledBatches:
-    """Windows of unlabelled token ids for general distillation: ``{"input_ids", "attention_mask"}``.
-
-    ``train_batch(step)`` is a pure function of (seed, step), as fit() requires."""
-
-    def __init__(self, ids: torch.Tensor, batch_size: int, seq_len: int, seed: int = 0,
-                 cls_id: int | None = None) -> None:
-        if ids.numel() < seq_len + 1:
-            raise CompressionError(f"the unlabelled corpus has {ids.numel()} tokens, fewer than one window of "
-                                   f"{seq_len}; use a bigger corpus or a shorter sequence")
-        self.ids, self.batch_size, self.seq_len, self.seed, self.cls_id = ids.long(), batch_size, seq_len, seed, cls_id
-
-    def train_batch(self, step: int) -> dict:
-        from ..data.batches import derive_seed
-
-        g = torch.Generator().manual_seed(derive_seed("bench-gd", self.seed, int(step)))
-        body = self.seq_len - (1 if self.cls_id is not None else 0)
-        starts = torch.randint(0, self.ids.numel() - body, (self.batch_size,), generator=g)
-        win = self.ids[starts[:, None] + torch.arange(body)[None, :]]
-        if self.cls_id is not None:  # the fine-tuned models read the first position as [CLS]
-            win = torch.cat([torch.full((self.batch_size, 1), self.cls_id), win], 1)
-        return {"input_ids": win, "attention_mask": torch.ones_like(win)}
-
-    def val_batches(self) -> list[dict]:
-        return [self.train_batch(10_000_000)]
-
-
-class WordPieceAdapter:
-    """The three ids and ``encode_batch`` that :class:`ClassificationBatches` needs, over a WordPiece
-    ``tokenizers.Tokenizer`` (MiniLM's ``tokenizer.json``): morphlm's :class:`Tokenizer` wraps byte-level BPE
-    with ``<cls>``-style specials and cannot hold a WordPiece vocabulary with ``[CLS]``-style ones."""
-
-    def __init__(self, path: str | os.PathLike) -> None:
-        import tokenizers
-
-        self.hf = tokenizers.Tokenizer.from_file(str(path))
-        self.hf.no_padding()  # MiniLM's tokenizer.json pads/truncates to 128; batching does both itself
-        self.hf.no_truncation()
-        ids = {t: self.hf.token_to_id(t) for t in ("[PAD]", "[CLS]", "[SEP]", "[MASK]", "[UNK]")}
-        missing = [t for t, i in ids.items() if i is None]
-        if missing:
-            raise CompressionError(f"{path} is not a BERT WordPiece tokenizer (no {missing}); "
-                                   "pass the tokenizer.json of the MiniLM directory")
-        self.pad_id, self.cls_id, self.sep_id, self.mask_id = ids["[PAD]"], ids["[CLS]"], ids["[SEP]"], ids["[MASK]"]
-        self.vocab_size = self.hf.get_vocab_size()
-        self._json = Path(path).read_text(encoding="utf-8")
-
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self.hf.encode_batch(list(texts), add_special_tokens=False)]
-
-    def encode(self, text: str) -> list[int]:
-        return self.encode_batch([text])[0]
-
-    def to_json_str(self) -> str:
-        return self._json
-
-
-@dataclass
-class TaskData:
-    train: list  # list[Example]
-    dev: list
-    tokenizer: Any
-    max_len: int
-    batch_size: int
-    proxy_train: list = field(default_factory=list)  # searches' proxy data: from SST-2 train ...
-    proxy_dev: list = field(default_factory=list)  # ... held out from every arm's training (never the dev set)
-
-    def batches(self, seed: int, train: list | None = None):
-        from ..data.tasks import ClassificationBatches
-
-        return ClassificationBatches(train if train is not None else self.train, self.dev, self.tokenizer,
-                                     self.batch_size, self.max_len, seed=seed)
-
-    def dev_batches(self) -> list[dict]:
-        if not hasattr(self, "_dev"):
-            self._dev = self.batches(0).val_batches()
-        return self._dev
-
-
-def load_sst2(data_dir: Path, sizes: BenchSizes, tokenizer) -> TaskData:
-    from ..data.tasks import load_task
-
-    root = Path(data_dir) / "glue-sst2"
-    if not (root / "train.tsv").is_file() or not (root / "dev.tsv").is_file():
-        raise CompressionError(f"SST-2 is not at {root} (train.tsv, dev.tsv); pass --data-dir pointing at the "
-                               "folder that holds glue-sst2/")
-    task = load_task(root / "train.tsv", root / "dev.tsv")
-    train, dev = task.train, task.val
-    g = torch.Generator().manual_seed(4321)
-    order = torch.randperm(len(train), generator=g).tolist()
-    n_hold = min(sizes.proxy_dev, len(train) // 4)
-    proxy_dev = [train[i] for i in order[:n_hold]]
-    train = [train[i] for i in sorted(order[n_hold:])]
-    if sizes.train_subset is not None and sizes.train_subset < len(train):
-        g = torch.Generator().manual_seed(1234)
-        keep = torch.randperm(len(train), generator=g)[: sizes.train_subset].tolist()
-        train = [train[i] for i in sorted(keep)]
-    if sizes.dev_subset is not None and sizes.dev_subset < len(dev):
-        dev = dev[: sizes.dev_subset]
-    proxy_train = train[: min(sizes.proxy_train, len(train))]
-    return TaskData(train, dev, tokenizer, sizes.max_len, sizes.batch_size, proxy_train, proxy_dev)
-
-
-# ============================================================================================ MiniLM teacher
-def load_minilm_classifier(model_dir: str | os.PathLike, n_classes: int = 2, seed: int = 0) -> TransformerLM:
-    """MiniLM (a bare ``BertModel`` directory: no MLM or classification head) -> native classifier.
-
-    The backbone and pooler are mapped by the interop layer's ``BertForSequenceClassification`` table; the
-    classifier (absent from the checkpoint) is freshly initialised (normal(0, initializer_range)), to be
-    fine-tuned on the task."""
-    from safetensors.torch import load_file
-
-    from ..interop.hf import config_from_hf
-    from ..interop.hf_maps import state_dict_from_hf
-
-    model_dir = Path(model_dir)
-    d = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-    d = {**d, "architectures": ["BertForSequenceClassification"], "num_labels": n_classes}
-    cfg = config_from_hf(d, "BertForSequenceClassification")
-    hf_state = load_file(str(model_dir / "model.safetensors"))
-    hf_state = {k if k.startswith("bert.") else f"bert.{k}": v for k, v in hf_state.items()}
-    g = torch.Generator().manual_seed(seed)
-    hf_state["classifier.weight"] = torch.randn(n_classes, cfg.d_model, generator=g) * cfg.init_std
-    hf_state["classifier.bias"] = torch.zeros(n_classes)
-    model = TransformerLM(cfg)
-    model.load_state_dict(state_dict_from_hf(hf_state, cfg, "BertForSequenceClassification"), strict=True)
-    return model
-
-
-class LogitCachedTeacher(nn.Module):
-    """The fine-tuned teacher behind a cache of its logits, keyed by the exact input tensors.
-
-    Every student arm of a seed draws the same batches (one ``ClassificationBatches`` per seed), so the
-    prediction-layer stages of several arms (KD, TinyBERT's stage b, LightMBERT, AutoTinyBERT) would run the
-    same teacher forward passes again. When neither hidden states nor attentions are asked for, the cached
-    logits are returned; the teacher is in eval mode (no dropout), so they are exactly what it would compute.
-    FLOPs are still counted by distill() as if the teacher ran (the one ruler does not know about caches)."""
-
-    def __init__(self, teacher: TransformerLM, max_entries: int = 20_000) -> None:
-        super().__init__()
-        self.inner = teacher
-        self.config = teacher.config
-        self.max_entries = max_entries
-        self._cache: dict[bytes, torch.Tensor] = {}
-        self.hits = self.misses = 0
-
-    @staticmethod
-    def _key(**inputs) -> bytes:
-        h = hashlib.blake2b(digest_size=16)
-        for name in sorted(inputs):
-            t = inputs[name]
-            if t is not None:
-                h.update(name.encode())
-                h.update(str(tuple(t.shape)).encode())
-                h.update(t.detach().cpu().contiguous().numpy().tobytes())
-        return h.digest()
-
-    def forward(self, input_ids, labels=None, attention_mask=None, token_type_ids=None,
-                output_hidden_states: bool = False, output_attentions: bool = False):
-        if output_hidden_states or output_attentions or labels is not None or self.inner.training:
-            return self.inner(input_ids, labels=labels, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                              output_hidden_states=output_hidden_states, output_attentions=output_attentions)
-        from ..model.transformer import ModelOutput
-
-        key = self._key(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
-        logits = self._cache.get(key)
-        if logits is None:
-            self.misses += 1
-            logits = self.inner(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).logits.detach()
-            if len(self._cache) < self.max_entries:
-                self._cache[key] = logits
-        else:
-            self.hits += 1
-        return ModelOutput(logits=logits)
 
 
 # ============================================================================================ context
@@ -552,7 +365,7 @@ def _train_or_load(out_dir: Path, model: TransformerLM, loss_fn, data, args: Tra
     done = ckpt.has_checkpoint(out_dir) and int((ckpt.read_lineage(out_dir) or {}).get("steps", -1)) >= args.max_steps
     if not done:
         r = fit(model, loss_fn, data, args, tokenizer_json=tokenizer_json, lineage=lineage)
-        if r.interrupted or _STOP.stopped:
+        if r.interrupted or _STOP.requested:
             raise BenchInterrupted(f"stopped by a signal; {out_dir} holds the state — rerun to resume it")
     state, _ = ckpt.load_state_dict(out_dir)
     model.load_state_dict(state)
@@ -769,6 +582,7 @@ def _general_distilled(ctx: Context, layer_map=None, steps: int | None = None) -
         return student, float((ckpt.read_lineage(out) or {}).get("flops", 0.0))
     r = _distill(ctx, ctx.teacher_pre, student, ctx.gd_data(s.batch_size, 0), steps, 0, "general",
                  layer_map=layer_map)
+    _check_stop(f"general distillation {layer_map}")
     ckpt.save_checkpoint(out, student.state_dict(), student.config, lineage={"verb": "bench:gd", "flops": r.flops})
     return student, r.flops
 
@@ -824,6 +638,7 @@ def _layermap_search(ctx: Context, lm) -> dict:
     ga = lm.GAConfig(population=max(2, min(4, s.layermap_evals)), budget=s.layermap_evals, elitism=1, seed=0)
     t0 = time.perf_counter()
     report = lm.run_layermap_search(evaluator, ctx.student_cfg.n_layers, ctx.teacher_pre.config.n_layers, ga)
+    _check_stop("the layer-map search")
     report["wall_s"] = time.perf_counter() - t0
     report["proxy"] = dataclasses.asdict(setting) | {"proxy_train": len(ctx.task.proxy_train),
                                                      "proxy_dev": len(ctx.task.proxy_dev)}
@@ -895,6 +710,7 @@ def arm_lightmbert(ctx: Context, seed: int) -> dict:
     else:
         r0 = _distill(ctx, ctx.teacher_pre, student, ctx.gd_data(s.batch_size, 0), s.gd_steps, 0, "general", **over)
         gd_flops = r0.flops
+        _check_stop("LightMBERT general distillation")
         ckpt.save_checkpoint(gd_dir, student.state_dict(), student.config,
                              lineage={"verb": "bench:lightmbert-gd", "flops": gd_flops})
     n1 = s.student_steps // 2
@@ -1072,6 +888,7 @@ def _nas_search(ctx: Context, nas) -> tuple[dict, TransformerLM]:
     t0 = time.perf_counter()
     r = nas.train_supernet(super_model, ctx.data(0), _args(s, s.nas_supernet_steps, s.distill_lr, 0,
                                                             progress=ctx.progress), space, loss_fn=kd)
+    _check_stop("super-model training")
     ckpt.save_checkpoint(sdir, super_model.state_dict(), super_model.config,
                          lineage={"verb": "bench:supernet", "flops": r.flops})
     train_s = time.perf_counter() - t0
@@ -1117,6 +934,7 @@ def _nas_search(ctx: Context, nas) -> tuple[dict, TransformerLM]:
               "predictor": pred_report, "target_ms": target, "window": window,
               "hand_arch": hand.to_dict(), "hand_fitness": fitness(hand), "evolutionary": _js(evo), "random": _js(rnd),
               "evolutionary_minus_random": evo["best_fitness"] - rnd["best_fitness"]}
+    _check_stop("the architecture search")
     write_atomic(path, json.dumps(common.json_safe(report), indent=1))
     return report, super_model
 
@@ -1134,31 +952,26 @@ def code_fingerprint() -> str:
     the same code (the teacher checkpoints do not depend on it and are kept)."""
     h = hashlib.sha256()
     here = Path(__file__).resolve()
-    for f in [here, *sorted((here.parents[1] / "compress").glob("*.py"))]:
+    for f in [*sorted(here.parent.glob("compression*.py")), *sorted((here.parents[1] / "compress").glob("*.py"))]:
         h.update(f.name.encode())
         h.update(f.read_bytes())
     return h.hexdigest()[:10]
-
-
-class _StopWatcher(logging.Handler):
-    """fit() turns the first SIGINT/SIGTERM into "save and stop at the next step" and returns normally, so an
-    arm would look finished. fit announces it on the ``morphlm.train`` logger; this handler notices, so the
-    benchmark neither caches the cut-short arm nor starts the next one."""
-
-    def __init__(self) -> None:
-        super().__init__(level=logging.WARNING)
-        self.stopped = False
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if str(record.msg).startswith("stop requested"):
-            self.stopped = True
 
 
 class BenchInterrupted(KeyboardInterrupt):
     """A signal stopped the run; finished (arm, seed) results are cached, rerun to continue."""
 
 
-_STOP = _StopWatcher()
+# fit() turns the first SIGINT/SIGTERM into "save and stop at the next step" and returns normally, so an arm
+# would look finished; the run's StopScope records the request, makes every later fit() of the run stop at
+# once (a second Ctrl-C aborts), and nothing computed after it is cached (_check_stop before each write)
+_STOP = StopScope()
+
+
+def _check_stop(what: str) -> None:
+    if _STOP.requested:
+        raise BenchInterrupted(f"stopped by a signal during {what}; it was not cached — rerun the same command to "
+                               f"continue (finished results are reused)")
 
 
 def _cached_arm(self: Context, arm: str, seed: int, fn: Callable[[], dict]) -> dict:
@@ -1170,164 +983,12 @@ def _cached_arm(self: Context, arm: str, seed: int, fn: Callable[[], dict]) -> d
         except json.JSONDecodeError:
             pass
     res = fn()
-    if _STOP.stopped:
-        raise BenchInterrupted(f"stopped by a signal during {arm} seed {seed}; it was not cached — rerun the same "
-                               f"command to continue")
+    _check_stop(f"{arm} seed {seed}")
     write_atomic(path, json.dumps(common.json_safe(res), indent=1))
     return res
 
 
 Context.cached_arm = _cached_arm  # type: ignore[attr-defined]
-
-
-# ============================================================================================ aggregation
-_NUMERIC_KEYS = ("dev_acc", "flops", "steps", "compute_saving", "steps_to_reference_acc", "acc_drop_points",
-                 "size_ratio", "best_minus_uniform", "searched_minus_hand")
-
-
-def aggregate_arm(runs: list[dict]) -> dict:
-    """Per-seed runs -> mean ± std of their numeric headline fields."""
-    agg: dict[str, Any] = {}
-    for key in _NUMERIC_KEYS:
-        vals = [r.get(key) for r in runs if isinstance(r.get(key), (int, float))]
-        if vals:
-            agg[key] = mean_std(vals)
-    return agg
-
-
-def _mean(arms: dict, arm: str, key: str = "dev_acc") -> float | None:
-    a = arms.get(arm) or {}
-    return ((a.get("aggregate") or {}).get(key) or {}).get("mean")
-
-
-def compute_summary(arms: dict, teacher: dict) -> dict:
-    """The top-level summary of issue 4 from the per-arm detail (None where an arm is missing)."""
-    t_acc, t_params, t_lat = teacher.get("dev_acc"), teacher.get("params"), (teacher.get("latency") or {}).get(
-        "b1_median_ms")
-    student_arm = None
-    for cand in ("tinybert", "kd", "scratch"):
-        if _mean(arms, cand) is not None:
-            student_arm = cand
-            break
-    s: dict[str, Any] = {"student_arm": student_arm, "student_retention": None, "student_param_ratio": None,
-                         "student_latency_speedup": None, "ternary_size_ratio": None, "ternary_acc_drop": None,
-                         "etd_compute_saving": None}
-    if student_arm is not None:
-        a = arms[student_arm]
-        runs = a.get("runs") or []
-        acc = _mean(arms, student_arm)
-        if t_acc:
-            s["student_retention"] = acc / t_acc
-        params = runs[0].get("params") if runs else None
-        lat = (runs[0].get("latency") or {}).get("b1_median_ms") if runs else None
-        if t_params and params:
-            s["student_param_ratio"] = t_params / params
-        if t_lat and lat:
-            s["student_latency_speedup"] = t_lat / lat
-    s["ternary_size_ratio"] = _mean(arms, "ternary", "size_ratio")
-    s["ternary_acc_drop"] = _mean(arms, "ternary", "acc_drop_points")
-    t_runs = (arms.get("ternary") or {}).get("runs") or []
-    for variant in ("fp16_rest", "base3"):  # beside the headline (2-bit, float32 scales and rest: the protocol's)
-        runs = [r[variant] for r in t_runs if r.get(variant)]
-        if runs:
-            s[f"ternary_size_ratio_{variant}"] = statistics.fmean(f["size_ratio"] for f in runs)
-            s[f"ternary_acc_drop_{variant}"] = statistics.fmean(f["acc_drop_points"] for f in runs)
-    ref = next((r["reference_shape"] for r in t_runs if r.get("reference_shape")), None)
-    if ref:
-        s["ternary_size_ratio_at_reference_shape"] = ref["size_ratio_fp32_rest"]
-        if "size_ratio_base3_fp32_rest" in ref:
-            s["ternary_size_ratio_base3_at_reference_shape"] = ref["size_ratio_base3_fp32_rest"]
-        s["ternary_reference_shape"] = ref["shape"]
-    s["etd_compute_saving"] = _mean(arms, "etd_impt", "compute_saving")
-    if s["etd_compute_saving"] is None:
-        s["etd_compute_saving"] = _mean(arms, "etd_rand", "compute_saving")
-    s["layermap_best_minus_uniform"] = _mean(arms, "layermap", "best_minus_uniform")
-    s["autotinybert_searched_minus_hand"] = _mean(arms, "autotinybert", "searched_minus_hand")
-    s["goals"] = goals_met(s)
-    return s
-
-
-def goals_met(s: dict) -> dict:
-    def ge(v, g):
-        return None if v is None else bool(v >= g)
-
-    return {
-        "student_retention>=0.968": ge(s.get("student_retention"), GOALS["student_retention"]),
-        "student_param_ratio>=7.5": ge(s.get("student_param_ratio"), GOALS["student_param_ratio"]),
-        "student_latency_speedup>=9.4": ge(s.get("student_latency_speedup"), GOALS["student_latency_speedup"]),
-        "ternary_size_ratio>=14.9": ge(s.get("ternary_size_ratio"), GOALS["ternary_size_ratio"]),
-        "ternary_acc_drop<=1.0": None if s.get("ternary_acc_drop") is None
-        else bool(s["ternary_acc_drop"] <= GOALS["ternary_acc_drop_max"]),
-        "etd_compute_saving>=0.70": ge(s.get("etd_compute_saving"), GOALS["etd_compute_saving"]),
-        "layermap_searched>=uniform": ge(s.get("layermap_best_minus_uniform"), 0.0),
-        "autotinybert_searched>=hand": ge(s.get("autotinybert_searched_minus_hand"), 0.0),
-    }
-
-
-# ============================================================================================ table
-def _fmt(ms: dict | None, scale: float = 100.0, digits: int = 1) -> str:
-    if not ms or ms.get("mean") is None:
-        return "—"
-    if ms.get("n", 1) > 1:
-        return f"{ms['mean'] * scale:.{digits}f} ± {ms['std'] * scale:.{digits}f}"
-    return f"{ms['mean'] * scale:.{digits}f}"
-
-
-def markdown_table(result: dict) -> str:
-    """The README table: one row per arm (dev accuracy mean ± std over seeds, params, latency, notes)."""
-    t = result.get("teacher") or {}
-    lines = ["| arm | dev acc (%) | params | latency b1 (ms) | notes |", "|---|---:|---:|---:|---|"]
-    tl = (t.get("latency") or {}).get("b1_median_ms")
-    lines.append(f"| teacher ({t.get('kind', '?')}) | {t.get('dev_acc', 0) * 100:.1f} | {t.get('params', 0):,} | "
-                 f"{tl:.2f} | {t.get('note', '')} |" if tl else "| teacher | — | — | — | |")
-    for name, a in (result.get("arms") or {}).items():
-        status = a.get("status")
-        if status != "ok":
-            lines.append(f"| {name} | — | — | — | {status}: {a.get('reason') or a.get('error', '')} |")
-            continue
-        runs = a.get("runs") or [{}]
-        r0 = runs[0]
-        lat = (r0.get("latency") or {}).get("b1_median_ms")
-        agg = a.get("aggregate") or {}
-        note = a.get("note", "")
-        lines.append(f"| {name} | {_fmt(agg.get('dev_acc'))} | {r0.get('params', 0):,} | "
-                     f"{lat:.2f} | {note} |" if lat else
-                     f"| {name} | {_fmt(agg.get('dev_acc'))} | {r0.get('params', 0):,} | — | {note} |")
-    s = result.get("summary") or {}
-    lines.append("")
-    lines.append("| summary | value | goal | met |")
-    lines.append("|---|---:|---:|---|")
-    goals = s.get("goals") or {}
-    rows = [("student_retention", "≥ 0.968", "student_retention>=0.968"),
-            ("student_param_ratio", "≥ 7.5", "student_param_ratio>=7.5"),
-            ("student_latency_speedup", "≥ 9.4", "student_latency_speedup>=9.4"),
-            ("ternary_size_ratio", "≥ 14.9", "ternary_size_ratio>=14.9"),
-            ("ternary_acc_drop", "≤ 1.0", "ternary_acc_drop<=1.0"),
-            ("ternary_size_ratio_fp16_rest", "(≥ 14.9)", "ternary_size_ratio>=14.9"),
-            ("ternary_acc_drop_fp16_rest", "(≤ 1.0)", "ternary_acc_drop<=1.0"),
-            ("ternary_size_ratio_at_reference_shape", "(≥ 14.9)", "ternary_size_ratio>=14.9"),
-            ("ternary_size_ratio_base3", "(≥ 14.9)", "ternary_size_ratio>=14.9"),
-            ("ternary_acc_drop_base3", "(≤ 1.0)", "ternary_acc_drop<=1.0"),
-            ("ternary_size_ratio_base3_at_reference_shape", "(≥ 14.9)", "ternary_size_ratio>=14.9"),
-            ("etd_compute_saving", "≥ 0.70", "etd_compute_saving>=0.70"),
-            ("layermap_best_minus_uniform", "≥ 0", "layermap_searched>=uniform"),
-            ("autotinybert_searched_minus_hand", "≥ 0", "autotinybert_searched>=hand")]
-    # informative variants of a goal's quantity, judged by the same goal (shown only where measured)
-    variant_of = {"ternary_size_ratio_fp16_rest": "ternary_size_ratio", "ternary_acc_drop_fp16_rest": "ternary_acc_drop",
-                  "ternary_size_ratio_at_reference_shape": "ternary_size_ratio",
-                  "ternary_size_ratio_base3": "ternary_size_ratio", "ternary_acc_drop_base3": "ternary_acc_drop",
-                  "ternary_size_ratio_base3_at_reference_shape": "ternary_size_ratio"}
-    for key, goal, gkey in rows:
-        v = s.get(key)
-        if key in variant_of:
-            if v is None:
-                continue
-            met = goals_met({**s, variant_of[key]: v})[gkey]
-        else:
-            met = goals.get(gkey)
-        lines.append(f"| {key} | {'—' if v is None else f'{v:.3f}'} | {goal} | "
-                     f"{'n/a' if met is None else ('yes' if met else 'no')} |")
-    return "\n".join(lines)
 
 
 # ============================================================================================ runner
@@ -1366,10 +1027,13 @@ def run_benchmark(*, profile: str | BenchSizes = "full", seeds: int | None = Non
     torch.set_num_threads(int(env_threads) if env_threads.isdigit() and int(env_threads) > 0
                           else max(1, min(2, common.usable_cores())))
     t_start = time.perf_counter()
-    train_log = logging.getLogger("morphlm.train")
-    if _STOP not in train_log.handlers:
-        train_log.addHandler(_STOP)
-    _STOP.stopped = False
+    with _STOP:  # one stop request for the whole run (see _check_stop)
+        return _run_arms(sizes, n_seeds, arms, teacher_kind=teacher_kind, data_dir=data_dir, cache_dir=cache_dir,
+                         out=out, augment=augment, progress=progress, t_start=t_start)
+
+
+def _run_arms(sizes: BenchSizes, n_seeds: int, arms: list[str], *, teacher_kind: str, data_dir, cache_dir, out,
+              augment: bool, progress: bool, t_start: float) -> dict:
     ctx = build_context(sizes, teacher_kind=teacher_kind, data_dir=Path(data_dir),
                         cache_dir=Path(cache_dir) if cache_dir else None, progress=progress and sizes.name == "full")
     if augment:
@@ -1403,14 +1067,17 @@ def run_benchmark(*, profile: str | BenchSizes = "full", seeds: int | None = Non
             run = ctx.cached_arm(arm, seed, _timed)
         except BenchInterrupted:
             raise
-        except ArmUnavailable as exc:
-            entry.update(status="not available", reason=str(exc))
-            log.warning("arm %s not available: %s", arm, exc)
-            continue
         except Exception as exc:  # noqa: BLE001 - one broken arm must not sink the others; recorded
-            entry.update(status="failed", error=f"{type(exc).__name__}: {exc}",
-                         traceback=traceback.format_exc(limit=6))
-            log.error("arm %s seed %d failed: %s", arm, seed, exc)
+            if _STOP.requested:  # an arm broken by the stop itself (a fit cut short) is not a failure to record
+                raise BenchInterrupted(f"stopped by a signal during {arm} seed {seed}; rerun the same command to "
+                                       f"continue (finished results are reused)") from None
+            if isinstance(exc, ArmUnavailable):
+                entry.update(status="not available", reason=str(exc))
+                log.warning("arm %s not available: %s", arm, exc)
+            else:
+                entry.update(status="failed", error=f"{type(exc).__name__}: {exc}",
+                             traceback=traceback.format_exc(limit=6))
+                log.error("arm %s seed %d failed: %s", arm, seed, exc)
             continue
         run["seed"] = seed
         entry["runs"].append(run)

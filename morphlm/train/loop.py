@@ -93,11 +93,37 @@ class FitResult:
     interrupted: bool = False
 
 
-class _StopFlag:
-    """First SIGINT/SIGTERM asks the loop to save and stop at the next step boundary; a second SIGINT aborts."""
+class StopScope:
+    """One stop request shared by every fit() run inside ``with StopScope() as scope:``, for drivers that call
+    fit() many times (benchmarks, searches). Without a scope each fit() installs its own signal handlers, so
+    after a SIGINT/SIGTERM stopped one fit() the driver would start the next one at full length, and a second
+    Ctrl-C would count as a new first one. Inside a scope, once any fit() was asked to stop, ``scope.requested``
+    is set, every later fit() stops (and saves, if it has an out_dir) at its first step boundary, and a second
+    Ctrl-C raises KeyboardInterrupt. Drivers check ``scope.requested`` before caching a result."""
 
     def __init__(self) -> None:
         self.requested = False
+
+    def __enter__(self) -> "StopScope":
+        self.requested = False
+        _SCOPES.append(self)
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        if self in _SCOPES:
+            _SCOPES.remove(self)
+        return False
+
+
+_SCOPES: list[StopScope] = []
+
+
+class _StopFlag:
+    """First SIGINT/SIGTERM asks the loop to save and stop at the next step boundary; a second SIGINT aborts.
+    Inside a :class:`StopScope` whose stop was already requested, it starts out requested."""
+
+    def __init__(self) -> None:
+        self.requested = any(scope.requested for scope in _SCOPES)
         self._old: dict[int, Any] = {}
 
     def __enter__(self):
@@ -112,6 +138,8 @@ class _StopFlag:
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = True
+        for scope in _SCOPES:
+            scope.requested = True
         log.warning("stop requested (signal %d): saving at the end of this step; press Ctrl-C again to abort", signum)
 
     def __exit__(self, *exc):
@@ -519,6 +547,9 @@ def fit(
         if hasattr(cb, "on_train_end"):
             cb.on_train_end(fstate)
     if interrupted and info.is_main:
-        log.warning("stopped at step %d; state saved in %s — continue with --resume auto", fstate.step, out_dir)
+        if out_dir:
+            log.warning("stopped at step %d; state saved in %s — continue with --resume auto", fstate.step, out_dir)
+        else:
+            log.warning("stopped at step %d (no output directory: nothing was saved)", fstate.step)
     return FitResult(fstate.step, fstate.tokens, fstate.flops, last_loss, val_metrics.get("val_loss"),
                      {**fstate.last_metrics, **val_metrics}, str(out_dir) if out_dir else None, interrupted)

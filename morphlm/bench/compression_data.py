@@ -1,0 +1,196 @@
+"""The compression benchmark's data side: SST-2 with its held-out proxy slices, windows of unlabelled text for
+general distillation, the WordPiece adapter and loader of the PyPI MiniLM teacher, and the logit cache in
+front of the fine-tuned teacher. Split from :mod:`morphlm.bench.compression`, which re-exports them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..compress.errors import CompressionError
+from ..model.transformer import TransformerLM
+
+
+class UnlabelledBatches:
+    """Windows of unlabelled token ids for general distillation: ``{"input_ids", "attention_mask"}``.
+
+    ``train_batch(step)`` is a pure function of (seed, step), as fit() requires."""
+
+    def __init__(self, ids: torch.Tensor, batch_size: int, seq_len: int, seed: int = 0,
+                 cls_id: int | None = None) -> None:
+        if ids.numel() < seq_len + 1:
+            raise CompressionError(f"the unlabelled corpus has {ids.numel()} tokens, fewer than one window of "
+                                   f"{seq_len}; use a bigger corpus or a shorter sequence")
+        self.ids, self.batch_size, self.seq_len, self.seed, self.cls_id = ids.long(), batch_size, seq_len, seed, cls_id
+
+    def train_batch(self, step: int) -> dict:
+        from ..data.batches import derive_seed
+
+        g = torch.Generator().manual_seed(derive_seed("bench-gd", self.seed, int(step)))
+        body = self.seq_len - (1 if self.cls_id is not None else 0)
+        starts = torch.randint(0, self.ids.numel() - body, (self.batch_size,), generator=g)
+        win = self.ids[starts[:, None] + torch.arange(body)[None, :]]
+        if self.cls_id is not None:  # the fine-tuned models read the first position as [CLS]
+            win = torch.cat([torch.full((self.batch_size, 1), self.cls_id), win], 1)
+        return {"input_ids": win, "attention_mask": torch.ones_like(win)}
+
+    def val_batches(self) -> list[dict]:
+        return [self.train_batch(10_000_000)]
+
+
+class WordPieceAdapter:
+    """The three ids and ``encode_batch`` that :class:`ClassificationBatches` needs, over a WordPiece
+    ``tokenizers.Tokenizer`` (MiniLM's ``tokenizer.json``): morphlm's :class:`Tokenizer` wraps byte-level BPE
+    with ``<cls>``-style specials and cannot hold a WordPiece vocabulary with ``[CLS]``-style ones."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        import tokenizers
+
+        self.hf = tokenizers.Tokenizer.from_file(str(path))
+        self.hf.no_padding()  # MiniLM's tokenizer.json pads/truncates to 128; batching does both itself
+        self.hf.no_truncation()
+        ids = {t: self.hf.token_to_id(t) for t in ("[PAD]", "[CLS]", "[SEP]", "[MASK]", "[UNK]")}
+        missing = [t for t, i in ids.items() if i is None]
+        if missing:
+            raise CompressionError(f"{path} is not a BERT WordPiece tokenizer (no {missing}); "
+                                   "pass the tokenizer.json of the MiniLM directory")
+        self.pad_id, self.cls_id, self.sep_id, self.mask_id = ids["[PAD]"], ids["[CLS]"], ids["[SEP]"], ids["[MASK]"]
+        self.vocab_size = self.hf.get_vocab_size()
+        self._json = Path(path).read_text(encoding="utf-8")
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.hf.encode_batch(list(texts), add_special_tokens=False)]
+
+    def encode(self, text: str) -> list[int]:
+        return self.encode_batch([text])[0]
+
+    def to_json_str(self) -> str:
+        return self._json
+
+
+@dataclass
+class TaskData:
+    train: list  # list[Example]
+    dev: list
+    tokenizer: Any
+    max_len: int
+    batch_size: int
+    proxy_train: list = field(default_factory=list)  # searches' proxy data: from SST-2 train ...
+    proxy_dev: list = field(default_factory=list)  # ... held out from every arm's training (never the dev set)
+
+    def batches(self, seed: int, train: list | None = None):
+        from ..data.tasks import ClassificationBatches
+
+        return ClassificationBatches(train if train is not None else self.train, self.dev, self.tokenizer,
+                                     self.batch_size, self.max_len, seed=seed)
+
+    def dev_batches(self) -> list[dict]:
+        if not hasattr(self, "_dev"):
+            self._dev = self.batches(0).val_batches()
+        return self._dev
+
+
+def load_sst2(data_dir: Path, sizes, tokenizer) -> TaskData:
+    """SST-2 train/dev from ``data_dir``/glue-sst2, cut to ``sizes`` (a BenchSizes): ``proxy_dev`` examples held
+    out of train for the searches, optional train/dev subsets."""
+    from ..data.tasks import load_task
+
+    root = Path(data_dir) / "glue-sst2"
+    if not (root / "train.tsv").is_file() or not (root / "dev.tsv").is_file():
+        raise CompressionError(f"SST-2 is not at {root} (train.tsv, dev.tsv); pass --data-dir pointing at the "
+                               "folder that holds glue-sst2/")
+    task = load_task(root / "train.tsv", root / "dev.tsv")
+    train, dev = task.train, task.val
+    g = torch.Generator().manual_seed(4321)
+    order = torch.randperm(len(train), generator=g).tolist()
+    n_hold = min(sizes.proxy_dev, len(train) // 4)
+    proxy_dev = [train[i] for i in order[:n_hold]]
+    train = [train[i] for i in sorted(order[n_hold:])]
+    if sizes.train_subset is not None and sizes.train_subset < len(train):
+        g = torch.Generator().manual_seed(1234)
+        keep = torch.randperm(len(train), generator=g)[: sizes.train_subset].tolist()
+        train = [train[i] for i in sorted(keep)]
+    if sizes.dev_subset is not None and sizes.dev_subset < len(dev):
+        dev = dev[: sizes.dev_subset]
+    proxy_train = train[: min(sizes.proxy_train, len(train))]
+    return TaskData(train, dev, tokenizer, sizes.max_len, sizes.batch_size, proxy_train, proxy_dev)
+
+
+# ============================================================================================ MiniLM teacher
+def load_minilm_classifier(model_dir: str | os.PathLike, n_classes: int = 2, seed: int = 0) -> TransformerLM:
+    """MiniLM (a bare ``BertModel`` directory: no MLM or classification head) -> native classifier.
+
+    The backbone and pooler are mapped by the interop layer's ``BertForSequenceClassification`` table; the
+    classifier (absent from the checkpoint) is freshly initialised (normal(0, initializer_range)), to be
+    fine-tuned on the task."""
+    from safetensors.torch import load_file
+
+    from ..interop.hf import config_from_hf
+    from ..interop.hf_maps import state_dict_from_hf
+
+    model_dir = Path(model_dir)
+    d = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    d = {**d, "architectures": ["BertForSequenceClassification"], "num_labels": n_classes}
+    cfg = config_from_hf(d, "BertForSequenceClassification")
+    hf_state = load_file(str(model_dir / "model.safetensors"))
+    hf_state = {k if k.startswith("bert.") else f"bert.{k}": v for k, v in hf_state.items()}
+    g = torch.Generator().manual_seed(seed)
+    hf_state["classifier.weight"] = torch.randn(n_classes, cfg.d_model, generator=g) * cfg.init_std
+    hf_state["classifier.bias"] = torch.zeros(n_classes)
+    model = TransformerLM(cfg)
+    model.load_state_dict(state_dict_from_hf(hf_state, cfg, "BertForSequenceClassification"), strict=True)
+    return model
+
+
+class LogitCachedTeacher(nn.Module):
+    """The fine-tuned teacher behind a cache of its logits, keyed by the exact input tensors.
+
+    Every student arm of a seed draws the same batches (one ``ClassificationBatches`` per seed), so the
+    prediction-layer stages of several arms (KD, TinyBERT's stage b, LightMBERT, AutoTinyBERT) would run the
+    same teacher forward passes again. When neither hidden states nor attentions are asked for, the cached
+    logits are returned; the teacher is in eval mode (no dropout), so they are exactly what it would compute.
+    FLOPs are still counted by distill() as if the teacher ran (the one ruler does not know about caches)."""
+
+    def __init__(self, teacher: TransformerLM, max_entries: int = 20_000) -> None:
+        super().__init__()
+        self.inner = teacher
+        self.config = teacher.config
+        self.max_entries = max_entries
+        self._cache: dict[bytes, torch.Tensor] = {}
+        self.hits = self.misses = 0
+
+    @staticmethod
+    def _key(**inputs) -> bytes:
+        h = hashlib.blake2b(digest_size=16)
+        for name in sorted(inputs):
+            t = inputs[name]
+            if t is not None:
+                h.update(name.encode())
+                h.update(str(tuple(t.shape)).encode())
+                h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        return h.digest()
+
+    def forward(self, input_ids, labels=None, attention_mask=None, token_type_ids=None,
+                output_hidden_states: bool = False, output_attentions: bool = False):
+        if output_hidden_states or output_attentions or labels is not None or self.inner.training:
+            return self.inner(input_ids, labels=labels, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                              output_hidden_states=output_hidden_states, output_attentions=output_attentions)
+        from ..model.transformer import ModelOutput
+
+        key = self._key(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        logits = self._cache.get(key)
+        if logits is None:
+            self.misses += 1
+            logits = self.inner(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).logits.detach()
+            if len(self._cache) < self.max_entries:
+                self._cache[key] = logits
+        else:
+            self.hits += 1
+        return ModelOutput(logits=logits)

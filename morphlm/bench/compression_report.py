@@ -1,0 +1,169 @@
+"""The compression benchmark's report: per-arm aggregation, the top-level ``summary`` with the issue's goals,
+and the README table. Pure functions of the results dict (no torch), split from
+:mod:`morphlm.bench.compression`, which re-exports them."""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+# Goals of issue 4 (checked in the summary; reported whether met or not).
+GOALS = {"student_retention": 0.968, "student_param_ratio": 7.5, "student_latency_speedup": 9.4,
+         "ternary_size_ratio": 14.9, "ternary_acc_drop_max": 1.0, "etd_compute_saving": 0.70}
+
+
+def mean_std(values: list[float]) -> dict[str, float | int | None]:
+    vals = [float(v) for v in values if v is not None]
+    if not vals:
+        return {"mean": None, "std": None, "n": 0}
+    return {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
+            "n": len(vals)}
+
+
+_NUMERIC_KEYS = ("dev_acc", "flops", "steps", "compute_saving", "steps_to_reference_acc", "acc_drop_points",
+                 "size_ratio", "best_minus_uniform", "searched_minus_hand")
+
+
+def aggregate_arm(runs: list[dict]) -> dict:
+    """Per-seed runs -> mean ± std of their numeric headline fields."""
+    agg: dict[str, Any] = {}
+    for key in _NUMERIC_KEYS:
+        vals = [r.get(key) for r in runs if isinstance(r.get(key), (int, float))]
+        if vals:
+            agg[key] = mean_std(vals)
+    return agg
+
+
+def _mean(arms: dict, arm: str, key: str = "dev_acc") -> float | None:
+    a = arms.get(arm) or {}
+    return ((a.get("aggregate") or {}).get(key) or {}).get("mean")
+
+
+def compute_summary(arms: dict, teacher: dict) -> dict:
+    """The top-level summary of issue 4 from the per-arm detail (None where an arm is missing)."""
+    t_acc, t_params, t_lat = teacher.get("dev_acc"), teacher.get("params"), (teacher.get("latency") or {}).get(
+        "b1_median_ms")
+    student_arm = None
+    for cand in ("tinybert", "kd", "scratch"):
+        if _mean(arms, cand) is not None:
+            student_arm = cand
+            break
+    s: dict[str, Any] = {"student_arm": student_arm, "student_retention": None, "student_param_ratio": None,
+                         "student_latency_speedup": None, "ternary_size_ratio": None, "ternary_acc_drop": None,
+                         "etd_compute_saving": None}
+    if student_arm is not None:
+        a = arms[student_arm]
+        runs = a.get("runs") or []
+        acc = _mean(arms, student_arm)
+        if t_acc:
+            s["student_retention"] = acc / t_acc
+        params = runs[0].get("params") if runs else None
+        lat = (runs[0].get("latency") or {}).get("b1_median_ms") if runs else None
+        if t_params and params:
+            s["student_param_ratio"] = t_params / params
+        if t_lat and lat:
+            s["student_latency_speedup"] = t_lat / lat
+    s["ternary_size_ratio"] = _mean(arms, "ternary", "size_ratio")
+    s["ternary_acc_drop"] = _mean(arms, "ternary", "acc_drop_points")
+    t_runs = (arms.get("ternary") or {}).get("runs") or []
+    for variant in ("fp16_rest", "base3"):  # beside the headline (2-bit, float32 scales and rest: the protocol's)
+        runs = [r[variant] for r in t_runs if r.get(variant)]
+        if runs:
+            s[f"ternary_size_ratio_{variant}"] = statistics.fmean(f["size_ratio"] for f in runs)
+            s[f"ternary_acc_drop_{variant}"] = statistics.fmean(f["acc_drop_points"] for f in runs)
+    ref = next((r["reference_shape"] for r in t_runs if r.get("reference_shape")), None)
+    if ref:
+        s["ternary_size_ratio_at_reference_shape"] = ref["size_ratio_fp32_rest"]
+        if "size_ratio_base3_fp32_rest" in ref:
+            s["ternary_size_ratio_base3_at_reference_shape"] = ref["size_ratio_base3_fp32_rest"]
+        s["ternary_reference_shape"] = ref["shape"]
+    s["etd_compute_saving"] = _mean(arms, "etd_impt", "compute_saving")
+    if s["etd_compute_saving"] is None:
+        s["etd_compute_saving"] = _mean(arms, "etd_rand", "compute_saving")
+    s["layermap_best_minus_uniform"] = _mean(arms, "layermap", "best_minus_uniform")
+    s["autotinybert_searched_minus_hand"] = _mean(arms, "autotinybert", "searched_minus_hand")
+    s["goals"] = goals_met(s)
+    return s
+
+
+def goals_met(s: dict) -> dict:
+    def ge(v, g):
+        return None if v is None else bool(v >= g)
+
+    return {
+        "student_retention>=0.968": ge(s.get("student_retention"), GOALS["student_retention"]),
+        "student_param_ratio>=7.5": ge(s.get("student_param_ratio"), GOALS["student_param_ratio"]),
+        "student_latency_speedup>=9.4": ge(s.get("student_latency_speedup"), GOALS["student_latency_speedup"]),
+        "ternary_size_ratio>=14.9": ge(s.get("ternary_size_ratio"), GOALS["ternary_size_ratio"]),
+        "ternary_acc_drop<=1.0": None if s.get("ternary_acc_drop") is None
+        else bool(s["ternary_acc_drop"] <= GOALS["ternary_acc_drop_max"]),
+        "etd_compute_saving>=0.70": ge(s.get("etd_compute_saving"), GOALS["etd_compute_saving"]),
+        "layermap_searched>=uniform": ge(s.get("layermap_best_minus_uniform"), 0.0),
+        "autotinybert_searched>=hand": ge(s.get("autotinybert_searched_minus_hand"), 0.0),
+    }
+
+
+# ============================================================================================ table
+def _fmt(ms: dict | None, scale: float = 100.0, digits: int = 1) -> str:
+    if not ms or ms.get("mean") is None:
+        return "—"
+    if ms.get("n", 1) > 1:
+        return f"{ms['mean'] * scale:.{digits}f} ± {ms['std'] * scale:.{digits}f}"
+    return f"{ms['mean'] * scale:.{digits}f}"
+
+
+def markdown_table(result: dict) -> str:
+    """The README table: one row per arm (dev accuracy mean ± std over seeds, params, latency, notes)."""
+    t = result.get("teacher") or {}
+    lines = ["| arm | dev acc (%) | params | latency b1 (ms) | notes |", "|---|---:|---:|---:|---|"]
+    tl = (t.get("latency") or {}).get("b1_median_ms")
+    lines.append(f"| teacher ({t.get('kind', '?')}) | {t.get('dev_acc', 0) * 100:.1f} | {t.get('params', 0):,} | "
+                 f"{tl:.2f} | {t.get('note', '')} |" if tl else "| teacher | — | — | — | |")
+    for name, a in (result.get("arms") or {}).items():
+        status = a.get("status")
+        if status != "ok":
+            lines.append(f"| {name} | — | — | — | {status}: {a.get('reason') or a.get('error', '')} |")
+            continue
+        runs = a.get("runs") or [{}]
+        r0 = runs[0]
+        lat = (r0.get("latency") or {}).get("b1_median_ms")
+        agg = a.get("aggregate") or {}
+        note = a.get("note", "")
+        lines.append(f"| {name} | {_fmt(agg.get('dev_acc'))} | {r0.get('params', 0):,} | "
+                     f"{lat:.2f} | {note} |" if lat else
+                     f"| {name} | {_fmt(agg.get('dev_acc'))} | {r0.get('params', 0):,} | — | {note} |")
+    s = result.get("summary") or {}
+    lines.append("")
+    lines.append("| summary | value | goal | met |")
+    lines.append("|---|---:|---:|---|")
+    goals = s.get("goals") or {}
+    rows = [("student_retention", "≥ 0.968", "student_retention>=0.968"),
+            ("student_param_ratio", "≥ 7.5", "student_param_ratio>=7.5"),
+            ("student_latency_speedup", "≥ 9.4", "student_latency_speedup>=9.4"),
+            ("ternary_size_ratio", "≥ 14.9", "ternary_size_ratio>=14.9"),
+            ("ternary_acc_drop", "≤ 1.0", "ternary_acc_drop<=1.0"),
+            ("ternary_size_ratio_fp16_rest", "(≥ 14.9)", "ternary_size_ratio>=14.9"),
+            ("ternary_acc_drop_fp16_rest", "(≤ 1.0)", "ternary_acc_drop<=1.0"),
+            ("ternary_size_ratio_at_reference_shape", "(≥ 14.9)", "ternary_size_ratio>=14.9"),
+            ("ternary_size_ratio_base3", "(≥ 14.9)", "ternary_size_ratio>=14.9"),
+            ("ternary_acc_drop_base3", "(≤ 1.0)", "ternary_acc_drop<=1.0"),
+            ("ternary_size_ratio_base3_at_reference_shape", "(≥ 14.9)", "ternary_size_ratio>=14.9"),
+            ("etd_compute_saving", "≥ 0.70", "etd_compute_saving>=0.70"),
+            ("layermap_best_minus_uniform", "≥ 0", "layermap_searched>=uniform"),
+            ("autotinybert_searched_minus_hand", "≥ 0", "autotinybert_searched>=hand")]
+    # informative variants of a goal's quantity, judged by the same goal (shown only where measured)
+    variant_of = {"ternary_size_ratio_fp16_rest": "ternary_size_ratio", "ternary_acc_drop_fp16_rest": "ternary_acc_drop",
+                  "ternary_size_ratio_at_reference_shape": "ternary_size_ratio",
+                  "ternary_size_ratio_base3": "ternary_size_ratio", "ternary_acc_drop_base3": "ternary_acc_drop",
+                  "ternary_size_ratio_base3_at_reference_shape": "ternary_size_ratio"}
+    for key, goal, gkey in rows:
+        v = s.get(key)
+        if key in variant_of:
+            if v is None:
+                continue
+            met = goals_met({**s, variant_of[key]: v})[gkey]
+        else:
+            met = goals.get(gkey)
+        lines.append(f"| {key} | {'—' if v is None else f'{v:.3f}'} | {goal} | "
+                     f"{'n/a' if met is None else ('yes' if met else 'no')} |")
+    return "\n".join(lines)
