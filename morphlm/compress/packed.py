@@ -14,13 +14,16 @@ weight tensor is stored as
 and every other tensor (position/segment embeddings, norms, biases, classifier) as it was (float32, or
 float16 with ``rest_dtype``).
 
-``packing="base3"`` (format ``morphlm-ternary-base3``) stores the same codes five to a byte instead of four:
-byte = Σₖ tₖ·3ᵏ over the row's columns 5j..5j+4, with trit tₖ = 0 for 0, 1 for +1, 2 for −1 (3⁵ = 243 ≤ 256,
-so bytes 243..255 are invalid and rejected on load), rows padded with zero trits to a multiple of five. That
-is 1.6 bits per weight, 0.02 bits above the log₂3 ≈ 1.585 of an incompressible ternary symbol, and 20% fewer
-code bytes than the 2-bit layout; decoding is one gather in a 243 × 5 lookup table. Everything else (scales,
-the rest, the decoding modes) is shared by the two layouts; ``"2bit"`` stays the default. The directory is a normal checkpoint directory (safetensors weights with
-the sha256 integrity hash in config.json, tokenizer.json, lineage.json, written atomically through
+``packing="base3"`` (format ``morphlm-ternary-base3``) stores the same codes five to a byte instead of
+four: byte = Σₖ tₖ·3ᵏ over the row's columns 5j..5j+4, with trit tₖ = 0 for 0, 1 for +1, 2 for −1
+(3⁵ = 243 ≤ 256, so bytes 243..255 are invalid and rejected on load), rows padded with zero trits to a
+multiple of five. That is 1.6 bits per weight, 0.02 bits above the log₂3 ≈ 1.585 of an incompressible
+ternary symbol, and 20% fewer code bytes than the 2-bit layout; decoding is one gather in a 243 × 5 lookup
+table. Everything else (scales, the rest, the decoding modes) is shared by the two layouts; ``"2bit"``
+stays the default.
+
+The directory is a normal checkpoint directory (safetensors weights with the sha256 integrity hash in
+config.json, tokenizer.json, lineage.json, written atomically through
 :func:`morphlm.train.checkpoint.save_checkpoint`); config.json adds a ``quantization`` block with the
 format, the activation-quantization settings and one entry (kind, granularity, shape) per packed tensor.
 Its size is the bytes on disk (:func:`dir_bytes`, :func:`artifact_bytes`).
@@ -136,7 +139,8 @@ def unpack_ternary(packed: torch.Tensor, cols: int, packing: str = "2bit") -> to
 
 def invalid_codes(packed: torch.Tensor, packing: str = "2bit") -> int:
     """Number of invalid fields (2-bit code 3, or a base-3 byte above 242): a corrupted file."""
-    if _check_packing(packing) == 5:
+    _check_packing(packing)
+    if packing == "base3":
         return int((packed > 242).sum())
     both = packed & (packed >> 1) & 0b01010101  # bit 2k set iff field k is 0b11
     return int(_POPCOUNT.to(packed.device)[both.long()].sum())
@@ -243,7 +247,8 @@ class PackedTernaryLinear(_PackedBase):
         if self.mode == "int8":
             q, s = activation_qparams(x, self.act_bits, self.act_clip)  # integer codes (as float), scale
             if self._cache is None:
-                self._cache = unpack_ternary(self.weight_packed, self.cols, self.packing).t().contiguous()  # (in, out) int8
+                codes = unpack_ternary(self.weight_packed, self.cols, self.packing)
+                self._cache = codes.t().contiguous()  # (in, out) int8
             lead = q.shape[:-1]
             acc = torch._int_mm(q.reshape(-1, self.in_features).to(torch.int8), self._cache)  # (N, out) int32
             y = acc * (self.weight_scale.float().reshape(1, -1) / s)  # int32 · float32 → float32, exact cast
@@ -394,9 +399,9 @@ def build_packed_model(cfg, block: dict[str, Any]) -> TransformerLM:
         if entry["kind"] == "embedding":
             new = PackedTernaryEmbedding(rows, cols, entry["granularity"], packing)
         elif entry["kind"] == "linear":
+            splits = tuple(entry["out_splits"]) if entry.get("out_splits") else None
             new = PackedTernaryLinear(cols, rows, bool(entry.get("bias")), entry["granularity"], block.get("act_bits"),
-                                      block.get("act_clip"), tuple(entry["out_splits"]) if entry.get("out_splits") else None,
-                                      packing)
+                                      block.get("act_clip"), splits, packing)
         else:
             raise CompressionError(f"unknown packed module kind {entry['kind']!r} for {name}")
         model.set_submodule(name, new)
