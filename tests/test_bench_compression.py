@@ -120,6 +120,39 @@ def test_end_to_end_tiny_run_writes_valid_json_and_reuses_cache(tmp_path, shared
     assert again["teacher"]["dev_acc"] == pytest.approx(t["dev_acc"])
 
 
+def test_ctrl_c_mid_arm_stops_the_run_and_the_rerun_continues(tmp_path, shared_data, monkeypatch):
+    """A Ctrl-C inside an arm's first fit(): the arm's next fit() stops at once, the run ends with
+    BenchInterrupted, the finished arm stays cached, the cut one is not, and the same command continues."""
+    import os
+    import signal
+
+    seen = []
+
+    class CtrlC:
+        def on_step_end(self, state, record):
+            if state.step == 1:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    def two_fits(ctx, seed):
+        model = ctx.new_student(seed)
+        args = bc._args(ctx.sizes, 6, 1e-3, seed, progress=False)
+        first = bc.fit(model, bc._cls_loss, ctx.data(seed), args, callbacks=[CtrlC()])
+        second = bc.fit(model, bc._cls_loss, ctx.data(seed), args)
+        seen.append((first.interrupted, second.steps))
+        return {"dev_acc": 0.5}
+
+    monkeypatch.setitem(bc.ARMS, "kd", two_fits)
+    with pytest.raises(bc.BenchInterrupted, match="kd seed 0"):
+        _tiny(tmp_path, shared_data, monkeypatch, ["scratch", "kd"])
+    assert seen == [(True, 1)]  # the second fit() stopped at its first step instead of running 6
+    cached = {p.name for p in (tmp_path / "cache").rglob("*-s0.json")}
+    assert "scratch-s0.json" in cached and "kd-s0.json" not in cached
+    monkeypatch.undo()
+    monkeypatch.setitem(bc.ARMS, "scratch", lambda ctx, seed: pytest.fail("scratch rerun although cached"))
+    again = _tiny(tmp_path, shared_data, monkeypatch, ["scratch", "kd"])
+    assert again["arms"]["scratch"]["status"] == "ok" and again["arms"]["kd"]["status"] == "ok"
+
+
 def test_bad_arguments_are_clear(tmp_path):
     with pytest.raises(CompressionError, match="unknown arm"):
         bc.run_benchmark(profile=bc.TEST, arms=["nope"], out=tmp_path / "x.json", cache_dir=tmp_path)
