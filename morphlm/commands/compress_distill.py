@@ -93,7 +93,7 @@ def search_layermap(
     student: str = typer.Option(..., help="Student preset / config / dir / 'teacher'; --n-layers 3 etc. change it."),
     corpus: str = typer.Option(..., help="Unlabelled text for the proxy general distillation."),
     task_train: Path = typer.Option(..., help="Labelled training file of the proxy fine-tune."),
-    task_val: Path = typer.Option(..., help="Labelled dev file: fitness = dev accuracy."),
+    task_val: Path = typer.Option(..., help="Labelled dev file: fitness = --metric on it."),
     out: Path = typer.Option(Path("layermap_search.json"), help="Report JSON (history, best, baselines)."),
     methods: str = typer.Option("ga,random", help="ga, random or both (random gets the GA's evaluation count)."),
     budget: int = typer.Option(30, help="Distinct proxy evaluations for the GA."),
@@ -111,12 +111,13 @@ def search_layermap(
     batch_size: int = typer.Option(16),
     seq_len: int = typer.Option(64),
     max_bytes: int = typer.Option(400_000, help="Size of the sampled proxy corpus (bytes)."),
-    metric: str = typer.Option("accuracy", help="Fitness: accuracy (dev) | neg_loss (−dev cross entropy)."),
+    metric: str = typer.Option("accuracy", help="Fitness: accuracy (dev) | neg_loss (−dev cross entropy; use it when "
+                                                 "short proxies leave every map at the majority rate)."),
     seed: int = typer.Option(0),
     device: str = typer.Option("cpu"),
 ) -> None:
     """Genetic search over student→teacher layer maps in a proxy setting (short general distillation on a
-    sampled corpus + short fine-tune, fitness = dev accuracy, cached), against random search at the same
+    sampled corpus + short fine-tune, fitness = dev accuracy or −loss, cached), against random search at the same
     number of evaluations and the uniform/top/bottom maps."""
     _setup_logging()
     from ..compress.layermap import GAConfig, ProxySetting, layermap_search_run
