@@ -840,9 +840,11 @@ def arm_autotinybert(ctx: Context, seed: int) -> dict:
     from the teacher; a latency predictor fitted on latencies measured here (held-out MAPE reported);
     evolutionary vs random search at equal evaluations under "predicted latency <= the hand-designed
     student's measured latency" (window [0.85T, T]), fitness = the inherited-weight sub-model's metric
-    (``sizes.nas_metric``: −cross-entropy in the profiles) on held-out train data; each search's top 5 are then timed and the fittest whose MEASURED latency is in the window is
-    kept (``nas.confirm_by_measurement``). Per seed, the searched arch and the hand-designed one (our 4-layer
-    student shape) are both taken from the super-model and distilled (logit KD) for the same student budget; both latencies are measured."""
+    (``sizes.nas_metric``: −cross-entropy in the profiles) on held-out train data; each search's top 5 are
+    then timed and the fittest whose MEASURED latency is in the window is kept
+    (``nas.confirm_by_measurement``). Per seed, the searched arch and the hand-designed one (our 4-layer
+    student shape) are both taken from the super-model and distilled (logit KD) for the same student
+    budget; both latencies are measured."""
     nas = _need("nas", "SearchSpace", "train_supernet", "measure_arch_latencies", "fit_latency_predictor",
                 "evolutionary_search", "random_search", "proxy_fitness", "subnet", "Arch")
     s = ctx.sizes
@@ -1068,9 +1070,7 @@ def _run_arms(sizes: BenchSizes, n_seeds: int, arms: list[str], *, teacher_kind:
         except BenchInterrupted:
             raise
         except Exception as exc:  # noqa: BLE001 - one broken arm must not sink the others; recorded
-            if _STOP.requested:  # an arm broken by the stop itself (a fit cut short) is not a failure to record
-                raise BenchInterrupted(f"stopped by a signal during {arm} seed {seed}; rerun the same command to "
-                                       f"continue (finished results are reused)") from None
+            _check_stop(f"{arm} seed {seed}")  # an arm broken by the stop itself is not a failure to record
             if isinstance(exc, ArmUnavailable):
                 entry.update(status="not available", reason=str(exc))
                 log.warning("arm %s not available: %s", arm, exc)

@@ -36,7 +36,7 @@ from torch import nn
 from ..model.transformer import TransformerLM
 from ..train import checkpoint as ckpt
 from .errors import CompressionError
-from .packed import PACKINGS, _check_out_dir, save_packed, size_report
+from .packed import _check_out_dir, _check_packing, save_packed, size_report
 from .ternary import TernaryConfig, qat_distill, ternarize
 
 log = logging.getLogger("morphlm.compress.quantize")
@@ -193,8 +193,8 @@ def quantize_checkpoint(src_dir: str | Path, out_dir: str | Path, method: str = 
     src_dir, out_dir = Path(src_dir), Path(out_dir)
     if method not in METHODS:
         raise CompressionError(f"unknown quantization method {method!r}; choose one of {METHODS}")
-    if method == "ternary" and packing not in PACKINGS:  # before any training, not after it
-        raise CompressionError(f"packing={packing!r}; choose one of {sorted(PACKINGS)}")
+    if method == "ternary":
+        _check_packing(packing)  # before any training, not after it
     _, raw = ckpt.read_config(src_dir)
     if raw.get("quantization"):
         raise CompressionError(f"{src_dir} is already quantized ({raw['quantization'].get('method')}); quantize the "
