@@ -91,13 +91,14 @@ def train(
     corpus: Optional[str] = typer.Option(None, help="Corpus name (stdlib, shakespeare) or a path/glob/JSONL."),
     max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimizer steps."),
     out: Optional[Path] = typer.Option(None, help="Checkpoint directory to write (and resume from)."),
-    resume: str = typer.Option("never", help="'auto': continue the run in --out if there is one."),
+    resume: Optional[str] = typer.Option(None, help="'auto': continue the run in --out if there is one "
+                                                     "(default: never)."),
     batch_size: Optional[int] = typer.Option(None, help="Global batch, sequences per optimizer step."),
     seq_len: Optional[int] = typer.Option(None, help="Tokens per sequence."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
     schedule_steps: Optional[int] = typer.Option(
-        None, help="LR schedule horizon (warmup + cosine). Independent of --max-steps so a run can be extended "
-                   "and resumed without changing its past; default 1000 (recorded and reused on resume)."),
+        None, help="LR schedule horizon (warmup + cosine decay); default --max-steps. Recorded and reused on "
+                   "resume: give the final length here to extend a run later without changing its past."),
     parallel: Optional[str] = typer.Option(None, help="none | ddp | fsdp (under torchrun)."),
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda."),
@@ -115,10 +116,10 @@ def train(
 ) -> None:
     """Train (or resume) a model. Any config field can be overridden: --d-model 128, --n-layers 4,
     --warmup-steps 50, --eval-every 100, --save-every 50, --precision bf16, --task-train F --task-val F, ...
-    (or --set field=value). With --schedule, the model settings describe the final (target) model."""
+    (or --set field=value). With --schedule, the model settings describe the final (target) model. A training
+    setting given nowhere takes TrainArgs' default, so the same run from Python or a recipe trains identically."""
     _setup_logging(verbose)
     from . import grow  # noqa: F401  (registers growth's --init hooks, e.g. the MSG mask ramp)
-    from .train.checkpoint import has_trainer_state
     from .train.run import build_spec, train_run
 
     overrides = _parse_extra(ctx.args)
@@ -138,8 +139,6 @@ def train(
         if source:
             sopts["source"] = str(source)
         overrides.update(schedule=schedule, schedule_opts=sopts)
-    if overrides.get("schedule_steps") is None and not (out and has_trainer_state(out)) and config is None:
-        overrides["schedule_steps"] = 1000
     spec = build_spec(preset, config, overrides)
     result = train_run(spec)
     if int(os.environ.get("RANK", "0")) == 0:

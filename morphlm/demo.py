@@ -154,7 +154,7 @@ def run_demo(out: str | Path = "runs/demo", steps: int = 1500, method: str | Non
                 f"({n} steps each) ...", bold=True)
     fit(model, model_loss, target_data, _args(n, grown_dir), callbacks, tokenizer_json=tj,
         lineage={"verb": "train", "preset": f"demo grown by {method}", "parents": [
-            {"path": str(src_dir.resolve()), "sha256": ckpt.dir_fingerprint(src_dir), "flops": source_flops}]})
+            ckpt.parent_record(src_dir, flops=source_flops)]})
     step_flops = _val_curve(grown_dir)[-1]["flops"] / n
     n_scratch = n + int(round(init["operator_flops"] / step_flops))  # the operator's FLOPs go to scratch too
     scratch_dir = out / "scratch"

@@ -28,7 +28,8 @@ def trained(tmp_path_factory):
 
 def test_resume_equals_uninterrupted_run(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
-    cli("train", *SMALL, "--max-steps", 40, "--out", a)
+    # the LR schedule spans --schedule-steps (default --max-steps), so a run meant to be extended names its final length
+    cli("train", *SMALL, "--max-steps", 40, "--schedule-steps", 80, "--out", a)
     cli("train", *SMALL, "--max-steps", 80, "--out", a, "--resume", "auto")
     cli("train", *SMALL, "--max-steps", 80, "--out", b)
     la, lb = losses(a), losses(b)

@@ -132,7 +132,6 @@ def run(size: str = "full", seeds: int | None = None, model_dir: str | Path | No
         corpus: str | None = None, task_train: str | Path | None = None, task_val: str | Path | None = None,
         out: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
     """Run the benchmark; writes the results JSON (+ a PNG plot next to it) and returns the results dict."""
-    from ..data import Tokenizer
     from ..grow.fpt import FLOPS_CONVENTION, PromptTuneConfig, cost_to_reach, prompt_tune
     from ..train import checkpoint as ckpt
 
@@ -154,11 +153,7 @@ def run(size: str = "full", seeds: int | None = None, model_dir: str | Path | No
     pre_s = 0.0
     if model_dir is None:
         model_dir, pre_s = pretrain(sz, objective, corpus, progress)
-    lm = ckpt.load_model(model_dir)
-    tj = ckpt.load_tokenizer_json(model_dir)
-    if tj is None:
-        raise ckpt.CheckpointError(f"{model_dir} has no tokenizer.json; the benchmark needs the model's tokenizer")
-    tok = Tokenizer.from_json_str(tj)
+    lm, tok, _ = ckpt.open_checkpoint(model_dir, need_tokenizer="the benchmark needs the model's tokenizer")
     task = _load_task(task_train, task_val, sz["max_train"], 0)
     words = LABEL_WORDS if task.n_classes == 2 else None
 

@@ -45,12 +45,14 @@ def quantize(
     with --packing base3, + scales; size = bytes on disk). int8: torch's dynamic int8 quantization of every Linear. Evaluate the
     result with `morphlm eval OUT [--latency]`."""
     _setup_logging()
-    from ..compress.quantize import quantize_checkpoint
+    from ..compress.quantize import Int8Config, quantize_checkpoint
     from ..compress.ternary import TernaryConfig
 
-    config = TernaryConfig(weights=weights, act_bits=act_bits or None, embedding=embedding) if method == "ternary" else None
+    configs = {"ternary": lambda: TernaryConfig(weights=weights, act_bits=act_bits or None, embedding=embedding),
+               "int8": Int8Config}
+    config = configs[method]() if method in configs else None  # applied through quantize_(model, config)
     summary = quantize_checkpoint(
-        src, out, method, weights=weights, config=config, steps=steps,
+        src, out, method, config=config, steps=steps,
         task_train=str(task_train) if task_train else None, task_val=str(task_val) if task_val else None,
         lr=lr, batch_size=batch_size, seq_len=seq_len, temperature=temperature, seed=seed, device=device,
         scale_dtype=scale_dtype, rest_dtype=rest_dtype, packing=packing)

@@ -89,7 +89,8 @@ def search_arch(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="--train-supernet: recipe YAML."),
     corpus: Optional[str] = typer.Option(None, help="--train-supernet: corpus (or --task-train/--task-val files)."),
     max_steps: Optional[int] = typer.Option(None, help="--train-supernet: optimizer steps."),
-    resume: str = typer.Option("never", help="--train-supernet: 'auto' continues the run in SUPERNET_DIR."),
+    resume: Optional[str] = typer.Option(None, help="--train-supernet: 'auto' continues the run in SUPERNET_DIR "
+                                                     "(default: never)."),
     layers: Optional[str] = typer.Option(None, help="Space: layers min:max (default 1:L)."),
     hidden: Optional[str] = typer.Option(None, help="Space: hidden min:max:step (default d/4:d:heads)."),
     heads: Optional[str] = typer.Option(None, help="Space: head counts, e.g. 12 or 4,8,12 (default the model's)."),
@@ -160,11 +161,7 @@ def _train_supernet(ctx, supernet_dir, preset, config, corpus, max_steps, resume
         if saved is not None and saved != json.loads(json.dumps(space.to_dict())):
             raise CompressionError(f"{supernet_dir} was trained on another search space; resume with the same "
                                    f"--layers/--hidden/--heads/--ffn and model settings, or use another directory")
-        tj = ckpt.load_tokenizer_json(supernet_dir)
-        if tj:
-            from ..data import Tokenizer
-
-            tokenizer = Tokenizer.from_json_str(tj)
+        tokenizer = ckpt.open_tokenizer(supernet_dir)
     torch.manual_seed(spec.train.seed)
     model = TransformerLM(spec.model)
     lineage = {"preset": spec.model.name, "data": dataclasses.asdict(spec.data), "parents": []}
@@ -173,8 +170,7 @@ def _train_supernet(ctx, supernet_dir, preset, config, corpus, max_steps, resume
 
         init_tok = _load_init(model, spec.init)
         tokenizer = tokenizer or init_tok
-        lineage["parents"].append({"path": str(Path(spec.init).resolve()), "sha256": ckpt.dir_fingerprint(spec.init),
-                                   "flops": ckpt.total_flops(spec.init), "role": "init"})
+        lineage["parents"].append(ckpt.parent_record(spec.init, "init"))
     tokenizer, data, fps = build_data(spec, tokenizer)
     res = train_supernet(model, data, spec.train, space, tokenizer_json=tokenizer.to_json_str(), lineage=lineage,
                          extra_state={**fps, "data_spec": dataclasses.asdict(spec.data)})
@@ -187,7 +183,7 @@ def _search(supernet_dir, max_latency_ms, min_latency_ms, evals, strategy, out, 
     from ..bench.common import metadata, write_json
     from ..compress import CompressionError
     from ..compress.extract import run_batches
-    from ..compress.latency import measure_latency
+    from ..train.latency import measure_latency
     from ..compress.nas import (SearchSpace, evolutionary_search, fit_latency_predictor, measure_arch_latencies,
                                 proxy_fitness, random_search, subnet)
     from ..train import checkpoint as ckpt
@@ -201,7 +197,7 @@ def _search(supernet_dir, max_latency_ms, min_latency_ms, evals, strategy, out, 
         raise CompressionError(f"{supernet_dir} is not a super-model directory (its lineage has no search space); "
                                f"train one with `morphlm search arch {supernet_dir} --train-supernet ...`")
     space = SearchSpace.from_dict(lineage["space"])
-    model = ckpt.load_model(supernet_dir)
+    model, _, source = ckpt.open_checkpoint(supernet_dir, role="super-model", error=CompressionError)
     _, data = run_batches(supernet_dir, model.config, seed=seed)
     batches = data.val_batches()[:max(1, eval_batches)]
 
@@ -232,13 +228,12 @@ def _search(supernet_dir, max_latency_ms, min_latency_ms, evals, strategy, out, 
         "fitness": results[chosen_by]["best_fitness"], "predicted_ms": predictor.predict(best),
         "measured_ms": measured["median_ms"], "max_latency_ms": max_latency_ms, "min_latency_ms": min_latency_ms,
         "evals": evals, "predictor": report, "searches": summary, "flops": 0.0, "space": space.to_dict(),
-        "parents": [{"path": str(Path(supernet_dir).resolve()), "sha256": ckpt.dir_fingerprint(supernet_dir),
-                     "flops": ckpt.total_flops(supernet_dir), "role": "supernet"}],
+        "parents": [source.parent("supernet")],
     }
     if "data" in lineage:
         record["data"] = lineage["data"]
     ckpt.save_checkpoint(out, student.state_dict(), student.config,
-                         tokenizer_json=ckpt.load_tokenizer_json(supernet_dir), lineage=record)
+                         tokenizer_json=source.tokenizer_json, lineage=record)
     write_json(Path(out) / "search.json", {
         "metadata": metadata(), **{k: v for k, v in record.items() if k != "parents"},
         "latency_samples": [{"arch": a.to_dict(), "ms": m} for a, m in zip(sample, ms)],

@@ -444,7 +444,6 @@ def distill(teacher: nn.Module, student: nn.Module, data, args, cfg: DistillConf
 def load_teacher(path: str | Path):
     """(model in eval mode, Tokenizer, lineage record) of a morphlm checkpoint or a Hugging Face directory
     (imported through morphlm.interop)."""
-    from ..data import Tokenizer
     from ..interop.convert import is_hf_dir
     from ..train import checkpoint as ckpt
 
@@ -452,22 +451,18 @@ def load_teacher(path: str | Path):
     if not path.exists():
         raise CompressionError(f"teacher {path} does not exist; pass a morphlm checkpoint directory or a Hugging "
                                f"Face model directory")
-    if is_hf_dir(path):
-        from ..interop.hf import load_hf_model
+    need = "distillation feeds teacher and student the same token ids, so the teacher's tokenizer is required"
+    if not is_hf_dir(path):
+        model, tokenizer, rec = ckpt.open_checkpoint(path, role="teacher", error=CompressionError,
+                                                     need_tokenizer=need)
+        return model.eval(), tokenizer, rec.parent("teacher")
+    from ..interop.hf import load_hf_model
 
-        model, _ = load_hf_model(path)
-        weights = path / "model.safetensors"
-        record = {"path": str(path.resolve()), "role": "teacher", "format": "huggingface", "flops": 0.0,
-                  "sha256": ckpt.sha256_file(weights) if weights.exists() else None}
-    else:
-        model = ckpt.load_model(path)
-        record = {"path": str(path.resolve()), "role": "teacher", "sha256": ckpt.dir_fingerprint(path),
-                  "flops": ckpt.total_flops(path)}
-    tj_path = path / "tokenizer.json"
-    if not tj_path.exists():
-        raise CompressionError(f"teacher {path} has no tokenizer.json; distillation feeds teacher and student the "
-                               f"same token ids, so the teacher's tokenizer is required")
-    tokenizer = Tokenizer.load(tj_path)
+    tokenizer = ckpt.open_tokenizer(path, need, error=CompressionError)
+    model, _ = load_hf_model(path)
+    weights = path / "model.safetensors"
+    record = {"path": str(path.resolve()), "role": "teacher", "format": "huggingface", "flops": 0.0,
+              "sha256": ckpt.sha256_file(weights) if weights.exists() else None}
     model.eval()
     return model, tokenizer, record
 
@@ -620,8 +615,7 @@ def distill_run(teacher: str | Path, student: str, out: str | Path, *, init: str
                     raise CompressionError(f"--student {student}: its weights do not fit the student config "
                                            f"({missing[:3]} ...); drop the conflicting overrides")
                 s_model.load_state_dict(fitting, strict=False)
-                parents.append({"path": str(s_dir.resolve()), "role": "student-init",
-                                "sha256": ckpt.dir_fingerprint(s_dir), "flops": ckpt.total_flops(s_dir)})
+                parents.append(ckpt.parent_record(s_dir, "student-init"))
     if init == "lightmbert" and stage != "task" and stage not in ("general", "intermediate", "full"):
         raise CompressionError("--init lightmbert uses TinyBERT-style intermediate losses: use --stage general, "
                                "intermediate, full or task")
@@ -654,8 +648,7 @@ def distill_run(teacher: str | Path, student: str, out: str | Path, *, init: str
                       extra_state={**fps, "data_spec": data_spec})
         results.append({"stage": st, "out_dir": str(st_out), "steps": res.steps, "flops": res.flops,
                         **{k: v for k, v in res.metrics.items() if k.startswith("val_")}})
-        stage_parents = [{"path": str(st_out.resolve()), "role": "stage-a", "sha256": ckpt.dir_fingerprint(st_out),
-                          "flops": ckpt.total_flops(st_out)}]
+        stage_parents = [ckpt.parent_record(st_out, "stage-a")]
     return {"out_dir": str(out), "teacher": t_record["path"], "stages": results,
             "teacher_params": sum(p.numel() for p in t_model.parameters()),
             "student_params": sum(p.numel() for p in s_model.parameters()),

@@ -49,7 +49,6 @@ with RoPE, the rotation frequencies of the kept pairs; dropped layers remove the
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -389,21 +388,18 @@ def extract_student(teacher: TransformerLM, student_cfg: ModelConfig, *, method:
 def run_batches(run_dir: str | Path, cfg: ModelConfig, *, corpus: str | None = None, seed: int = 0):
     """(tokenizer, batch source) of the data a checkpoint was trained on (its trainer state or lineage data
     spec), optionally on another ``corpus``; shaped for ``cfg``."""
-    from ..data import Tokenizer
     from ..train import checkpoint as ckpt
     from ..train.run import RunSpec, build_data, saved_data_spec
 
     run_dir = Path(run_dir)
-    tj = ckpt.load_tokenizer_json(run_dir)
-    if tj is None:
-        raise CompressionError(f"{run_dir} has no tokenizer.json; data for importance scores and proxy evaluation "
-                               f"is tokenized with the checkpoint's own tokenizer")
+    tokenizer = ckpt.open_tokenizer(run_dir, "data for importance scores and proxy evaluation is tokenized with "
+                                             "the checkpoint's own tokenizer", error=CompressionError)
     spec = RunSpec(model=cfg, data=saved_data_spec(run_dir))
     if corpus is not None:
         spec.data.corpus = corpus
     spec.data.seq_len = min(spec.data.seq_len, cfg.max_seq_len)
     spec.train.seed = seed
-    tokenizer, data, _ = build_data(spec, Tokenizer.from_json_str(tj))
+    tokenizer, data, _ = build_data(spec, tokenizer)
     return tokenizer, data
 
 
@@ -417,30 +413,24 @@ def extract_checkpoint(teacher_dir: str | Path, student: ModelConfig, out_dir: s
 
     teacher_dir, out_dir = Path(teacher_dir), Path(out_dir)
     ckpt.check_derived_dirs(teacher_dir, out_dir, role="teacher", verb="extraction", error=CompressionError)
-    teacher = ckpt.load_model(teacher_dir)
+    teacher, _, record = ckpt.open_checkpoint(teacher_dir, role="teacher", error=CompressionError)
     check_extractable(teacher.config, student)
     data = None
     if method == "impt":
         _, data = run_batches(teacher_dir, teacher.config, corpus=corpus, seed=seed)
     result = extract(teacher, student, method=method, data=data, n_batches=n_batches, seed=seed, layers=layers,
                      progress=progress)
-    parent_lineage = ckpt.read_lineage(teacher_dir) or {}
     lineage: dict[str, Any] = {
         "verb": "extract", "method": method, "options": {**result.options, "corpus": corpus},
         "target": target_name or student.name, "teacher_config": teacher.config.to_dict(),
         "choice": result.choice.to_dict(), "flops": 0.0, "function_preserving": result.function_preserving,
-        "parents": [{"path": str(teacher_dir.resolve()), "sha256": ckpt.dir_fingerprint(teacher_dir),
-                     "flops": ckpt.total_flops(teacher_dir), "role": "teacher"}],
+        "parents": [record.parent("teacher")],
     }
-    if "data" in parent_lineage:
-        lineage["data"] = parent_lineage["data"]
-    elif (teacher_dir / ckpt.TRAINER_FILE).exists():
-        saved = json.loads((teacher_dir / ckpt.TRAINER_FILE).read_text()).get("data_spec")
-        if saved:
-            lineage["data"] = saved
+    if record.data_spec:  # the teacher's lineage data, else its trainer state's data spec
+        lineage["data"] = record.lineage.get("data", record.data_spec)
     model = result.model
-    ckpt.save_checkpoint(out_dir, model.state_dict(), model.config,
-                         tokenizer_json=ckpt.load_tokenizer_json(teacher_dir), lineage=lineage)
+    ckpt.save_checkpoint(out_dir, model.state_dict(), model.config, tokenizer_json=record.tokenizer_json,
+                         lineage=lineage)
     return {"out_dir": str(out_dir), "method": method, "teacher_params": teacher.num_parameters(),
             "student_params": model.num_parameters(), "layers": result.choice.layers,
             "function_preserving": result.function_preserving}

@@ -15,6 +15,11 @@ Two methods:
   in safetensors (config.json: ``quantization.method = "int8_dynamic"``) and rebuild the modules on load.
   Embeddings, norms and the tied LM head stay float32 (quantize_dynamic only converts nn.Linear).
 
+In Python, ``quantize_(model, TernaryConfig(...) | Int8Config())`` quantizes a model in place (the torchao
+style: the config's type picks the handler from :data:`QUANTIZE_HANDLERS`; a new method registers its config
+class with :func:`register_quantize_handler`). ``quantize_checkpoint`` is the directory form behind
+``morphlm quantize``, and goes through ``quantize_``.
+
 Both outputs are ordinary checkpoint directories: ``morphlm eval`` loads them through the quantized
 loaders registered with :mod:`morphlm.train.checkpoint`, and their size is their bytes on disk.
 """
@@ -24,20 +29,19 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import json
 import logging
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from ..model.transformer import TransformerLM
 from ..train import checkpoint as ckpt
-from .errors import CompressionError
+from .errors import CompressionError, StrictConfig
 from .packed import _check_out_dir, _check_packing, save_packed, size_report
-from .ternary import TernaryConfig, qat_distill, ternarize
+from .ternary import TernaryConfig, qat_distill, ternarize_
 
 log = logging.getLogger("morphlm.compress.quantize")
 
@@ -166,15 +170,57 @@ def _int8_loader(run_dir: Path, device="cpu", verify: bool = True):
 ckpt.QUANTIZED_LOADERS["int8_dynamic"] = _int8_loader
 
 
+# ---------------------------------------------------------------------------- quantize_: config type → handler
+@dataclasses.dataclass
+class Int8Config(StrictConfig):
+    """PyTorch's dynamic int8 quantization of every nn.Linear (:func:`int8_dynamic`): per-tensor symmetric qint8
+    weights, activations quantized per batch at run time; CPU inference only. It has no options."""
+
+
+QuantizeHandler = Callable[[nn.Module, Any], nn.Module]
+QUANTIZE_HANDLERS: dict[type, QuantizeHandler] = {}
+
+
+def register_quantize_handler(config_type: type) -> Callable[[QuantizeHandler], QuantizeHandler]:
+    """Declare ``handler(model, config) -> model`` (quantizes ``model`` in place) for configs of ``config_type``."""
+    def deco(handler: QuantizeHandler) -> QuantizeHandler:
+        QUANTIZE_HANDLERS[config_type] = handler
+        return handler
+    return deco
+
+
+def quantize_(model: nn.Module, config: Any) -> nn.Module:
+    """Quantize ``model`` in place as ``config`` says and return it; the config's type picks the handler
+    (:data:`QUANTIZE_HANDLERS`, subclasses included): ``TernaryConfig`` swaps linears and the word embedding
+    for trainable fake-quant ternary modules (TernaryBERT; pack them with ``packed.save_packed``),
+    ``Int8Config`` applies PyTorch's dynamic int8 quantization (CPU)."""
+    return _handler_for(config)(model, config)
+
+
+def _handler_for(config: Any) -> QuantizeHandler:
+    handler = next((QUANTIZE_HANDLERS[t] for t in type(config).__mro__ if t in QUANTIZE_HANDLERS), None)
+    if handler is None:
+        known = ", ".join(sorted(t.__name__ for t in QUANTIZE_HANDLERS))
+        raise CompressionError(f"quantize_ has no handler for a config of type {type(config).__name__}; pass an "
+                               f"instance of one of the registered config types: {known}")
+    return handler
+
+
+@register_quantize_handler(TernaryConfig)
+def _ternary_handler(model: nn.Module, config: TernaryConfig) -> nn.Module:
+    return ternarize_(model, config)
+
+
+@register_quantize_handler(Int8Config)
+def _int8_handler(model: nn.Module, config: Int8Config) -> nn.Module:
+    return int8_dynamic(model, inplace=True)
+
+
 # ---------------------------------------------------------------------------- checkpoint-level verb
-def _source_data_spec(src_dir: Path) -> dict[str, Any]:
-    tpath = src_dir / ckpt.TRAINER_FILE
-    saved = json.loads(tpath.read_text()).get("data_spec") if tpath.exists() else None
-    return dict(saved or (ckpt.read_lineage(src_dir) or {}).get("data") or {})
 
 
-def quantize_checkpoint(src_dir: str | Path, out_dir: str | Path, method: str = "ternary", *,
-                        weights: str = "twn", config: TernaryConfig | None = None, steps: int = 0,
+def quantize_checkpoint(src_dir: str | Path, out_dir: str | Path, method: str | None = None, *,
+                        weights: str | None = None, config: TernaryConfig | Int8Config | None = None, steps: int = 0,
                         task_train: str | None = None, task_val: str | None = None, lr: float = 5e-5,
                         batch_size: int | None = None, seq_len: int | None = None, warmup_steps: int | None = None,
                         weight_decay: float = 0.01, temperature: float = 1.0, seed: int = 0, device: str = "auto",
@@ -182,15 +228,26 @@ def quantize_checkpoint(src_dir: str | Path, out_dir: str | Path, method: str = 
                         progress: bool = True, distill_config=None) -> dict[str, Any]:
     """Quantize the float checkpoint ``src_dir`` into ``out_dir``; returns a summary (sizes, ratios, FLOPs).
 
-    ternary: ``weights`` twn|lat (or a full ``config``); ``steps`` > 0 trains the ternary model with
-    distillation-aware QAT from the source model on ``task_train``/``task_val`` (default: the source run's
-    own data) before packing; ``steps`` = 0 packs the post-training ternarization; ``packing`` 2bit|base3
-    (1.6 bits per weight, see :mod:`morphlm.compress.packed`). int8: the PyTorch dynamic int8 baseline."""
-    from ..data import Tokenizer
+    The method is ``config``'s (a :class:`TernaryConfig` or :class:`Int8Config`, applied with :func:`quantize_`),
+    or ``method`` (ternary | int8; default ternary) with ``weights`` twn|lat for ternary. ternary: ``steps`` > 0
+    trains the ternary model with distillation-aware QAT from the source model on ``task_train``/``task_val``
+    (default: the source run's own data) before packing; ``steps`` = 0 packs the post-training ternarization;
+    ``packing`` 2bit|base3 (1.6 bits per weight, see :mod:`morphlm.compress.packed`). int8: the PyTorch dynamic
+    int8 baseline."""
     from ..train.loop import TrainArgs
     from ..train.run import DataSpec, RunSpec, build_data
 
     src_dir, out_dir = Path(src_dir), Path(out_dir)
+    implied = None
+    if config is not None:
+        _handler_for(config)  # an unknown config type fails here, naming the registered ones
+        implied = "int8" if isinstance(config, Int8Config) else "ternary" if isinstance(config, TernaryConfig) else None
+        if implied is None:
+            raise CompressionError(f"quantize_checkpoint writes ternary (TernaryConfig) or int8 (Int8Config) "
+                                   f"directories; {type(config).__name__} has no on-disk format here")
+    if method is not None and implied is not None and method != implied:
+        raise CompressionError(f"method={method!r} contradicts config {type(config).__name__} ({implied}); pass one")
+    method = implied or method or "ternary"
     if method not in METHODS:
         raise CompressionError(f"unknown quantization method {method!r}; choose one of {METHODS}")
     if method == "ternary":
@@ -205,29 +262,26 @@ def quantize_checkpoint(src_dir: str | Path, out_dir: str | Path, method: str = 
     if method == "int8" and (steps or task_train or task_val):
         raise CompressionError("the int8 baseline is post-training dynamic quantization: it takes no --steps or "
                                "task files; drop them or use --method ternary")
-    teacher = ckpt.load_model(src_dir)
-    tokenizer_json = ckpt.load_tokenizer_json(src_dir)
-    parent = {"path": str(src_dir.resolve()), "sha256": ckpt.dir_fingerprint(src_dir),
-              "flops": ckpt.total_flops(src_dir)}
-    data_spec = _source_data_spec(src_dir)
-    lineage: dict[str, Any] = {"verb": "quantize", "method": method, "parents": [parent], "flops": 0.0,
+    teacher, _, record = ckpt.open_checkpoint(src_dir, role="source", error=CompressionError)
+    tokenizer_json = record.tokenizer_json
+    data_spec = dict(record.data_spec)
+    lineage: dict[str, Any] = {"verb": "quantize", "method": method, "parents": [record.parent()], "flops": 0.0,
                                "data": data_spec}
     summary: dict[str, Any] = {"method": method, "src": str(src_dir), "out_dir": str(out_dir),
                                "params": teacher.num_parameters()}
     if method == "int8":
-        q = int8_dynamic(teacher)
+        q = quantize_(copy.deepcopy(teacher), config or Int8Config()).eval()
         save_int8(q, out_dir, tokenizer_json, lineage)
     else:
-        tcfg = config or TernaryConfig(weights=weights)
-        if config is not None and weights != config.weights:
-            tcfg = dataclasses.replace(config, weights=weights)
-        student = ternarize(teacher, tcfg.weights, config=tcfg)
+        tcfg = config or TernaryConfig(weights=weights or "twn")
+        if weights is not None and weights != tcfg.weights:
+            tcfg = dataclasses.replace(tcfg, weights=weights)
+        student = quantize_(copy.deepcopy(teacher), tcfg)
         lineage["ternary"] = tcfg.to_dict()
         lineage["steps"] = steps
         if steps > 0:
-            if tokenizer_json is None:
-                raise CompressionError(f"{src_dir} has no tokenizer.json; QAT needs the tokenizer the model was "
-                                       f"trained with")
+            tokenizer = ckpt.open_tokenizer(src_dir, "QAT needs the tokenizer the model was trained with",
+                                            error=CompressionError)
             fields = {f.name for f in dataclasses.fields(DataSpec)}
             dspec = DataSpec(**{k: v for k, v in data_spec.items() if k in fields})
             if task_train or task_val:
@@ -246,7 +300,7 @@ def quantize_checkpoint(src_dir: str | Path, out_dir: str | Path, method: str = 
                              weight_decay=weight_decay, beta2=0.999, seed=seed, device=device, progress=progress,
                              out_dir=None)
             spec = RunSpec(model=teacher.config, data=dspec, train=args)
-            _, data, _ = build_data(spec, Tokenizer.from_json_str(tokenizer_json))
+            _, data, _ = build_data(spec, tokenizer)
             dcfg = distill_config
             if dcfg is None:
                 from .ternary import ternary_distill_config

@@ -136,12 +136,23 @@ register_method("msg")(_closed_form("msg"))
 
 
 # ---------------------------------------------------------------------------- the verb
-def resolve_target(target: ModelConfig | dict | str | Path) -> ModelConfig:
-    """A ModelConfig, a dict of fields, a preset name, or a config .json/.yaml path (or checkpoint dir)."""
+def resolve_target(target: ModelConfig | dict | str | Path, source: ModelConfig | None = None) -> ModelConfig:
+    """A ModelConfig, a dict of fields, a preset name, or a config .json/.yaml path (or checkpoint dir).
+
+    A dict is read against ``source`` (the model being grown) when given: ``{"n_layers": 4}`` means "the
+    source's config with 4 layers", not "ModelConfig's defaults with 4 layers" (whose activation, norm or
+    vocabulary would differ from the source's). A dict naming a ``preset`` starts from that preset instead."""
     if isinstance(target, ModelConfig):
         return target
     if isinstance(target, dict):
-        return ModelConfig.from_dict(target)
+        fields = dict(target)
+        if "preset" in fields:
+            base = ModelConfig.from_name(str(fields.pop("preset"))).to_dict()
+        elif source is not None:
+            base = {k: v for k, v in source.to_dict().items() if k != "name"}
+        else:
+            base = {}
+        return ModelConfig.from_dict({**base, **fields})
     path = Path(target)
     if path.exists():
         return ModelConfig.from_file(path)
@@ -172,7 +183,7 @@ def grow_model(model_or_dir: TransformerLM | str | Path, target_cfg: ModelConfig
     if method not in METHODS:
         raise GrowthError(f"unknown growth method {method!r}; choose one of {', '.join(methods)}")
     model = _load_source(model_or_dir)
-    target = resolve_target(target_cfg)
+    target = resolve_target(target_cfg, model.config)
     was_training = model.training
     model.eval()
     try:
@@ -204,27 +215,25 @@ def grow_checkpoint(src_dir: str | Path, target: ModelConfig | dict | str | Path
     src_dir, out_dir = Path(src_dir), Path(out_dir)
     opts = {k: v for k, v in opts.items() if v is not None}
     ckpt.check_derived_dirs(src_dir, out_dir, role="source", verb="growth", error=GrowthError)
-    source = ckpt.load_model(src_dir)
+    source, _, record = ckpt.open_checkpoint(src_dir, role="source", error=GrowthError)
     if method in LEARNED_METHODS and opts.get("data") is None:
-        opts["data"] = _source_batches(src_dir, resolve_target(target), seed)
+        opts["data"] = _source_batches(src_dir, resolve_target(target, source.config), seed)
     result = grow_model(source, target, method, seed=seed, **opts)
     src_cfg = source.config
-    parent_lineage = ckpt.read_lineage(src_dir) or {}
     lineage = {
         "verb": "grow", "method": method, "options": result.options or {"seed": seed, **opts},
         "target": target.name if isinstance(target, ModelConfig) else str(target),
         "source_config": src_cfg.to_dict(),
         "flops": float(result.flops),
         "function_preserving": result.function_preserving,
-        "parents": [{"path": str(src_dir.resolve()), "sha256": ckpt.dir_fingerprint(src_dir),
-                     "flops": ckpt.total_flops(src_dir)}],
+        "parents": [record.parent()],
     }
     if result.plan is not None:
         lineage.update(layer_map=result.plan.layer_map, new_layers=result.plan.new_layers)
-    if "data" in parent_lineage:
-        lineage["data"] = parent_lineage["data"]
+    if "data" in record.lineage:
+        lineage["data"] = record.lineage["data"]
     model = result.model
-    ckpt.save_checkpoint(out_dir, model.state_dict(), model.config, tokenizer_json=ckpt.load_tokenizer_json(src_dir),
+    ckpt.save_checkpoint(out_dir, model.state_dict(), model.config, tokenizer_json=record.tokenizer_json,
                          lineage=lineage)
     return {"out_dir": str(out_dir), "method": method, "source_params": source.num_parameters(),
             "target_params": model.num_parameters(), "flops": float(result.flops),
@@ -238,16 +247,14 @@ LEARNED_METHODS = ("ligo", "mango")
 def _source_batches(src_dir: Path, target_cfg: ModelConfig, seed: int):
     """The batches a learned operator is fitted on: the source run's own data (its recorded data spec and
     tokenizer), shaped for the target model."""
-    from ..data import Tokenizer
     from ..train import checkpoint as ckpt
     from ..train.run import RunSpec, build_data, saved_data_spec
 
-    tj = ckpt.load_tokenizer_json(src_dir)
-    if tj is None:
-        raise GrowthError(f"{src_dir} has no tokenizer.json; a learned operator is fitted on the source's data")
+    tokenizer = ckpt.open_tokenizer(src_dir, "a learned operator is fitted on the source's data, tokenized with "
+                                             "its tokenizer", error=GrowthError)
     spec = RunSpec(model=target_cfg, data=saved_data_spec(src_dir))
     spec.train.seed = seed
-    _, data, _ = build_data(spec, Tokenizer.from_json_str(tj))
+    _, data, _ = build_data(spec, tokenizer)
     return data
 
 

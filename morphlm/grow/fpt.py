@@ -508,8 +508,7 @@ def save_prompt(out_dir: str | Path, result: PromptTuneResult, model_dir: str | 
     write_atomic(out / PROMPT_JSON, json.dumps(doc, indent=2))
     parents = []
     if model_dir is not None:
-        parents.append({"path": str(Path(model_dir).resolve()), "sha256": ckpt.dir_fingerprint(model_dir),
-                        "flops": ckpt.total_flops(model_dir)})
+        parents.append(ckpt.parent_record(model_dir))
     lineage = {"verb": "prompt-tune", "progressive": bool(result.config.get("progressive")), "parents": parents,
                "flops": result.flops, "flops_convention": FLOPS_CONVENTION, "stages": result.stages}
     write_atomic(out / ckpt.LINEAGE_FILE, json.dumps(lineage, indent=2))
@@ -541,15 +540,8 @@ def prompt_tune_checkpoint(model_dir: str | Path, task_train: str | Path, task_v
     for what, path in (("--task-train", task_train), ("--task-val", task_val)):
         if not Path(path).is_file():
             raise TaskError(f"{what} {path} does not exist; pass a TSV/CSV/JSONL file with a label column")
-    if not ckpt.has_checkpoint(model_dir):
-        raise ckpt.CheckpointError(f"{model_dir} is not a checkpoint directory (no model.safetensors/config.json); "
-                                   "pass the --out directory of `morphlm train`")
-    tj = ckpt.load_tokenizer_json(model_dir)
-    if tj is None:
-        raise ckpt.CheckpointError(f"{model_dir} has no tokenizer.json; prompt tuning needs the model's tokenizer")
-    lm = ckpt.load_model(model_dir)
+    lm, tokenizer, _ = ckpt.open_checkpoint(model_dir, need_tokenizer="prompt tuning needs the model's tokenizer")
     resolve_reading(lm.config, cfg.reading)  # fail before reading the task files
-    tokenizer = Tokenizer.from_json_str(tj)
     task = load_task(task_train, task_val)
     result = prompt_tune(lm, tokenizer, task, cfg, progress=progress)
     save_prompt(out_dir, result, model_dir, lm.config)

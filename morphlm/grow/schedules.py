@@ -375,8 +375,7 @@ def run_stages(name: str, stages: list[Stage], data, args: TrainArgs, *, callbac
         lineage = {"verb": "train", "schedule": name, "options": options or {}, "stages": records,
                    "flops": flops_total, "training_flops": flops_total, "source_flops": source_flops,
                    "tokens": tokens_total, "steps": offset, "val_loss": val_loss,
-                   "parents": ([{"path": source_dir, "sha256": ckpt.dir_fingerprint(source_dir),
-                                 "flops": source_flops}] if source_dir else [])}
+                   "parents": [ckpt.parent_record(source_dir, flops=source_flops)] if source_dir else []}
         if extra_state and "data_spec" in extra_state:
             lineage["data"] = extra_state["data_spec"]
         ckpt.save_checkpoint(out, {k: v.detach().cpu() for k, v in model.state_dict().items()}, model.config,
@@ -425,7 +424,6 @@ def run_schedule(name: str, target: ModelConfig, data, args: TrainArgs, *, sourc
 # ---------------------------------------------------------------------------- `morphlm train --schedule`
 def run_from_spec(spec, callbacks=()):
     """SCHEDULE_RUNNERS entry: a RunSpec (train.run) with ``schedule`` set → a FitResult-like summary."""
-    from ..data import Tokenizer
     from ..train.loop import FitResult
     from ..train.run import build_data
 
@@ -435,10 +433,9 @@ def run_from_spec(spec, callbacks=()):
     source = opts.pop("source", None)
     tokenizer = None
     if source is not None:
-        tj = ckpt.load_tokenizer_json(source) if Path(str(source)).is_dir() else None
-        tokenizer = Tokenizer.from_json_str(tj) if tj else None
-    elif spec.train.out_dir and (Path(spec.train.out_dir) / ckpt.TOKENIZER_FILE).exists():
-        tokenizer = Tokenizer.from_json_str(ckpt.load_tokenizer_json(spec.train.out_dir))
+        tokenizer = ckpt.open_tokenizer(source) if Path(str(source)).is_dir() else None
+    elif spec.train.out_dir and Path(spec.train.out_dir).is_dir():
+        tokenizer = ckpt.open_tokenizer(spec.train.out_dir)
     tokenizer, data, fps = build_data(spec, tokenizer)
     extra = {**fps, "data_spec": dataclasses.asdict(spec.data)}
     res = run_schedule(spec.schedule, spec.model, data, spec.train, source=source, seed=spec.train.seed,

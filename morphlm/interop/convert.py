@@ -35,8 +35,8 @@ def convert_dir(src: str | Path, out: str | Path) -> str:
                              lineage=lineage)
         return "morphlm"
     if ckpt.has_checkpoint(src):
-        model = ckpt.load_model(src)
-        export_hf_model(model, out, tokenizer_json=ckpt.load_tokenizer_json(src))
+        model, _, record = ckpt.open_checkpoint(src, error=InteropError)
+        export_hf_model(model, out, tokenizer_json=record.tokenizer_json)
         return "hf"
     raise InteropError(f"{src} is neither a Hugging Face model folder (config.json with model_type) nor a "
                        f"morphlm checkpoint (config.json + model.safetensors)")

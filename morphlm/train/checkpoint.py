@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -342,3 +343,103 @@ def total_flops(run_dir: str | Path, include_parents: bool = True) -> float:
             else:
                 own += float(parent.get("flops", 0.0))
     return own
+
+
+# ---------------------------------------------------------------------------- opening and recording (every verb)
+# A verb that reads a checkpoint directory opens it here (model, tokenizer, what it needs to know about the
+# directory) and records it in its own lineage.json with parent_record, so the checks, the error messages and
+# the lineage entries are the same for grow, distill, extract, quantize, prompt-tune, search and convert.
+@dataclass(frozen=True)
+class CheckpointRecord:
+    """What a verb needs about a checkpoint directory it reads."""
+
+    path: Path  # resolved
+    config: ModelConfig
+    fingerprint: str  # its weights' sha256 (dir_fingerprint)
+    flops: float  # FLOPs behind it, its parents' included (total_flops)
+    lineage: dict[str, Any]  # its lineage.json ({} when it has none)
+    data_spec: dict[str, Any]  # the data it was trained on: trainer state's data_spec, else lineage's data, else {}
+    quantization: dict[str, Any] | None  # config.json's quantization block of a packed/int8 directory
+    tokenizer_json: str | None  # tokenizer.json verbatim (a derived directory copies it byte for byte), or None
+
+    def parent(self, role: str | None = None) -> dict[str, Any]:
+        """This directory as an entry of a derived directory's lineage ``parents`` (see :func:`parent_record`)."""
+        return _parent_entry(self.path, self.fingerprint, self.flops, role)
+
+
+def _parent_entry(path: Path, sha256: str, flops: float, role: str | None) -> dict[str, Any]:
+    entry: dict[str, Any] = {"path": str(path), "sha256": sha256, "flops": float(flops)}
+    if role is not None:
+        entry["role"] = role
+    return entry
+
+
+def parent_record(run_dir: str | Path, role: str | None = None, *, flops: float | None = None) -> dict[str, Any]:
+    """The lineage entry of a parent directory: resolved path, weights sha256, the FLOPs behind it (parents
+    included, or ``flops`` when the caller measured them) and, when given, its ``role`` (teacher, init, ...).
+    :func:`total_flops` follows these entries to add up the compute behind a model."""
+    run_dir = Path(run_dir)
+    return _parent_entry(run_dir.resolve(), dir_fingerprint(run_dir),
+                         total_flops(run_dir) if flops is None else flops, role)
+
+
+def saved_data(run_dir: str | Path) -> dict[str, Any]:
+    """The data spec a checkpoint was trained on: its trainer state's ``data_spec``, else (grown, extracted or
+    quantized directories) the ``data`` of its lineage, else {}."""
+    run_dir = Path(run_dir)
+    tpath = run_dir / TRAINER_FILE
+    saved = json.loads(tpath.read_text(encoding="utf-8")).get("data_spec") if tpath.exists() else None
+    return dict(saved or (read_lineage(run_dir) or {}).get("data") or {})
+
+
+def _check_is_checkpoint(run_dir: Path, role: str, error: type[Exception]) -> None:
+    if not run_dir.is_dir():
+        raise error(f"{role} checkpoint directory {run_dir} does not exist; pass a directory written by "
+                    f"`morphlm train --out DIR`")
+    if not has_checkpoint(run_dir):
+        raise error(f"{run_dir} is not a morphlm checkpoint ({CONFIG_FILE} or {MODEL_FILE} is missing); pass a "
+                    f"directory written by `morphlm train --out DIR` (or convert a Hugging Face one with "
+                    f"`morphlm convert`)")
+
+
+def read_record(run_dir: str | Path, *, role: str = "checkpoint",
+                error: type[Exception] = CheckpointError) -> CheckpointRecord:
+    """The :class:`CheckpointRecord` of a checkpoint directory, without loading its weights."""
+    run_dir = Path(run_dir)
+    _check_is_checkpoint(run_dir, role, error)
+    cfg, raw = read_config(run_dir)
+    quant = raw.get("quantization")
+    return CheckpointRecord(path=run_dir.resolve(), config=cfg, fingerprint=dir_fingerprint(run_dir),
+                            flops=total_flops(run_dir), lineage=read_lineage(run_dir) or {},
+                            data_spec=saved_data(run_dir), quantization=quant if isinstance(quant, dict) else None,
+                            tokenizer_json=load_tokenizer_json(run_dir))
+
+
+def open_tokenizer(run_dir: str | Path, need: str | None = None, *, error: type[Exception] = CheckpointError):
+    """The Tokenizer of a checkpoint directory. A directory without tokenizer.json gives None, or, when the
+    caller ``need``s it (``need`` says what for), one error naming the directory, the reason and the fix."""
+    from ..data.tokenizer import Tokenizer
+
+    tj = load_tokenizer_json(run_dir)
+    if tj is None:
+        if need is None:
+            return None
+        raise error(f"{run_dir} has no {TOKENIZER_FILE}; {need}. Use the directory the model was trained into "
+                    f"(`morphlm train --out DIR` writes the tokenizer there)")
+    return Tokenizer.from_json_str(tj)
+
+
+def open_checkpoint(run_dir: str | Path, *, need_tokenizer: str | None = None, device: str | torch.device = "cpu",
+                    verify: bool = True, role: str = "checkpoint", error: type[Exception] = CheckpointError):
+    """``(model, tokenizer, record)`` of a checkpoint directory: the one way every verb opens its input.
+
+    The model is built as :func:`load_model` builds it (quantized directories through their loaders); the
+    tokenizer is None for a directory without tokenizer.json unless ``need_tokenizer`` (what the caller needs
+    it for) is given, which makes its absence an error; ``record`` is the :class:`CheckpointRecord` (path,
+    fingerprint, FLOPs, lineage, data spec). A missing directory or one that is not a checkpoint raises
+    ``error`` (``role`` names the directory in the message: source, teacher, ...)."""
+    run_dir = Path(run_dir)
+    _check_is_checkpoint(run_dir, role, error)
+    tokenizer = open_tokenizer(run_dir, need_tokenizer, error=error)
+    model = load_model(run_dir, device=device, verify=verify)
+    return model, tokenizer, read_record(run_dir, role=role, error=error)

@@ -8,7 +8,6 @@ can come from a preset, a recipe YAML and command-line overrides, in that order 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,10 +163,7 @@ def build_spec(preset: str | None = None, recipe: str | Path | None = None,
 def saved_data_spec(run_dir: str | Path) -> DataSpec:
     """The data a checkpoint was trained on: its trainer state's data spec, else (grown, extracted or
     converted directories) the ``data`` recorded in its lineage, else the defaults."""
-    run_dir = Path(run_dir)
-    tpath = run_dir / ckpt.TRAINER_FILE
-    saved = json.loads(tpath.read_text()).get("data_spec") if tpath.exists() else None
-    saved = saved or (ckpt.read_lineage(run_dir) or {}).get("data") or {}
+    saved = ckpt.saved_data(run_dir)
     return DataSpec(**{k: v for k, v in saved.items() if k in {f.name for f in dataclasses.fields(DataSpec)}})
 
 
@@ -220,8 +216,7 @@ def _load_init(model: TransformerLM, init_dir: str) -> Tokenizer | None:
         raise ckpt.CheckpointError(f"--init {init_dir}: its weights do not fit this model ({body_missing[:3]} ...); "
                                    f"use the same d_model/n_layers/n_heads as the checkpoint (preset {src_cfg.name!r})")
     model.load_state_dict(fitting, strict=False)
-    tj = ckpt.load_tokenizer_json(init_dir)
-    return Tokenizer.from_json_str(tj) if tj else None
+    return ckpt.open_tokenizer(init_dir)
 
 
 def train_run(spec: RunSpec, callbacks=()) -> FitResult:
@@ -235,8 +230,7 @@ def train_run(spec: RunSpec, callbacks=()) -> FitResult:
     out = Path(args.out_dir) if args.out_dir else None
     tokenizer = None
     if out is not None and ckpt.has_trainer_state(out) and args.resume == "auto":
-        tj = ckpt.load_tokenizer_json(out)
-        tokenizer = Tokenizer.from_json_str(tj) if tj else None
+        tokenizer = ckpt.open_tokenizer(out)
         saved_cfg, _ = ckpt.read_config(out)
         if saved_cfg.to_dict() != spec.model.to_dict():
             diff = {k: (v, spec.model.to_dict().get(k)) for k, v in saved_cfg.to_dict().items()
@@ -255,8 +249,7 @@ def train_run(spec: RunSpec, callbacks=()) -> FitResult:
     lineage = {"verb": "train", "preset": spec.model.name,
                "data": dataclasses.asdict(spec.data), "parents": []}
     if spec.init:
-        lineage["parents"].append({"path": str(Path(spec.init).resolve()), "sha256": ckpt.dir_fingerprint(spec.init),
-                                   "flops": ckpt.total_flops(spec.init)})
+        lineage["parents"].append(ckpt.parent_record(spec.init))
     extra = {**fps, "data_spec": dataclasses.asdict(spec.data)}
     return fit(model, model_loss, data, args, callbacks, tokenizer_json=tokenizer.to_json_str(),
                lineage=lineage, extra_state=extra)
@@ -270,16 +263,12 @@ def eval_run(run_dir: str | Path, *, corpus: str | None = None, device: str = "a
     files, :func:`checkpoint.dir_bytes`; ``weights_bytes``: model.safetensors alone) and, with
     ``latency``, the forward latency at batch 1 and 32 (median and p90 ms over ``latency_runs`` timed runs
     after ``latency_warmup``, ``latency_threads`` threads, sequence ``latency_seq_len`` capped at
-    max_seq_len; the harness of morphlm.compress.latency). Quantized directories (config.json with a
+    max_seq_len; the harness of morphlm.train.latency). Quantized directories (config.json with a
     ``quantization`` block) load through their registered loaders, e.g. packed ternary models."""
     run_dir = Path(run_dir)
     dev = resolve_device(device)
-    model = ckpt.load_model(run_dir, device=dev)
-    tj = ckpt.load_tokenizer_json(run_dir)
-    if tj is None:
-        raise ckpt.CheckpointError(f"{run_dir} has no tokenizer.json; evaluation needs the tokenizer the model "
-                                   f"was trained with")
-    tokenizer = Tokenizer.from_json_str(tj)
+    model, tokenizer, _ = ckpt.open_checkpoint(run_dir, device=dev,
+                                               need_tokenizer="evaluation needs the tokenizer the model was trained with")
     _check_vocab(tokenizer, model.config, str(run_dir))
     data_spec = saved_data_spec(run_dir)
     if corpus is not None:
@@ -297,7 +286,7 @@ def eval_run(run_dir: str | Path, *, corpus: str | None = None, device: str = "a
     out["bytes_on_disk"] = ckpt.dir_bytes(run_dir)
     out["weights_bytes"] = (run_dir / ckpt.MODEL_FILE).stat().st_size
     if latency:
-        from ..compress.latency import measure_latency  # the one latency harness (a leaf module: no cycle)
+        from .latency import measure_latency  # the one latency harness
 
         seq = min(latency_seq_len, model.config.max_seq_len)
         for bs in (1, 32):
@@ -316,11 +305,7 @@ def sample_texts(run_dir: str | Path, prompt: str, *, n: int = 1, max_new_tokens
     from ..model import generate
 
     dev = resolve_device(device)
-    model = ckpt.load_model(run_dir, device=dev)
-    tj = ckpt.load_tokenizer_json(run_dir)
-    if tj is None:
-        raise ckpt.CheckpointError(f"{run_dir} has no tokenizer.json; sampling needs the model's tokenizer")
-    tok = Tokenizer.from_json_str(tj)
+    model, tok, _ = ckpt.open_checkpoint(run_dir, device=dev, need_tokenizer="sampling needs the model's tokenizer")
     _check_vocab(tok, model.config, str(run_dir))
     ids = tok.encode(prompt) or [tok.eos_id]
     x = torch.tensor([ids] * n, dtype=torch.long, device=dev)
