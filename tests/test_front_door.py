@@ -185,7 +185,7 @@ def test_open_checkpoint_errors(src, tmp_path):
     with pytest.raises(ckpt.CheckpointError, match="teacher checkpoint directory .* does not exist"):
         ckpt.open_checkpoint(tmp_path / "nope", role="teacher")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(CompressionError, match="is not a morphlm checkpoint"):
+    with pytest.raises(CompressionError, match="is not a checkpoint directory"):
         ckpt.open_checkpoint(tmp_path / "empty", error=CompressionError)
     model = tiny(n_layers=1)
     ckpt.save_checkpoint(tmp_path / "notok", model.state_dict(), model.config)

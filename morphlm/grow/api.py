@@ -167,13 +167,9 @@ def resolve_target(target: ModelConfig | dict | str | Path, source: ModelConfig 
 def _load_source(model_or_dir: TransformerLM | str | Path) -> TransformerLM:
     if isinstance(model_or_dir, TransformerLM):
         return model_or_dir
-    path = Path(model_or_dir)
-    if not path.is_dir():
-        raise GrowthError(f"source checkpoint directory {path} does not exist; pass a directory written by "
-                          f"`morphlm train --out DIR`")
-    from ..train.checkpoint import load_model
+    from ..train import checkpoint as ckpt
 
-    return load_model(path)
+    return ckpt.open_checkpoint(model_or_dir, role="source", error=GrowthError)[0]
 
 
 def grow_model(model_or_dir: TransformerLM | str | Path, target_cfg: ModelConfig | dict | str | Path,

@@ -397,7 +397,7 @@ def _check_is_checkpoint(run_dir: Path, role: str, error: type[Exception]) -> No
         raise error(f"{role} checkpoint directory {run_dir} does not exist; pass a directory written by "
                     f"`morphlm train --out DIR`")
     if not has_checkpoint(run_dir):
-        raise error(f"{run_dir} is not a morphlm checkpoint ({CONFIG_FILE} or {MODEL_FILE} is missing); pass a "
+        raise error(f"{run_dir} is not a checkpoint directory ({CONFIG_FILE} or {MODEL_FILE} is missing); pass a "
                     f"directory written by `morphlm train --out DIR` (or convert a Hugging Face one with "
                     f"`morphlm convert`)")
 
