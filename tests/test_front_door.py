@@ -122,13 +122,17 @@ def test_quantize_verb_goes_through_quantize_(src, tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------------------- partial grow targets
 def test_partial_grow_target_is_read_against_the_source():
+    from morphlm.grow.api import grow, resolve_target
+
     src_model = tiny()  # tiny: gelu_tanh; ModelConfig's default activation is gelu
     assert src_model.config.activation == "gelu_tanh" != ModelConfig().activation
-    grown = morphlm.grow(src_model, {"n_layers": 4}, method="stack")
+    # read against ModelConfig's defaults this failed: "differ in activation ('gelu_tanh' vs 'gelu')"
+    grown = grow(src_model, {"n_layers": 4}, method="stack")
     want = {**src_model.config.to_dict(), "n_layers": 4, "name": "custom"}
     assert grown.config.to_dict() == want
-    # a dict naming a preset starts from that preset, as a target .json file does
-    assert morphlm.grow(src_model, {"preset": "tiny", "n_layers": 3}).config.n_layers == 3
+    # a dict naming a preset starts from that preset, as a target .json file does; without a source, defaults
+    assert grow(src_model, {"preset": "tiny", "n_layers": 3}).config.n_layers == 3
+    assert resolve_target({"n_layers": 4}).activation == ModelConfig().activation
 
 
 def test_grow_checkpoint_partial_target_and_lineage(src, tmp_path):
