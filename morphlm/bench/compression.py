@@ -572,7 +572,7 @@ def _general_distilled(ctx: Context, layer_map=None, steps: int | None = None) -
     s = ctx.sizes
     steps = steps or s.gd_steps
     layer_map = list(layer_map) if layer_map is not None else _uniform_map(ctx)
-    out = ctx.cdir / "students" / f"gd-{'-'.join(map(str, layer_map))}-{steps}"
+    out = ctx.cdir / "students" / f"gd0-{'-'.join(map(str, layer_map))}-{steps}"  # gd0: 0-based maps
     student = ctx.new_student(0)
     if ckpt.has_checkpoint(out):
         state, _ = ckpt.load_state_dict(out)
@@ -952,7 +952,7 @@ def code_fingerprint() -> str:
     the same code (the teacher checkpoints do not depend on it and are kept)."""
     h = hashlib.sha256()
     here = Path(__file__).resolve()
-    for f in [*sorted(here.parent.glob("compression*.py")), *sorted((here.parents[1] / "compress").glob("*.py"))]:
+    for f in [*sorted(here.parent.glob("compression*.py")), *sorted((here.parents[1] / "compress").rglob("*.py"))]:
         h.update(f.name.encode())
         h.update(f.read_bytes())
     return h.hexdigest()[:10]

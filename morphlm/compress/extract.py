@@ -123,7 +123,7 @@ class ExtractionChoice:
 
 
 def resolve_layers(spec: str | Sequence[int] | LayerMap | None, n_teacher: int, n_student: int) -> LayerMap:
-    """'uniform' (default; ETD: student m ← teacher m·N/M) | 'bottom' | 'top' | an explicit 0-based list /
+    """'uniform' (default; ETD / TinyBERT's g(m) = m·N/M) | 'bottom' | 'top' | an explicit 0-based list /
     '0,2,4' → the :class:`~morphlm.surgery.LayerMap` of teacher layers (one per student layer)."""
     if n_student > n_teacher:
         raise CompressionError(f"cannot keep {n_student} of the teacher's {n_teacher} layers")
