@@ -42,6 +42,7 @@ def test_grow_extract_and_distill_parse_one_user_string_to_one_layer_map():
     distilled = DistillLoss(model(n_layers=3), cfg, DistillConfig(layer_map="2,0,0")).layer_map
     assert resolve_layer_map("2,0,0", 3, 3) == resolve_layers("2,0,0", 3, 3) == teacher_layer_map("2,0,0", 3, 3) == want
     assert isinstance(distilled, LayerMap) and distilled == want
+    assert DistillConfig(layer_map=want).to_dict()["layer_map"] == [2, 0, 0]  # JSON-ready in lineage
     assert grown == extracted == [2, 0, 0]
     # the same list form and the named map shared by extraction and distillation
     assert resolve_layers([2, 0, 0], 3, 3) == teacher_layer_map((2, 0, 0), 3, 3) == resolve_layer_map([2, 0, 0], 3, 3)

@@ -109,6 +109,10 @@ class DistillConfig(StrictConfig):
     freeze_embeddings: bool = False  # LightMBERT: the student's embedding layer is not trained
     teacher_path: str | None = None  # informational (lineage)
 
+    def __post_init__(self) -> None:
+        if self.layer_map is not None and not isinstance(self.layer_map, str):
+            self.layer_map = list(self.layer_map)  # a LayerMap / tuple → a plain list: to_dict() stays JSON-ready
+
     def validate(self) -> None:
         if self.stage not in STAGES:
             raise CompressionError(f"unknown distillation stage {self.stage!r}; choose one of {STAGES}")
