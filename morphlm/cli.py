@@ -31,7 +31,7 @@ def _user_errors():
     from .data import CorpusError, TaskError, TokenizerError
     from .data.batches import BatchError
     from .data.tokens import TokenStoreError
-    from .grow.index_maps import GrowthError
+    from .grow.errors import GrowthError
     from .interop.hf import InteropError
     from .model.config import ConfigError
     from .train.checkpoint import CheckpointError

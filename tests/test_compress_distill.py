@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from morphlm.compress.augment import AugmentConfig, Augmenter, augment_examples
-from morphlm.compress.distill import (DistillConfig, DistillLoss, attention_mse, distill, distill_flops_per_token,
-                                      hidden_mse, load_projections, named_layer_map, resolve_layer_map,
-                                      soft_cross_entropy, uniform_layer_map)
+from morphlm.compress.distill import distill, load_projections
+from morphlm.compress.distill_loss import (DistillConfig, DistillLoss, attention_mse, distill_flops_per_token,
+                                           hidden_mse, soft_cross_entropy, teacher_layer_map)
 from morphlm.compress.errors import CompressionError
 from morphlm.compress.lightmbert import init_from_teacher, lightmbert_student
 from morphlm.data import ClassificationBatches, Example, train_tokenizer
@@ -110,7 +110,7 @@ def test_distill_loss_is_the_weighted_sum_and_stage_defaults():
     assert DistillConfig(stage="prediction").weights() == {"emb": 0, "att": 0, "hid": 0, "pred": 1, "hard": 0}
     assert DistillConfig(stage="logit").weights()["hard"] == 1.0
     assert DistillConfig(stage="full").weights() == {"emb": 1, "att": 1, "hid": 1, "pred": 1, "hard": 0}
-    # hand-check the hidden term for the uniform map [2, 4] through the shared projection
+    # hand-check the hidden term for the uniform map [1, 3] (hidden_states 1 ↔ 2, 2 ↔ 4) through the shared projection
     s_out = student(**batch, output_hidden_states=True)
     t_out = teacher(**batch, output_hidden_states=True)
     mask = batch["attention_mask"].bool()
@@ -121,23 +121,27 @@ def test_distill_loss_is_the_weighted_sum_and_stage_defaults():
 
 
 def test_layer_maps_named_explicit_and_errors():
-    assert uniform_layer_map(4, 12) == [3, 6, 9, 12]
-    assert uniform_layer_map(3, 6) == [2, 4, 6]
-    assert named_layer_map("top", 3, 6) == [4, 5, 6]
-    assert named_layer_map("bottom", 3, 6) == [1, 2, 3]
-    assert resolve_layer_map("2,4,6", 3, 6) == [2, 4, 6]
-    assert resolve_layer_map([0, 3, 3], 3, 6, monotone=True) == [0, 3, 3]
-    with pytest.raises(CompressionError, match="out of range"):
-        resolve_layer_map("2,4,7", 3, 6)
+    # one convention: 0-based teacher blocks per student block (None / "-" = unsupervised)
+    assert teacher_layer_map("uniform", 12, 4) == [2, 5, 8, 11]  # TinyBERT's g(m) = 3m, 0-based
+    assert teacher_layer_map("uniform", 6, 3) == [1, 3, 5]
+    assert teacher_layer_map("top", 6, 3) == [3, 4, 5]
+    assert teacher_layer_map("bottom", 6, 3) == [0, 1, 2]
+    assert teacher_layer_map("1,3,5", 6, 3) == [1, 3, 5]
+    assert teacher_layer_map("-,2,2", 6, 3, monotone=True) == [None, 2, 2]
+    assert teacher_layer_map([None, 2, 2], 6, 3, monotone=True) == [None, 2, 2]
+    with pytest.raises(CompressionError, match="names teacher layers \\[6\\]; the teacher has layers 0..5"):
+        teacher_layer_map("1,3,6", 6, 3)
     with pytest.raises(CompressionError, match="has 2 entries"):
-        resolve_layer_map([1, 2], 3, 6)
+        teacher_layer_map([1, 2], 6, 3)
     with pytest.raises(CompressionError, match="not monotone"):
-        resolve_layer_map([4, 2, 6], 3, 6, monotone=True)
-    assert resolve_layer_map([4, 2, 6], 3, 6) == [4, 2, 6]  # free maps are allowed by default
-    with pytest.raises(CompressionError, match="unknown layer map"):
-        resolve_layer_map("middle", 3, 6)
+        teacher_layer_map([3, 1, 5], 6, 3, monotone=True)
+    assert teacher_layer_map([3, 1, 5], 6, 3) == [3, 1, 5]  # free maps are allowed by default
+    with pytest.raises(CompressionError, match="uniform, top, bottom"):
+        teacher_layer_map("middle", 6, 3)
+    with pytest.raises(CompressionError, match="not available here"):
+        teacher_layer_map("stack", 6, 3)  # a growth map: distillation speaks of teacher and student blocks
     with pytest.raises(CompressionError, match="no deeper"):
-        named_layer_map("top", 4, 2)
+        teacher_layer_map("top", 2, 4)
     with pytest.raises(CompressionError, match="stage"):
         DistillConfig(stage="everything").validate()
 
@@ -147,7 +151,7 @@ def test_teacher_equal_student_gives_zero_intermediate_losses():
     batch = {"input_ids": torch.randint(7, 512, (2, 12)), "attention_mask": torch.ones(2, 12, dtype=torch.long)}
     batch["attention_mask"][1, 8:] = 0
     for projection in ("shared", "per_layer", "none"):
-        cfg = DistillConfig(stage="full", layer_map=[1, 2], projection=projection)
+        cfg = DistillConfig(stage="full", layer_map=[0, 1], projection=projection)
         loss, m = DistillLoss(model, model.config, cfg)(model, batch)
         assert m["loss_emb"].item() == 0 and m["loss_att"].item() == 0 and m["loss_hid"].item() == 0
     # the prediction term of identical models is the teacher's entropy: the minimum over students
@@ -156,7 +160,7 @@ def test_teacher_equal_student_gives_zero_intermediate_losses():
     p = out.logits.softmax(-1)[batch["attention_mask"].bool()]
     assert m["loss_pred"].item() == pytest.approx((-(p * p.log()).sum(-1)).mean().item(), rel=1e-5)
     # a shifted map is no longer zero
-    _, m = DistillLoss(model, model.config, DistillConfig(layer_map=[2, 2]))(model, batch)
+    _, m = DistillLoss(model, model.config, DistillConfig(layer_map=[1, 1]))(model, batch)
     assert m["loss_hid"].item() > 0
 
 
@@ -200,7 +204,7 @@ def test_projection_is_learned_saved_and_resumed_exactly(tmp_path):
     assert res.flops == pytest.approx(6 * 4 * 12 * per_tok)
     assert per_tok == pytest.approx(distill_flops_per_token(straight.config, teacher.config, 12, 3))
     lineage = ckpt.read_lineage(tmp_path / "a")
-    assert lineage["verb"] == "distill" and lineage["distill"]["resolved_layer_map"] == [2, 4]
+    assert lineage["verb"] == "distill" and lineage["distill"]["resolved_layer_map"] == [1, 3]
     assert "proj.shared.weight" not in ckpt.load_state_dict(tmp_path / "a")[0]  # the model file is the student
 
 
@@ -370,8 +374,8 @@ def test_cli_general_distillation_lightmbert(teacher_dirs, tmp_path):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (("--layer-map", "1,5"), "out of range"),
-    (("--layer-map", "2,1", "--stage", "general"), None),
+    (("--layer-map", "0,5"), "names teacher layers"),
+    (("--layer-map", "1,0", "--stage", "general"), None),
     (("--student", "tiny-bert", "--vocab-size", 400), "vocab_size"),
     (("--stage", "magic"), "unknown --stage"),
     (("--task-train", "missing.tsv", "--task-val", "missing.tsv", "--corpus", None, "--stage", "intermediate"),
@@ -409,7 +413,7 @@ def test_cli_hugging_face_teacher_through_interop(teacher_dirs, tmp_path):
     assert json.loads((hf / "config.json").read_text())["model_type"] == "bert"
     out = tmp_path / "s"
     cli("distill", "--teacher", hf, "--student", "teacher", "--n-layers", 1, "--init", "teacher-layers",
-        "--layer-map", "2", "--corpus", r / "corpus.txt", "--max-steps", 1, "--batch-size", 2, "--seq-len", 16,
+        "--layer-map", "1", "--corpus", r / "corpus.txt", "--max-steps", 1, "--batch-size", 2, "--seq-len", 16,
         "--out", out)
     lineage = ckpt.read_lineage(out)
     assert lineage["parents"][0]["format"] == "huggingface" and lineage["teacher"] == str(hf.resolve())

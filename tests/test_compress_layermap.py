@@ -9,8 +9,8 @@ import torch
 from typer.testing import CliRunner
 
 from morphlm.cli import app
-from morphlm.compress.distill import is_monotone
 from morphlm.compress.errors import CompressionError
+from morphlm.surgery import is_monotone
 from morphlm.compress.layermap import (FitnessCache, GAConfig, ProxyEvaluator, ProxySetting, all_mappings,
                                        baseline_mappings, genetic_search, random_search, run_layermap_search,
                                        search_space_size)
@@ -20,7 +20,7 @@ from morphlm.train import checkpoint as ckpt
 
 from toydata import ToyData
 
-TARGET = (2, 4, 6)
+TARGET = (1, 3, 5)  # 0-based teacher blocks (the one LayerMap convention)
 
 
 def peaked(mapping):
@@ -43,7 +43,7 @@ def test_space_sizes_match_enumeration():
             assert search_space_size(3, 4, monotone=monotone, allow_skip=skip) == \
                 len(all_mappings(3, 4, monotone=monotone, allow_skip=skip))
     assert search_space_size(3, 6, allow_skip=True) == 343  # the benchmark's 7³ ground truth
-    assert baseline_mappings(3, 6) == {"uniform": [2, 4, 6], "top": [4, 5, 6], "bottom": [1, 2, 3]}
+    assert baseline_mappings(3, 6) == {"uniform": [1, 3, 5], "top": [3, 4, 5], "bottom": [0, 1, 2]}
 
 
 def test_ga_elitism_cache_and_budget():
@@ -73,23 +73,24 @@ def test_ga_without_elitism_can_lose_the_best():
 def test_cache_is_shared_and_counts_only_misses():
     fn = Counting(peaked)
     cache = FitnessCache(fn)
-    assert cache([2, 4, 6]) == 0.0 and cache((2, 4, 6)) == 0.0
+    assert cache([1, 3, 5]) == 0.0 and cache((1, 3, 5)) == 0.0
     assert cache.calls == 1 and len(fn.calls) == 1
     ga = genetic_search(fn, 3, 6, GAConfig(population=5, budget=12, seed=0), cache=cache)
     rnd = random_search(fn, 3, 6, ga.n_evaluations, seed=0, cache=cache)
     assert ga.n_evaluations == rnd.n_evaluations == 12
     overlap = {tuple(h["mapping"]) for h in ga.history} & {tuple(h["mapping"]) for h in rnd.history}
     assert cache.calls == len(fn.calls) == len({tuple(h["mapping"]) for h in ga.history + rnd.history}
-                                               | {(2, 4, 6)})
+                                               | {(1, 3, 5)})
     assert cache.calls <= 1 + 24 - len(overlap)
 
 
 def test_monotone_and_skip_constraints():
     res = genetic_search(peaked, 3, 6, GAConfig(population=6, budget=25, monotone=True, seed=2))
     assert all(is_monotone(h["mapping"]) for h in res.history)
-    res = genetic_search(lambda m: float(m.count(0)), 3, 4, GAConfig(population=6, budget=30, allow_skip=True, seed=3))
+    res = genetic_search(lambda m: float(m.count(None)), 3, 4, GAConfig(population=6, budget=30, allow_skip=True,
+                                                                        seed=3))
     genes = {g for h in res.history for g in h["mapping"]}
-    assert genes <= set(range(5)) and 0 in genes and res.best == [0, 0, 0]
+    assert genes <= set(range(4)) | {None} and None in genes and res.best == [None, None, None]
     rnd = random_search(peaked, 3, 6, 20, monotone=True, seed=1)
     assert rnd.n_evaluations == 20 and all(is_monotone(h["mapping"]) for h in rnd.history)
     # a budget larger than the space stops at the space
@@ -100,8 +101,8 @@ def test_monotone_and_skip_constraints():
 def test_run_search_report_gives_random_the_same_count():
     report = run_layermap_search(peaked, 3, 6, GAConfig(population=6, budget=20, seed=5), exhaustive=True)
     assert report["ga"]["n_evaluations"] == report["random"]["n_evaluations"] == 20
-    assert report["baselines"]["uniform"] == {"mapping": [2, 4, 6], "fitness": 0.0}
-    assert report["exhaustive"]["n"] == 216 and report["exhaustive"]["best"]["mapping"] == [2, 4, 6]
+    assert report["baselines"]["uniform"] == {"mapping": [1, 3, 5], "fitness": 0.0}
+    assert report["exhaustive"]["n"] == 216 and report["exhaustive"]["best"]["mapping"] == [1, 3, 5]
     assert report["best"]["fitness"] == 0.0
     json.dumps(report)
     with pytest.raises(CompressionError, match="unknown search method"):
@@ -129,14 +130,14 @@ def test_proxy_evaluator_scores_mappings(tok):
     task = ClassificationBatches(exs, exs[:8], tok, 4, 16)
     gd = ToyData(vocab=tok.vocab_size, seq_len=16, batch_size=4)
     ev = ProxyEvaluator(teacher, s_cfg, gd, [task], ProxySetting(gd_steps=2, ft_steps=2, warmup_steps=1))
-    a = ev([1, 3])
+    a = ev([0, 2])
     assert 0.0 <= a <= 1.0 and ev.runs == 1
-    assert ev([1, 3]) == a  # deterministic: same map, same fitness
+    assert ev([0, 2]) == a  # deterministic: same map, same fitness
     neg = ProxyEvaluator(teacher, s_cfg, gd, [task], ProxySetting(gd_steps=2, ft_steps=2, warmup_steps=1,
-                                                                  metric="neg_loss"))([1, 3])
+                                                                  metric="neg_loss"))([0, 2])
     assert neg < 0
-    with pytest.raises(CompressionError, match="out of range"):
-        ev([1, 4])
+    with pytest.raises(CompressionError, match="names teacher layers"):
+        ev([0, 3])
     with pytest.raises(CompressionError, match="labelled task"):
         ProxyEvaluator(teacher, s_cfg, gd, [])
 

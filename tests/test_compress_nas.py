@@ -88,7 +88,7 @@ def test_only_the_sampled_slices_get_gradients():
     view(**kw, labels=torch.roll(kw["input_ids"], -1, 1)).loss.backward()
     # the entries the view reads: the gradient of the sum of its slices w.r.t. a ones-copy of every parameter
     ones = {n: torch.ones_like(p, requires_grad=True) for n, p in sup.named_parameters()}
-    from morphlm.grow.index_maps import remap
+    from morphlm.surgery import remap
 
     sum(remap(ones[pm.source], pm.maps).sum() for pm in view.plan.params.values()).backward()
     for n, p in sup.named_parameters():

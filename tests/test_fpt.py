@@ -11,7 +11,7 @@ from morphlm.data import Example, Task, train_tokenizer
 from morphlm.grow import fpt
 from morphlm.grow.fpt import (PromptModel, PromptTuneConfig, activation_scores, make_loss, partial_model, plan_stages,
                               prompt_tune)
-from morphlm.grow.index_maps import GrowthError
+from morphlm.grow import GrowthError
 from morphlm.model import ModelConfig, TransformerLM
 from morphlm.train.checkpoint import total_flops
 

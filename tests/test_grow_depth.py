@@ -8,8 +8,8 @@ from toydata import ToyData
 
 from morphlm.grow import (GrowthError, MaskedGrowth, build_plan, carry_optimizer_state, grow, grow_model,
                           load_optimizer_state, to_resume_format)
-from morphlm.grow.index_maps import evenly_spaced_layers, first_copies, interpolate_layers, resolve_layer_map
-from morphlm.grow.index_maps import stack_layers
+from morphlm.grow.plans import resolve_layer_map
+from morphlm.surgery import evenly_spaced_layers, first_copies, interpolate_layers, stack_layers
 from morphlm.train.loop import TrainArgs, _unflatten_optimizer, build_optimizer, fit
 
 

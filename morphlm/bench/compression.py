@@ -62,6 +62,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ..compress.distill_loss import teacher_layer_map
 from ..compress.errors import CompressionError
 from ..compress.latency import measure_latency
 from ..io import write_atomic
@@ -509,10 +510,7 @@ def _student_result(ctx: Context, model: nn.Module, curve: AccuracyCurve, steps:
 
 def _uniform_map(ctx: Context) -> list[int]:
     n_s, n_t = ctx.student_cfg.n_layers, ctx.teacher.config.n_layers
-    d = _optional("distill")
-    if d is not None and hasattr(d, "uniform_layer_map"):
-        return list(d.uniform_layer_map(n_s, n_t))
-    return [round((m + 1) * n_t / n_s) for m in range(n_s)]
+    return teacher_layer_map("uniform", n_t, n_s).to_list()
 
 
 def _extract(ctx: Context, method: str, seed: int, data=None) -> TransformerLM:
@@ -574,7 +572,7 @@ def _general_distilled(ctx: Context, layer_map=None, steps: int | None = None) -
     s = ctx.sizes
     steps = steps or s.gd_steps
     layer_map = list(layer_map) if layer_map is not None else _uniform_map(ctx)
-    out = ctx.cdir / "students" / f"gd-{'-'.join(map(str, layer_map))}-{steps}"
+    out = ctx.cdir / "students" / f"gd0-{'-'.join(map(str, layer_map))}-{steps}"  # gd0: 0-based maps
     student = ctx.new_student(0)
     if ckpt.has_checkpoint(out):
         state, _ = ckpt.load_state_dict(out)
@@ -748,7 +746,7 @@ def arm_ternary(ctx: Context, seed: int) -> dict:
     student = tmod.ternarize(ctx.teacher, method="twn")
     student.requires_grad_(True)
     student.train()
-    cfg = dmod.DistillConfig(stage="full", layer_map=list(range(1, L + 1)), projection="none")
+    cfg = dmod.DistillConfig(stage="full", layer_map=list(range(L)), projection="none")
     curve = AccuracyCurve(ctx.task.dev_batches(), s.ternary_steps)  # a teacher-size eval costs ~30 student steps
     r = tmod.qat_distill(ctx.teacher, student, ctx.data(seed), _args(s, s.ternary_steps, s.ternary_lr, seed,
                                                                       progress=ctx.progress),
@@ -954,7 +952,7 @@ def code_fingerprint() -> str:
     the same code (the teacher checkpoints do not depend on it and are kept)."""
     h = hashlib.sha256()
     here = Path(__file__).resolve()
-    for f in [*sorted(here.parent.glob("compression*.py")), *sorted((here.parents[1] / "compress").glob("*.py"))]:
+    for f in [*sorted(here.parent.glob("compression*.py")), *sorted((here.parents[1] / "compress").rglob("*.py"))]:
         h.update(f.name.encode())
         h.update(f.read_bytes())
     return h.hexdigest()[:10]

@@ -41,8 +41,8 @@ def distill(
                    "teacher gives embedding neighbours only)."),
     augment_k: int = typer.Option(15, help="K candidates per word."),
     augment_p: float = typer.Option(0.4, help="p_t: probability of replacing a word."),
-    layer_map: str = typer.Option("uniform", help="uniform | top | bottom | teacher blocks per student block, "
-                                                  "e.g. 2,4,6 (1-based; 0 = unsupervised)."),
+    layer_map: str = typer.Option("uniform", help="uniform | top | bottom | 0-based teacher blocks, one per student "
+                                                  "block, e.g. 1,3,5 (- = unsupervised, e.g. -,3,5)."),
     temperature: float = typer.Option(1.0, help="Softmax temperature of the prediction loss (t² scaled)."),
     hard_label_weight: Optional[float] = typer.Option(None, help="Weight of CE on gold labels (default: 1 for "
                                                                  "--stage logit, else 0)."),
@@ -102,7 +102,7 @@ def search_layermap(
     tournament: int = typer.Option(3),
     mutation_rate: Optional[float] = typer.Option(None, help="Per-gene mutation probability (default 1/M)."),
     monotone: bool = typer.Option(False, "--monotone/--free", help="Only non-decreasing maps."),
-    allow_skip: bool = typer.Option(False, "--allow-skip", help="Genes may be 0 (student block unsupervised)."),
+    allow_skip: bool = typer.Option(False, "--allow-skip", help="Genes may be - (student block unsupervised)."),
     exhaustive: bool = typer.Option(False, "--exhaustive", help="Also score every mapping (ground truth; small spaces)."),
     gd_steps: int = typer.Option(100, help="Proxy general-distillation steps per candidate."),
     ft_steps: int = typer.Option(100, help="Proxy fine-tuning steps per candidate."),

@@ -43,8 +43,9 @@ def extract_cmd(
     corpus: Optional[str] = typer.Option(None, help="impt: score importance on this corpus instead of the "
                                                     "teacher's own training data."),
     n_batches: int = typer.Option(4, help="impt: batches of the teacher's loss to score importance on."),
-    layers: str = typer.Option("uniform", help="Teacher layers to keep: uniform (student m ← teacher m·N/M) | "
-                                               "bottom | top | a list like 1,3,5."),
+    layers: str = typer.Option("uniform", help="Teacher layers to keep: uniform (TinyBERT's g(m) = m·N/M) | "
+                                               "bottom | top | 0-based teacher layers, one per student layer, "
+                                               "like 1,3,5."),
     seed: int = typer.Option(0, help="Seed of ETD-Rand's random subsets."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:

@@ -1,402 +1,28 @@
-"""TinyBERT-style knowledge distillation as a loss function for the one training loop.
+"""Distillation runs: :func:`distill` (a :class:`~morphlm.compress.distill_loss.DistillLoss` through the one
+training loop, ``fit``) and :func:`distill_run`, the ``morphlm distill`` verb (load a teacher, build or
+initialise a student, run the TinyBERT stages into checkpoint directories).
 
-TinyBERT (Jiao et al. 2020, arXiv 1909.10351, §3.1 eq. 7-11; refs/compression.md §1) distils a teacher of
-N layers into a student of M layers through a layer mapping n = g(m):
-
-    L = Σ_m λ_m · L_layer(S_m, T_g(m))
-    L_embd = MSE(E^S W_e, E^T)                     (m = 0: embedding outputs)
-    L_attn = (1/h) Σ_i MSE(A_i^S, A_i^T)           (1 ≤ m ≤ M: pre-softmax scores q·kᵀ/√d_k)
-    L_hidn = MSE(H^S W_h, H^T)                     (1 ≤ m ≤ M: block outputs)
-    L_pred = −Σ_c softmax(z^T/t)_c · log softmax(z^S/t)_c   (m = M+1: logits)
-
-The teacher and the student talk only through the model output contract (:class:`ModelOutput`: ``logits``,
-``hidden_states`` = embeddings + every block, ``attentions`` = raw pre-softmax scores per block), so any
-module honouring it — a native model, or one imported from Hugging Face through :mod:`morphlm.interop` —
-can be a teacher. :class:`DistillLoss` is called as ``loss_fn(model, batch) -> (loss, metrics)`` by
-:func:`morphlm.train.loop.fit`; its learnable projections W_e/W_h are handed to ``fit(aux_modules=...)`` so
-fit's optimizer trains them and the run's ``state/`` stores them (exact resume).
-
-Reduction and temperature convention (ONE for every stage; differs from some toolkits, see below)
----------------------------------------------------------------------------------------------------
-* Valid positions: token t of row b is valid when ``attention_mask[b, t] == 1`` (all tokens without a
-  mask). An attention entry (b, i, j) is valid when query i and key j are both valid and, if either model
-  is causal, j ≤ i. Padded or future entries never enter a loss (no −inf, no zero-filled entries).
-* Every MSE term is the **mean over valid elements** of one mapped layer: attention over (batch, heads,
-  valid i, valid j); hidden/embedding over (valid tokens, teacher width). Terms of different mapped layers
-  are **summed** (as in TinyBERT's code). Heads: equal head counts are matched one to one (the 1/h Σ_i of
-  eq. 9 is the mean over heads); if the teacher has k·h_S heads, each student head is matched to the mean
-  of k consecutive teacher heads; otherwise both sides are averaged over all heads (a reconstruction —
-  TinyBERT assumes equal head counts).
-* Prediction: ``L_pred = t² · mean_rows Σ_c −p_T(c)·log p_S(c)`` with p = softmax(z/t). Rows are
-  examples (classification logits (B, C)) or valid token positions (LM logits (B, T, V)). The t² factor
-  (Hinton et al. 2015) keeps gradient magnitudes independent of t; at t = 1 this is exactly the paper's
-  eq. 11 averaged over the batch. TinyBERT's code averages over classes as well (our value / C), and
-  TextBrewer omits t²; DistilBERT uses t²·KL (= ours minus the teacher's entropy, same gradient).
-* Hard labels (``hard_label_weight``): plain cross entropy of the student on the gold labels, mean over
-  labelled rows.
-* Total = Σ weight · term; the metrics report every term before weighting.
-
-Stages (``DistillConfig.stage``)
---------------------------------
-``general`` (task-agnostic, on unlabelled text: emb + att + hid), ``intermediate`` (task stage a, same
-losses on task data), ``prediction`` (task stage b: soft CE only), ``logit`` (plain Hinton logit
-distillation: soft CE + hard-label CE, the KD baseline), ``full`` (emb + att + hid + pred in one loss,
-TernaryBERT's distillation-aware training).
-
-Layer maps (``DistillConfig.layer_map``): a list with one teacher block per student block (1-based teacher
-blocks, i.e. indices into ``hidden_states``; 0 = this student block gets no intermediate supervision), or
-``uniform`` (g(m) = ⌊m·N/M⌋, TinyBERT's g(m) = 3m for 4 of 12), ``top`` (the last M teacher blocks) or
-``bottom`` (the first M). The embedding loss always maps student embeddings to teacher embeddings.
+The losses, their conventions and the layer-map convention (0-based teacher blocks per student block, the one
+:class:`morphlm.surgery.LayerMap`) are documented in :mod:`morphlm.compress.distill_loss`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .errors import CompressionError, StrictConfig
+from .distill_loss import STAGES, DistillConfig, DistillLoss, distill_flops_per_token, teacher_layer_map
+from .errors import CompressionError
+from .lightmbert import freeze_embeddings, init_from_teacher, lightmbert_config, lightmbert_student
 
 log = logging.getLogger("morphlm.compress.distill")
 
-__all__ = [
-    "STAGES", "DistillConfig", "DistillLoss", "distill", "uniform_layer_map", "named_layer_map",
-    "resolve_layer_map", "attention_mse", "hidden_mse", "soft_cross_entropy", "distill_flops_per_token",
-    "freeze_embeddings", "load_projections", "check_compatible",
-]
-
-STAGES = ("general", "intermediate", "prediction", "logit", "full")
-_TERMS = {
-    "general": ("emb", "att", "hid"),
-    "intermediate": ("emb", "att", "hid"),
-    "prediction": ("pred",),
-    "logit": ("pred", "hard"),
-    "full": ("emb", "att", "hid", "pred"),
-}
-PROJECTIONS = ("shared", "per_layer", "none")
-
-
-# ---------------------------------------------------------------------------------------------- layer maps
-def uniform_layer_map(n_student: int, n_teacher: int) -> list[int]:
-    """TinyBERT's uniform strategy g(m) = ⌊m·N/M⌋ (1-based teacher blocks; 3m for 4 of 12). With more
-    student than teacher blocks the map repeats teacher blocks (never 0)."""
-    _check_counts(n_student, n_teacher)
-    return [max(1, m * n_teacher // n_student) for m in range(1, n_student + 1)]
-
-
-def named_layer_map(name: str, n_student: int, n_teacher: int) -> list[int]:
-    """``uniform`` | ``top`` (teacher blocks N-M+1..N) | ``bottom`` (1..M)."""
-    _check_counts(n_student, n_teacher)
-    if name == "uniform":
-        return uniform_layer_map(n_student, n_teacher)
-    if name in ("top", "bottom"):
-        if n_student > n_teacher:
-            raise CompressionError(f"layer map {name!r} needs a student no deeper than the teacher "
-                                   f"({n_student} > {n_teacher} blocks); use 'uniform' or an explicit list")
-        if name == "top":
-            return list(range(n_teacher - n_student + 1, n_teacher + 1))
-        return list(range(1, n_student + 1))
-    raise CompressionError(f"unknown layer map {name!r}; use uniform, top, bottom or a comma-separated list "
-                           f"of teacher blocks such as 2,4,6")
-
-
-def _check_counts(n_student: int, n_teacher: int) -> None:
-    if n_student < 1 or n_teacher < 1:
-        raise CompressionError(f"layer maps need at least one block on each side (student {n_student}, "
-                               f"teacher {n_teacher})")
-
-
-def is_monotone(layer_map: Sequence[int]) -> bool:
-    """Non-decreasing over the supervised (non-zero) entries."""
-    used = [g for g in layer_map if g != 0]
-    return all(a <= b for a, b in zip(used, used[1:]))
-
-
-def resolve_layer_map(spec: str | Sequence[int], n_student: int, n_teacher: int, *,
-                      monotone: bool = False) -> list[int]:
-    """A named map, a list, or a string ``"2,4,6"`` → a validated list of length ``n_student`` with
-    entries in 0..n_teacher (0 = unsupervised student block)."""
-    if isinstance(spec, str):
-        text = spec.strip()
-        if not text or not (text[0].isdigit() or text[0] in "+-"):
-            return named_layer_map(text, n_student, n_teacher)
-        try:
-            spec = [int(x) for x in text.split(",") if x.strip()]
-        except ValueError:
-            raise CompressionError(f"layer map {spec!r}: use uniform, top, bottom or comma-separated teacher "
-                                   f"block numbers such as 2,4,6") from None
-    layers = [int(x) for x in spec]
-    if len(layers) != n_student:
-        raise CompressionError(f"layer map {layers} has {len(layers)} entries but the student has {n_student} "
-                               f"blocks; give one teacher block per student block")
-    bad = [g for g in layers if not 0 <= g <= n_teacher]
-    if bad:
-        raise CompressionError(f"layer map {layers} names teacher blocks {bad} out of range; the teacher has "
-                               f"blocks 1..{n_teacher} (0 = no supervision for that student block)")
-    if monotone and not is_monotone(layers):
-        raise CompressionError(f"layer map {layers} is not monotone (a deeper student block is mapped to a "
-                               f"shallower teacher block); reorder it or allow free mappings")
-    return layers
-
-
-# ---------------------------------------------------------------------------------------------- config
-@dataclass
-class DistillConfig(StrictConfig):
-    """What to distil and how. ``None`` weights take the stage's defaults (1 for its terms, else 0)."""
-
-    stage: str = "general"
-    layer_map: str | list[int] = "uniform"
-    temperature: float = 1.0
-    emb_weight: float | None = None
-    att_weight: float | None = None
-    hid_weight: float | None = None
-    pred_weight: float | None = None
-    hard_label_weight: float | None = None  # None -> 1 for stage 'logit', else 0
-    projection: str = "shared"  # shared (TinyBERT code: one fit_dense for all) | per_layer | none
-    monotone: bool = False  # require a non-decreasing layer map
-    freeze_embeddings: bool = False  # LightMBERT: the student's embedding layer is not trained
-    teacher_path: str | None = None  # informational (lineage)
-
-    def validate(self) -> None:
-        if self.stage not in STAGES:
-            raise CompressionError(f"unknown distillation stage {self.stage!r}; choose one of {STAGES}")
-        if not (isinstance(self.temperature, (int, float)) and self.temperature > 0):
-            raise CompressionError(f"temperature={self.temperature!r} must be > 0 (1 = TinyBERT, 2-4 for "
-                                   f"Hinton-style logit distillation)")
-        if self.projection not in PROJECTIONS:
-            raise CompressionError(f"projection={self.projection!r}; choose one of {PROJECTIONS}")
-        for name in ("emb", "att", "hid", "pred", "hard_label"):
-            w = getattr(self, f"{name}_weight")
-            if w is not None and (not isinstance(w, (int, float)) or w < 0):
-                raise CompressionError(f"{name}_weight={w!r} must be a number >= 0")
-        if all(v == 0 for v in self.weights().values()):
-            raise CompressionError(f"stage {self.stage!r} with these weights has no loss term left; "
-                                   f"give at least one positive weight")
-
-    def weights(self) -> dict[str, float]:
-        """Effective weight of every term: emb, att, hid, pred, hard."""
-        on = _TERMS[self.stage]
-        out = {}
-        for term, attr in (("emb", "emb_weight"), ("att", "att_weight"), ("hid", "hid_weight"),
-                           ("pred", "pred_weight"), ("hard", "hard_label_weight")):
-            w = getattr(self, attr)
-            out[term] = float(w) if w is not None else (1.0 if term in on else 0.0)
-        return out
-
-
-# ---------------------------------------------------------------------------------------------- loss terms
-def _valid_tokens(attention_mask: torch.Tensor | None, B: int, T: int, device) -> torch.Tensor:
-    if attention_mask is None:
-        return torch.ones(B, T, dtype=torch.bool, device=device)
-    return attention_mask.bool()
-
-
-def attention_mse(s: torch.Tensor, t: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                  causal: bool = False) -> torch.Tensor:
-    """MSE of pre-softmax attention scores, mean over valid (batch, head, query, key) entries.
-
-    s: (B, Hs, T, T); t: (B, Ht, T, T). Head counts: equal → one to one; Ht = k·Hs → each student head
-    against the mean of k consecutive teacher heads; otherwise both averaged over heads (reconstruction)."""
-    B, Hs, T, _ = s.shape
-    Ht = t.shape[1]
-    t = t.to(s.dtype)
-    if Ht != Hs:
-        if Ht % Hs == 0:
-            t = t.view(B, Hs, Ht // Hs, T, T).mean(dim=2)  # (B, Hs, T, T)
-        else:
-            s, t = s.mean(dim=1, keepdim=True), t.mean(dim=1, keepdim=True)  # (B, 1, T, T)
-    valid = _valid_tokens(attention_mask, B, T, s.device)
-    pair = valid[:, :, None] & valid[:, None, :]  # (B, T, T) query i valid & key j valid
-    if causal:
-        pair = pair & torch.ones(T, T, dtype=torch.bool, device=s.device).tril()
-    pair = pair[:, None].expand_as(s)  # (B, H, T, T)
-    diff = (s - t).masked_select(pair)
-    return (diff * diff).mean() if diff.numel() else s.sum() * 0.0
-
-
-def hidden_mse(s: torch.Tensor, t: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """MSE of (already projected) hidden states (B, T, D), mean over valid tokens × D."""
-    B, T, D = t.shape
-    valid = _valid_tokens(attention_mask, B, T, s.device)  # (B, T)
-    diff = (s - t.to(s.dtype))[valid]  # (n_valid, D)
-    return (diff * diff).mean() if diff.numel() else s.sum() * 0.0
-
-
-def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0,
-                       attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """t² · mean over rows of Σ_c −softmax(z_T/t)_c · log softmax(z_S/t)_c (module docstring).
-
-    Logits (B, C) → rows are examples; (B, T, V) → rows are valid token positions."""
-    s = student_logits.float() / temperature
-    t = teacher_logits.float() / temperature
-    ce = -(t.softmax(dim=-1) * s.log_softmax(dim=-1)).sum(dim=-1)  # (B,) or (B, T)
-    if ce.dim() == 2 and attention_mask is not None:
-        ce = ce[attention_mask.bool()]
-    return ce.mean() * (temperature ** 2)
-
-
-# ---------------------------------------------------------------------------------------------- the loss
-def _cfg_of(model: nn.Module):
-    cfg = getattr(model, "config", None)
-    if cfg is None:
-        raise CompressionError(f"{type(model).__name__} has no .config; distillation needs models with a "
-                               f"ModelConfig-like config (vocab_size, d_model, n_layers, n_heads); import "
-                               f"Hugging Face models through morphlm.interop first")
-    return cfg
-
-
-def check_compatible(teacher_cfg, student_cfg, stage: str) -> None:
-    """Teacher and student must read the same token ids; prediction losses need equal output sizes."""
-    if teacher_cfg.vocab_size != student_cfg.vocab_size:
-        raise CompressionError(
-            f"teacher vocab_size {teacher_cfg.vocab_size} != student vocab_size {student_cfg.vocab_size}: they "
-            f"must share one tokenizer; build the student with vocab_size={teacher_cfg.vocab_size} (and the "
-            f"teacher's tokenizer.json)")
-    if stage in ("prediction", "logit", "full"):
-        if teacher_cfg.head != student_cfg.head:
-            raise CompressionError(f"prediction-layer distillation needs the same head on both sides (teacher "
-                                   f"{teacher_cfg.head!r}, student {student_cfg.head!r}); give the student "
-                                   f"head={teacher_cfg.head!r}")
-        if teacher_cfg.head == "cls" and teacher_cfg.n_classes != student_cfg.n_classes:
-            raise CompressionError(f"teacher has {teacher_cfg.n_classes} classes, student {student_cfg.n_classes}; "
-                                   f"give the student n_classes={teacher_cfg.n_classes}")
-
-
-class DistillLoss(nn.Module):
-    """``loss_fn(student, batch) -> (loss, metrics)`` for :func:`fit`; holds the learnable projections.
-
-    The teacher is stored unregistered (``self.teacher``): ``parameters()``/``state_dict()`` hold only the
-    projections, so passing this module as ``fit(aux_modules=...)`` trains and saves exactly those. The
-    teacher is run in eval mode without gradients and moved to the batch's device on first use."""
-
-    def __init__(self, teacher: nn.Module, student_config, cfg: DistillConfig | None = None) -> None:
-        super().__init__()
-        cfg = cfg or DistillConfig()
-        cfg.validate()
-        tcfg = _cfg_of(teacher)
-        check_compatible(tcfg, student_config, cfg.stage)
-        self.cfg = cfg
-        self.__dict__["teacher"] = teacher  # not a submodule: never trained, never saved with the aux state
-        self.teacher_config = tcfg
-        self.student_config = student_config
-        self.w = cfg.weights()
-        self.layer_map = resolve_layer_map(cfg.layer_map, student_config.n_layers, tcfg.n_layers,
-                                           monotone=cfg.monotone)
-        self.causal = bool(getattr(tcfg, "causal", False) or getattr(student_config, "causal", False))
-        self.needs_hidden = self.w["emb"] > 0 or self.w["hid"] > 0
-        self.needs_att = self.w["att"] > 0
-        ds, dt = student_config.d_model, tcfg.d_model
-        self.proj = nn.ModuleDict()
-        if self.needs_hidden:
-            if cfg.projection == "none":
-                if ds != dt:
-                    raise CompressionError(f"projection='none' needs equal widths (student {ds}, teacher {dt}); "
-                                           f"use projection='shared'")
-            elif cfg.projection == "shared":
-                self.proj["shared"] = self._make_proj(ds, dt)
-            else:
-                if self.w["emb"] > 0:
-                    self.proj["emb"] = self._make_proj(ds, dt)
-                if self.w["hid"] > 0:
-                    for m, g in enumerate(self.layer_map, start=1):
-                        if g:
-                            self.proj[f"layer{m}"] = self._make_proj(ds, dt)
-
-    @staticmethod
-    def _make_proj(ds: int, dt: int) -> nn.Linear:
-        lin = nn.Linear(ds, dt)
-        if ds == dt:  # equal widths: start at the identity, so an identical student has zero loss
-            with torch.no_grad():
-                lin.weight.copy_(torch.eye(dt))
-                lin.bias.zero_()
-        return lin
-
-    def project(self, h: torch.Tensor, key: str) -> torch.Tensor:
-        if self.cfg.projection == "none":
-            return h
-        return self.proj["shared" if self.cfg.projection == "shared" else key](h)
-
-    def _teacher_forward(self, inputs: dict[str, torch.Tensor]):
-        teacher = self.teacher
-        dev = inputs["input_ids"].device
-        p = next(teacher.parameters(), None)
-        if p is not None and p.device != dev:
-            teacher.to(dev)
-        if teacher.training:
-            teacher.eval()
-        with torch.no_grad():
-            return teacher(**inputs, output_hidden_states=self.needs_hidden, output_attentions=self.needs_att)
-
-    def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]):
-        w = self.w
-        inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-        mask = batch.get("attention_mask")
-        labels = batch.get("labels")
-        s_out = model(**inputs, output_hidden_states=self.needs_hidden, output_attentions=self.needs_att)
-        t_out = self._teacher_forward(inputs)
-        terms: dict[str, torch.Tensor] = {}
-        if w["emb"] > 0:
-            terms["emb"] = hidden_mse(self.project(s_out.hidden_states[0], "emb"), t_out.hidden_states[0], mask)
-        if w["att"] > 0 or w["hid"] > 0:
-            att = hid = None
-            for m, g in enumerate(self.layer_map, start=1):
-                if g == 0:
-                    continue
-                if w["att"] > 0:
-                    a = attention_mse(s_out.attentions[m - 1], t_out.attentions[g - 1], mask, self.causal)
-                    att = a if att is None else att + a
-                if w["hid"] > 0:
-                    h = hidden_mse(self.project(s_out.hidden_states[m], f"layer{m}"), t_out.hidden_states[g], mask)
-                    hid = h if hid is None else hid + h
-            zero = s_out.logits.sum() * 0.0
-            if w["att"] > 0:
-                terms["att"] = att if att is not None else zero
-            if w["hid"] > 0:
-                terms["hid"] = hid if hid is not None else zero
-        if w["pred"] > 0:
-            pmask = mask if s_out.logits.dim() == 3 else None
-            terms["pred"] = soft_cross_entropy(s_out.logits, t_out.logits, self.cfg.temperature, pmask)
-        if w["hard"] > 0:
-            if labels is None:
-                raise CompressionError("hard_label_weight > 0 needs batches with labels (a labelled task or an "
-                                       "MLM/LM batch); set hard_label_weight=0 for unlabelled text")
-            logits = s_out.logits.float()
-            terms["hard"] = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100)
-        loss = sum(w[k] * v for k, v in terms.items())
-        metrics = {f"loss_{k}": v.detach() for k, v in terms.items()}
-        if labels is not None and s_out.logits.dim() == 2:
-            metrics["accuracy"] = (s_out.logits.argmax(-1) == labels).float().mean()
-        return loss, metrics
-
-
-# ---------------------------------------------------------------------------------------------- helpers
-def distill_flops_per_token(student_cfg, teacher_cfg, seq_len: int, n_projections: int = 0) -> float:
-    """Training FLOPs per token of a distillation step on the one ruler (train/flops.py): the student's
-    training cost + the teacher's forward cost + 6·d_S·d_T per projected layer (a matmul weight)."""
-    from ..train import flops
-
-    proj = 6.0 * student_cfg.d_model * teacher_cfg.d_model * n_projections
-    return (flops.training_flops_per_token(student_cfg, seq_len) + flops.forward_flops_per_token(teacher_cfg, seq_len)
-            + proj)
-
-
-def freeze_embeddings(model: nn.Module) -> list[str]:
-    """LightMBERT: switch off training of the embedding layer (token, position, segment embeddings and the
-    embedding LayerNorm). A tied output matrix is the token embedding, so it is frozen as well."""
-    names = []
-    for attr in ("tok_emb", "pos_emb", "seg_emb", "emb_norm"):
-        mod = getattr(model, attr, None)
-        if mod is not None:
-            for pname, p in mod.named_parameters():
-                p.requires_grad_(False)
-                names.append(f"{attr}.{pname}")
-    return names
+__all__ = ["distill", "distill_run", "load_teacher", "load_projections", "DistillConfig", "DistillLoss"]
 
 
 def load_projections(run_dir: str | Path) -> dict[str, torch.Tensor]:
@@ -430,10 +56,11 @@ def distill(teacher: nn.Module, student: nn.Module, data, args, cfg: DistillConf
         log.info("frozen student embedding parameters: %s", ", ".join(frozen))
     B, T = (int(n) for n in data.train_batch(0)["input_ids"].shape)
     n_proj = sum(1 for _ in loss_fn.proj) if cfg.projection != "shared" else (
-        (1 if loss_fn.w["emb"] > 0 else 0) + (sum(1 for g in loss_fn.layer_map if g) if loss_fn.w["hid"] > 0 else 0))
+        (1 if loss_fn.w["emb"] > 0 else 0)
+        + (sum(1 for g in loss_fn.layer_map if g is not None) if loss_fn.w["hid"] > 0 else 0))
     fps = distill_flops_per_token(student.config, loss_fn.teacher_config, T, n_proj) * B * T
     args = dataclasses.replace(args, flops_per_step=args.flops_per_step or fps)
-    lin = {"verb": "distill", "distill": {**cfg.to_dict(), "resolved_layer_map": loss_fn.layer_map}}
+    lin = {"verb": "distill", "distill": {**cfg.to_dict(), "resolved_layer_map": loss_fn.layer_map.to_list()}}
     lin.update(lineage or {})
     aux = loss_fn if any(True for _ in loss_fn.parameters()) else None
     return fit(student, loss_fn, data, args, callbacks, tokenizer_json=tokenizer_json, lineage=lin,
@@ -523,8 +150,6 @@ def distill_run(teacher: str | Path, student: str, out: str | Path, *, init: str
     from ..model import ModelConfig, TransformerLM
     from ..train import checkpoint as ckpt
     from ..train.optim import TrainArgs
-    from .lightmbert import init_from_teacher, lightmbert_student
-
     stages = ["intermediate", "prediction"] if stage == "task" else [stage]
     if stage != "task" and stage not in STAGES:
         raise CompressionError(f"unknown --stage {stage!r}; choose general, intermediate, prediction, task, logit or full")
@@ -601,7 +226,8 @@ def distill_run(teacher: str | Path, student: str, out: str | Path, *, init: str
     else:
         s_cfg = ModelConfig.from_dict(s_fields)
         if init == "teacher-layers":
-            init_map = layer_map if "0" not in str(layer_map).split(",") else "uniform"
+            # a map with unsupervised blocks names no teacher block to copy for them: copy along the uniform map
+            init_map = "uniform" if teacher_layer_map(layer_map, tcfg.n_layers, s_cfg.n_layers).has_gaps else layer_map
             s_model = init_from_teacher(t_model, s_cfg, init_map, seed=seed)
         else:
             _torch.manual_seed(seed)
@@ -627,8 +253,6 @@ def distill_run(teacher: str | Path, student: str, out: str | Path, *, init: str
         last = i == len(stages) - 1
         st_out = out if last else out / "stage_a"
         if init == "lightmbert" and st != "prediction":
-            from .lightmbert import lightmbert_config
-
             dcfg = lightmbert_config(tcfg, s_model.config, layer_map=layer_map, temperature=temperature,
                                      teacher_path=t_record["path"])
             dcfg.stage = st

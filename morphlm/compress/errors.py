@@ -2,8 +2,10 @@
 
 import dataclasses
 
+from ..surgery.errors import SurgeryError
 
-class CompressionError(ValueError):
+
+class CompressionError(SurgeryError):
     """Bad input to a compression verb: the message names the problem and the fix."""
 
 

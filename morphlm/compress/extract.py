@@ -2,9 +2,9 @@
 
 A student is *extracted* from a teacher as the initialisation for distillation: width-wise extraction (a
 subset of hidden dims, heads, head dims and FFN neurons) then uniform layer selection. Index code is shared
-with the growth operators (:mod:`morphlm.grow.index_maps`): every student tensor is
+with the growth operators through :mod:`morphlm.surgery`: every student tensor is
 ``remap(teacher tensor, (IndexMap.select(...), ...))`` and the per-layer recipes are composed with the layer
-map by :func:`~morphlm.grow.index_maps.compose_depth`.
+map by :func:`~morphlm.surgery.compose_depth`.
 
 What is selected (the architecture forces most of it):
 
@@ -12,8 +12,9 @@ What is selected (the architecture forces most of it):
   columns, every LayerNorm/RMSNorm gain and bias, the input columns of q/k/v and fc1, the output rows of the
   attention projection and fc2, and the hidden axes of the heads (MLM transform, untied LM head, pooler,
   classifier input).
-* **depth** — student layer m (1-based) ← teacher layer m·N/M, i.e. ``evenly_spaced_layers`` (always keeps the
-  last layer); ``layers='bottom'|'top'`` or an explicit list override it.
+* **depth** — a :class:`~morphlm.surgery.LayerMap` (0-based teacher layer per student layer): by default
+  ``uniform``, student layer m ← teacher layer ⌊(m+1)·N/M⌋ - 1 (TinyBERT's g(m) = m·N/M; always keeps the last
+  layer); ``layers='bottom'|'top'`` or an explicit list (``"0,2,4"``) override it.
 * **attention** — per kept layer: ``n_kv_heads'`` teacher kv heads, then ``n_heads'/n_kv_heads'`` query heads
   *inside each chosen kv group* (so every student query head still attends with its own kv head: GQA-consistent;
   plain MHA is the case n_kv_heads = n_heads), and, when the student's head_dim is smaller, ``head_dim'`` dims
@@ -55,9 +56,8 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from ..grow.index_maps import (GrowthPlan, IndexMap, ParamMap, apply_plan, compose_depth, evenly_spaced_layers,
-                               resolve_layer_map)
-from ..grow.width import check_same_family
+from ..surgery import (IndexMap, LayerMap, ParamMap, SurgeryPlan, apply_plan, check_same_family, compose_depth,
+                       parse_layer_map)
 from ..model.config import ModelConfig
 from ..model.transformer import TransformerLM
 from .errors import CompressionError
@@ -121,19 +121,13 @@ class ExtractionChoice:
                    *({int(l): v for l, v in data[k].items()} for k in per))
 
 
-def resolve_layers(spec: str | Sequence[int] | None, n_teacher: int, n_student: int) -> list[int]:
-    """'uniform' (ETD: student m ← teacher m·N/M) | 'bottom' | 'top' | explicit list / '0,2,4' → teacher layers."""
+def resolve_layers(spec: str | Sequence[int] | LayerMap | None, n_teacher: int, n_student: int) -> LayerMap:
+    """'uniform' (default; ETD / TinyBERT's g(m) = m·N/M) | 'bottom' | 'top' | an explicit 0-based list /
+    '0,2,4' → the :class:`~morphlm.surgery.LayerMap` of teacher layers (one per student layer)."""
     if n_student > n_teacher:
         raise CompressionError(f"cannot keep {n_student} of the teacher's {n_teacher} layers")
-    if spec is None or spec == "uniform":
-        return evenly_spaced_layers(n_teacher, n_student)
-    if spec == "bottom":
-        return list(range(n_student))
-    if spec == "top":
-        return list(range(n_teacher - n_student, n_teacher))
-    if isinstance(spec, str) and spec in ("stack", "interpolate"):
-        raise CompressionError(f"layers={spec!r} is a growth map; extraction takes uniform, bottom, top or a list")
-    return resolve_layer_map(spec, n_teacher, n_student)
+    return parse_layer_map(spec, n_teacher, n_student, names=("uniform", "bottom", "top"), default="uniform",
+                           roles=("teacher", "student"), error=CompressionError)
 
 
 def _pick(n: int, k: int, method: str, score: torch.Tensor | None, gen: torch.Generator) -> list[int]:
@@ -181,7 +175,7 @@ def choose_units(teacher: ModelConfig, student: ModelConfig, method: str = "rand
                 dims.append(_pick(Dh, dh, method, ds, gen))
         kv_heads[l], q_heads[l], head_dims[l] = kv, q, dims
         ffn[l] = _pick(teacher.d_ff, student.d_ff, method, sc["ffn"][l] if sc else None, gen)
-    return ExtractionChoice(hidden, layer_map, kv_heads, q_heads, head_dims, ffn)
+    return ExtractionChoice(hidden, layer_map.to_list(), kv_heads, q_heads, head_dims, ffn)
 
 
 # ---------------------------------------------------------------------------- plan
@@ -240,7 +234,7 @@ def _width_plan(teacher: ModelConfig, student: ModelConfig,
     return plan, D
 
 
-def extraction_plan(teacher: ModelConfig, student: ModelConfig, choice: ExtractionChoice) -> GrowthPlan:
+def extraction_plan(teacher: ModelConfig, student: ModelConfig, choice: ExtractionChoice) -> SurgeryPlan:
     """Per-parameter recipes of the student (names ``blocks.k.*`` of the student) from the teacher's tensors."""
     wplan, _ = _width_plan(teacher, student, choice)
     return compose_depth(wplan, choice.layers)
@@ -338,7 +332,7 @@ def importance_scores(teacher: TransformerLM, data: Any, n_batches: int = 4, *, 
 class ExtractOutput:
     model: TransformerLM
     choice: ExtractionChoice
-    plan: GrowthPlan
+    plan: SurgeryPlan
     function_preserving: str
     options: dict[str, Any]
 

@@ -1,14 +1,15 @@
-"""Searching the student→teacher layer mapping (Jiao et al. 2020, arXiv 2012.06153; refs/compression.md §2).
+"""Searching the student→teacher layer mapping (Jiao et al. 2020, arXiv 2012.06153).
 
 The paper (abstract only available) runs a genetic algorithm over layer mappings for task-agnostic
 distillation, scoring each candidate in a *proxy setting*: general distillation on a small sampled corpus,
 then a quick fine-tune on representative tasks; the best mapping is then used at full scale. Operators,
 encoding and proxy sizes are unpublished, so this module is a **reconstruction**:
 
-* Chromosome c ∈ {1..N}^M (or {0..N}^M with ``allow_skip``: 0 = that student block is unsupervised);
-  gene m is the teacher block that supervises student block m (the convention of
-  :mod:`morphlm.compress.distill`). ``monotone`` restricts the space to non-decreasing maps (children are
-  repaired by sorting their non-zero genes).
+* Chromosome c ∈ {0..N-1}^M (or with ``allow_skip`` also ``None``: that student block is unsupervised);
+  gene m is the 0-based teacher block that supervises student block m — a :class:`morphlm.surgery.LayerMap`,
+  the convention of every verb. Internally a skipped gene is -1 (so genes stay integers for ±1 steps and
+  sorting); every mapping handed to a fitness function or written to a report uses ``None``. ``monotone``
+  restricts the space to non-decreasing maps (children are repaired by sorting their supervised genes).
 * Tournament selection, uniform crossover, per-gene mutation (a ±1 step or a uniform resample, half each),
   elitism (the ``elitism`` best survive unchanged, so the best fitness never decreases).
 * A fitness cache: a mapping is evaluated once; ``budget`` counts distinct evaluations, and random search
@@ -33,7 +34,9 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..data.batches import derive_seed
-from .distill import DistillConfig, distill, is_monotone, named_layer_map, resolve_layer_map
+from ..surgery import is_monotone
+from .distill import distill
+from .distill_loss import DistillConfig, teacher_layer_map
 from .errors import CompressionError
 
 log = logging.getLogger("morphlm.compress.layermap")
@@ -41,7 +44,19 @@ log = logging.getLogger("morphlm.compress.layermap")
 __all__ = ["GAConfig", "SearchResult", "FitnessCache", "genetic_search", "random_search", "baseline_mappings",
            "all_mappings", "search_space_size", "run_layermap_search", "ProxySetting", "ProxyEvaluator"]
 
-Mapping = tuple[int, ...]
+Mapping = tuple[int, ...]  # internal: 0-based teacher blocks, _SKIP = unsupervised
+_SKIP = -1
+
+
+def _key(mapping: Sequence[int | None]) -> Mapping:
+    """A user/public mapping (``None`` = unsupervised) → the internal integer tuple."""
+    return tuple(_SKIP if g is None else int(g) for g in mapping)
+
+
+def _public(key: Sequence[int]) -> list[int | None]:
+    """The internal tuple → a LayerMap-convention list (``None`` = unsupervised)."""
+    return [None if g == _SKIP else int(g) for g in key]
+
 
 
 @dataclass
@@ -52,7 +67,7 @@ class GAConfig:
     tournament: int = 3
     crossover_rate: float = 0.9
     mutation_rate: float | None = None  # per gene; None -> 1/M
-    allow_skip: bool = False  # genes may be 0 (no supervision for that student block)
+    allow_skip: bool = False  # genes may be None (no supervision for that student block)
     monotone: bool = False
     seed: int = 0
     max_generations: int = 200
@@ -75,7 +90,7 @@ class GAConfig:
 @dataclass
 class SearchResult:
     method: str
-    best: list[int]
+    best: list[int | None]
     best_fitness: float
     n_evaluations: int  # distinct mappings this method evaluated
     history: list[dict[str, Any]] = field(default_factory=list)  # one entry per distinct evaluation, in order
@@ -93,13 +108,13 @@ class FitnessCache:
         self.values: dict[Mapping, float] = {}
         self.calls = 0
 
-    def __call__(self, mapping: Sequence[int]) -> float:
-        key = tuple(int(g) for g in mapping)
+    def __call__(self, mapping: Sequence[int | None]) -> float:
+        key = _key(mapping)
         if key not in self.values:
             self.calls += 1
-            value = float(self.fn(list(key)))
+            value = float(self.fn(_public(key)))
             if math.isnan(value):
-                raise CompressionError(f"fitness of layer map {list(key)} is NaN; check the proxy setting "
+                raise CompressionError(f"fitness of layer map {_public(key)} is NaN; check the proxy setting "
                                        f"(learning rate, steps)")
             self.values[key] = value
         return self.values[key]
@@ -118,7 +133,7 @@ class _Counter:
             return self.seen[mapping]
         value = self.cache(mapping)
         self.seen[mapping] = value
-        rec = {"eval": len(self.history) + 1, "mapping": list(mapping), "fitness": value,
+        rec = {"eval": len(self.history) + 1, "mapping": _public(mapping), "fitness": value,
                "best_so_far": max(value, self.history[-1]["best_so_far"]) if self.history else value}
         if generation is not None:
             rec["generation"] = generation
@@ -136,12 +151,12 @@ class _Counter:
 
 # ---------------------------------------------------------------------------------------------- the space
 def _gene_range(n_teacher: int, allow_skip: bool) -> tuple[int, int]:
-    return (0 if allow_skip else 1), n_teacher
+    return (_SKIP if allow_skip else 0), n_teacher - 1
 
 
 def search_space_size(n_student: int, n_teacher: int, *, monotone: bool = False, allow_skip: bool = False) -> int:
     if monotone:
-        # non-decreasing non-zero genes with zeros anywhere: Σ_k C(M,k)·C(N+k-1,k) over k supervised genes
+        # non-decreasing supervised genes with skips anywhere: Σ_k C(M,k)·C(N+k-1,k) over k supervised genes
         if allow_skip:
             return sum(math.comb(n_student, k) * math.comb(n_teacher + k - 1, k) for k in range(n_student + 1))
         return math.comb(n_teacher + n_student - 1, n_student)
@@ -149,30 +164,32 @@ def search_space_size(n_student: int, n_teacher: int, *, monotone: bool = False,
     return (hi - lo + 1) ** n_student
 
 
-def all_mappings(n_student: int, n_teacher: int, *, monotone: bool = False, allow_skip: bool = False) -> list[list[int]]:
+def all_mappings(n_student: int, n_teacher: int, *, monotone: bool = False,
+                 allow_skip: bool = False) -> list[list[int | None]]:
     """Every mapping of the space (for exhaustive ground truth at proxy scale, e.g. 7³ = 343 for 3 of 6 with
-    skips)."""
+    skips), as LayerMap-convention lists."""
     lo, hi = _gene_range(n_teacher, allow_skip)
     out = []
     for c in itertools.product(range(lo, hi + 1), repeat=n_student):
-        if not monotone or is_monotone(c):
-            out.append(list(c))
+        m = _public(c)
+        if not monotone or is_monotone(m):
+            out.append(m)
     return out
 
 
 def baseline_mappings(n_student: int, n_teacher: int) -> dict[str, list[int]]:
     """The fixed strategies: uniform, and top/bottom when the student is no deeper than the teacher."""
-    out = {"uniform": named_layer_map("uniform", n_student, n_teacher)}
+    out = {"uniform": teacher_layer_map("uniform", n_teacher, n_student).to_list()}
     if n_student <= n_teacher:
-        out["top"] = named_layer_map("top", n_student, n_teacher)
-        out["bottom"] = named_layer_map("bottom", n_student, n_teacher)
+        out["top"] = teacher_layer_map("top", n_teacher, n_student).to_list()
+        out["bottom"] = teacher_layer_map("bottom", n_teacher, n_student).to_list()
     return out
 
 
 def _repair(c: list[int], monotone: bool) -> Mapping:
     if monotone:
-        nz = iter(sorted(g for g in c if g != 0))
-        c = [next(nz) if g != 0 else 0 for g in c]
+        nz = iter(sorted(g for g in c if g != _SKIP))
+        c = [next(nz) if g != _SKIP else _SKIP for g in c]
     return tuple(c)
 
 
@@ -237,13 +254,13 @@ def genetic_search(fitness: Callable[[Sequence[int]], float], n_student: int, n_
         population = new_pop
         generations.append(_gen_record(gen, population, ev))
     best, best_f = ev.best()
-    return SearchResult("ga", list(best), best_f, ev.n, ev.history, generations)
+    return SearchResult("ga", _public(best), best_f, ev.n, ev.history, generations)
 
 
 def _gen_record(gen: int, population: list[Mapping], ev: _Counter) -> dict[str, Any]:
     vals = [ev.seen[c] for c in population]
     best = max(population, key=lambda k: ev.seen[k])
-    return {"generation": gen, "best": list(best), "best_fitness": max(vals), "mean_fitness": sum(vals) / len(vals),
+    return {"generation": gen, "best": _public(best), "best_fitness": max(vals), "mean_fitness": sum(vals) / len(vals),
             "evaluations": ev.n}
 
 
@@ -257,7 +274,7 @@ def random_search(fitness: Callable[[Sequence[int]], float], n_student: int, n_t
     space = search_space_size(n_student, n_teacher, monotone=monotone, allow_skip=allow_skip)
     target = min(n_evals, space)
     if space <= 200_000:
-        pool = [tuple(c) for c in all_mappings(n_student, n_teacher, monotone=monotone, allow_skip=allow_skip)]
+        pool = [_key(c) for c in all_mappings(n_student, n_teacher, monotone=monotone, allow_skip=allow_skip)]
         rng.shuffle(pool)
         for c in pool[:target]:
             ev(c)
@@ -266,7 +283,7 @@ def random_search(fitness: Callable[[Sequence[int]], float], n_student: int, n_t
         while ev.n < target:
             ev(_random_mapping(rng, n_student, n_teacher, cfg))
     best, best_f = ev.best()
-    return SearchResult("random", list(best), best_f, ev.n, ev.history)
+    return SearchResult("random", _public(best), best_f, ev.n, ev.history)
 
 
 def run_layermap_search(fitness: Callable[[Sequence[int]], float], n_student: int, n_teacher: int,
@@ -347,7 +364,7 @@ class ProxyEvaluator:
         s = self.setting
         if s.metric not in ("accuracy", "neg_loss"):
             raise CompressionError(f"proxy metric {s.metric!r}: use accuracy or neg_loss")
-        mapping = resolve_layer_map(list(mapping), self.student_cfg.n_layers, self.teacher.config.n_layers)
+        mapping = teacher_layer_map(list(mapping), self.teacher.config.n_layers, self.student_cfg.n_layers).to_list()
         self.runs += 1
         torch.manual_seed(s.seed)
         student = TransformerLM(self.student_cfg)
@@ -420,7 +437,8 @@ def layermap_search_run(teacher: str, student: str, *, corpus: str, task_train: 
         value = evaluator(mapping)
         if bar is not None:
             bar.update(1)
-            bar.set_postfix({"map": ",".join(map(str, mapping)), "acc": f"{value:.3f}"}, refresh=False)
+            shown = ",".join("-" if g is None else str(g) for g in mapping)
+            bar.set_postfix({"map": shown, "acc": f"{value:.3f}"}, refresh=False)
         return value
 
     try:

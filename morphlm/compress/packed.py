@@ -459,12 +459,6 @@ def artifact_bytes(run_dir: str | Path) -> int:
     return sum((run_dir / f).stat().st_size for f in (ckpt.MODEL_FILE, ckpt.CONFIG_FILE) if (run_dir / f).exists())
 
 
-def logical_parameters(model: nn.Module) -> int:
-    """Parameters of the model as a float model would count them (packed weights included)."""
-    n = sum(p.numel() for p in model.parameters())
-    return n + sum(m.logical_numel() for m in model.modules() if isinstance(m, _PackedBase))
-
-
 def size_report(fp32_dir: str | Path, packed_dir: str | Path) -> dict[str, Any]:
     """Bytes on disk of a float checkpoint and its quantized export, and the ratios (float ÷ quantized), plus
     the bytes of the quantized weights file taken by weight codes (2-bit packed or int8), scales and

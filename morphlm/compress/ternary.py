@@ -439,5 +439,5 @@ def ternary_distill_config(teacher: nn.Module, student: nn.Module, temperature: 
         raise CompressionError(f"TernaryBERT distils a student of the teacher's own shape, but the teacher has "
                                f"{t.n_layers} layers × {t.d_model} and the student {s.n_layers} × {s.d_model}; "
                                f"ternarize a copy of the teacher")
-    return DistillConfig(stage="full", layer_map=list(range(1, s.n_layers + 1)), projection="none",
+    return DistillConfig(stage="full", layer_map=list(range(s.n_layers)), projection="none",
                          temperature=temperature)

@@ -1,7 +1,7 @@
 """Growth: reuse a trained small model to start a larger one (refs/growth.md).
 
 ``grow(model_or_dir, target_cfg, method="fpi"|"aki"|"stack"|"interpolate"|"msg", **opts)`` is the verb;
-``grow_checkpoint`` is its checkpoint-directory form (``morphlm grow``). ``index_maps`` holds the shared
+``grow_checkpoint`` is its checkpoint-directory form (``morphlm grow``). :mod:`morphlm.surgery` holds the shared
 select/duplicate helpers (also used by extraction), ``width`` the bert2BERT operators, ``depth`` the layer
 maps, MSG masks and optimizer carry-over.
 """
@@ -9,7 +9,8 @@ maps, MSG masks and optimizer carry-over.
 from .api import (METHODS, GrowOutput, available_methods, build_plan, grow, grow_checkpoint, grow_model,
                   masked_growth_from_checkpoint, register_method, resolve_target)
 from .depth import MaskedGrowth, carry_optimizer_state, expand_depth, load_optimizer_state, to_resume_format
-from .index_maps import GrowthError, GrowthPlan, IndexMap, ParamMap, apply_plan, remap
+from ..surgery import IndexMap, ParamMap, SurgeryPlan as GrowthPlan, apply_plan, remap
+from .errors import GrowthError
 from .width import check_growable, width_plan
 
 __all__ = [

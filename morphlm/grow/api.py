@@ -24,7 +24,9 @@ import torch
 from ..model.config import PRESETS, ModelConfig
 from ..model.transformer import TransformerLM
 from .depth import MaskedGrowth, carry_optimizer_state, expand_depth
-from .index_maps import GrowthError, GrowthPlan, apply_plan, compose_depth, first_copies, resolve_layer_map
+from ..surgery import SurgeryPlan as GrowthPlan, apply_plan, compose_depth, first_copies
+from .errors import GrowthError
+from .plans import resolve_layer_map
 from .width import aki_patch, check_growable, width_plan
 
 

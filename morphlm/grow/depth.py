@@ -35,7 +35,8 @@ import torch
 from torch import nn
 
 from ..model.norms import LayerNorm, RMSNorm
-from .index_maps import GrowthError, GrowthPlan, new_entries, remap
+from ..surgery import SurgeryPlan as GrowthPlan, new_entries, remap
+from .errors import GrowthError
 
 
 def expand_depth(state: Mapping[str, torch.Tensor], layer_map: Sequence[int], target_state: Mapping[str, torch.Tensor],

@@ -65,7 +65,8 @@ from ..train import checkpoint as ckpt
 from ..train import flops as flops_mod
 from ..train.loop import evaluate, fit
 from ..train.optim import TrainArgs, resolve_device
-from .index_maps import GrowthError, IndexMap, ParamMap, apply_plan, compose_depth, evenly_spaced_layers
+from ..surgery import IndexMap, ParamMap, apply_plan, compose_depth, evenly_spaced_layers
+from .errors import GrowthError
 
 log = logging.getLogger("morphlm.fpt")
 

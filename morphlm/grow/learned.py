@@ -56,7 +56,8 @@ from ..model.config import ModelConfig
 from ..model.transformer import TransformerLM
 from ..train import flops as flops_mod
 from ..train.loop import TrainArgs, evaluate, fit, model_loss, resolve_device
-from .index_maps import GrowthError, stack_layers
+from ..surgery import stack_layers
+from .errors import GrowthError
 from .width import check_growable
 
 log = logging.getLogger("morphlm.grow")

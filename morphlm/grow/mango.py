@@ -57,7 +57,7 @@ from ..model.config import ModelConfig
 from ..model.transformer import TransformerLM
 from ..train.loop import TrainArgs
 from .api import GrowOutput, register_method
-from .index_maps import GrowthError
+from .errors import GrowthError
 from .learned import (INITS, GrowerBase, _finish, cyclic_map, depth_stack, fit_operator, ligo_grow, norm_has_bias,
                       norm_names, selection)
 

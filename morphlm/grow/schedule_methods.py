@@ -50,7 +50,8 @@ from ..model.config import ModelConfig
 from ..model.transformer import TransformerLM
 from .api import LEARNED_METHODS, available_methods, grow_model
 from .depth import carry_optimizer_state, expand_depth, top_copy_layers
-from .index_maps import GrowthError, interpolate_layers
+from ..surgery import interpolate_layers
+from .errors import GrowthError
 from .schedules import (Stage, _modes_for, forward_view, fresh_model, register_schedule, remap_layers_state,
                         split_steps, view_flops_per_token)
 

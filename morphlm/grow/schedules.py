@@ -57,7 +57,7 @@ from ..train import checkpoint as ckpt
 from ..train import flops as flops_mod
 from ..train.loop import TrainArgs, fit, model_loss
 from .depth import load_optimizer_state
-from .index_maps import GrowthError
+from .errors import GrowthError
 
 log = logging.getLogger("morphlm.grow.schedules")
 

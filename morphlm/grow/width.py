@@ -4,7 +4,7 @@ What grows: ``d_model`` (the residual stream), ``d_ff`` (FFN neurons) and attent
 fixed ``head_dim`` (d_model / n_heads must stay equal; changing head_dim would change RoPE frequencies and
 the 1/√d_head score scale, so it is refused). Grouped-query attention grows query and kv heads together:
 every target query head is a copy of a source query head and sits in a kv group whose kv head copies that
-source head's kv head (:func:`~morphlm.grow.index_maps.gqa_head_maps`).
+source head's kv head (:func:`~morphlm.grow.plans.gqa_head_maps`).
 
 FPI (function-preserving initialisation), with g_D (residual), per-layer g_q / g_kv (heads) and g_F (neurons):
 * embeddings (token, position, segment): out-dimension copy ``E'[:, i] = E[:, g_D(i)]``, no division;
@@ -41,36 +41,15 @@ from __future__ import annotations
 import torch
 
 from ..model.config import ModelConfig
-from .index_maps import GrowthError, IndexMap, ParamMap, gqa_head_maps
+from ..surgery import IndexMap, ParamMap, check_same_family
+from .errors import GrowthError
+from .plans import gqa_head_maps
 
-# fields that must be equal between source and target (growth changes sizes, never the architecture kind)
-SAME_FIELDS = ("vocab_size", "activation", "norm", "norm_placement", "norm_eps", "position", "causal", "head",
-               "bias", "tie_embeddings", "embed_norm", "final_norm", "n_segments")
 GROWABLE = ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_seq_len")
 
 # the weights whose output units AKI takes from the layer above
 AKI_PARAMS = ("attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight", "attn.proj.bias",
               "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias")
-
-
-def check_same_family(ref: ModelConfig, other: ModelConfig, error: type[ValueError], *, ref_name: str,
-                      other_name: str, verb: str) -> None:
-    """The checks growth and extraction share: ``other`` may differ from ``ref`` in sizes only (same vocabulary,
-    architecture fields, RoPE base and class count). Raises ``error`` naming the field and the fix."""
-    if ref.vocab_size != other.vocab_size:
-        raise error(
-            f"the {ref_name}'s vocabulary has {ref.vocab_size} tokens but the {other_name}'s vocab_size is "
-            f"{other.vocab_size}; the {other_name} keeps the {ref_name}'s tokenizer, so set "
-            f"vocab_size={ref.vocab_size} in the {other_name} config")
-    for key in SAME_FIELDS:
-        a, b = getattr(ref, key), getattr(other, key)
-        if a != b:
-            raise error(f"{ref_name} and {other_name} differ in {key} ({a!r} vs {b!r}); {verb} changes sizes only, "
-                        f"so set {key}={a!r} in the {other_name} config")
-    if ref.position == "rope" and ref.rope_theta != other.rope_theta:
-        raise error(f"rope_theta differs ({ref.rope_theta} vs {other.rope_theta}); keep the {ref_name}'s")
-    if ref.head == "cls" and ref.n_classes != other.n_classes:
-        raise error(f"n_classes differs ({ref.n_classes} vs {other.n_classes}); keep the {ref_name}'s")
 
 
 def check_growable(src: ModelConfig, tgt: ModelConfig) -> None:

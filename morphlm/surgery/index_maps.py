@@ -2,14 +2,15 @@
 
 An :class:`IndexMap` describes one axis of a target tensor (rows, columns, heads, neurons): target unit
 ``i`` comes from source unit ``g(i)``, or from nowhere (``g(i) = -1``: a *fresh* unit whose value is taken
-from a freshly initialised tensor). This is bert2BERT's ``g`` (Chen et al., ACL 2022, refs/growth.md §1):
+from a freshly initialised tensor). This is bert2BERT's ``g`` (Chen et al., ACL 2022, arXiv 2110.07143, §3):
 
     in-dimension:  Ũ[:, i] = W[:, g_in(i)] / C_{g_in(i)},   C_x = |{i' : g_in(i') = x}|
     out-dimension: U[j, :] = Ũ[g_out(j), :]
 
 (torch's ``(out, in)`` weight layout: rows are outputs). Growth uses maps with ``n_target >= n_source``
 that contain every source unit; extraction (e.g. Extract-then-Distill) uses maps that *select* a subset
-(``IndexMap.select``), with no count normalisation.
+(``IndexMap.select``), with no count normalisation. "Source" is the model whose tensors are read (a growth
+source, an extraction teacher), "target" the model being built.
 
 API
 ---
@@ -31,24 +32,21 @@ API
 ``new_entries(maps, shape)``                 bool mask of entries that are not an original source entry
 ``ParamMap(source, maps, divide)``           recipe of one target tensor from one source tensor
 ``apply_plan(plan, source_state, fresh)``    run the recipes → a target state dict
-``GrowthPlan``                               per-parameter recipes + the layer map (what optimizer carry-over
+``SurgeryPlan``                              per-parameter recipes + the layer map (what optimizer carry-over
                                              and masked growth need to know)
-``gqa_head_maps(h, hkv, H, Hkv, gen)``       query/kv head maps that keep every query head with its kv group
-Depth: ``stack_layers``, ``interpolate_layers``, ``evenly_spaced_layers``, ``resolve_layer_map``,
-``first_copies``, ``compose_depth``.
+``compose_depth(width_plan, layer_map)``     recipes over source layers + a layer map → recipes over target layers
+``first_copies(layer_map)``                  which target layers are the first copy of their source layer
+Layer maps themselves (one type, one convention, one parser) are :mod:`morphlm.surgery.layers`.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import torch
 
-
-class GrowthError(ValueError):
-    """A growth (or extraction) request that cannot be carried out; the message says why and what to do."""
+from .errors import SurgeryError
 
 
 def _perm(n: int, generator: torch.Generator | None) -> list[int]:
@@ -75,7 +73,7 @@ class IndexMap:
     @classmethod
     def grow(cls, n_source: int, n_target: int, generator: torch.Generator | None = None) -> "IndexMap":
         if n_target < n_source:
-            raise GrowthError(f"cannot grow an axis of {n_source} units to {n_target}; use IndexMap.select to shrink")
+            raise SurgeryError(f"cannot grow an axis of {n_source} units to {n_target}; use IndexMap.select to shrink")
         extra: list[int] = []
         while len(extra) < n_target - n_source:
             extra.extend(_perm(n_source, generator))
@@ -84,7 +82,7 @@ class IndexMap:
     @classmethod
     def extend(cls, n_source: int, n_target: int) -> "IndexMap":
         if n_target < n_source:
-            raise GrowthError(f"cannot extend an axis of {n_source} units to {n_target}")
+            raise SurgeryError(f"cannot extend an axis of {n_source} units to {n_target}")
         return cls(torch.cat([torch.arange(n_source), torch.full((n_target - n_source,), -1)]), n_source)
 
     @classmethod
@@ -209,12 +207,14 @@ class ParamMap:
 
 
 @dataclass
-class GrowthPlan:
-    """How every target parameter derives from the source model (width maps composed with a layer map)."""
+class SurgeryPlan:
+    """How every target parameter derives from the source model (width maps composed with a layer map).
+
+    ``new_layers``: target layers that are not the first copy of their source layer (growth duplicates)."""
 
     params: dict[str, ParamMap]
     layer_map: list[int]
-    new_layers: list[int] = field(default_factory=list)  # target layers that are not a source layer's first copy
+    new_layers: list[int] = field(default_factory=list)
 
 
 def apply_plan(plan: Mapping[str, ParamMap], source_state: Mapping[str, torch.Tensor],
@@ -233,78 +233,7 @@ def apply_plan(plan: Mapping[str, ParamMap], source_state: Mapping[str, torch.Te
     return out
 
 
-# ---------------------------------------------------------------------------- attention heads
-def gqa_head_maps(h: int, hkv: int, H: int, Hkv: int,
-                  generator: torch.Generator | None = None) -> tuple[IndexMap, IndexMap]:
-    """(query-head map H → h, kv-head map Hkv → hkv) such that every target query head attends with a copy
-    of its source query head's kv head, and every source query head appears at least once.
-
-    A source kv group s (its ``h/hkv`` query heads) is given ``ceil((h/hkv) / (H/Hkv))`` target groups (adjacent)
-    plus, balanced, any spare target groups; its query heads fill those groups' slots first in order, then
-    uniformly sampled (balanced) heads of the same group. Plain multi-head attention is the case hkv = h.
-    """
-    rep, R = h // hkv, H // Hkv
-    need = max(1, math.ceil(rep / R))
-    if hkv * need > Hkv:
-        raise GrowthError(
-            f"cannot grow attention from {h} query / {hkv} kv heads to {H} / {Hkv}: each of the {hkv} kv groups "
-            f"holds {rep} query heads and needs {need} target kv heads of {R} query heads, i.e. n_kv_heads >= "
-            f"{hkv * need}; raise n_kv_heads or keep n_heads/n_kv_heads <= {rep} x more heads per group")
-    kv = [s for s in range(hkv) for _ in range(need)]
-    spare: list[int] = []
-    while len(spare) < Hkv - len(kv):
-        spare.extend(_perm(hkv, generator))
-    kv += spare[: Hkv - len(kv)]
-    q = [0] * H
-    for s in range(hkv):
-        slots = [t * R + r for t, v in enumerate(kv) if v == s for r in range(R)]
-        heads = list(range(s * rep, (s + 1) * rep))
-        while len(heads) < len(slots):
-            heads.extend(s * rep + r for r in _perm(rep, generator))
-        for slot, head in zip(slots, heads):
-            q[slot] = head
-    return IndexMap.select(q, h), IndexMap.select(kv, hkv)
-
-
 # ---------------------------------------------------------------------------- depth
-def stack_layers(n_source: int, n_target: int) -> list[int]:
-    """StackBERT: target layer l copies source layer l mod L (0 1 … L-1 0 1 …)."""
-    return [i % n_source for i in range(n_target)]
-
-
-def interpolate_layers(n_source: int, n_target: int) -> list[int]:
-    """Interpolation: every source layer repeated in place (0 0 1 1 …): target l copies ⌊l·L/L'⌋."""
-    return [i * n_source // n_target for i in range(n_target)]
-
-
-def evenly_spaced_layers(n_source: int, n_keep: int) -> list[int]:
-    """Extraction: keep ``n_keep`` evenly spaced layers, always the last (⌊(i+1)·L/k⌋ - 1)."""
-    if not 0 < n_keep <= n_source:
-        raise GrowthError(f"cannot keep {n_keep} of {n_source} layers")
-    return [(i + 1) * n_source // n_keep - 1 for i in range(n_keep)]
-
-
-def resolve_layer_map(spec: str | Sequence[int] | None, n_source: int, n_target: int) -> list[int]:
-    """'stack' | 'interpolate' | an explicit list (or '0,0,1,1') → a validated layer map of length n_target."""
-    if spec is None or spec == "stack":
-        return stack_layers(n_source, n_target)
-    if spec == "interpolate":
-        return interpolate_layers(n_source, n_target)
-    if isinstance(spec, str):
-        try:
-            spec = [int(x) for x in spec.split(",") if x.strip()]
-        except ValueError:
-            raise GrowthError(f"layer map {spec!r}: use stack, interpolate or comma-separated source layer "
-                              f"indices such as 0,0,1,1") from None
-    layers = [int(x) for x in spec]
-    if len(layers) != n_target:
-        raise GrowthError(f"layer map {layers} has {len(layers)} entries; the target has {n_target} layers")
-    bad = [x for x in layers if not 0 <= x < n_source]
-    if bad:
-        raise GrowthError(f"layer map {layers} names source layers {bad}; the source has layers 0..{n_source - 1}")
-    return layers
-
-
 def first_copies(layer_map: Sequence[int]) -> list[bool]:
     """True at the first target position of each source layer (the 'old' layers), False at later copies."""
     seen: set[int] = set()
@@ -316,7 +245,7 @@ def first_copies(layer_map: Sequence[int]) -> list[bool]:
 
 
 def compose_depth(width_plan: Mapping[str, ParamMap], layer_map: Sequence[int], fresh_layers: Sequence[int] = (),
-                  prefix: str = "blocks.") -> GrowthPlan:
+                  prefix: str = "blocks.") -> SurgeryPlan:
     """Plan over source layers (width maps) + layer map → plan over the target layers.
 
     Target ``blocks.k.X`` takes the recipe of ``blocks.{layer_map[k]}.X``; layers in ``fresh_layers`` are
@@ -334,4 +263,4 @@ def compose_depth(width_plan: Mapping[str, ParamMap], layer_map: Sequence[int], 
         for rest, pm in per_layer[s].items():
             params[f"{prefix}{k}.{rest}"] = ParamMap(None) if k in fresh_layers else pm
     firsts = first_copies(layer_map)
-    return GrowthPlan(params, list(layer_map), [k for k, first in enumerate(firsts) if not first])
+    return SurgeryPlan(params, list(layer_map), [k for k, first in enumerate(firsts) if not first])

@@ -1,0 +1,337 @@
+"""TinyBERT-style knowledge distillation losses (+ their learnable projections) for the one training loop.
+
+TinyBERT (Jiao et al. 2020, arXiv 1909.10351, §3.1 eq. 7-11) distils a teacher of
+N layers into a student of M layers through a layer mapping n = g(m):
+
+    L = Σ_m λ_m · L_layer(S_m, T_g(m))
+    L_embd = MSE(E^S W_e, E^T)                     (m = 0: embedding outputs)
+    L_attn = (1/h) Σ_i MSE(A_i^S, A_i^T)           (1 ≤ m ≤ M: pre-softmax scores q·kᵀ/√d_k)
+    L_hidn = MSE(H^S W_h, H^T)                     (1 ≤ m ≤ M: block outputs)
+    L_pred = −Σ_c softmax(z^T/t)_c · log softmax(z^S/t)_c   (m = M+1: logits)
+
+The teacher and the student talk only through the model output contract (:class:`ModelOutput`: ``logits``,
+``hidden_states`` = embeddings + every block, ``attentions`` = raw pre-softmax scores per block), so any
+module honouring it — a native model, or one imported from Hugging Face through :mod:`morphlm.interop` —
+can be a teacher. :class:`DistillLoss` is called as ``loss_fn(model, batch) -> (loss, metrics)`` by
+:func:`morphlm.train.loop.fit`; its learnable projections W_e/W_h are handed to ``fit(aux_modules=...)`` so
+fit's optimizer trains them and the run's ``state/`` stores them (exact resume).
+
+Reduction and temperature convention (ONE for every stage; differs from some toolkits, see below)
+---------------------------------------------------------------------------------------------------
+* Valid positions: token t of row b is valid when ``attention_mask[b, t] == 1`` (all tokens without a
+  mask). An attention entry (b, i, j) is valid when query i and key j are both valid and, if either model
+  is causal, j ≤ i. Padded or future entries never enter a loss (no −inf, no zero-filled entries).
+* Every MSE term is the **mean over valid elements** of one mapped layer: attention over (batch, heads,
+  valid i, valid j); hidden/embedding over (valid tokens, teacher width). Terms of different mapped layers
+  are **summed** (as in TinyBERT's code). Heads: equal head counts are matched one to one (the 1/h Σ_i of
+  eq. 9 is the mean over heads); if the teacher has k·h_S heads, each student head is matched to the mean
+  of k consecutive teacher heads; otherwise both sides are averaged over all heads (a reconstruction —
+  TinyBERT assumes equal head counts).
+* Prediction: ``L_pred = t² · mean_rows Σ_c −p_T(c)·log p_S(c)`` with p = softmax(z/t). Rows are
+  examples (classification logits (B, C)) or valid token positions (LM logits (B, T, V)). The t² factor
+  (Hinton et al. 2015) keeps gradient magnitudes independent of t; at t = 1 this is exactly the paper's
+  eq. 11 averaged over the batch. TinyBERT's code averages over classes as well (our value / C), and
+  TextBrewer omits t²; DistilBERT uses t²·KL (= ours minus the teacher's entropy, same gradient).
+* Hard labels (``hard_label_weight``): plain cross entropy of the student on the gold labels, mean over
+  labelled rows.
+* Total = Σ weight · term; the metrics report every term before weighting.
+
+Stages (``DistillConfig.stage``)
+--------------------------------
+``general`` (task-agnostic, on unlabelled text: emb + att + hid), ``intermediate`` (task stage a, same
+losses on task data), ``prediction`` (task stage b: soft CE only), ``logit`` (plain Hinton logit
+distillation: soft CE + hard-label CE, the KD baseline), ``full`` (emb + att + hid + pred in one loss,
+TernaryBERT's distillation-aware training).
+
+Layer maps (``DistillConfig.layer_map``) are :class:`morphlm.surgery.LayerMap` s, the one convention of
+every verb: one **0-based** teacher block per student block (``None``, or ``-`` in a string, = this student
+block gets no intermediate supervision), e.g. ``"1,3,5"`` pairs student blocks 0,1,2 with teacher blocks 1,3,5;
+or ``uniform`` (g(m) = ⌊(m+1)·N/M⌋ - 1, TinyBERT's g(m) = 3m for 4 of 12 → 2,5,8,11), ``top`` (the last M
+teacher blocks) or ``bottom`` (the first M). Student block m, mapped to teacher block g, compares
+``hidden_states[m + 1]`` with the teacher's ``hidden_states[g + 1]`` and ``attentions[m]`` with ``attentions[g]``.
+The embedding loss always maps student embeddings to teacher embeddings.
+
+The orchestration (``distill()`` through fit, the ``morphlm distill`` stages) is :mod:`morphlm.compress.distill`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..surgery import LayerMap, is_monotone, parse_layer_map
+from .errors import CompressionError, StrictConfig
+
+__all__ = [
+    "STAGES", "PROJECTIONS", "DistillConfig", "DistillLoss", "teacher_layer_map", "is_monotone", "attention_mse",
+    "hidden_mse", "soft_cross_entropy", "distill_flops_per_token", "check_compatible",
+]
+
+STAGES = ("general", "intermediate", "prediction", "logit", "full")
+_TERMS = {
+    "general": ("emb", "att", "hid"),
+    "intermediate": ("emb", "att", "hid"),
+    "prediction": ("pred",),
+    "logit": ("pred", "hard"),
+    "full": ("emb", "att", "hid", "pred"),
+}
+PROJECTIONS = ("shared", "per_layer", "none")
+
+
+# ---------------------------------------------------------------------------------------------- layer maps
+def teacher_layer_map(spec: str | Sequence[int | None] | LayerMap | None, n_teacher: int, n_student: int, *,
+                      monotone: bool = False) -> LayerMap:
+    """A distillation layer map — ``uniform`` (default) | ``top`` | ``bottom`` | 0-based teacher blocks per
+    student block (``"1,3,5"``, ``None``/``-`` = unsupervised) — as a validated :class:`~morphlm.surgery.LayerMap`."""
+    return parse_layer_map(spec, n_teacher, n_student, names=("uniform", "top", "bottom"), default="uniform",
+                           allow_gaps=True, monotone=monotone, roles=("teacher", "student"), error=CompressionError)
+
+
+# ---------------------------------------------------------------------------------------------- config
+@dataclass
+class DistillConfig(StrictConfig):
+    """What to distil and how. ``None`` weights take the stage's defaults (1 for its terms, else 0)."""
+
+    stage: str = "general"
+    layer_map: str | list[int | None] = "uniform"  # a LayerMap form (0-based teacher blocks), see the docstring
+    temperature: float = 1.0
+    emb_weight: float | None = None
+    att_weight: float | None = None
+    hid_weight: float | None = None
+    pred_weight: float | None = None
+    hard_label_weight: float | None = None  # None -> 1 for stage 'logit', else 0
+    projection: str = "shared"  # shared (TinyBERT code: one fit_dense for all) | per_layer | none
+    monotone: bool = False  # require a non-decreasing layer map
+    freeze_embeddings: bool = False  # LightMBERT: the student's embedding layer is not trained
+    teacher_path: str | None = None  # informational (lineage)
+
+    def __post_init__(self) -> None:
+        if self.layer_map is not None and not isinstance(self.layer_map, str):
+            self.layer_map = list(self.layer_map)  # a LayerMap / tuple → a plain list: to_dict() stays JSON-ready
+
+    def validate(self) -> None:
+        if self.stage not in STAGES:
+            raise CompressionError(f"unknown distillation stage {self.stage!r}; choose one of {STAGES}")
+        if not (isinstance(self.temperature, (int, float)) and self.temperature > 0):
+            raise CompressionError(f"temperature={self.temperature!r} must be > 0 (1 = TinyBERT, 2-4 for "
+                                   f"Hinton-style logit distillation)")
+        if self.projection not in PROJECTIONS:
+            raise CompressionError(f"projection={self.projection!r}; choose one of {PROJECTIONS}")
+        for name in ("emb", "att", "hid", "pred", "hard_label"):
+            w = getattr(self, f"{name}_weight")
+            if w is not None and (not isinstance(w, (int, float)) or w < 0):
+                raise CompressionError(f"{name}_weight={w!r} must be a number >= 0")
+        if all(v == 0 for v in self.weights().values()):
+            raise CompressionError(f"stage {self.stage!r} with these weights has no loss term left; "
+                                   f"give at least one positive weight")
+
+    def weights(self) -> dict[str, float]:
+        """Effective weight of every term: emb, att, hid, pred, hard."""
+        on = _TERMS[self.stage]
+        out = {}
+        for term, attr in (("emb", "emb_weight"), ("att", "att_weight"), ("hid", "hid_weight"),
+                           ("pred", "pred_weight"), ("hard", "hard_label_weight")):
+            w = getattr(self, attr)
+            out[term] = float(w) if w is not None else (1.0 if term in on else 0.0)
+        return out
+
+
+# ---------------------------------------------------------------------------------------------- loss terms
+def _valid_tokens(attention_mask: torch.Tensor | None, B: int, T: int, device) -> torch.Tensor:
+    if attention_mask is None:
+        return torch.ones(B, T, dtype=torch.bool, device=device)
+    return attention_mask.bool()
+
+
+def attention_mse(s: torch.Tensor, t: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                  causal: bool = False) -> torch.Tensor:
+    """MSE of pre-softmax attention scores, mean over valid (batch, head, query, key) entries.
+
+    s: (B, Hs, T, T); t: (B, Ht, T, T). Head counts: equal → one to one; Ht = k·Hs → each student head
+    against the mean of k consecutive teacher heads; otherwise both averaged over heads (reconstruction)."""
+    B, Hs, T, _ = s.shape
+    Ht = t.shape[1]
+    t = t.to(s.dtype)
+    if Ht != Hs:
+        if Ht % Hs == 0:
+            t = t.view(B, Hs, Ht // Hs, T, T).mean(dim=2)  # (B, Hs, T, T)
+        else:
+            s, t = s.mean(dim=1, keepdim=True), t.mean(dim=1, keepdim=True)  # (B, 1, T, T)
+    valid = _valid_tokens(attention_mask, B, T, s.device)
+    pair = valid[:, :, None] & valid[:, None, :]  # (B, T, T) query i valid & key j valid
+    if causal:
+        pair = pair & torch.ones(T, T, dtype=torch.bool, device=s.device).tril()
+    pair = pair[:, None].expand_as(s)  # (B, H, T, T)
+    diff = (s - t).masked_select(pair)
+    return (diff * diff).mean() if diff.numel() else s.sum() * 0.0
+
+
+def hidden_mse(s: torch.Tensor, t: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """MSE of (already projected) hidden states (B, T, D), mean over valid tokens × D."""
+    B, T, D = t.shape
+    valid = _valid_tokens(attention_mask, B, T, s.device)  # (B, T)
+    diff = (s - t.to(s.dtype))[valid]  # (n_valid, D)
+    return (diff * diff).mean() if diff.numel() else s.sum() * 0.0
+
+
+def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0,
+                       attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """t² · mean over rows of Σ_c −softmax(z_T/t)_c · log softmax(z_S/t)_c (module docstring).
+
+    Logits (B, C) → rows are examples; (B, T, V) → rows are valid token positions."""
+    s = student_logits.float() / temperature
+    t = teacher_logits.float() / temperature
+    ce = -(t.softmax(dim=-1) * s.log_softmax(dim=-1)).sum(dim=-1)  # (B,) or (B, T)
+    if ce.dim() == 2 and attention_mask is not None:
+        ce = ce[attention_mask.bool()]
+    return ce.mean() * (temperature ** 2)
+
+
+# ---------------------------------------------------------------------------------------------- the loss
+def _cfg_of(model: nn.Module):
+    cfg = getattr(model, "config", None)
+    if cfg is None:
+        raise CompressionError(f"{type(model).__name__} has no .config; distillation needs models with a "
+                               f"ModelConfig-like config (vocab_size, d_model, n_layers, n_heads); import "
+                               f"Hugging Face models through morphlm.interop first")
+    return cfg
+
+
+def check_compatible(teacher_cfg, student_cfg, stage: str) -> None:
+    """Teacher and student must read the same token ids; prediction losses need equal output sizes."""
+    if teacher_cfg.vocab_size != student_cfg.vocab_size:
+        raise CompressionError(
+            f"teacher vocab_size {teacher_cfg.vocab_size} != student vocab_size {student_cfg.vocab_size}: they "
+            f"must share one tokenizer; build the student with vocab_size={teacher_cfg.vocab_size} (and the "
+            f"teacher's tokenizer.json)")
+    if stage in ("prediction", "logit", "full"):
+        if teacher_cfg.head != student_cfg.head:
+            raise CompressionError(f"prediction-layer distillation needs the same head on both sides (teacher "
+                                   f"{teacher_cfg.head!r}, student {student_cfg.head!r}); give the student "
+                                   f"head={teacher_cfg.head!r}")
+        if teacher_cfg.head == "cls" and teacher_cfg.n_classes != student_cfg.n_classes:
+            raise CompressionError(f"teacher has {teacher_cfg.n_classes} classes, student {student_cfg.n_classes}; "
+                                   f"give the student n_classes={teacher_cfg.n_classes}")
+
+
+class DistillLoss(nn.Module):
+    """``loss_fn(student, batch) -> (loss, metrics)`` for :func:`fit`; holds the learnable projections.
+
+    The teacher is stored unregistered (``self.teacher``): ``parameters()``/``state_dict()`` hold only the
+    projections, so passing this module as ``fit(aux_modules=...)`` trains and saves exactly those. The
+    teacher is run in eval mode without gradients and moved to the batch's device on first use."""
+
+    def __init__(self, teacher: nn.Module, student_config, cfg: DistillConfig | None = None) -> None:
+        super().__init__()
+        cfg = cfg or DistillConfig()
+        cfg.validate()
+        tcfg = _cfg_of(teacher)
+        check_compatible(tcfg, student_config, cfg.stage)
+        self.cfg = cfg
+        self.__dict__["teacher"] = teacher  # not a submodule: never trained, never saved with the aux state
+        self.teacher_config = tcfg
+        self.student_config = student_config
+        self.w = cfg.weights()
+        self.layer_map = teacher_layer_map(cfg.layer_map, tcfg.n_layers, student_config.n_layers,
+                                           monotone=cfg.monotone)
+        self.causal = bool(getattr(tcfg, "causal", False) or getattr(student_config, "causal", False))
+        self.needs_hidden = self.w["emb"] > 0 or self.w["hid"] > 0
+        self.needs_att = self.w["att"] > 0
+        ds, dt = student_config.d_model, tcfg.d_model
+        self.proj = nn.ModuleDict()
+        if self.needs_hidden:
+            if cfg.projection == "none":
+                if ds != dt:
+                    raise CompressionError(f"projection='none' needs equal widths (student {ds}, teacher {dt}); "
+                                           f"use projection='shared'")
+            elif cfg.projection == "shared":
+                self.proj["shared"] = self._make_proj(ds, dt)
+            else:
+                if self.w["emb"] > 0:
+                    self.proj["emb"] = self._make_proj(ds, dt)
+                if self.w["hid"] > 0:
+                    for m, g in enumerate(self.layer_map, start=1):  # keys layer1..layerM (saved state)
+                        if g is not None:
+                            self.proj[f"layer{m}"] = self._make_proj(ds, dt)
+
+    @staticmethod
+    def _make_proj(ds: int, dt: int) -> nn.Linear:
+        lin = nn.Linear(ds, dt)
+        if ds == dt:  # equal widths: start at the identity, so an identical student has zero loss
+            with torch.no_grad():
+                lin.weight.copy_(torch.eye(dt))
+                lin.bias.zero_()
+        return lin
+
+    def project(self, h: torch.Tensor, key: str) -> torch.Tensor:
+        if self.cfg.projection == "none":
+            return h
+        return self.proj["shared" if self.cfg.projection == "shared" else key](h)
+
+    def _teacher_forward(self, inputs: dict[str, torch.Tensor]):
+        teacher = self.teacher
+        dev = inputs["input_ids"].device
+        p = next(teacher.parameters(), None)
+        if p is not None and p.device != dev:
+            teacher.to(dev)
+        if teacher.training:
+            teacher.eval()
+        with torch.no_grad():
+            return teacher(**inputs, output_hidden_states=self.needs_hidden, output_attentions=self.needs_att)
+
+    def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]):
+        w = self.w
+        inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        mask = batch.get("attention_mask")
+        labels = batch.get("labels")
+        s_out = model(**inputs, output_hidden_states=self.needs_hidden, output_attentions=self.needs_att)
+        t_out = self._teacher_forward(inputs)
+        terms: dict[str, torch.Tensor] = {}
+        if w["emb"] > 0:
+            terms["emb"] = hidden_mse(self.project(s_out.hidden_states[0], "emb"), t_out.hidden_states[0], mask)
+        if w["att"] > 0 or w["hid"] > 0:
+            att = hid = None
+            for m, g in enumerate(self.layer_map):  # student block m ↔ teacher block g (0-based)
+                if g is None:
+                    continue
+                if w["att"] > 0:
+                    a = attention_mse(s_out.attentions[m], t_out.attentions[g], mask, self.causal)
+                    att = a if att is None else att + a
+                if w["hid"] > 0:
+                    h = hidden_mse(self.project(s_out.hidden_states[m + 1], f"layer{m + 1}"),
+                                   t_out.hidden_states[g + 1], mask)
+                    hid = h if hid is None else hid + h
+            zero = s_out.logits.sum() * 0.0
+            if w["att"] > 0:
+                terms["att"] = att if att is not None else zero
+            if w["hid"] > 0:
+                terms["hid"] = hid if hid is not None else zero
+        if w["pred"] > 0:
+            pmask = mask if s_out.logits.dim() == 3 else None
+            terms["pred"] = soft_cross_entropy(s_out.logits, t_out.logits, self.cfg.temperature, pmask)
+        if w["hard"] > 0:
+            if labels is None:
+                raise CompressionError("hard_label_weight > 0 needs batches with labels (a labelled task or an "
+                                       "MLM/LM batch); set hard_label_weight=0 for unlabelled text")
+            logits = s_out.logits.float()
+            terms["hard"] = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100)
+        loss = sum(w[k] * v for k, v in terms.items())
+        metrics = {f"loss_{k}": v.detach() for k, v in terms.items()}
+        if labels is not None and s_out.logits.dim() == 2:
+            metrics["accuracy"] = (s_out.logits.argmax(-1) == labels).float().mean()
+        return loss, metrics
+
+
+# ---------------------------------------------------------------------------------------------- flops
+def distill_flops_per_token(student_cfg, teacher_cfg, seq_len: int, n_projections: int = 0) -> float:
+    """Training FLOPs per token of a distillation step on the one ruler (train/flops.py): the student's
+    training cost + the teacher's forward cost + 6·d_S·d_T per projected layer (a matmul weight)."""
+    from ..train import flops
+
+    proj = 6.0 * student_cfg.d_model * teacher_cfg.d_model * n_projections
+    return (flops.training_flops_per_token(student_cfg, seq_len) + flops.forward_flops_per_token(teacher_cfg, seq_len)
+            + proj)
