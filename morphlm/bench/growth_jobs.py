@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .growth_config import ARMS, SCHEMA_VERSION, Arm, BenchError, GrowthBenchConfig
-from .runner import BenchInterrupted, ResultCache, check_fit
+from .runner import BenchInterrupted, ResultCache, check_fit, stop_requested
 
 
 def _hash(obj: Any) -> str:
@@ -229,7 +229,6 @@ def _jsonable(x: Any) -> Any:
         return repr(x)
 
 
-
 def job(payload: dict[str, Any]) -> dict[str, Any]:
     """Worker entry point (:func:`morphlm.bench.runner.run_jobs`): one source pretraining or one (arm, seed) run,
     from plain data. A run cut short by a stop reports ``interrupted`` (it was not cached)."""
@@ -246,6 +245,9 @@ def job(payload: dict[str, Any]) -> dict[str, Any]:
     except BenchInterrupted as exc:
         return {"ok": False, "interrupted": True, "error": str(exc), "name": payload["name"], "seed": payload["seed"]}
     except Exception as exc:  # reported by the parent with the job's name
+        if stop_requested():  # broken by the stop itself: an interruption, not a failure to record
+            return {"ok": False, "interrupted": True, "error": f"{type(exc).__name__}: {exc}",
+                    "name": payload["name"], "seed": payload["seed"]}
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc(),
                 "name": payload["name"], "seed": payload["seed"]}
 
