@@ -23,7 +23,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 bench-throughput: $(STAMP)
-	$(PY) benchmarks/throughput.py
+	$(VENV)/bin/morphlm bench throughput
 
 clean-venv:
 	rm -rf $(VENV)

@@ -7,10 +7,14 @@ import pytest
 
 @pytest.fixture
 def shared_data() -> Path:
-    """The benchmark data folder ``../shared/data`` next to the repository, or skip."""
-    path = Path(__file__).parents[1].parent / "shared" / "data"
+    """The benchmark data folder (:func:`morphlm.data.paths.data_dir`: ``$MORPHLM_DATA``, default
+    ``../shared/data`` next to the repository), or skip saying how to provide it."""
+    from morphlm.data.paths import DATA_ENV, data_dir
+
+    path = data_dir()
     if not path.is_dir():
-        pytest.skip("../shared/data not present")
+        pytest.skip(f"no data folder at {path}: set {DATA_ENV} to the folder that holds glue-sst2/, wikitext-2/ "
+                    f"and gutenberg/")
     return path
 
 

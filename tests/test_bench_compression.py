@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from morphlm.bench import compression as bc
+from morphlm.bench import compression_context, compression_teacher
 from morphlm.compress.errors import CompressionError
 
 
@@ -85,8 +86,9 @@ def _tiny(tmp_path, shared_data, monkeypatch, arms, **kw):
 
 
 def test_end_to_end_tiny_run_writes_valid_json_and_reuses_cache(tmp_path, shared_data, monkeypatch):
-    real_optional = bc._optional
-    monkeypatch.setattr(bc, "_optional", lambda m: None if m == "quantize" else real_optional(m))
+    real_optional = compression_context.optional_module
+    monkeypatch.setattr(compression_context, "optional_module",
+                        lambda m: None if m == "quantize" else real_optional(m))
     _tiny(tmp_path, shared_data, monkeypatch, ["scratch", "kd", "int8"])
     path = tmp_path / "res" / "c.json"
     data = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
@@ -112,7 +114,8 @@ def test_end_to_end_tiny_run_writes_valid_json_and_reuses_cache(tmp_path, shared
     def boom(*a, **k):
         raise AssertionError("retrained although cached")
 
-    monkeypatch.setattr(bc, "fit", boom)
+    monkeypatch.setattr(compression_teacher, "fit", boom)  # the teacher pipeline's
+    monkeypatch.setattr(compression_context, "fit", boom)  # the arms'
     monkeypatch.setitem(bc.ARMS, "scratch", boom)
     again = _tiny(tmp_path, shared_data, monkeypatch, ["scratch"])
     assert again["arms"]["scratch"]["status"] == "ok"
@@ -135,9 +138,9 @@ def test_ctrl_c_mid_arm_stops_the_run_and_the_rerun_continues(tmp_path, shared_d
 
     def two_fits(ctx, seed):
         model = ctx.new_student(seed)
-        args = bc._args(ctx.sizes, 6, 1e-3, seed, progress=False)
-        first = bc.fit(model, bc._cls_loss, ctx.data(seed), args, callbacks=[CtrlC()])
-        second = bc.fit(model, bc._cls_loss, ctx.data(seed), args)
+        args = bc.train_args(ctx.sizes, 6, 1e-3, seed, progress=False)
+        first = bc.fit(model, bc.cls_loss, ctx.data(seed), args, callbacks=[CtrlC()])
+        second = bc.fit(model, bc.cls_loss, ctx.data(seed), args)
         seen.append((first.interrupted, second.steps))
         return {"dev_acc": 0.5}
 
@@ -306,17 +309,17 @@ def test_a_stop_request_is_never_cached(tmp_path):
     from types import SimpleNamespace
 
     ctx = SimpleNamespace(cdir=tmp_path)
-    with bc._STOP:
-        assert bc._cached_arm(ctx, "kd", 0, lambda: {"dev_acc": 0.5}) == {"dev_acc": 0.5}
-        bc._STOP.requested = True  # what fit()'s signal handler does inside the run's scope
+    with bc.STOP:
+        assert bc.Context.cached_arm(ctx, "kd", 0, lambda: {"dev_acc": 0.5}) == {"dev_acc": 0.5}
+        bc.STOP.requested = True  # what fit()'s signal handler does inside the run's scope
         with pytest.raises(bc.BenchInterrupted, match="not cached"):
-            bc._cached_arm(ctx, "kd", 1, lambda: {"dev_acc": 0.1})
+            bc.Context.cached_arm(ctx, "kd", 1, lambda: {"dev_acc": 0.1})
         with pytest.raises(bc.BenchInterrupted, match="layer-map search"):
-            bc._check_stop("the layer-map search")
+            bc.check_stop("the layer-map search")
     assert (tmp_path / "kd-s0.json").is_file() and not (tmp_path / "kd-s1.json").exists()
-    with bc._STOP:  # the next run starts clean
-        assert not bc._STOP.requested
-        bc._check_stop("anything")
+    with bc.STOP:  # the next run starts clean
+        assert not bc.STOP.requested
+        bc.check_stop("anything")
 
 
 def test_ternary_reference_shape_size_is_measured_from_real_artifacts(tmp_path):
@@ -331,7 +334,7 @@ def test_ternary_reference_shape_size_is_measured_from_real_artifacts(tmp_path):
     shape = dict(vocab_size=512, d_model=64, n_layers=2, n_heads=2, d_ff=256, max_seq_len=64)
     ctx = SimpleNamespace(sizes=dataclasses.replace(bc.TEST, ternary_reference_shape=shape), cdir=tmp_path,
                           teacher=TransformerLM(cfg))
-    res = bc._ternary_reference_size(ctx)
+    res = bc.ternary_reference_size(ctx)
     n = res["params"]
     assert res["fp32_bytes"] > 4 * n  # fp32 weights plus header and config
     # 2 bits per ternary weight, so the packed form is far below fp32 but above n/4 bytes
@@ -339,6 +342,6 @@ def test_ternary_reference_shape_size_is_measured_from_real_artifacts(tmp_path):
     assert n // 5 < res["packed_bytes_base3_fp32_rest"] < res["packed_bytes_fp32_rest"]  # 1.6 bits per weight
     assert res["size_ratio_fp32_rest"] == pytest.approx(res["fp32_bytes"] / res["packed_bytes_fp32_rest"])
     assert not (tmp_path / "artifacts" / "reference-shape").exists()
-    assert bc._ternary_reference_size(ctx) == res  # cached
+    assert bc.ternary_reference_size(ctx) == res  # cached
     ctx.sizes = dataclasses.replace(bc.TEST, ternary_reference_shape=None)
-    assert bc._ternary_reference_size(ctx) is None
+    assert bc.ternary_reference_size(ctx) is None

@@ -158,6 +158,41 @@ def test_end_to_end_json_plot_and_cache_reuse(tmp_path, monkeypatch):
     assert res2["methods"]["stack"]["per_seed"] == res["methods"]["stack"]["per_seed"]
 
 
+def test_ctrl_c_stops_the_run_writes_nothing_and_the_rerun_continues(tmp_path, monkeypatch):
+    """A real SIGINT during the first training run (a source's pretraining): the benchmark ends with
+    BenchInterrupted (a KeyboardInterrupt) and writes no results JSON; the source keeps its resumable state
+    and the same call then finishes."""
+    import os
+    import signal
+
+    import morphlm.train.loop as loop
+    from morphlm.bench import runner
+
+    cfg = _tiny(methods=["stack"])
+    out, work = tmp_path / "res" / "growth.json", tmp_path / "work"
+    real_fit, fired = loop.fit, []
+
+    class CtrlC:
+        def on_step_end(self, state, record):
+            if state.step == 2 and not fired:
+                fired.append(state.step)
+                os.kill(os.getpid(), signal.SIGINT)
+
+    def fit_with_ctrl_c(model, loss_fn, data, args, callbacks=(), **kw):
+        return real_fit(model, loss_fn, data, args, [*callbacks, CtrlC()], **kw)
+
+    monkeypatch.setattr(loop, "fit", fit_with_ctrl_c)
+    with pytest.raises(runner.BenchInterrupted, match="rerun"):
+        gb.run_benchmark(cfg, out_json=out, work_dir=work, workers=1, plot=False)
+    assert fired == [2] and not out.exists()
+    assert not list((work / "arms").glob("*.json"))  # nothing cut short is cached
+    sources = list((work / "sources").iterdir())
+    assert len(sources) == 1 and not (sources[0] / "DONE").exists()  # resumable state, not a finished source
+    monkeypatch.setattr(loop, "fit", real_fit)
+    res = gb.run_benchmark(cfg, out_json=out, work_dir=work, workers=1, plot=False)
+    assert set(res["methods"]) == {"scratch", "stack"} and (sources[0] / "DONE").exists()
+
+
 def test_cli_quick_sized_run_and_table(tmp_path, monkeypatch):
     monkeypatch.setenv("MORPHLM_RESULTS", str(tmp_path / "results"))
     runner = CliRunner()

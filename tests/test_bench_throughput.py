@@ -1,5 +1,6 @@
-"""benchmarks/throughput.py: the --quick run writes a well-formed results JSON; the summary and the
-README table are computed from it. Correctness only: nothing here asserts a speed."""
+"""The throughput benchmark (morphlm/bench/throughput.py, ``morphlm bench throughput``, and its thin script
+benchmarks/throughput.py): the --quick run writes a well-formed results JSON; the summary and the README
+table are computed from it. Correctness only: nothing here asserts a speed."""
 
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ if str(ROOT) not in sys.path:
 
 pytest.importorskip("transformers")
 
-from benchmarks import throughput as tp  # noqa: E402
 from benchmarks.common import git_commit, json_safe, read_json, write_json  # noqa: E402
+from morphlm.bench import throughput as tp  # noqa: E402
 from morphlm.model import ModelConfig, TransformerLM  # noqa: E402
 
 
@@ -170,3 +171,23 @@ def test_common_helpers():
     assert json_safe({"a": [float("nan"), 1.0, float("inf")]}) == {"a": [None, 1.0, None]}
     commit = git_commit()
     assert commit is None or len(commit.removesuffix("-dirty")) == 40
+
+
+def test_cli_command_table_and_bad_settings(quick, tmp_path):
+    """``morphlm bench throughput`` is the same benchmark: its table matches the script's, bad settings and a
+    missing results file are one clear line and exit status 2, and --quick refuses the committed file."""
+    from typer.testing import CliRunner
+
+    from morphlm.cli import app
+
+    out, data = quick
+    runner = CliRunner()
+    res = runner.invoke(app, ["bench", "throughput", "--table", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert res.output.strip() == tp.render_table(data).strip()
+    missing = runner.invoke(app, ["bench", "throughput", "--table", "--out", str(tmp_path / "none.json")])
+    assert missing.exit_code == 2 and "no results" in missing.output
+    bad = runner.invoke(app, ["bench", "throughput", "--quick", "--out", str(tmp_path / "x.json"), "--modes", "fast"])
+    assert bad.exit_code == 2 and "invalid settings" in bad.output and not (tmp_path / "x.json").exists()
+    committed = runner.invoke(app, ["bench", "throughput", "--quick", "--out", str(tp.DEFAULT_OUT)])
+    assert committed.exit_code == 2 and "overwrite" in committed.output

@@ -131,7 +131,7 @@ def test_strip_gutenberg_real_books(shared_data):
     folder = shared_data / "gutenberg"
     books = sorted(folder.glob("1342_*.txt.gz"))
     if not books:
-        pytest.skip("Pride and Prejudice not in ../shared/data/gutenberg")
+        pytest.skip(f"Pride and Prejudice not in {folder} (the data folder is $MORPHLM_DATA)")
     text = read_text_file(books[0])
     assert "It is a truth universally acknowledged" in text[:3000]
     assert "START OF THIS PROJECT GUTENBERG" not in text

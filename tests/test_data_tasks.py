@@ -94,7 +94,7 @@ def test_reading_errors(tmp_path):
 def test_sst2(shared_data):
     folder = shared_data / "glue-sst2"
     if not (folder / "train.tsv").is_file():
-        pytest.skip("glue-sst2 not in ../shared/data")
+        pytest.skip(f"glue-sst2 not in {shared_data} (the data folder is $MORPHLM_DATA)")
     task = load_task(folder / "train.tsv", folder / "dev.tsv")
     assert (len(task.train), len(task.val)) == (67349, 872)
     assert task.n_classes == 2 and task.label_names == ["0", "1"] and not task.is_pair

@@ -1,10 +1,12 @@
 """FPT benchmark: plain prompt tuning vs progressive (FPT) prompt tuning of one frozen model on SST-2.
 
-Protocol (refs/growth.md §6 and §0):
+Protocol (FPT: Huang et al., "FPT: Improving Prompt Tuning Efficiency via Progressive Training", Findings
+of EMNLP 2022; saving = 1 - C_method / C_reference as in LiGO, Wang et al. 2023, arXiv 2303.00980):
 
 1. Pretrain a small causal LM (or ``--objective mlm``) on real text through ``morphlm.train.run`` — or
    take ``--model DIR``. Default corpus ``task``: the task's *unlabelled* training sentences (in-domain
-   text, labels never seen; ``--corpus gutenberg`` uses the public-domain books in ../shared/data/gutenberg).
+   text, labels never seen; ``--corpus gutenberg`` uses the public-domain books in the data folder's
+   ``gutenberg/``: ``$MORPHLM_DATA``, default ../shared/data, see :func:`morphlm.data.paths.data_dir`).
    The pretrained model is cached under ``$MORPHLM_CACHE/bench-fpt/`` and reused; its cost is reported apart.
 2. For each seed, tune a 20-vector prompt on the frozen model with the same data order, optimizer and step
    budget: *plain* (the full model throughout) and *FPT* (compound partial models at 1/4, 1/2, 3/4 of the
@@ -25,13 +27,12 @@ import hashlib
 import json
 import logging
 import random
-import statistics
 import time
 from pathlib import Path
 from typing import Any
 
-
 from .common import RESULTS_DIR, metadata, write_json
+from .stats import mean_std
 
 log = logging.getLogger("morphlm.bench.fpt")
 
@@ -49,10 +50,6 @@ SIZES: dict[str, dict[str, Any]] = {
 # SST-2: 0 = negative, 1 = positive. With a 2048-token BPE " terrible" is split (" terri"); "bad"/"good"
 # are single tokens and gave the frozen bench model's only (weak) zero-shot signal (dev AUC 0.54 vs <0.5).
 LABEL_WORDS = ["bad", "good"]
-
-
-def _shared() -> Path:
-    return Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 def task_text_corpus(task_train: Path) -> Path:
@@ -74,12 +71,15 @@ def task_text_corpus(task_train: Path) -> Path:
 
 
 def resolve_corpus(corpus: str | None, task_train: Path) -> str:
-    """``task`` (default): the task's unlabelled training texts; ``gutenberg``: ../shared/data/gutenberg
-    (else the ``shakespeare`` corpus); anything else is passed to the corpus loader as it is."""
+    """``task`` (default): the task's unlabelled training texts; ``gutenberg``: the data folder's gutenberg/
+    (:func:`morphlm.data.paths.data_dir`; else the ``shakespeare`` corpus); anything else is passed to the
+    corpus loader as it is."""
     if corpus in (None, "task"):
         return str(task_text_corpus(task_train))
     if corpus == "gutenberg":
-        g = _shared() / "gutenberg"
+        from ..data.paths import data_dir
+
+        g = data_dir() / "gutenberg"
         return str(g) if g.is_dir() else "shakespeare"
     return corpus
 
@@ -121,11 +121,10 @@ def _load_task(task_train: Path, task_val: Path, max_train: int | None, seed: in
     return task
 
 
-def _mean_std(xs: list[float | None]) -> tuple[float | None, float | None]:
-    vals = [x for x in xs if x is not None]
-    if not vals:
-        return None, None
-    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+def _ms(values: list[float | None]) -> tuple[float | None, float | None]:
+    """(mean, std) over seeds by the benchmarks' one policy (:func:`morphlm.bench.stats.mean_std`)."""
+    ms = mean_std(values)
+    return ms["mean"], ms["std"]
 
 
 def run(size: str = "full", seeds: int | None = None, model_dir: str | Path | None = None, objective: str = "causal",
@@ -133,6 +132,7 @@ def run(size: str = "full", seeds: int | None = None, model_dir: str | Path | No
         out: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
     """Run the benchmark; writes the results JSON (+ a PNG plot next to it) and returns the results dict."""
     from ..grow.fpt import FLOPS_CONVENTION, PromptTuneConfig, cost_to_reach, prompt_tune
+    from ..data.paths import DATA_ENV, data_dir
     from ..train import checkpoint as ckpt
 
     if size not in SIZES:
@@ -141,13 +141,13 @@ def run(size: str = "full", seeds: int | None = None, model_dir: str | Path | No
     n_seeds = int(seeds or sz["seeds"])
     if n_seeds < 1:
         raise ValueError(f"seeds={n_seeds} must be >= 1")
-    sst = _shared() / "glue-sst2"
+    sst = data_dir() / "glue-sst2"
     task_train = Path(task_train) if task_train else sst / "train.tsv"
     task_val = Path(task_val) if task_val else sst / "dev.tsv"
     for what, p in (("--task-train", task_train), ("--task-val", task_val)):
         if not p.is_file():
             raise FileNotFoundError(f"{what} {p} does not exist; pass SST-2 (or another task's) TSV files, e.g. "
-                                    f"../shared/data/glue-sst2/train.tsv and dev.tsv")
+                                    f"glue-sst2/train.tsv and dev.tsv of the data folder (set {DATA_ENV} to it)")
     corpus = resolve_corpus(corpus, task_train)
     t_start = time.perf_counter()
     pre_s = 0.0
@@ -192,11 +192,11 @@ def run(size: str = "full", seeds: int | None = None, model_dir: str | Path | No
         per_seed.append(rec)
         curves.append({"seed": seed, "plain": plain.history, "fpt": fpt.history})
 
-    fs, fs_sd = _mean_std([r["flops_saving"] for r in per_seed])
-    ws, ws_sd = _mean_std([r["wall_saving"] for r in per_seed])
-    ft, ft_sd = _mean_std([r["flops_saving_vs_plain_total"] for r in per_seed])
-    pa, pa_sd = _mean_std([r["target_accuracy"] for r in per_seed])
-    fa, fa_sd = _mean_std([r["fpt"]["final_accuracy"] for r in per_seed])
+    fs, fs_sd = _ms([r["flops_saving"] for r in per_seed])
+    ws, ws_sd = _ms([r["wall_saving"] for r in per_seed])
+    ft, ft_sd = _ms([r["flops_saving_vs_plain_total"] for r in per_seed])
+    pa, pa_sd = _ms([r["target_accuracy"] for r in per_seed])
+    fa, fa_sd = _ms([r["fpt"]["final_accuracy"] for r in per_seed])
     counts = [0] * task.n_classes
     n_val = len(task.val) if sz["max_val"] is None else min(sz["max_val"], len(task.val))
     for e in task.val[:n_val]:

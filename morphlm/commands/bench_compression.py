@@ -25,7 +25,8 @@ def bench_compression(
     augment: bool = typer.Option(False, "--augment", help="TinyBERT data augmentation of the train set, given to "
                                                           "every student arm (baselines included)."),
     data_dir: Path = typer.Option(None, "--data-dir", help="Folder holding glue-sst2/ and wikitext-2/ "
-                                                           "(default ../shared/data next to the repository)."),
+                                                           "(default: the data folder, $MORPHLM_DATA; unset: "
+                                                           "../shared/data next to the repository)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Results JSON (default benchmarks/results/compression.json)."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Work/cache folder (default $MORPHLM_CACHE); "
                                                                        "teacher and per-(arm, seed) results are reused."),
@@ -47,7 +48,7 @@ def bench_compression(
         return
     arm_list = [a.strip() for item in (arms or []) for a in item.split(",") if a.strip()] or None
     result = bc.run_benchmark(profile="quick" if quick else "full", seeds=seeds, arms=arm_list, teacher_kind=teacher,
-                              data_dir=data_dir or bc.DEFAULT_DATA_DIR, out=path, cache_dir=cache_dir,
+                              data_dir=data_dir, out=path, cache_dir=cache_dir,
                               augment=augment)
     typer.echo(bc.markdown_table(result))
     typer.echo(f"\nwrote {result['path']}")

@@ -16,7 +16,8 @@ def bench_growth(
     quick: bool = typer.Option(False, "--quick", help="One seed at a tiny size (< 90 s on 2 cores): a smoke test."),
     objective: str = typer.Option("causal", help="causal (GPT-style) | mlm (BERT-style masked LM)."),
     corpus: Optional[str] = typer.Option(
-        None, help="Corpus (name, folder, glob). Default: ../shared/data/gutenberg when present, else shakespeare. "
+        None, help="Corpus (name, folder, glob). Default: gutenberg/ of the data folder ($MORPHLM_DATA, default "
+                   "../shared/data) when present, else shakespeare. "
                    "Train/validation are split by whole documents (one per book/file)."),
     max_bytes: Optional[int] = typer.Option(None, help="Cap on corpus bytes (whole documents in order)."),
     seeds: Optional[int] = typer.Option(None, help="Number of seeds (default 3; --quick 1)."),

@@ -70,8 +70,10 @@ def bench_fpt(
     objective: str = typer.Option("causal", help="Pretraining objective of the frozen model: causal | mlm."),
     corpus: Optional[str] = typer.Option(None, help="Pretraining corpus: task (default: the task's unlabelled "
                                                     "training texts), gutenberg, or any corpus spec/path."),
-    task_train: Optional[Path] = typer.Option(None, "--task-train", help="Default: ../shared/data/glue-sst2/train.tsv."),
-    task_val: Optional[Path] = typer.Option(None, "--task-val", help="Default: ../shared/data/glue-sst2/dev.tsv."),
+    task_train: Optional[Path] = typer.Option(None, "--task-train", help="Default: glue-sst2/train.tsv of the data folder "
+                                                                       "($MORPHLM_DATA, default ../shared/data)."),
+    task_val: Optional[Path] = typer.Option(None, "--task-val", help="Default: glue-sst2/dev.tsv of the data folder "
+                                                                     "($MORPHLM_DATA, default ../shared/data)."),
     out: Optional[Path] = typer.Option(None, help="Results JSON (default benchmarks/results/fpt.json)."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:

@@ -1,0 +1,179 @@
+"""The one benchmark runner: per-(arm, seed) result cache, worker pool and stop handling, shared by
+``morphlm bench growth`` and ``morphlm bench compression``.
+
+* :class:`ResultCache` keeps one JSON file per finished (arm, seed) job (the caller names the file: a
+  benchmark puts its settings/code fingerprint into the folder or the name); a rerun of the same command
+  reuses every finished job, and an unreadable file counts as missing.
+* :data:`STOP` is the run's :class:`~morphlm.train.loop.StopScope`: ``with STOP:`` around a run makes the
+  first Ctrl-C / SIGTERM stop every later ``fit()`` of the run at once (a second Ctrl-C aborts), and
+  :func:`check_stop` turns the request into :class:`BenchInterrupted` before anything is cached, so an
+  interrupted run never leaves a finished-looking result. :func:`check_fit` is the one place a benchmark
+  asks whether a training run was cut short.
+* :func:`run_jobs` runs picklable jobs in this process (``workers <= 1``) or in a pool of single-threaded
+  worker processes; in the pool, the parent catches the first Ctrl-C / SIGTERM (the workers get it from the
+  terminal too and stop their own ``fit()``), waits for them, then raises :class:`BenchInterrupted`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from ..io import write_atomic
+from ..train.loop import StopScope
+from .common import json_safe
+
+log = logging.getLogger("morphlm.bench.runner")
+
+
+class BenchInterrupted(KeyboardInterrupt):
+    """A signal stopped the run; finished (arm, seed) results are cached, rerun the same command to continue."""
+
+
+# One stop request per benchmark run (a run is ``with STOP: ...``); see the module docstring.
+STOP = StopScope()
+
+
+def stop_requested() -> bool:
+    return STOP.requested
+
+
+def check_stop(what: str) -> None:
+    """Raise :class:`BenchInterrupted` when a stop was requested: ``what`` was cut short and is not cached."""
+    if STOP.requested:
+        raise BenchInterrupted(f"stopped by a signal during {what}; it was not cached — rerun the same command to "
+                               f"continue (finished results are reused)")
+
+
+def check_fit(result: Any, what: str, resume: str = "rerun the same command to continue (finished results are "
+                                                     "reused)") -> None:
+    """After a ``fit()``-like call: raise :class:`BenchInterrupted` when it was cut short by a signal (its result
+    says ``interrupted``) or the run's stop was requested meanwhile. ``resume`` tells the user what to do."""
+    if getattr(result, "interrupted", False) or STOP.requested:
+        raise BenchInterrupted(f"stopped by a signal during {what}; {resume}")
+
+
+class ResultCache:
+    """One JSON file per finished job under ``folder``: ``<name>.json``.
+
+    ``store`` refuses (:class:`BenchInterrupted`) when the run's stop was requested, so a result computed by a
+    ``fit()`` that a signal cut short is never cached. Non-finite floats are written as null (strict JSON)."""
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+
+    def path(self, name: str) -> Path:
+        return self.folder / f"{name}.json"
+
+    def load(self, name: str) -> dict | None:
+        """The cached result of job ``name``, or None when missing or unreadable (then it is recomputed)."""
+        path = self.path(name)
+        if not path.is_file():
+            return None
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def store(self, name: str, result: dict, what: str | None = None) -> dict:
+        check_stop(what or name)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.path(name), json.dumps(json_safe(result), indent=1))
+        return result
+
+    def get_or_run(self, name: str, fn: Callable[[], dict], what: str | None = None) -> dict:
+        """The cached result of job ``name``, else ``fn()`` (cached unless the run was stopped meanwhile)."""
+        hit = self.load(name)
+        if hit is not None:
+            return hit
+        return self.store(name, fn(), what)
+
+
+# ------------------------------------------------------------------------------------------ worker pool
+class _ParentStop:
+    """While the parent waits on its workers: the first SIGINT/SIGTERM records the stop (the workers, in the
+    same process group, stop their own ``fit()``), a second SIGINT aborts at once."""
+
+    def __init__(self) -> None:
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> "_ParentStop":
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        except ValueError:  # not the main thread: leave signals alone
+            self._old = {}
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if STOP.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        STOP.requested = True
+        log.warning("stop requested (signal %d): waiting for the workers to stop; press Ctrl-C again to abort",
+                    signum)
+
+    def __exit__(self, *exc) -> bool:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        return False
+
+
+def _label(job: dict) -> str:
+    return f"{job.get('name', '?')} seed {job.get('seed', '?')}"
+
+
+def run_jobs(jobs: Iterable[dict], job_fn: Callable[[dict], dict], *, workers: int, desc: str,
+             on_done: Callable[[dict, dict], None], progress: bool = True) -> None:
+    """Run ``job_fn(job)`` for every job (plain, picklable dicts) and hand each ``(job, result)`` to ``on_done``
+    in the parent as it finishes. ``workers <= 1`` runs them here, in order; otherwise in a process pool (fork
+    where the platform has it: spawn would re-run the caller's ``__main__``). A job that reports
+    ``{"interrupted": True}`` (or a stop requested in the parent) ends the run with :class:`BenchInterrupted`
+    after the jobs in flight have stopped; finished jobs were handed to ``on_done`` (and cached by ``job_fn``)."""
+    from tqdm.auto import tqdm
+
+    jobs = list(jobs)
+    bar = tqdm(total=len(jobs), desc=desc, unit="run", dynamic_ncols=True, disable=not progress)
+    cut: list[str] = []
+
+    def done(job: dict, res: dict) -> None:
+        if res.get("interrupted"):
+            STOP.requested = True
+            cut.append(_label(job))
+        else:
+            on_done(job, res)
+        bar.update(1)
+
+    try:
+        if workers <= 1:
+            for job in jobs:
+                bar.set_postfix_str(_label(job))
+                done(job, job_fn(job))
+                if STOP.requested:
+                    break
+        else:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+
+            method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # stores are built; workers only read them
+            with _ParentStop(), ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method)) as pool:
+                futs = {pool.submit(job_fn, job): job for job in jobs}
+                for fut in as_completed(futs):
+                    job = futs[fut]
+                    if fut.cancelled():
+                        continue
+                    done(job, fut.result())
+                    bar.set_postfix_str(f"done {_label(job)}")
+                    if STOP.requested:
+                        for other in futs:
+                            other.cancel()  # not started yet: never run
+    finally:
+        bar.close()
+    if STOP.requested:
+        raise BenchInterrupted(f"stopped by a signal during {desc}" + (f" ({', '.join(cut)} cut short)" if cut else "")
+                               + "; finished runs are cached — rerun the same command to continue")
