@@ -12,7 +12,7 @@ Protocol (refs/growth.md §6 and §0):
 3. Every ``eval_every`` steps the prompt is evaluated *on the full model* on the SST-2 dev set (for FPT
    too: a prompt is only useful if it works on the full model).
 4. Target = plain prompt tuning's final dev accuracy (per seed). Reported per seed and as mean ± std: the
-   training FLOPs (ruler: morphlm/train/flops.py; convention in morphlm/grow/fpt.py) and training wall time
+   training FLOPs (ruler: morphlm/train/flops.py; convention in morphlm/grow/prompt_tuning.py) and training wall time
    (evaluation excluded) each arm needs to first reach the target, saving = 1 − C_fpt / C_plain and
    speedup = C_plain / C_fpt − 1; an arm that never reaches it is reported as such (saving None).
 
@@ -133,7 +133,8 @@ def run(size: str = "full", seeds: int | None = None, model_dir: str | Path | No
         out: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
     """Run the benchmark; writes the results JSON (+ a PNG plot next to it) and returns the results dict."""
     from ..data import Tokenizer
-    from ..grow.fpt import FLOPS_CONVENTION, PromptTuneConfig, cost_to_reach, prompt_tune
+    from ..grow.fpt import prompt_tune
+    from ..grow.prompt_tuning import FLOPS_CONVENTION, PromptTuneConfig, cost_to_reach
     from ..train import checkpoint as ckpt
 
     if size not in SIZES:

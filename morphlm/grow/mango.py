@@ -56,7 +56,6 @@ from ..model.config import ModelConfig
 from ..model.transformer import TransformerLM
 from ..train.loop import TrainArgs
 from .api import register_method
-from .index_maps import GrowthError
 from .learned import (INITS, GrowerBase, _finish, cyclic_map, depth_stack, fit_operator, norm_has_bias, norm_names,
                       registry_method, selection)
 
