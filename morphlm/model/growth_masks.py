@@ -83,11 +83,13 @@ class GrowthMasks(nn.Module):
         self._cache: dict[tuple, torch.Tensor] = {}
         self._handles: list = []
         self._owner: list[nn.Module] = []  # the TransformerLM (a list: not registered as a submodule)
+        self._has_flags = False  # built empty: nothing to hook until set_flags or a checkpoint fills the flags
 
     # ------------------------------------------------------------------ structure
     def attach(self, model: nn.Module) -> None:
         self._owner[:] = [model]
-        self._install()
+        if self._has_flags:
+            self._install()
 
     def set_flags(self, residual=None, heads=None, neurons=None, layers=None) -> None:
         """Which units are new (bool tensors shaped like the buffers; None: nothing new of that kind)."""
@@ -102,6 +104,7 @@ class GrowthMasks(nn.Module):
                     raise ValueError(f"growth mask flags {name!r} have shape {tuple(flags.shape)}, the model "
                                      f"needs {tuple(buf.shape)}")
                 buf.copy_(flags)
+        self._has_flags = True
         self._install()
 
     def _install(self) -> None:
@@ -144,6 +147,7 @@ class GrowthMasks(nn.Module):
         super()._load_from_state_dict(*args, **kwargs)
         self.mask = float(self.value)
         self._step = int(self.step)
+        self._has_flags = True
         self._install()
 
     # ------------------------------------------------------------------ hooks
