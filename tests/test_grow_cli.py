@@ -1,5 +1,5 @@
 """`morphlm grow` end to end: train a tiny source via the CLI, grow it, evaluate the grown directory, check
-lineage.json and the FLOPs bookkeeping, re-attach MSG masks from disk, and every bad input's message."""
+lineage.json and the FLOPs bookkeeping, MSG masks saved in the grown dir, and every bad input's message."""
 
 import json
 
@@ -124,7 +124,7 @@ def test_grow_learned_operator_fits_on_the_sources_data(src, tmp_path, method):
 
 
 def test_train_from_msg_growth_starts_at_the_sources_function(src, tmp_path):
-    """`morphlm train --init` on an MSG-grown dir re-attaches the masks at 0: the first loss (taken before
+    """`morphlm train --init` on an MSG-grown dir starts with its masks at 0: the first loss (taken before
     any update) equals the one the source model gets on the same batch; then the masks ramp."""
     to = target_file(tmp_path / "t.json", preset="tiny", n_layers=4, d_model=128, n_heads=8)
     grown = tmp_path / "msg"

@@ -174,3 +174,16 @@ def test_inputs_embeds_and_position_ids(preset):
         m(x, inputs_embeds=m.tok_emb(x))
     with pytest.raises(ValueError, match="position_ids must have shape"):
         m(x, position_ids=torch.arange(10))
+
+
+def test_a_resumed_train_init_run_continues_the_ramp_exactly(dirs, tmp_path):
+    """The ramp position is in the checkpoint: 1 step + resume to 3 equals 3 straight steps, bit for bit."""
+    run = ["train", "--preset", "tiny", "--init", dirs / "msg", "--n-layers", 4, *DATA]
+    cli(*run, "--max-steps", 3, "--out", tmp_path / "straight")
+    cli(*run, "--max-steps", 1, "--out", tmp_path / "split")
+    assert load_model(tmp_path / "split").growth_masks._step == 1
+    cli(*run, "--max-steps", 3, "--out", tmp_path / "split", "--resume", "auto")
+    assert _losses(tmp_path / "split") == _losses(tmp_path / "straight")
+    a, b = load_model(tmp_path / "split"), load_model(tmp_path / "straight")
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert b.growth_masks.mask == 1.0
