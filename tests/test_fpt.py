@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from morphlm.data import Example, Task, train_tokenizer
-from morphlm.grow import fpt, prompt_tuning
+from morphlm.grow import prompt_tuning
 from morphlm.grow.fpt import activation_scores, partial_model, plan_stages, prompt_tune
 from morphlm.grow.prompt_tuning import PromptModel, PromptTuneConfig, make_loss, prompted_forward
 from morphlm.grow.index_maps import GrowthError

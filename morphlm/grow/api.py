@@ -3,8 +3,12 @@
 Methods (refs/growth.md): ``fpi`` and ``aki`` (bert2BERT width operators; a deeper target is then stacked,
 or mapped by ``depth=``), ``stack`` / ``interpolate`` (StackBERT depth maps; any width growth is FPI),
 ``msg`` (masked structural growth: fresh new units/copied new layers behind masks that ramp 0 → 1).
-Learned operators (LiGO, Mango) register themselves from ``morphlm.grow.learned`` with
-:func:`register_method`; a method is ``fn(model, target_cfg, *, seed, **opts) -> GrowOutput``.
+Learned operators register where they are declared (LiGO in ``learned.py``, Mango in ``mango.py``) with
+:func:`register_method`; ``morphlm/grow/__init__.py`` imports every declaring module, so the registry never
+depends on what else was imported. A method is ``fn(model, target_cfg, *, seed, **opts) -> GrowOutput``.
+``msg`` puts its masks on the grown model as model state (:mod:`morphlm.model.growth_masks`), and
+``grow_checkpoint`` writes the source run's carried AdamW moments as the grown directory's initial optimizer
+state, which ``train --init`` loads.
 
 ``grow_checkpoint`` reads a checkpoint directory and writes a normal one (weights, config, the source's
 tokenizer.json) whose lineage.json records the verb, method, options, the parent (path, weights sha256, its

@@ -40,7 +40,6 @@ verbalizer, metrics, stages), lineage.json and metrics.jsonl, each written atomi
 from __future__ import annotations
 
 import json
-import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -60,8 +59,6 @@ from ..train import flops as flops_mod
 from ..train.loop import evaluate, fit
 from ..train.optim import TrainArgs, resolve_device
 from .index_maps import GrowthError
-
-log = logging.getLogger("morphlm.prompt_tuning")
 
 READINGS = ("auto", "mlm", "causal")
 
