@@ -187,3 +187,17 @@ def test_a_resumed_train_init_run_continues_the_ramp_exactly(dirs, tmp_path):
     a, b = load_model(tmp_path / "split"), load_model(tmp_path / "straight")
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert b.growth_masks.mask == 1.0
+
+
+def test_a_loader_that_writes_buffers_directly_still_gets_working_masks(dirs, tmp_path):
+    """The int8 loader copies tensors into a quantized model buffer by buffer (no load_state_dict): the masks
+    notice the writes and hook the quantized modules, so the int8 model stays close to the masked function."""
+    cli("quantize", dirs / "msg", "--method", "int8", "--out", tmp_path / "q")
+    ids = torch.randint(0, 512, (2, 40), generator=torch.Generator().manual_seed(0))
+    masked, q = load_model(dirs / "msg"), load_model(tmp_path / "q")
+    plain = load_model(dirs / "msg")
+    plain.remove_growth_masks()
+    with torch.no_grad():
+        ref, out, unmasked = masked(ids).logits, q(ids).logits, plain(ids).logits
+    assert q.growth_masks.layers.tolist() == [False, False, True, True]
+    assert (out - ref).abs().max() < 0.05 < (unmasked - ref).abs().max()

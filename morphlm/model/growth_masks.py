@@ -78,18 +78,34 @@ class GrowthMasks(nn.Module):
         self.register_buffer("value", torch.zeros((), dtype=torch.float32))
         self.register_buffer("step", torch.zeros((), dtype=torch.int64))
         # host mirrors of value/step (read every forward/step without a device sync) and the vectors cache
-        self.mask = 0.0
+        self._m = 0.0
         self._step = 0
         self._cache: dict[tuple, torch.Tensor] = {}
         self._handles: list = []
         self._owner: list[nn.Module] = []  # the TransformerLM (a list: not registered as a submodule)
-        self._has_flags = False  # built empty: nothing to hook until set_flags or a checkpoint fills the flags
+        self._sig = self._signature()  # built empty: nothing to hook until the buffers are written
+
+    def _signature(self) -> tuple:
+        """Identity and version counter of every buffer: changes whenever anything writes them (a checkpoint
+        loader copying tensors in, ``.to()``, :meth:`set_flags`), so :meth:`sync` notices without a device sync."""
+        return tuple((id(b), b._version) for b in self._buffers.values())
+
+    def sync(self) -> None:
+        """Re-read the host mirrors and reinstall the hooks if the buffers were written since the last look."""
+        if self._sig != self._signature():
+            self._m = float(self.value)
+            self._step = int(self.step)
+            self._install()
+
+    @property
+    def mask(self) -> float:
+        self.sync()
+        return self._m
 
     # ------------------------------------------------------------------ structure
     def attach(self, model: nn.Module) -> None:
         self._owner[:] = [model]
-        if self._has_flags:
-            self._install()
+        self._sig = ()  # hook whatever the buffers say at the next sync
 
     def set_flags(self, residual=None, heads=None, neurons=None, layers=None) -> None:
         """Which units are new (bool tensors shaped like the buffers; None: nothing new of that kind)."""
@@ -104,7 +120,6 @@ class GrowthMasks(nn.Module):
                     raise ValueError(f"growth mask flags {name!r} have shape {tuple(flags.shape)}, the model "
                                      f"needs {tuple(buf.shape)}")
                 buf.copy_(flags)
-        self._has_flags = True
         self._install()
 
     def _install(self) -> None:
@@ -112,6 +127,7 @@ class GrowthMasks(nn.Module):
             h.remove()
         self._handles.clear()
         self._cache.clear()
+        self._sig = self._signature()
         if not self._owner:
             return
         m = self._owner[0]
@@ -145,10 +161,7 @@ class GrowthMasks(nn.Module):
 
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
-        self.mask = float(self.value)
-        self._step = int(self.step)
-        self._has_flags = True
-        self._install()
+        self.sync()
 
     # ------------------------------------------------------------------ hooks
     def _flags(self, key) -> torch.Tensor:
@@ -158,34 +171,36 @@ class GrowthMasks(nn.Module):
         return getattr(self, kind)[k]
 
     def _vec(self, key, like: torch.Tensor) -> torch.Tensor:
-        ck = (key, like.device, like.dtype, self.mask)
+        ck = (key, like.device, like.dtype, self._m)
         v = self._cache.get(ck)
         if v is None:
-            v = torch.where(self._flags(key), torch.tensor(self.mask), torch.tensor(1.0)).to(like.device, like.dtype)
+            v = torch.where(self._flags(key), torch.tensor(self._m), torch.tensor(1.0)).to(like.device, like.dtype)
             self._cache[ck] = v
         return v
 
     def _out_hook(self, key, module, args, out):
-        return None if self.mask >= 1 else out * self._vec(key, out)
+        return None if self._m >= 1 else out * self._vec(key, out)
 
     def _in_hook(self, key, module, args):
-        return None if self.mask >= 1 else (args[0] * self._vec(key, args[0]), *args[1:])
+        return None if self._m >= 1 else (args[0] * self._vec(key, args[0]), *args[1:])
 
     def _norm_hook(self, module, args, out):
-        if self.mask >= 1:
+        if self._m >= 1:
             return None
         return masked_norm(module, args[0], self._vec("D", args[0].float()))
 
     def _block_hook(self, module, args, out):
-        if self.mask >= 1:
+        if self._m >= 1:
             return None
         h_out, scores = out
-        return torch.lerp(args[0], h_out, self.mask), scores  # exactly args[0] at mask 0
+        return torch.lerp(args[0], h_out, self._m), scores  # exactly args[0] at mask 0
 
     # ------------------------------------------------------------------ the ramp
     def set_mask(self, value: float) -> None:
-        self.mask = float(min(max(value, 0.0), 1.0))
-        self.value.fill_(self.mask)
+        self.sync()
+        self._m = float(min(max(value, 0.0), 1.0))
+        self.value.fill_(self._m)
+        self._sig = self._signature()  # our own write: the mirrors are current
         self._cache.clear()
 
     def value_at(self, step: int) -> float:
@@ -198,10 +213,11 @@ class GrowthMasks(nn.Module):
         self.set_mask(self.value_at(self._step))
         self._step += 1
         self.step.fill_(self._step)
+        self._sig = self._signature()
 
     @property
     def done(self) -> bool:
         return self.mask >= 1
 
     def extra_repr(self) -> str:
-        return f"ramp_steps={self.ramp_steps}, mask={self.mask:g}, step={self._step}"
+        return f"ramp_steps={self.ramp_steps}, mask={self._m:g}, step={self._step}"

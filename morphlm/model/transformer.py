@@ -200,6 +200,8 @@ class TransformerLM(nn.Module):
         way), and ``position_ids`` (T,) or (B, T) replace the positions 0..T-1 (learned positions and RoPE).
         With both left None the computation is exactly the one without the arguments."""
         cfg = self.config
+        if self.growth_masks is not None:
+            self.growth_masks.sync()  # buffers a loader wrote directly: refresh the masks' hooks
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids (B, T) or inputs_embeds (B, T, d_model)")
         if inputs_embeds is not None:
