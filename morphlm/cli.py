@@ -104,7 +104,8 @@ def train(
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda."),
     init: Optional[Path] = typer.Option(None, help="Start from this checkpoint's weights (fine-tuning)."),
     schedule: Optional[str] = typer.Option(
-        None, help="Progressive schedule: two-stage (bert2BERT) | apollo | mslt | chain. --max-steps is the budget "
+        None, help="Progressive schedule from growth's registry: two-stage (bert2BERT) | apollo | mslt | chain | any "
+                   "registered with morphlm.grow.register_schedule. --max-steps is the budget "
                    "of all stages; stage checkpoints go to OUT/stage<k>-*/, the final model to OUT/."),
     source: Optional[Path] = typer.Option(None, help="--schedule: checkpoint of the smaller model to grow from."),
     schedule_opt: Optional[list[str]] = typer.Option(
@@ -119,7 +120,6 @@ def train(
     (or --set field=value). With --schedule, the model settings describe the final (target) model. A training
     setting given nowhere takes TrainArgs' default, so the same run from Python or a recipe trains identically."""
     _setup_logging(verbose)
-    from . import grow  # noqa: F401  (registers growth's --init hooks, e.g. the MSG mask ramp)
     from .train.run import build_spec, train_run
 
     overrides = _parse_extra(ctx.args)
@@ -140,7 +140,12 @@ def train(
             sopts["source"] = str(source)
         overrides.update(schedule=schedule, schedule_opts=sopts)
     spec = build_spec(preset, config, overrides)
-    result = train_run(spec)
+    if spec.schedule:  # any schedule in growth's registry (morphlm.grow.SCHEDULES)
+        from .grow.schedules import run_from_spec
+
+        result = run_from_spec(spec)
+    else:
+        result = train_run(spec)
     if int(os.environ.get("RANK", "0")) == 0:
         msg = f"done: step {result.steps}, {result.tokens:,} tokens, {result.flops:.3g} FLOPs"
         if result.val_loss is not None:

@@ -1,4 +1,4 @@
-"""Prompt tuning and FPT: the model's prompt_embeds path, frozen-model training through fit(), partial models,
+"""Prompt tuning and FPT: the prompt path through the model's inputs_embeds, frozen-model training through fit(), partial models,
 prompt recycling, the FLOPs ledger, the prompt-tune CLI, the bench's JSON and every bad input's message."""
 
 import json
@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from morphlm.data import Example, Task, train_tokenizer
-from morphlm.grow import fpt
-from morphlm.grow.fpt import (PromptModel, PromptTuneConfig, activation_scores, make_loss, partial_model, plan_stages,
-                              prompt_tune)
+from morphlm.grow import prompt_tuning
+from morphlm.grow.fpt import activation_scores, partial_model, plan_stages, prompt_tune
+from morphlm.grow.prompt_tuning import PromptModel, PromptTuneConfig, make_loss, prompted_forward
 from morphlm.grow import GrowthError
 from morphlm.model import ModelConfig, TransformerLM
 from morphlm.train.checkpoint import total_flops
@@ -57,12 +57,12 @@ def batch_for(cfg, B=3, T=9, seed=1, pad=True):
 # ---------------------------------------------------------------------------- the model's prompt path
 @pytest.mark.parametrize("preset", PRESETS)
 def test_no_prompt_is_bit_identical_to_the_plain_composition(preset):
-    """prompt_embeds=None gives exactly the embeddings -> blocks -> head composition (the pre-prompt forward)."""
+    """inputs_embeds=None, position_ids=None give exactly the embeddings -> blocks -> head composition."""
     m = model(preset)
     cfg = m.config
     x, mask, types = batch_for(cfg)
     tt = types if cfg.n_segments else None
-    out = m(x, attention_mask=mask, token_type_ids=tt, prompt_embeds=None, output_hidden_states=True)
+    out = m(x, attention_mask=mask, token_type_ids=tt, inputs_embeds=None, position_ids=None, output_hidden_states=True)
     with torch.no_grad():
         h = m.tok_emb(x)
         if m.pos_emb is not None:
@@ -93,7 +93,7 @@ def test_prompt_equals_inserting_those_embeddings_as_tokens(preset):
     tt = types if cfg.n_segments else None
     ptoks = torch.tensor([11, 12, 13, 14])
     P = len(ptoks)
-    out = m(x, attention_mask=mask, token_type_ids=tt, prompt_embeds=m.tok_emb.weight[ptoks][None].detach())
+    out = prompted_forward(m, x, m.tok_emb.weight[ptoks][None].detach(), mask, tt)
     B = x.shape[0]
     x2 = torch.cat([x[:, :1], ptoks.expand(B, P), x[:, 1:]], 1)
     mask2 = torch.cat([mask[:, :1], torch.ones(B, P, dtype=torch.long), mask[:, 1:]], 1)
@@ -103,21 +103,22 @@ def test_prompt_equals_inserting_those_embeddings_as_tokens(preset):
     assert out.logits.shape == (B, x.shape[1], cfg.vocab_size)
     torch.testing.assert_close(out.logits, ref, atol=1e-5, rtol=1e-5)
     # a batch-shaped prompt gives the same
-    out_b = m(x, attention_mask=mask, token_type_ids=tt, prompt_embeds=m.tok_emb.weight[ptoks].expand(B, P, -1).detach())
+    out_b = prompted_forward(m, x, m.tok_emb.weight[ptoks].expand(B, P, -1).detach(), mask, tt)
     torch.testing.assert_close(out_b.logits, out.logits, atol=1e-6, rtol=1e-6)
     # and labels still align with the input positions
     labels = torch.randint(0, cfg.vocab_size, x.shape)
-    loss = m(x, labels=labels, prompt_embeds=m.tok_emb.weight[ptoks][None].detach()).loss
-    assert torch.isfinite(loss)
+    out_l = prompted_forward(m, x, m.tok_emb.weight[ptoks][None].detach(), labels=labels)
+    shifted = torch.nn.functional.cross_entropy(out_l.logits.reshape(-1, cfg.vocab_size), labels.reshape(-1))
+    torch.testing.assert_close(out_l.loss, shifted, atol=1e-5, rtol=1e-5)
 
 
 def test_prompt_shape_and_length_errors():
     m = model("tiny")  # max_seq_len 128
     x = torch.randint(7, 512, (2, 120))
     with pytest.raises(ValueError, match="plus 10 prompt vectors exceeds max_seq_len=128"):
-        m(x, prompt_embeds=torch.zeros(1, 10, 64))
-    with pytest.raises(ValueError, match="prompt_embeds must have shape"):
-        m(x[:, :10], prompt_embeds=torch.zeros(1, 3, 32))
+        prompted_forward(m, x, torch.zeros(1, 10, 64))
+    with pytest.raises(ValueError, match="prompt must have shape"):
+        prompted_forward(m, x[:, :10], torch.zeros(1, 3, 32))
 
 
 # ---------------------------------------------------------------------------- training only the prompt
@@ -125,7 +126,7 @@ def test_only_the_prompt_gets_gradients_and_updates(tok):
     lm = model("tiny-bert", vocab_size=300)
     before = {k: v.clone() for k, v in lm.state_dict().items()}
     task = toy_task()
-    init = fpt.init_prompt(lm, 4, seed=0)
+    init = prompt_tuning.init_prompt(lm, 4, seed=0)
     cfg = PromptTuneConfig(prompt_len=4, steps=6, lr=0.05, batch_size=8, max_len=16, eval_every=3,
                            label_words=["bad", "good"])
     res = prompt_tune(lm, tok, task, cfg, progress=False)
@@ -134,7 +135,7 @@ def test_only_the_prompt_gets_gradients_and_updates(tok):
     assert res.prompt.shape == (4, 64) and [h["step"] for h in res.history] == [3, 6]
     # gradients reach the prompt only
     pm = PromptModel(lm, torch.nn.Parameter(init.clone()))
-    data = fpt.PromptBatches(fpt.ClassificationBatches(task.train, task.val, tok, 4, 15), "mlm", tok.mask_id)
+    data = prompt_tuning.PromptBatches(prompt_tuning.ClassificationBatches(task.train, task.val, tok, 4, 15), "mlm", tok.mask_id)
     b = data.train_batch(0)
     assert (b["input_ids"][torch.arange(4), b["score_pos"]] == tok.mask_id).all()
     loss, _ = make_loss(res.label_ids)(pm, b)
@@ -200,7 +201,7 @@ def test_fpt_recycles_the_prompt_and_counts_flops_per_stage(tok, monkeypatch):
     lm = model("tiny", n_layers=4, vocab_size=300)
     task = toy_task()
     seen = []
-    real_fit = fpt.fit
+    real_fit = prompt_tuning.fit
 
     def spy(m, loss_fn, data, args, callbacks=()):
         start = m.prompt.detach().clone()
@@ -209,13 +210,13 @@ def test_fpt_recycles_the_prompt_and_counts_flops_per_stage(tok, monkeypatch):
         seen.append((start, m.prompt.detach().clone(), m.lm.config, shapes))
         return out
 
-    monkeypatch.setattr(fpt, "fit", spy)
+    monkeypatch.setattr(prompt_tuning, "fit", spy)
     P = 4
     cfg = PromptTuneConfig(prompt_len=P, steps=8, lr=0.05, batch_size=4, max_len=16, eval_every=4, progressive=True,
                            stage_steps=2, fractions=(0.25, 0.5, 0.75), label_words=["bad", "good"])
     res = prompt_tune(lm, tok, task, cfg, progress=False)
     assert [c.n_layers for _, _, c, _ in seen] == [1, 2, 3, 4] and [c.d_ff for _, _, c, _ in seen] == [64, 128, 192, 256]
-    assert torch.equal(seen[0][0], fpt.init_prompt(lm, P, 0))
+    assert torch.equal(seen[0][0], prompt_tuning.init_prompt(lm, P, 0))
     for k in range(1, 4):
         assert torch.equal(seen[k][0], seen[k - 1][1]), f"stage {k} did not start from stage {k - 1}'s prompt"
         assert not torch.equal(seen[k][0], seen[0][0])
@@ -268,7 +269,7 @@ def test_cli_prompt_tune_end_to_end(src, task_files, tmp_path):
               "--progressive", "--steps", 6, "--stage-steps", 1, "--batch-size", 4, "--max-len", 16, "--eval-every", 3,
               "--verbalizer", "bad,good", "--out", out)
     assert "FPT prompt tuning, 4 stage(s)" in res.output
-    prompt, doc = fpt.load_prompt(out)
+    prompt, doc = prompt_tuning.load_prompt(out)
     assert prompt.shape == (4, 64) and doc["reading"] == "causal" and doc["config"]["progressive"]
     assert [s["n_layers"] for s in doc["stages"]] == [1, 2, 3, 4]
     lineage = json.loads((out / "lineage.json").read_text())

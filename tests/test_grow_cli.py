@@ -1,12 +1,11 @@
 """`morphlm grow` end to end: train a tiny source via the CLI, grow it, evaluate the grown directory, check
-lineage.json and the FLOPs bookkeeping, re-attach MSG masks from disk, and every bad input's message."""
+lineage.json and the FLOPs bookkeeping, MSG masks saved in the grown dir, and every bad input's message."""
 
 import json
 
 import pytest
 import torch
 
-from morphlm.grow import masked_growth_from_checkpoint
 from morphlm.model import ModelConfig
 from morphlm.train.checkpoint import load_model, total_flops
 
@@ -65,17 +64,22 @@ def test_grow_stack_by_preset_style_config_and_aki(src, tmp_path):
     assert load_model(tmp_path / "a").config.n_layers == 4
 
 
-def test_grow_msg_and_reattach_masks_from_disk(src, tmp_path):
+def test_grow_msg_writes_its_masks_into_the_checkpoint(src, tmp_path):
     both = target_file(tmp_path / "both.json", d_model=128, n_heads=8, n_kv_heads=8, n_layers=4)
     cli("grow", src, "--to", both, "--method", "msg", "--out", tmp_path / "m", "--ramp-steps", 50, "--seed", 1)
     lineage = json.loads((tmp_path / "m" / "lineage.json").read_text())
     assert lineage["options"] == {"seed": 1, "depth": "stack", "layers": "copy", "ramp_steps": 50}
     assert lineage["new_layers"] == [2, 3]
     grown = load_model(tmp_path / "m")
-    assert not same_logits(grown, load_model(src))  # on disk: the plain (mask 1) weights
-    masks = masked_growth_from_checkpoint(grown, tmp_path / "m")
-    assert masks.ramp_steps == 50 and masks.mask == 0.0
-    assert same_logits(grown, load_model(src))  # masks at 0: exactly the source
+    masks = grown.growth_masks  # the masks are model state: config.json + model.safetensors
+    assert masks.ramp_steps == 50 and masks.mask == 0.0 and grown.config.msg_ramp_steps == 50
+    assert same_logits(grown, load_model(src))  # masks at 0: exactly the source, for every verb that loads it
+    masks.set_mask(1.0)
+    one = grown(torch.arange(20)[None]).logits
+    grown.remove_growth_masks()  # at mask 1: the plain grown model
+    assert torch.equal(one, grown(torch.arange(20)[None]).logits)
+    assert (tmp_path / "m" / "state" / "initial_optimizer.safetensors").exists()  # the source's moments, carried
+    assert not (tmp_path / "m" / "state" / "trainer.json").exists()  # data for a fresh start, not a resumable run
 
 
 @pytest.mark.parametrize("args,message", [
@@ -120,7 +124,7 @@ def test_grow_learned_operator_fits_on_the_sources_data(src, tmp_path, method):
 
 
 def test_train_from_msg_growth_starts_at_the_sources_function(src, tmp_path):
-    """`morphlm train --init` on an MSG-grown dir re-attaches the masks at 0: the first loss (taken before
+    """`morphlm train --init` on an MSG-grown dir starts with its masks at 0: the first loss (taken before
     any update) equals the one the source model gets on the same batch; then the masks ramp."""
     to = target_file(tmp_path / "t.json", preset="tiny", n_layers=4, d_model=128, n_heads=8)
     grown = tmp_path / "msg"

@@ -14,7 +14,7 @@ of EMNLP 2022; saving = 1 - C_method / C_reference as in LiGO, Wang et al. 2023,
 3. Every ``eval_every`` steps the prompt is evaluated *on the full model* on the SST-2 dev set (for FPT
    too: a prompt is only useful if it works on the full model).
 4. Target = plain prompt tuning's final dev accuracy (per seed). Reported per seed and as mean ± std: the
-   training FLOPs (ruler: morphlm/train/flops.py; convention in morphlm/grow/fpt.py) and training wall time
+   training FLOPs (ruler: morphlm/train/flops.py; convention in morphlm/grow/prompt_tuning.py) and training wall time
    (evaluation excluded) each arm needs to first reach the target, saving = 1 − C_fpt / C_plain and
    speedup = C_plain / C_fpt − 1; an arm that never reaches it is reported as such (saving None).
 
@@ -131,8 +131,9 @@ def run(size: str = "full", seeds: int | None = None, model_dir: str | Path | No
         corpus: str | None = None, task_train: str | Path | None = None, task_val: str | Path | None = None,
         out: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
     """Run the benchmark; writes the results JSON (+ a PNG plot next to it) and returns the results dict."""
-    from ..grow.fpt import FLOPS_CONVENTION, PromptTuneConfig, cost_to_reach, prompt_tune
     from ..data.paths import DATA_ENV, data_dir
+    from ..grow.fpt import prompt_tune
+    from ..grow.prompt_tuning import FLOPS_CONVENTION, PromptTuneConfig, cost_to_reach
     from ..train import checkpoint as ckpt
 
     if size not in SIZES:

@@ -46,7 +46,8 @@ def prompt_tune(
     """Tune a soft prompt (P x d_model vectors, nothing else) for a classification task on a FROZEN model.
     With --progressive, FPT: partial models first (stage by stage), then the full model, recycling the prompt."""
     _setup_logging(verbose)
-    from ..grow.fpt import PromptTuneConfig, prompt_tune_checkpoint
+    from ..grow.fpt import prompt_tune_checkpoint
+    from ..grow.prompt_tuning import PromptTuneConfig
 
     cfg = PromptTuneConfig(prompt_len=prompt_len, steps=steps, lr=lr, batch_size=batch_size, max_len=max_len,
                            eval_every=eval_every, seed=seed, reading=reading,

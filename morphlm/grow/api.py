@@ -3,8 +3,12 @@
 Methods (refs/growth.md): ``fpi`` and ``aki`` (bert2BERT width operators; a deeper target is then stacked,
 or mapped by ``depth=``), ``stack`` / ``interpolate`` (StackBERT depth maps; any width growth is FPI),
 ``msg`` (masked structural growth: fresh new units/copied new layers behind masks that ramp 0 → 1).
-Learned operators (LiGO, Mango) register themselves from ``morphlm.grow.learned`` with
-:func:`register_method`; a method is ``fn(model, target_cfg, *, seed, **opts) -> GrowOutput``.
+Learned operators register where they are declared (LiGO in ``learned.py``, Mango in ``mango.py``) with
+:func:`register_method`; ``morphlm/grow/__init__.py`` imports every declaring module, so the registry never
+depends on what else was imported. A method is ``fn(model, target_cfg, *, seed, **opts) -> GrowOutput``.
+``msg`` puts its masks on the grown model as model state (:mod:`morphlm.model.growth_masks`), and
+``grow_checkpoint`` writes the source run's carried AdamW moments as the grown directory's initial optimizer
+state, which ``train --init`` loads.
 
 ``grow_checkpoint`` reads a checkpoint directory and writes a normal one (weights, config, the source's
 tokenizer.json) whose lineage.json records the verb, method, options, the parent (path, weights sha256, its
@@ -14,7 +18,6 @@ total FLOPs) and the operator's own FLOPs (0 for the closed-form operators here)
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -23,7 +26,7 @@ import torch
 
 from ..model.config import PRESETS, ModelConfig
 from ..model.transformer import TransformerLM
-from .depth import MaskedGrowth, carry_optimizer_state, expand_depth
+from .depth import MaskedGrowth, carry_optimizer_state, expand_depth, to_resume_format
 from ..surgery import SurgeryPlan as GrowthPlan, apply_plan, compose_depth, first_copies
 from .errors import GrowthError
 from .plans import resolve_layer_map
@@ -52,11 +55,7 @@ def register_method(name: str) -> Callable[[GrowthMethod], GrowthMethod]:
 
 
 def available_methods() -> list[str]:
-    try:  # learned operators live in their own module and register on import
-        importlib.import_module("morphlm.grow.learned")
-    except ModuleNotFoundError as exc:
-        if exc.name != "morphlm.grow.learned":
-            raise
+    """Every registered method (morphlm/grow/__init__.py imports each module that declares one)."""
     return sorted(METHODS)
 
 
@@ -174,13 +173,30 @@ def _load_source(model_or_dir: TransformerLM | str | Path) -> TransformerLM:
     return ckpt.open_checkpoint(model_or_dir, role="source", error=GrowthError)[0]
 
 
+def _plain_source(model: TransformerLM) -> TransformerLM:
+    """The source as a plain model: MSG masks that finished their ramp are inert and dropped (on a copy); a
+    source whose masks still ramp is refused, since no growth operator carries half-open masks over."""
+    masks = getattr(model, "growth_masks", None)
+    if masks is None:
+        return model
+    if not masks.done:
+        raise GrowthError(f"the source still carries MSG growth masks at m={masks.mask:g} (step {masks._step} of "
+                          f"{masks.ramp_steps}); train it until the ramp ends (`morphlm train --init DIR "
+                          f"--max-steps {masks.ramp_steps}` or more) and grow the trained directory")
+    import copy
+
+    plain = copy.deepcopy(model)
+    plain.remove_growth_masks()
+    return plain
+
+
 def grow_model(model_or_dir: TransformerLM | str | Path, target_cfg: ModelConfig | dict | str | Path,
                method: str = "fpi", **opts: Any) -> GrowOutput:
     """Grow and return everything: the model, the plan (index maps), the operator's FLOPs, the claim."""
     methods = available_methods()
     if method not in METHODS:
         raise GrowthError(f"unknown growth method {method!r}; choose one of {', '.join(methods)}")
-    model = _load_source(model_or_dir)
+    model = _plain_source(_load_source(model_or_dir))
     target = resolve_target(target_cfg, model.config)
     was_training = model.training
     model.eval()
@@ -196,8 +212,9 @@ def grow(model_or_dir: TransformerLM | str | Path, target_cfg: ModelConfig | dic
          method: str = "fpi", **opts: Any) -> TransformerLM:
     """Grow a model (or a checkpoint directory) to ``target_cfg`` with ``method``; returns the new model.
 
-    For ``msg`` the returned model carries ``model.masked_growth`` (a :class:`MaskedGrowth`, mask 0): pass it
-    to ``fit(..., callbacks=[model.masked_growth])`` to ramp the mask. :func:`grow_model` also returns the plan.
+    For ``msg`` the returned model carries its masks (at 0) as model state; ``fit`` ramps them (over
+    ``ramp_steps``) and saving keeps them. ``model.masked_growth`` (a :class:`MaskedGrowth`) reads or sets the
+    mask and, as a ``fit`` callback, can carry optimizer state. :func:`grow_model` also returns the plan.
     """
     out = grow_model(model_or_dir, target_cfg, method, **opts)
     if out.masks is not None:
@@ -233,6 +250,7 @@ def grow_checkpoint(src_dir: str | Path, target: ModelConfig | dict | str | Path
     model = result.model
     ckpt.save_checkpoint(out_dir, model.state_dict(), model.config, tokenizer_json=record.tokenizer_json,
                          lineage=lineage)
+    _carry_initial_optimizer(result, source, src_dir, out_dir)
     return {"out_dir": str(out_dir), "method": method, "source_params": source.num_parameters(),
             "target_params": model.num_parameters(), "flops": float(result.flops),
             "parent_flops": lineage["parents"][0]["flops"], "function_preserving": result.function_preserving,
@@ -256,47 +274,13 @@ def _source_batches(src_dir: Path, target_cfg: ModelConfig, seed: int):
     return data
 
 
-def masked_growth_from_checkpoint(model: TransformerLM, run_dir: str | Path, ramp_steps: int | None = None,
-                                  start_step: int | None = None) -> MaskedGrowth:
-    """Re-attach the MSG masks (at 0) to a model loaded from a directory written by ``grow_checkpoint(method='msg')``.
-
-    The plan is rebuilt from the lineage (source config, options, seed): plans are deterministic.
-    """
-    from ..train.checkpoint import read_lineage
-
-    lineage = read_lineage(run_dir) or {}
-    if lineage.get("verb") != "grow" or lineage.get("method") != "msg":
-        raise GrowthError(f"{run_dir} was not written by `morphlm grow --method msg`; it has no masks to attach")
-    opts = lineage["options"]
-    src = ModelConfig.from_dict(lineage["source_config"])
-    _, plan = build_plan(src, model.config, width="msg", depth=opts.get("depth", "stack"), seed=int(opts["seed"]),
-                         layers=opts.get("layers", "copy"))
-    return MaskedGrowth(model, plan, ramp_steps=ramp_steps if ramp_steps is not None else int(opts["ramp_steps"]),
-                        start_step=start_step)
-
-
-def _msg_init_hook(model: TransformerLM, init_dir: str, resuming: bool) -> list:
-    """``morphlm train --init DIR`` on a directory grown with ``--method msg``: re-attach the masks (ramping from
-    step 0 of the new run) and, on a fresh start, carry the source run's AdamW moments over (old entries
-    through the growth's index maps, new ones zero). Other init directories get no callback."""
+def _carry_initial_optimizer(result: GrowOutput, source: TransformerLM, src_dir: Path, out_dir: Path) -> None:
+    """MSG: write the source run's AdamW moments, mapped through the growth's index maps (old entries kept, new
+    ones zero), into the grown directory as its initial optimizer state; ``train --init`` loads it on a fresh
+    start. Nothing is written when the source has no optimizer state or the method has no masks."""
     from ..train import checkpoint as ckpt
 
-    lineage = ckpt.read_lineage(init_dir) or {}
-    if lineage.get("verb") != "grow" or lineage.get("method") != "msg":
-        return []
-    masks = masked_growth_from_checkpoint(model, init_dir, start_step=0)
-    parents = lineage.get("parents") or []
-    parent = Path(parents[0]["path"]) if parents else None
-    if not resuming and parent is not None and (parent / ckpt.TRAINER_FILE).exists():
-        masks.optimizer_state = carry_optimizer_state(ckpt.load_model(parent), parent, model, masks.plan)
-    return [masks]
-
-
-def _register_init_hook() -> None:
-    from ..train.run import INIT_HOOKS
-
-    if _msg_init_hook not in INIT_HOOKS:
-        INIT_HOOKS.append(_msg_init_hook)
-
-
-_register_init_hook()
+    if result.masks is None or not (src_dir / ckpt.TRAINER_FILE).exists():
+        return
+    tensors, groups = to_resume_format(carry_optimizer_state(source, src_dir, result.model, result.plan))
+    ckpt.write_initial_optimizer_state(out_dir, tensors, groups)

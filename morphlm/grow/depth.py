@@ -4,23 +4,12 @@ Depth (refs/growth.md §1-2): target layer l copies source layer ``layer_map[l]`
 (``l mod L``: 0 1 0 1), interpolation repeats each layer in place (``⌊l·L/L'⌋``: 0 0 1 1). Neither is
 function-preserving: every copy adds its residual contribution again. They copy weights exactly.
 
-MSG (Yao et al., ICLR 2024, refs/growth.md §7): new structure is multiplied by a mask m that ramps 0 → 1,
-so the grown model is exactly the source function at m = 0 whatever the new weights are. Implemented with
-forward hooks on the unmodified native model (state-dict names do not change), driven by the one training
-loop through ``on_step_begin``:
-
-* a new layer (a later copy in the layer map): ``h ← lerp(h, Block(h), m) = (1-m)·h + m·Block(h)``, the
-  identity at m = 0 for pre- and post-norm blocks alike;
-* new residual dimensions (d_model growth): embeddings, output projections and fc2 outputs are multiplied
-  by c = [1 … 1, m … m]; every LayerNorm/RMSNorm computes its statistics with weights c (mean Σcᵢxᵢ/Σcᵢ,
-  variance / mean square likewise) and multiplies its output by c. At m = 0 the statistics are exactly the
-  source's over the old dimensions; at m = 1 it is the plain norm. (The public MSG code rescales an RMSNorm by
-  √(Σc/D) instead, which is exact for RMSNorm without eps only; the weighted statistics are a reconstruction
-  that is also exact for LayerNorm.) The classifier's input is masked the same way;
-* new query heads / FFN neurons: the inputs of the output projection / fc2 are multiplied by a per-head /
-  per-neuron mask.
-At m >= 1 every hook returns the module's own output, so the model is bit-for-bit the plain grown model.
-While the ramp runs with ``compile=True`` each new m value recompiles; train the ramp uncompiled.
+MSG (Yao et al., ICLR 2024, arXiv:2305.02869): new structure is multiplied by a mask m that ramps 0 → 1, so
+the grown model is exactly the source function at m = 0 whatever the new weights are. The masks are model
+state (:mod:`morphlm.model.growth_masks`: which layers, residual dims, heads and neurons are new, m and the
+ramp position), saved in the grown checkpoint, so every verb that loads it computes the same function; the
+model ramps them itself in every ``fit``. Here: :func:`msg_flags` reads the flags off a growth plan and
+:class:`MaskedGrowth` puts them on a model (optionally also a ``fit`` callback, see its docstring).
 
 Optimizer carry-over: :func:`carry_optimizer_state` maps AdamW moments through the same index maps
 (entries of original source units keep their moments, new entries and new layers start at zero).
@@ -34,7 +23,8 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from ..model.norms import LayerNorm, RMSNorm
+from ..model.growth_masks import masked_norm  # noqa: F401  (re-exported)
+from ..train.optim import load_optimizer_state as _load_optimizer_state
 from ..surgery import SurgeryPlan as GrowthPlan, new_entries, remap
 from .errors import GrowthError
 
@@ -71,30 +61,31 @@ def top_copy_layers(n_source: int, n_target: int) -> list[int]:
 
 
 # ---------------------------------------------------------------------------- masked growth
-def masked_norm(module: nn.Module, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """LayerNorm/RMSNorm of x (…, D) with statistics weighted by c (D,) and the output multiplied by c."""
-    dtype = x.dtype
-    xf, w = x.float(), c.float()
-    total = w.sum()
-    if isinstance(module, RMSNorm):
-        ms = (xf.square() * w).sum(-1, keepdim=True) / total
-        y = module.weight * (xf * torch.rsqrt(ms + module.eps)).to(dtype)
-    else:
-        mu = (xf * w).sum(-1, keepdim=True) / total
-        var = ((xf - mu).square() * w).sum(-1, keepdim=True) / total
-        y = ((xf - mu) * torch.rsqrt(var + module.eps)).to(dtype) * module.weight
-        if getattr(module, "bias", None) is not None:
-            y = y + module.bias
-    return y * c.to(y.dtype)
+def msg_flags(plan: GrowthPlan, cfg) -> dict[str, torch.Tensor]:
+    """The growth masks' flags (:class:`~morphlm.model.growth_masks.GrowthMasks`) of an MSG plan: the residual
+    dims, query-head rows, FFN neurons and layers its index maps mark as new."""
+    params = plan.params
+    d_map = params["tok_emb.weight"].maps[1]
+    flags = {"residual": d_map.is_new if d_map is not None else None,
+             "heads": torch.zeros(cfg.n_layers, cfg.n_heads * cfg.head_dim, dtype=torch.bool),
+             "neurons": torch.zeros(cfg.n_layers, cfg.d_ff, dtype=torch.bool),
+             "layers": torch.zeros(cfg.n_layers, dtype=torch.bool)}
+    for k in range(cfg.n_layers):
+        for rest, key in (("attn.proj.weight", "heads"), ("mlp.fc2.weight", "neurons")):
+            pm = params.get(f"blocks.{k}.{rest}")
+            if pm is not None and pm.maps and pm.maps[1] is not None:
+                flags[key][k] = pm.maps[1].is_new
+    flags["layers"][list(plan.new_layers)] = True
+    return flags
 
 
 class MaskedGrowth:
-    """MSG masks on a grown :class:`~morphlm.model.TransformerLM`, and a ``fit`` callback that ramps them.
+    """MSG masks of ``plan`` put on a grown :class:`~morphlm.model.TransformerLM` (as model state: see
+    :mod:`morphlm.model.growth_masks`), and an optional ``fit`` callback.
 
-    ``plan`` is the :class:`GrowthPlan` of the growth (its maps say which layers, residual dimensions, heads
-    and neurons are new). The mask is 0 until ``start_step`` (default: the first step ``fit`` runs), then
-    rises linearly to 1 over ``ramp_steps`` steps. ``optimizer_state`` (from :func:`carry_optimizer_state`)
-    is loaded into the loop's optimizer at the first step.
+    The model ramps its masks itself in every ``fit`` (mask 0 at its first step, 1 after ``ramp_steps``); as a
+    callback this object can also start the ramp at ``start_step`` and, at the first step, load
+    ``optimizer_state`` (from :func:`carry_optimizer_state`) into the loop's optimizer.
     """
 
     def __init__(self, model: nn.Module, plan: GrowthPlan, ramp_steps: int = 100, start_step: int | None = None,
@@ -102,80 +93,28 @@ class MaskedGrowth:
         if ramp_steps < 0:
             raise GrowthError(f"ramp_steps={ramp_steps} must be >= 0")
         self.model, self.plan = model, plan
-        self.ramp_steps, self.start_step = int(ramp_steps), start_step
+        self.start_step = start_step
         self.optimizer_state = optimizer_state
-        self.mask = 0.0
-        self._flags: dict[str, torch.Tensor] = {}
-        self._cache: dict[tuple, torch.Tensor] = {}
-        self._handles: list[Any] = []
-        self._install()
+        model.add_growth_masks(int(ramp_steps), **msg_flags(plan, model.config))
 
-    # ------------------------------------------------------------------ hooks
-    def _install(self) -> None:
-        m, params = self.model, self.plan.params
-        d_map = params["tok_emb.weight"].maps[1]
-        if d_map is not None and bool(d_map.is_new.any()):
-            self._flags["D"] = d_map.is_new
-            for name in ("tok_emb", "pos_emb", "seg_emb"):
-                if getattr(m, name, None) is not None:
-                    self._out_hook(getattr(m, name), "D")
-            for mod in m.modules():
-                if isinstance(mod, (LayerNorm, RMSNorm)):
-                    self._handles.append(mod.register_forward_hook(self._norm_hook))
-            for block in m.blocks:
-                self._out_hook(block.attn.proj, "D")
-                self._out_hook(block.mlp.fc2, "D")
-            if getattr(m, "classifier", None) is not None:
-                self._in_hook(m.classifier, "D")
-        for k, block in enumerate(m.blocks):
-            for rest, mod in (("attn.proj.weight", block.attn.proj), ("mlp.fc2.weight", block.mlp.fc2)):
-                pm = params.get(f"blocks.{k}.{rest}")
-                if pm is not None and pm.maps and pm.maps[1] is not None and bool(pm.maps[1].is_new.any()):
-                    key = f"{k}.{rest}"
-                    self._flags[key] = pm.maps[1].is_new
-                    self._in_hook(mod, key)
-        for k in self.plan.new_layers:
-            self._handles.append(m.blocks[k].register_forward_hook(self._block_hook))
+    @property
+    def masks(self):
+        return self.model.growth_masks
 
-    def _vec(self, key: str, like: torch.Tensor) -> torch.Tensor:
-        ck = (key, like.device, like.dtype, self.mask)
-        v = self._cache.get(ck)
-        if v is None:
-            v = torch.where(self._flags[key], torch.tensor(self.mask), torch.tensor(1.0)).to(like.device, like.dtype)
-            self._cache[ck] = v
-        return v
+    @property
+    def ramp_steps(self) -> int:
+        return self.masks.ramp_steps if self.masks is not None else 0
 
-    def _out_hook(self, mod: nn.Module, key: str) -> None:
-        def hook(module, args, out):
-            return None if self.mask >= 1 else out * self._vec(key, out)
-        self._handles.append(mod.register_forward_hook(hook))
+    @property
+    def mask(self) -> float:
+        return self.masks.mask if self.masks is not None else 1.0
 
-    def _in_hook(self, mod: nn.Module, key: str) -> None:
-        def hook(module, args):
-            return None if self.mask >= 1 else (args[0] * self._vec(key, args[0]), *args[1:])
-        self._handles.append(mod.register_forward_pre_hook(hook))
-
-    def _norm_hook(self, module, args, out):
-        if self.mask >= 1:
-            return None
-        return masked_norm(module, args[0], self._vec("D", args[0].float()))
-
-    def _block_hook(self, module, args, out):
-        if self.mask >= 1:
-            return None
-        h_out, scores = out
-        return torch.lerp(args[0], h_out, self.mask), scores  # exactly args[0] at mask 0
-
-    # ------------------------------------------------------------------ schedule
     def set_mask(self, value: float) -> None:
-        self.mask = float(min(max(value, 0.0), 1.0))
-        self._cache.clear()
+        self.masks.set_mask(value)
 
     def value_at(self, step: int) -> float:
         start = self.start_step if self.start_step is not None else step
-        if self.ramp_steps == 0:
-            return 1.0
-        return min(max((step - start) / self.ramp_steps, 0.0), 1.0)
+        return self.masks.value_at(step - start)
 
     def on_step_begin(self, state) -> None:
         if self.start_step is None:
@@ -183,17 +122,16 @@ class MaskedGrowth:
         if self.optimizer_state is not None and state.optimizer is not None:
             load_optimizer_state(state.raw_model or self.model, state.optimizer, self.optimizer_state)
             self.optimizer_state = None
-        self.set_mask(self.value_at(state.step))
+        if self.masks is not None:
+            self.set_mask(self.value_at(state.step))
 
     @property
     def done(self) -> bool:
         return self.mask >= 1
 
     def remove(self) -> None:
-        """Detach every hook (the model becomes the plain grown model whatever the mask was)."""
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
+        """Drop the masks (the model becomes the plain grown model whatever the mask was)."""
+        self.model.remove_growth_masks()
 
 
 # ---------------------------------------------------------------------------- optimizer carry-over
@@ -271,19 +209,10 @@ def carry_optimizer_state(old_model: nn.Module, old_optimizer_state_or_dir: Any,
 
 def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
     """Put a name-keyed optimizer state (e.g. from :func:`carry_optimizer_state`) into a live torch optimizer."""
-    params = dict(model.named_parameters())
-    group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
-    for fqn, entry in state["state"].items():
-        if fqn not in params:
-            raise GrowthError(f"optimizer state names parameter {fqn!r} that the model lacks")
-        p = params[fqn]
-        g = group_of.get(id(p), {})
-        on_device = g.get("fused") or g.get("capturable")
-        # copies: the optimizer updates its state in place and must not alter the caller's
-        optimizer.state[p] = {
-            k: (v.to(p.device if on_device else "cpu", torch.float32, copy=True) if k == "step"
-                else v.to(p.device, p.dtype, copy=True))
-            for k, v in entry.items()}
+    try:
+        _load_optimizer_state(model, optimizer, state)
+    except ValueError as exc:
+        raise GrowthError(str(exc)) from exc
 
 
 def to_resume_format(state: dict) -> tuple[dict[str, torch.Tensor], list[dict]]:

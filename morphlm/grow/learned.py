@@ -56,6 +56,7 @@ from ..model.config import ModelConfig
 from ..model.transformer import TransformerLM
 from ..train import flops as flops_mod
 from ..train.loop import TrainArgs, evaluate, fit, model_loss, resolve_device
+from .api import GrowOutput, register_method
 from ..surgery import stack_layers
 from .errors import GrowthError
 from .width import check_growable
@@ -433,5 +434,34 @@ def ligo_grow(src_model: TransformerLM, target_cfg: ModelConfig, data, *, steps:
     return _finish(grower, src_model, info)
 
 
-# "ligo" and "mango" join the growth registry (api.available_methods imports this module); see mango.py
-from . import mango as _mango  # noqa: E402,F401
+# ---------------------------------------------------------------------------- the growth registry
+_CLAIM = ("no: a learned operator fitted on the target loss; with steps=0 and init='stack' it is the "
+          "StackBERT/duplication map (exact when only widths grow and d_model by an integer factor)")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, TrainArgs):
+        return asdict(value)
+    if callable(value):
+        return getattr(value, "__qualname__", repr(value))
+    return value
+
+
+def registry_method(grow_fn, name: str):
+    """Adapt ``grow_fn(src, target_cfg, data, *, seed, **opts) -> (model, info)`` to the growth registry's
+    ``fn(model, target_cfg, *, seed, **opts) -> GrowOutput``; ``data`` (a batch source) is a required option."""
+
+    def method(model: TransformerLM, target_cfg: ModelConfig, *, seed: int = 0, data=None, **opts: Any) -> GrowOutput:
+        if data is None:
+            raise GrowthError(f"{name} fits its operator on the target model's loss: pass data=<batch source with "
+                              f"train_batch(step) and val_batches()>, e.g. the corpus the target will train on")
+        with torch.enable_grad():  # grow_model() calls methods under no_grad; fitting needs autograd
+            grown, info = grow_fn(model, target_cfg, data, seed=seed, **opts)
+        options = {"seed": seed, **{k: _jsonable(v) for k, v in opts.items()}, "operator": info}
+        return GrowOutput(grown, None, float(info["flops"]), _CLAIM, options)
+
+    method.__name__ = method.__qualname__ = f"{name}_method"
+    return method
+
+
+register_method("ligo")(registry_method(ligo_grow, "ligo"))

@@ -47,7 +47,6 @@ per step, the operator's matmuls are ~8% of a fitting step's FLOPs at R = 2 (~28
 from __future__ import annotations
 
 import math
-from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -56,10 +55,9 @@ from torch import nn
 from ..model.config import ModelConfig
 from ..model.transformer import TransformerLM
 from ..train.loop import TrainArgs
-from .api import GrowOutput, register_method
-from .errors import GrowthError
-from .learned import (INITS, GrowerBase, _finish, cyclic_map, depth_stack, fit_operator, ligo_grow, norm_has_bias,
-                      norm_names, selection)
+from .api import register_method
+from .learned import (INITS, GrowerBase, _finish, cyclic_map, depth_stack, fit_operator, norm_has_bias, norm_names,
+                      registry_method, selection)
 
 
 def _slices(cfg: ModelConfig) -> tuple[list[str], list[str]]:
@@ -229,34 +227,4 @@ def mango_grow(src_model: TransformerLM, target_cfg: ModelConfig, data, *, rank:
 
 
 # ---------------------------------------------------------------------------- the growth registry
-_CLAIM = ("no: a learned operator fitted on the target loss; with steps=0 and init='stack' it is the "
-          "StackBERT/duplication map (exact when only widths grow and d_model by an integer factor)")
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, TrainArgs):
-        return asdict(value)
-    if callable(value):
-        return getattr(value, "__qualname__", repr(value))
-    return value
-
-
-def registry_method(grow_fn, name: str):
-    """Adapt ``grow_fn(src, target_cfg, data, *, seed, **opts) -> (model, info)`` to the growth registry's
-    ``fn(model, target_cfg, *, seed, **opts) -> GrowOutput``; ``data`` (a batch source) is a required option."""
-
-    def method(model: TransformerLM, target_cfg: ModelConfig, *, seed: int = 0, data=None, **opts: Any) -> GrowOutput:
-        if data is None:
-            raise GrowthError(f"{name} fits its operator on the target model's loss: pass data=<batch source with "
-                              f"train_batch(step) and val_batches()>, e.g. the corpus the target will train on")
-        with torch.enable_grad():  # grow_model() calls methods under no_grad; fitting needs autograd
-            grown, info = grow_fn(model, target_cfg, data, seed=seed, **opts)
-        options = {"seed": seed, **{k: _jsonable(v) for k, v in opts.items()}, "operator": info}
-        return GrowOutput(grown, None, float(info["flops"]), _CLAIM, options)
-
-    method.__name__ = method.__qualname__ = f"{name}_method"
-    return method
-
-
-register_method("ligo")(registry_method(ligo_grow, "ligo"))
 register_method("mango")(registry_method(mango_grow, "mango"))

@@ -159,8 +159,7 @@ def register_schedule(name: str) -> Callable[[ScheduleBuilder], ScheduleBuilder]
 
 
 def available_schedules() -> list[str]:
-    from . import schedule_methods  # noqa: F401  (registers the schedules)
-
+    """Every registered schedule (morphlm/grow/__init__.py imports each module that declares one)."""
     return sorted(SCHEDULES)
 
 
@@ -394,8 +393,6 @@ def run_schedule(name: str, target: ModelConfig, data, args: TrainArgs, *, sourc
     ``args.eval_every`` the global eval cadence. Method options (``**opts``) are documented on each
     schedule in :mod:`morphlm.grow.schedule_methods`; ``source_flops=`` overrides the source's cost.
     """
-    from . import schedule_methods  # noqa: F401  (registers the schedules)
-
     if name not in SCHEDULES:
         raise GrowthError(f"unknown schedule {name!r}; choose one of {', '.join(available_schedules())}")
     if not isinstance(target, ModelConfig):
@@ -423,9 +420,14 @@ def run_schedule(name: str, target: ModelConfig, data, args: TrainArgs, *, sourc
 
 # ---------------------------------------------------------------------------- `morphlm train --schedule`
 def run_from_spec(spec, callbacks=()):
-    """SCHEDULE_RUNNERS entry: a RunSpec (train.run) with ``schedule`` set → a FitResult-like summary."""
+    """``morphlm train --schedule NAME``: a RunSpec (train.run) whose ``schedule`` names any registered schedule
+    → a FitResult-like summary."""
+    from ..model.config import ConfigError
     from ..train.loop import FitResult
     from ..train.run import build_data
+
+    if spec.schedule not in SCHEDULES:
+        raise ConfigError(f"unknown schedule {spec.schedule!r}; choose one of {', '.join(available_schedules())}")
 
     if spec.init:
         raise GrowthError("--init does not combine with --schedule; pass the smaller model as --source DIR")
@@ -444,14 +446,5 @@ def run_from_spec(spec, callbacks=()):
     return FitResult(res.steps, res.tokens, res.flops, None, res.val_loss, metrics, res.out_dir, res.interrupted)
 
 
-def _register_runners() -> None:
-    from ..train.run import SCHEDULE_RUNNERS
-
-    for name in ("two-stage", "apollo", "mslt", "chain"):
-        SCHEDULE_RUNNERS.setdefault(name, run_from_spec)
-
-
-_register_runners()
-
 __all__ = ["SCHEDULES", "ScheduleResult", "Stage", "available_schedules", "forward_view", "register_schedule",
-           "remap_layers_state", "run_schedule", "run_stages", "split_steps", "view_flops_per_token"]
+           "remap_layers_state", "run_from_spec", "run_schedule", "run_stages", "split_steps", "view_flops_per_token"]

@@ -305,6 +305,19 @@ def load_hf_model(path: str | os.PathLike) -> tuple[TransformerLM, ModelConfig]:
     return model.eval(), cfg
 
 
+def _exportable_state(model: TransformerLM) -> tuple[dict[str, torch.Tensor], ModelConfig]:
+    """(state dict, config) of the plain model a Hugging Face model can hold. MSG growth masks that reached 1 are
+    inert and dropped (exact); a model whose masks still ramp is refused: HF models have no masks."""
+    masks = getattr(model, "growth_masks", None)
+    if masks is not None and not masks.done:
+        raise InteropError(f"the model still carries MSG growth masks at m={masks.mask:g} (training step "
+                           f"{masks._step} of a {masks.ramp_steps}-step ramp): a Hugging Face model has no masks, "
+                           f"so it would compute a different function. Train it until the ramp ends "
+                           f"(`morphlm train --init DIR --max-steps {masks.ramp_steps}` or more), then convert")
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("growth_masks.")}
+    return state, model.config.replace()
+
+
 def export_hf_model(model: TransformerLM, out_dir: str | os.PathLike, *, tokenizer_json: str | None = None) -> Path:
     """Write ``config.json`` (transformers format, with ``architectures``) and ``model.safetensors`` so that
     ``<Arch>.from_pretrained(out_dir)`` loads the model. ``tokenizer_json`` is a path to a tokenizer.json
@@ -313,9 +326,9 @@ def export_hf_model(model: TransformerLM, out_dir: str | os.PathLike, *, tokeniz
     from safetensors.torch import save_file
 
     model = getattr(model, "_orig_mod", model)  # torch.compile wrapper
-    cfg = model.config
+    native, cfg = _exportable_state(model)
     d, arch = _hf_config_dict(cfg)
-    state = state_dict_to_hf(model.state_dict(), cfg, arch)
+    state = state_dict_to_hf(native, cfg, arch)
     dtype = next(iter(state.values())).dtype
     d["dtype"] = str(dtype).removeprefix("torch.")
     state = {k: v.cpu() for k, v in state.items()}
@@ -362,14 +375,15 @@ def to_hf_module(model: TransformerLM, attn_implementation: str | None = None):
     ``attn_implementation`` ("eager", "sdpa") is passed to the HF config; None keeps transformers' default."""
     model = getattr(model, "_orig_mod", model)
     transformers = _transformers()
-    hf_cfg, arch = config_to_hf(model.config)
+    native, cfg = _exportable_state(model)
+    hf_cfg, arch = config_to_hf(cfg)
     if attn_implementation is not None:
         hf_cfg._attn_implementation = attn_implementation
-    state = state_dict_to_hf(model.state_dict(), model.config, arch)
+    state = state_dict_to_hf(native, cfg, arch)
     ref = next(model.parameters())
     hf = getattr(transformers, arch)(hf_cfg).to(dtype=ref.dtype)
     result = hf.load_state_dict(state, strict=False)
-    m = _build_map(model.config, arch)
+    m = _build_map(cfg, arch)
     # keys transformers holds that we did not write: tied duplicates (loaded through their primary, the
     # same Parameter) and buffers that older transformers versions keep in the state dict
     leftover = [k for k in result.missing_keys if k not in m.aliases and not m.ignored.fullmatch(k)]

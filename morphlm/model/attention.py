@@ -19,7 +19,7 @@ from .config import ModelConfig
 
 def rope_tables(cfg: ModelConfig, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin tables (T_max, d_head) in the LLaMA "rotate half" convention."""
-    dh = cfg.d_model // cfg.n_heads
+    dh = cfg.head_dim
     inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, dh, 2, dtype=torch.float32, device=device) / dh))
     t = torch.arange(cfg.max_seq_len, dtype=torch.float32, device=device)
     freqs = torch.outer(t, inv_freq)  # (T_max, dh/2)
@@ -41,7 +41,7 @@ class Attention(nn.Module):
         super().__init__()
         self.n_heads = cfg.n_heads
         self.n_kv_heads = cfg.n_kv_heads
-        self.head_dim = cfg.d_model // cfg.n_heads
+        self.head_dim = cfg.head_dim
         self.causal = cfg.causal
         self.dropout = cfg.dropout
         self.q_dim = cfg.d_model
@@ -52,7 +52,7 @@ class Attention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,  # cos/sin (T_max or T, Dh) or (B, 1, T, Dh)
         mask: torch.Tensor | None = None,
         return_scores: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -63,7 +63,9 @@ class Attention(nn.Module):
         k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, Dh)
         v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, Dh)
         if rope is not None:
-            cos, sin = rope[0][:T], rope[1][:T]
+            cos, sin = rope
+            if cos.dim() == 2:  # the model's full (T_max, Dh) tables; gathered ones are already (…, T, Dh)
+                cos, sin = cos[:T], sin[:T]
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         drop = self.dropout if self.training else 0.0
         scores = None

@@ -63,6 +63,10 @@ class ModelConfig:
     head: str = "lm"
     n_classes: int = 2
     init_std: float = 0.02
+    # MSG growth masks (morphlm/model/growth_masks.py): None for a plain model; an int R >= 0 when the weights
+    # were grown with masked structural growth and new structure is still multiplied by a mask that ramps 0 -> 1
+    # over R training steps. Which units are new and the ramp position are buffers in model.safetensors.
+    msg_ramp_steps: int | None = None
     # derived
     head_dim: int = field(init=False, default=0)
 
@@ -113,10 +117,16 @@ class ModelConfig:
                               "(use head='mlm' for a bidirectional encoder)")
         if self.head == "cls":
             need(self.n_classes >= 2, f"n_classes={self.n_classes} must be >= 2 for head='cls'")
+        if self.msg_ramp_steps is not None:
+            need(isinstance(self.msg_ramp_steps, int) and not isinstance(self.msg_ramp_steps, bool)
+                 and self.msg_ramp_steps >= 0, f"msg_ramp_steps={self.msg_ramp_steps!r} must be None (no growth "
+                 f"masks) or an integer >= 0 (steps over which the MSG mask ramps to 1)")
 
     # ------------------------------------------------------------------ (de)serialization
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+        if out["msg_ramp_steps"] is None:  # a plain model's config.json stays as it always was
+            del out["msg_ramp_steps"]
         return out
 
     @classmethod
@@ -182,7 +192,10 @@ class ModelConfig:
         return cls.from_file(Path(path) / "config.json")
 
     def replace(self, **changes: Any) -> "ModelConfig":
+        """A copy with ``changes``. Growth masks describe one set of weights, not an architecture, so a derived
+        config does not inherit ``msg_ramp_steps`` unless ``changes`` names it."""
         data = self.to_dict()
+        data.pop("msg_ramp_steps", None)
         data.update(changes)
         return ModelConfig.from_dict(data)
 

@@ -29,6 +29,7 @@ from torch import nn
 from .attention import Attention, rope_tables
 from .config import DSSN_C_ATTN, DSSN_C_MLP, ModelConfig
 from .ffn import MLP, activation_fn
+from .growth_masks import GrowthMasks
 from .norms import make_norm
 
 IGNORE_INDEX = -100
@@ -101,6 +102,10 @@ class TransformerLM(nn.Module):
             self.pooler = nn.Linear(cfg.d_model, cfg.d_model)
             self.classifier = nn.Linear(cfg.d_model, cfg.n_classes)
         self.reset_parameters()
+        # MSG growth masks (growth_masks.py): part of the function, so part of the model and its checkpoint
+        self.growth_masks = GrowthMasks(cfg) if cfg.msg_ramp_steps is not None else None
+        if self.growth_masks is not None:
+            self.growth_masks.attach(self)
 
     # ------------------------------------------------------------------ init
     @torch.no_grad()
@@ -135,6 +140,32 @@ class TransformerLM(nn.Module):
                     n -= emb.weight.numel()
         return n
 
+    # ------------------------------------------------------------------ growth-time structure
+    def on_train_step_begin(self) -> None:
+        """Called by the training loop at the start of every optimizer step: advances the growth masks' ramp
+        (a no-op for a plain model)."""
+        if self.growth_masks is not None:
+            self.growth_masks.advance()
+
+    def add_growth_masks(self, ramp_steps: int, **flags: torch.Tensor) -> GrowthMasks:
+        """Put MSG masks (at m = 0) on this model: ``flags`` are :meth:`GrowthMasks.set_flags`'s. The config
+        records ``msg_ramp_steps`` so a saved checkpoint rebuilds the same masked model."""
+        self.remove_growth_masks()
+        self.config = self.config.replace(msg_ramp_steps=int(ramp_steps))
+        masks = GrowthMasks(self.config).to(self.tok_emb.weight.device)
+        self.growth_masks = masks
+        masks.attach(self)
+        masks.set_flags(**flags)
+        return masks
+
+    def remove_growth_masks(self) -> None:
+        """Drop the growth masks: the model becomes the plain grown model (the same function once m = 1),
+        and its config and state dict those of a plain model."""
+        if self.growth_masks is not None:
+            self.growth_masks.detach()
+            self.growth_masks = None
+            self.config = self.config.replace()
+
     def output_embeddings(self) -> torch.Tensor:
         return self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
 
@@ -152,62 +183,59 @@ class TransformerLM(nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
-        prompt_embeds: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
     ) -> ModelOutput:
         """input_ids (B, T). For lm/mlm, ``labels`` (B, T) are the targets at each position (already
         shifted for causal LM: labels[t] = input_ids[t+1]); -100 is ignored. For cls, labels (B,).
 
-        ``prompt_embeds`` (1 or B, P, D): soft-prompt vectors (prompt tuning) inserted *after the first
-        token*, so a leading [cls]/[bos] keeps position 0 (the cls head still pools it) and every later
-        token sees the prompt, causal or not. A prompt vector stands in for a token embedding: it gets
-        the position embedding of its slot (learned positions 1..P; RoPE rotates by the same slots), the
-        segment embedding of segment 0, and is always attended to (attention_mask is extended with 1s).
-        The input tokens move to positions 0 and P+1..P+T-1, so T + P must fit max_seq_len. Logits and
-        the loss cover the T input positions only (prompt slots are dropped before the head, so labels
-        stay (B, T)); hidden_states and attentions cover all T + P positions. With ``prompt_embeds=None``
-        the computation is exactly the one without the argument."""
+        As in Hugging Face models, ``inputs_embeds`` (B, T, D) may replace ``input_ids``: the vectors stand
+        in for the token embeddings (position and segment embeddings are still added; soft prompts enter this
+        way), and ``position_ids`` (T,) or (B, T) replace the positions 0..T-1 (learned positions and RoPE).
+        With both left None the computation is exactly the one without the arguments."""
         cfg = self.config
-        B, T = input_ids.shape
-        P = 0 if prompt_embeds is None else prompt_embeds.shape[1]
-        if prompt_embeds is not None:
-            shape = tuple(prompt_embeds.shape)
-            if len(shape) != 3 or shape[0] not in (1, B) or shape[2] != cfg.d_model:
-                raise ValueError(f"prompt_embeds must have shape (1 or {B}, P, {cfg.d_model}), got "
-                                 f"{tuple(prompt_embeds.shape)}")
-            if T < 1:
-                raise ValueError("prompt_embeds needs at least one input token (the prompt follows the first one)")
-        if T + P > cfg.max_seq_len:
-            extra = f" plus {P} prompt vectors" if P else ""
-            raise ValueError(f"sequence length {T}{extra} exceeds max_seq_len={cfg.max_seq_len}; "
+        if self.growth_masks is not None:
+            self.growth_masks.sync()  # buffers a loader wrote directly: refresh the masks' hooks
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids (B, T) or inputs_embeds (B, T, d_model)")
+        if inputs_embeds is not None:
+            if inputs_embeds.dim() != 3 or inputs_embeds.shape[2] != cfg.d_model:
+                raise ValueError(f"inputs_embeds must have shape (B, T, {cfg.d_model}), got "
+                                 f"{tuple(inputs_embeds.shape)}")
+            B, T = inputs_embeds.shape[:2]
+            device = inputs_embeds.device
+        else:
+            B, T = input_ids.shape
+            device = input_ids.device
+        if T > cfg.max_seq_len:
+            raise ValueError(f"sequence length {T} exceeds max_seq_len={cfg.max_seq_len}; "
                              f"truncate the input or build the model with a larger max_seq_len")
-        h = self.tok_emb(input_ids)  # (B, T, D)
-        if prompt_embeds is not None:
-            prompt = prompt_embeds.to(h.dtype).expand(B, -1, -1)  # (B, P, D)
-            h = torch.cat([h[:, :1], prompt, h[:, 1:]], dim=1)  # (B, T+P, D)
-            if attention_mask is not None:
-                attention_mask = torch.cat([attention_mask[:, :1], attention_mask.new_ones(B, P),
-                                            attention_mask[:, 1:]], dim=1)  # (B, T+P)
-            if token_type_ids is not None:
-                token_type_ids = torch.cat([token_type_ids[:, :1], token_type_ids.new_zeros(B, P),
-                                            token_type_ids[:, 1:]], dim=1)  # (B, T+P)
-            elif self.seg_emb is not None:
-                token_type_ids = input_ids.new_zeros(B, T + P)
+        if position_ids is not None and (position_ids.dim() not in (1, 2) or position_ids.shape[-1] != T
+                                         or (position_ids.dim() == 2 and position_ids.shape[0] not in (1, B))):
+            raise ValueError(f"position_ids must have shape ({T},) or ({B}, {T}), got {tuple(position_ids.shape)}")
+        h = self.tok_emb(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, D)
         if self.pos_emb is not None:
-            h = h + self.pos_emb(torch.arange(T + P, device=input_ids.device))
+            h = h + self.pos_emb(torch.arange(T, device=device) if position_ids is None else position_ids)
         if self.seg_emb is not None:
-            seg = token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids)
+            seg = token_type_ids if token_type_ids is not None else torch.zeros(B, T, dtype=torch.long, device=device)
             h = h + self.seg_emb(seg)
         if self.emb_norm is not None:
             h = self.emb_norm(h)
         h = self.drop(h)
-        rope = (self.rope_cos, self.rope_sin) if self.rope_cos is not None else None
-        mask = self._attention_mask(attention_mask, T + P)
+        rope = None
+        if self.rope_cos is not None:
+            if position_ids is None:
+                rope = (self.rope_cos, self.rope_sin)  # (T_max, Dh): attention takes the first T rows
+            else:
+                cos, sin = self.rope_cos[position_ids], self.rope_sin[position_ids]  # (T, Dh) or (B, T, Dh)
+                rope = (cos, sin) if cos.dim() == 2 else (cos[:, None], sin[:, None])  # (B, 1, T, Dh)
+        mask = self._attention_mask(attention_mask, T)
 
         hidden = [h] if output_hidden_states else None
         scores = [] if output_attentions else None
@@ -219,8 +247,6 @@ class TransformerLM(nn.Module):
                 scores.append(s)
         if self.final_norm is not None:
             h = self.final_norm(h)
-        if P:
-            h = torch.cat([h[:, :1], h[:, 1 + P:]], dim=1)  # (B, T, D): drop the prompt slots
 
         logits = self.head(h)
         loss = None

@@ -42,6 +42,9 @@ TOKENIZER_FILE = "tokenizer.json"
 LINEAGE_FILE = "lineage.json"
 OPTIM_FILE = "state/optimizer.safetensors"
 TRAINER_FILE = "state/trainer.json"
+# optimizer state a verb hands to the first run trained from this directory (growth's carried AdamW moments);
+# data for a fresh start, not resumable trainer state (has_trainer_state ignores it)
+INITIAL_OPTIM_FILE = "state/initial_optimizer.safetensors"
 METRICS_FILE = "metrics.jsonl"
 
 # Explicit upgrade functions: UPGRADES[v] turns a config dict of format v into format v+1.
@@ -84,6 +87,27 @@ def _read_safetensors(path: Path, what: str) -> dict[str, torch.Tensor]:
     except (SafetensorError, ValueError, OSError) as exc:
         raise CheckpointError(f"{what} {path} is unreadable ({exc}); the file is truncated or corrupted — "
                               f"restore it from a backup or retrain") from exc
+
+
+def write_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
+    """One safetensors file written atomically (side files of a checkpoint: prompts, initial optimizer state)."""
+    path = Path(path)
+    write_atomic(path, tensors_to_bytes(tensors, metadata))
+    return path
+
+
+def read_tensors(path: str | Path, what: str = "tensor file") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) of a safetensors file; a clear CheckpointError when it is unreadable."""
+    path = Path(path)
+    tensors = _read_safetensors(path, what)
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{what} {path} is unreadable ({exc}); restore it or recreate it") from exc
+    return tensors, meta
 
 
 # ---------------------------------------------------------------------------- staging / recovery
@@ -314,6 +338,21 @@ def load_trainer_state(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, t
                                   f"was truncated or altered; restore it or start a new run")
         optim = _read_safetensors(opath, "optimizer state")
     return state, optim
+
+
+def write_initial_optimizer_state(run_dir: str | Path, tensors: dict[str, torch.Tensor], param_groups: list) -> Path:
+    """Flattened name-keyed optimizer state (the loop's ``state::FQN::KEY`` tensors + param groups) for the first
+    run trained from ``run_dir`` (see INITIAL_OPTIM_FILE)."""
+    return write_tensors(Path(run_dir) / INITIAL_OPTIM_FILE, tensors, {"param_groups": json.dumps(param_groups)})
+
+
+def read_initial_optimizer_state(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], list] | None:
+    """(tensors, param groups) written by :func:`write_initial_optimizer_state`, or None when there is none."""
+    path = Path(run_dir) / INITIAL_OPTIM_FILE
+    if not path.exists():
+        return None
+    tensors, meta = read_tensors(path, "initial optimizer state")
+    return tensors, json.loads(meta.get("param_groups", "[]"))
 
 
 def read_lineage(run_dir: str | Path) -> dict[str, Any] | None:

@@ -428,6 +428,8 @@ def fit(
             micro_batches = prepare(start_step)
             for step in range(start_step, args.max_steps):
                 fstate.step = step
+                if hasattr(raw, "on_train_step_begin"):  # state the model advances itself (growth mask ramps)
+                    raw.on_train_step_begin()
                 for cb in callbacks:
                     if hasattr(cb, "on_step_begin"):
                         cb.on_step_begin(fstate)

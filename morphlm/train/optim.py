@@ -112,3 +112,33 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], groups: list[dict]) -
         _, fqn, key = name.split("::")
         state.setdefault(fqn, {})[key] = t
     return {"state": state, "param_groups": groups}
+
+
+def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Put a parameter-name keyed optimizer state ``{"state": {fqn: {...}}, ...}`` into a live torch optimizer."""
+    params = dict(model.named_parameters())
+    group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+    for fqn, entry in state["state"].items():
+        if fqn not in params:
+            raise ValueError(f"optimizer state names parameter {fqn!r} that the model lacks")
+        p = params[fqn]
+        g = group_of.get(id(p), {})
+        on_device = g.get("fused") or g.get("capturable")
+        # copies: the optimizer updates its state in place and must not alter the caller's
+        optimizer.state[p] = {
+            k: (v.to(p.device if on_device else "cpu", torch.float32, copy=True) if k == "step"
+                else v.to(p.device, p.dtype, copy=True))
+            for k, v in entry.items()}
+
+
+class LoadOptimizerState:
+    """fit() callback: at the first step, load a name-keyed optimizer state (e.g. the AdamW moments a growth
+    verb carried into the grown checkpoint, see checkpoint.read_initial_optimizer_state) into the optimizer."""
+
+    def __init__(self, state: dict) -> None:
+        self.state = state
+
+    def on_step_begin(self, fstate) -> None:
+        if self.state is not None and fstate.optimizer is not None:
+            load_optimizer_state(fstate.raw_model, fstate.optimizer, self.state)
+            self.state = None

@@ -20,18 +20,9 @@ from ..model import ModelConfig, TransformerLM
 from ..model.config import ConfigError
 from . import checkpoint as ckpt
 from .loop import FitResult, TrainArgs, evaluate, fit, model_loss, resolve_device
+from .optim import LoadOptimizerState, _unflatten_optimizer
 
 log = logging.getLogger("morphlm.run")
-
-# Fit callbacks contributed by higher layers for a run started with --init (growth's MSG mask ramp is one):
-# each hook is called as hook(model, init_dir, resuming) and returns a list of callbacks (often empty).
-# Higher layers register here on import, so this module never imports them.
-INIT_HOOKS: list = []
-
-# Progressive training schedules (growth's two-stage, apollo, mslt, chain) by name, registered by
-# morphlm.grow on import (this module never imports grow/): runner(spec, callbacks) -> FitResult.
-SCHEDULE_RUNNERS: dict = {}
-
 
 @dataclass
 class DataSpec:
@@ -52,7 +43,7 @@ class RunSpec:
     data: DataSpec = field(default_factory=DataSpec)
     train: TrainArgs = field(default_factory=TrainArgs)
     init: str | None = None  # start from this checkpoint's weights (fine-tuning)
-    schedule: str | None = None  # a progressive training schedule (SCHEDULE_RUNNERS); None -> plain fit
+    schedule: str | None = None  # a progressive training schedule (morphlm.grow's registry); None -> plain fit
     schedule_opts: dict[str, Any] = field(default_factory=dict)  # its options (source, stages, l_b, ...)
 
 
@@ -206,9 +197,20 @@ def build_data(spec: RunSpec, tokenizer: Tokenizer | None = None):
     return tokenizer, data, fps
 
 
-def _load_init(model: TransformerLM, init_dir: str) -> Tokenizer | None:
+def _with_growth_masks(cfg: ModelConfig, other: ModelConfig) -> ModelConfig:
+    """``cfg`` with the growth masks of ``other`` (the init or saved run's config) when ``cfg`` names none: masks
+    are part of the weights' function, not a setting a run spec repeats."""
+    if other.msg_ramp_steps is None or cfg.msg_ramp_steps is not None:
+        return cfg
+    return cfg.replace(msg_ramp_steps=other.msg_ramp_steps)
+
+
+def _load_init(model: TransformerLM, init_dir: str, state=None) -> Tokenizer | None:
     """Copy every weight of ``init_dir`` whose name and shape fit (the body); new heads stay freshly initialised."""
-    state, src_cfg = ckpt.load_state_dict(init_dir)
+    if state is None:
+        state, src_cfg = ckpt.load_state_dict(init_dir)
+    else:
+        src_cfg = ckpt.read_config(init_dir)[0]
     own = model.state_dict()
     fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     body_missing = [k for k in own if k.startswith(("blocks.", "tok_emb")) and k not in fitting]
@@ -220,18 +222,27 @@ def _load_init(model: TransformerLM, init_dir: str) -> Tokenizer | None:
 
 
 def train_run(spec: RunSpec, callbacks=()) -> FitResult:
-    """Train (or resume) the run described by ``spec``; writes a checkpoint directory at spec.train.out_dir."""
+    """Train (or resume) the run described by ``spec``; writes a checkpoint directory at spec.train.out_dir.
+
+    ``--init DIR`` copies DIR's weights, keeps the growth masks it carries (an MSG-grown directory: the new run
+    continues their ramp) and, on a fresh start, loads the initial optimizer state DIR holds (the AdamW moments
+    a growth verb carried over). A progressive ``spec.schedule`` is run by the growth package
+    (``morphlm.grow.schedules.run_from_spec``; ``morphlm train --schedule`` dispatches there), not here."""
     if spec.schedule:
-        if spec.schedule not in SCHEDULE_RUNNERS:
-            known = ", ".join(sorted(SCHEDULE_RUNNERS)) or "none registered (import morphlm.grow)"
-            raise ConfigError(f"unknown schedule {spec.schedule!r}; choose one of {known}")
-        return SCHEDULE_RUNNERS[spec.schedule](spec, callbacks)
+        raise ConfigError(f"train_run does not run progressive schedules ({spec.schedule!r}); run the spec with "
+                          f"morphlm.grow.schedules.run_from_spec(spec), as `morphlm train --schedule` does")
     args = spec.train
     out = Path(args.out_dir) if args.out_dir else None
     tokenizer = None
-    if out is not None and ckpt.has_trainer_state(out) and args.resume == "auto":
+    resuming = out is not None and ckpt.has_trainer_state(out) and args.resume == "auto"
+    init_state = None
+    if spec.init:
+        init_state, init_cfg = ckpt.load_state_dict(spec.init)
+        spec = dataclasses.replace(spec, model=_with_growth_masks(spec.model, init_cfg))
+    if resuming:
         tokenizer = ckpt.open_tokenizer(out)
         saved_cfg, _ = ckpt.read_config(out)
+        spec = dataclasses.replace(spec, model=_with_growth_masks(spec.model, saved_cfg))
         if saved_cfg.to_dict() != spec.model.to_dict():
             diff = {k: (v, spec.model.to_dict().get(k)) for k, v in saved_cfg.to_dict().items()
                     if spec.model.to_dict().get(k) != v}
@@ -240,11 +251,11 @@ def train_run(spec: RunSpec, callbacks=()) -> FitResult:
     torch.manual_seed(args.seed)
     model = TransformerLM(spec.model)
     if spec.init:
-        init_tok = _load_init(model, spec.init)
+        init_tok = _load_init(model, spec.init, init_state)
         tokenizer = tokenizer or init_tok
-        resuming = out is not None and ckpt.has_trainer_state(out) and args.resume == "auto"
-        for hook in INIT_HOOKS:
-            callbacks = [*callbacks, *hook(model, spec.init, resuming)]
+        carried = None if resuming else ckpt.read_initial_optimizer_state(spec.init)
+        if carried is not None:
+            callbacks = [*callbacks, LoadOptimizerState(_unflatten_optimizer(*carried))]
     tokenizer, data, fps = build_data(spec, tokenizer)
     lineage = {"verb": "train", "preset": spec.model.name,
                "data": dataclasses.asdict(spec.data), "parents": []}
