@@ -1,4 +1,4 @@
-"""TinyBERT data augmentation (Jiao et al. 2020, §3.2 / Algorithm 1; refs/compression.md §1).
+"""TinyBERT data augmentation (Jiao et al. 2020, arXiv 1909.10351, §3.2 / Algorithm 1).
 
 For every word of a training text that is not a stop word (nor punctuation / a number):
 

@@ -1,4 +1,4 @@
-"""Extract-then-Distill (ETD; Chen et al., ICANN 2021, arXiv 2104.11928; refs/compression.md §4).
+"""Extract-then-Distill (ETD; Chen et al., ICANN 2021, arXiv 2104.11928, §3).
 
 A student is *extracted* from a teacher as the initialisation for distillation: width-wise extraction (a
 subset of hidden dims, heads, head dims and FFN neurons) then uniform layer selection. Index code is shared

@@ -1,7 +1,7 @@
 """TernaryBERT (Zhang et al., EMNLP 2020, arXiv 2009.12812): ternary weights, 8-bit activations and
 distillation-aware quantization-aware training (QAT) over the native model.
 
-Weights (refs/compression.md §5). For a tensor ``w`` with ``n`` entries (or one row of it):
+Weights (TernaryBERT §3.1, eq. 3-4). For a tensor ``w`` with ``n`` entries (or one row of it):
 
 * TWN:  Δ = 0.7·‖w‖₁/n;  b_i = sign(w_i)·1[|w_i| > Δ];  α = Σ_{|w_i|>Δ} |w_i| / #{|w_i| > Δ};  ŵ = α·b.
 * LAT (loss-aware ternarization, Hou & Kwok 2018): minimise ‖ŵ − w‖²_D with D = diag(d), d = √v̂ + ε

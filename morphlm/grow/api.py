@@ -1,6 +1,6 @@
 """The growth verb: ``grow(model_or_dir, target_cfg, method=...)``, its registry, and ``grow_checkpoint``.
 
-Methods (refs/growth.md): ``fpi`` and ``aki`` (bert2BERT width operators; a deeper target is then stacked,
+Methods: ``fpi`` and ``aki`` (bert2BERT width operators; a deeper target is then stacked,
 or mapped by ``depth=``), ``stack`` / ``interpolate`` (StackBERT depth maps; any width growth is FPI),
 ``msg`` (masked structural growth: fresh new units/copied new layers behind masks that ramp 0 → 1).
 Learned operators register where they are declared (LiGO in ``learned.py``, Mango in ``mango.py``) with

@@ -1,7 +1,7 @@
 """Depth growth (StackBERT, interpolation, any layer map), MSG-style masked growth, optimizer carry-over.
 
-Depth (refs/growth.md §1-2): target layer l copies source layer ``layer_map[l]`` — StackBERT stacks
-(``l mod L``: 0 1 0 1), interpolation repeats each layer in place (``⌊l·L/L'⌋``: 0 0 1 1). Neither is
+Depth (StackBERT, Gong et al., ICML 2019; bert2BERT, Chen et al. 2022, arXiv 2110.07143): target layer l
+copies source layer ``layer_map[l]`` — StackBERT stacks (``l mod L``: 0 1 0 1), interpolation repeats each layer in place (``⌊l·L/L'⌋``: 0 0 1 1). Neither is
 function-preserving: every copy adds its residual contribution again. They copy weights exactly.
 
 MSG (Yao et al., ICLR 2024, arXiv:2305.02869): new structure is multiplied by a mask m that ramps 0 → 1, so

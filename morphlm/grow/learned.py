@@ -7,8 +7,8 @@ parameters are the operator and whose forward materialises the target weights an
 ``TransformerLM`` on them (``torch.func.functional_call``), so ``fit(grower, loss_fn, data, args)`` trains
 the operator; ``materialise()`` then returns a plain ``TransformerLM``.
 
-LiGO as implemented (refs/growth.md §3; torch's (out, in) convention). Width: ``W' = B W Aᵀ`` with maps
-shared across layers (``share_width=False``: one per source layer, LiGO's ``B_l``): the residual stream
+LiGO as implemented (Wang et al., ICLR 2023, arXiv 2303.00980, §3; torch's (out, in) convention).
+Width: ``W' = B W Aᵀ`` with maps shared across layers (``share_width=False``: one per source layer, LiGO's ``B_l``): the residual stream
 ``B_emb ∈ R^{D_t×D_s}`` (one map, as the residual connections require); attention per head at fixed
 head_dim, ``B_Q = H_Q ⊗ I_dh``, ``B_K = H_K ⊗ I_dh``, ``B_V = H_V ⊗ I_dh`` (RoPE rotates inside a head, so
 nothing mixes within one); FFN neurons ``B_F ∈ R^{F_t×F_s}``, the same for SwiGLU's gate and up rows.

@@ -1,7 +1,7 @@
 """Mango (Pan et al., NeurIPS 2023, "Reusing Pretrained Models by Multi-linear Operators"): one tensor-ring
 multi-linear operator maps ALL source block weights to every target block weight.
 
-Only the abstract and a secondary summary were available (refs/growth.md §4, tagged [A]/[S]); everything
+Only the abstract and a secondary summary were available (arXiv 2310.10699); everything
 below beyond "stack the layers' W_Q, W_K, W_V, W_O, W_IN, W_OUT into M_s[b, o, i, l] and map it with
 tensor-ring cores S_B, S_O, S_I, S_L" is our reconstruction, chosen to be general and to contain the
 duplication/StackBERT operator exactly.

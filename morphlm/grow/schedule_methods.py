@@ -1,13 +1,14 @@
-"""The progressive schedules run by :func:`morphlm.grow.schedules.run_schedule` (refs/growth.md §1, §2, §5).
+"""The progressive schedules run by :func:`morphlm.grow.schedules.run_schedule` (bert2BERT, arXiv 2110.07143;
+MSLT, Yang et al. 2020, arXiv 2011.13635; Apollo, Pan et al., AAAI 2024, arXiv 2401.09192).
 
 two-stage (bert2BERT, Chen et al. 2022, §1)
     Stage 1 (``stage1_fraction`` of the steps, default 0.125) samples, every step, one bottom-prefix
     sub-model of the target — depths l_b, 2·l_b, …, L (uniformly) — and updates only its top ``l_b``
     layers (default 3) and the head above them: the layers below run without autograd and get no gradient,
     layers above the sub-model are not run. Stage 2 trains the full model. Reconstructions: the depth set
-    {k·l_b} ∪ {L} sampled uniformly, the default fraction 0.125 (≈ E_b = 5 of 40 epochs; the brief's
-    best E_b), and that the input embeddings train only when the sampled sub-model has no frozen layer
-    (a tied LM head still trains as the head). With a ``source`` of another shape the target is first
+    {k·l_b} ∪ {L} sampled uniformly, the default fraction 0.125 (≈ E_b = 5 of 40 epochs, the
+    best E_b of bert2BERT's ablation), and that the input embeddings train only when the sampled
+    sub-model has no frozen layer (a tied LM head still trains as the head). With a ``source`` of another shape the target is first
     grown with ``method`` (default aki, bert2BERT's best) and ``grow_opts``.
 
 apollo (Pan et al. 2024, §5; public code checked)
@@ -202,7 +203,7 @@ def apollo_plan(n_layers: int, unique: Sequence[int] | None = None,
 def apollo(target: ModelConfig, data, args, *, source=None, seed: int = 0, **opts: Any) -> list[Stage]:
     _no_unknown("apollo", opts, ("unique", "switch"))
     if source is not None:
-        raise GrowthError("apollo trains the target from scratch with layer sharing (refs/growth.md §5); it takes "
+        raise GrowthError("apollo trains the target from scratch with layer sharing (Pan et al., AAAI 2024); it takes "
                           "no source — use two-stage, mslt or chain to start from a smaller model")
     L = target.n_layers
     unique, starts = apollo_plan(L, opts.get("unique"), opts.get("switch"))

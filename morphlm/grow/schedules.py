@@ -10,7 +10,8 @@ are exactly those of a plain run of ``args.max_steps`` steps — curves are comp
 from one stage to the next through the stage's parameter map: same names keep theirs (two-stage, MSLT),
 Apollo's interpolated layers take their source layer's, chains use ``carry_optimizer_state`` (entries of
 original units keep theirs, new units and new layers start at zero; a learned operator without index maps
-starts a fresh AdamW). The methods live in :mod:`morphlm.grow.schedule_methods` (refs/growth.md §1, §2, §5).
+starts a fresh AdamW). The methods live in :mod:`morphlm.grow.schedule_methods` (bert2BERT,
+arXiv 2110.07143; MSLT, arXiv 2011.13635; Apollo, arXiv 2401.09192).
 
 Parallelism: sub-model sampling leaves parameters without gradients, which DDP/FSDP reducers reject unless
 configured for unused parameters, and swapping the block list recompiles a ``torch.compile``d model; the

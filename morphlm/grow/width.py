@@ -1,4 +1,4 @@
-"""Width growth: bert2BERT FPI and AKI (Chen et al., ACL 2022; refs/growth.md §1), and MSG's width maps.
+"""Width growth: bert2BERT FPI and AKI (Chen et al., ACL 2022, arXiv 2110.07143, §3), and MSG's width maps.
 
 What grows: ``d_model`` (the residual stream), ``d_ff`` (FFN neurons) and attention by *head count* with a
 fixed ``head_dim`` (d_model / n_heads must stay equal; changing head_dim would change RoPE frequencies and

@@ -21,7 +21,7 @@ NORM_PLACEMENTS = ("pre", "post", "sandwich", "dssn")
 POSITIONS = ("learned", "rope", "none")
 HEADS = ("lm", "mlm", "cls")
 
-# Depth-scaled sandwich norm constants (Pangu Ultra, refs/architectures.md §4).
+# Depth-scaled sandwich norm constants (Pangu Ultra, Yin et al. 2025, arXiv 2504.07866, §2).
 DSSN_C_ATTN = 0.283
 DSSN_C_MLP = 0.432
 

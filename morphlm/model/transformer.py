@@ -11,7 +11,7 @@ Norm placements (per block, ``a`` = attention or MLP sub-layer):
   sandwich: h = h + N_out(a(N_in(h)))
   dssn:     sandwich with N_out's gain initialised to c/√L (c_attn = 0.283, c_mlp = 0.432) and TinyInit
             (std √(1/(2dL)), embedding std 0.5) — Pangu Ultra's depth-scaled sandwich norm
-            (refs/architectures.md §4). Pangu does not say whether the output projection is also rescaled;
+            (Yin et al. 2025, arXiv 2504.07866, §2). Pangu does not say whether the output projection is also rescaled;
             we use plain TinyInit for every matrix (a reconstruction).
 
 No training, CLI or parallelism imports here.
