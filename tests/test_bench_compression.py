@@ -86,9 +86,10 @@ def _tiny(tmp_path, shared_data, monkeypatch, arms, **kw):
 
 
 def test_end_to_end_tiny_run_writes_valid_json_and_reuses_cache(tmp_path, shared_data, monkeypatch):
-    real_optional = compression_context.optional_module
-    monkeypatch.setattr(compression_context, "optional_module",
-                        lambda m: None if m == "quantize" else real_optional(m))
+    def unavailable(ctx, seed):
+        raise compression_context.ArmUnavailable("int8 needs quantize.py's engine")
+
+    monkeypatch.setitem(bc.ARMS, "int8", unavailable)
     _tiny(tmp_path, shared_data, monkeypatch, ["scratch", "kd", "int8"])
     path = tmp_path / "res" / "c.json"
     data = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))

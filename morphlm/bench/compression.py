@@ -36,7 +36,7 @@ that never reaches the reference accuracy counts as 0 saving (``reached_referenc
 timed runs; training uses ``$OMP_NUM_THREADS`` threads (default 2). Each arm also records its wall and CPU
 seconds.
 
-Arms whose method module is not in this checkout are recorded as ``{"status": "not available"}`` with the
+Arms that cannot run with the chosen setting are recorded as ``{"status": "not available"}`` with the
 reason (never faked); an arm that raises is recorded as ``failed`` with the error. Every (arm, seed) result
 is cached as JSON under ``<cache>/bench-compression/<profile>-<teacher>-<sizes hash>/results/<code hash>/``
 (:class:`morphlm.bench.runner.ResultCache`), so an interrupted run (Ctrl-C / SIGTERM: the arm in flight is

@@ -13,7 +13,7 @@ from torch import nn
 from ..model.transformer import TransformerLM
 from ..train import checkpoint as ckpt
 from .compression_context import (KD_TEMPERATURE, AccuracyCurve, Context, distill_stage, extract_from_teacher,
-                                  need_module, steps_to_reach, student_result, task_distill, train_labels,
+                                  steps_to_reach, student_result, task_distill, train_labels,
                                   uniform_map)
 from .runner import check_stop
 
@@ -121,7 +121,7 @@ def arm_lightmbert(ctx: Context, seed: int) -> dict:
     cross-lingual transfer is NOT evaluated): a teacher-WIDTH 4-layer student copied from the pretrained
     teacher's bottom layers, embeddings copied and frozen, general distillation (attention + hidden, no
     embedding loss) on unlabelled text, then task distillation with the embeddings still frozen."""
-    lmod = need_module("lightmbert", "lightmbert_student", "lightmbert_config")
+    from ..compress import lightmbert as lmod
     s = ctx.sizes
     n_layers = ctx.student_cfg.n_layers
     torch.manual_seed(seed)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from typing import Any
 
 import torch
@@ -14,7 +15,7 @@ from torch import nn
 from ..io import write_atomic
 from ..model.transformer import TransformerLM
 from ..train import checkpoint as ckpt
-from .compression_context import AccuracyCurve, Context, accuracy, need_module, param_count, train_args
+from .compression_context import AccuracyCurve, Context, accuracy, param_count, train_args
 
 
 def fp32_dir_bytes(ctx: Context, model: nn.Module, name: str, dir_bytes) -> int:
@@ -28,9 +29,9 @@ def arm_ternary(ctx: Context, seed: int) -> dict:
     activations, distillation-aware QAT from the full-precision teacher (every layer 1:1, hidden + attention
     + soft CE), then the packed 2-bit artifact: its bytes on disk vs the fp32 checkpoint's, and the
     accuracy of the model re-loaded FROM the packed form (not of the fake-quant one)."""
-    tmod = need_module("ternary", "ternarize", "qat_distill")
-    pmod = need_module("packed", "save_packed", "load_packed", "dir_bytes")
-    dmod = need_module("distill", "DistillConfig")
+    from ..compress import ternary as tmod
+    from ..compress import packed as pmod
+    from ..compress import distill as dmod
     s = ctx.sizes
     L = ctx.teacher.config.n_layers
     ptq = tmod.ternarize(ctx.teacher, method="twn")
@@ -84,8 +85,8 @@ def ternary_reference_size(ctx: Context) -> dict | None:
         return json.loads(path.read_text(encoding="utf-8"))
     import shutil
 
-    tmod = need_module("ternary", "ternarize")
-    pmod = need_module("packed", "save_packed", "dir_bytes")
+    from ..compress import ternary as tmod
+    from ..compress import packed as pmod
     cfg = ctx.teacher.config.replace(name="reference-shape", **{"n_kv_heads": shape.get("n_heads"), **shape})
     torch.manual_seed(0)
     model = TransformerLM(cfg)
@@ -107,20 +108,17 @@ def ternary_reference_size(ctx: Context) -> dict | None:
 
 def arm_int8(ctx: Context, seed: int) -> dict:
     """PyTorch dynamic int8 of the fine-tuned teacher (no training): size, accuracy, latency."""
-    qmod = need_module("quantize", "int8_dynamic")
+    from ..compress import quantize as qmod
     q = qmod.int8_dynamic(copy.deepcopy(ctx.teacher).eval())
     acc = accuracy(q, ctx.task.dev_batches())
     res = {"dev_acc": acc, "teacher_acc": ctx.teacher_acc, "acc_drop_points": (ctx.teacher_acc - acc) * 100.0,
            "params": param_count(ctx.teacher), "latency": ctx.latency(q, key="int8-dynamic"),
            "teacher_latency": ctx.latency(ctx.teacher)}
-    if hasattr(qmod, "save_int8"):
-        out = ctx.cdir / "artifacts" / "int8"
-        import shutil
-
-        shutil.rmtree(out, ignore_errors=True)
-        qmod.save_int8(q, out)
-        res["bytes"] = int(ckpt.dir_bytes(out))
-        res["fp32_bytes"] = fp32_dir_bytes(ctx, ctx.teacher, "teacher-fp32", ckpt.dir_bytes)
-        res["size_ratio"] = res["fp32_bytes"] / max(res["bytes"], 1)
+    out = ctx.cdir / "artifacts" / "int8"
+    shutil.rmtree(out, ignore_errors=True)
+    qmod.save_int8(q, out)
+    res["bytes"] = int(ckpt.dir_bytes(out))
+    res["fp32_bytes"] = fp32_dir_bytes(ctx, ctx.teacher, "teacher-fp32", ckpt.dir_bytes)
+    res["size_ratio"] = res["fp32_bytes"] / max(res["bytes"], 1)
     return res
 

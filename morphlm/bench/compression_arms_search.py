@@ -17,7 +17,7 @@ from ..model.transformer import TransformerLM
 from ..train import checkpoint as ckpt
 from . import common
 from .compression_arms_distill import arm_tinybert, general_distilled
-from .compression_context import (KD_TEMPERATURE, AccuracyCurve, Context, accuracy, distill_stage, need_module,
+from .compression_context import (KD_TEMPERATURE, AccuracyCurve, Context, accuracy, distill_stage,
                                   param_count, task_distill, train_args, uniform_map)
 from .runner import check_stop
 
@@ -26,7 +26,7 @@ def arm_layermap(ctx: Context, seed: int) -> dict:
     """Layer-mapping search: a GA and random search at the same number of proxy evaluations (plus the
     uniform / top / bottom maps), run once (seed 0, cached); then, per seed, the best map vs the uniform map
     under the same TinyBERT recipe (GD + TD) and budget. The uniform side IS the ``tinybert`` arm's run."""
-    lm = need_module("layermap", "run_layermap_search", "GAConfig", "ProxyEvaluator", "ProxySetting")
+    from ..compress import layermap as lm
     search = _layermap_search(ctx, lm)
     best = [int(g) for g in search["best"]["mapping"]]
     uniform = uniform_map(ctx)
@@ -85,8 +85,7 @@ def arm_autotinybert(ctx: Context, seed: int) -> dict:
     (``nas.confirm_by_measurement``). Per seed, the searched arch and the hand-designed one (our 4-layer
     student shape) are both taken from the super-model and distilled (logit KD) for the same student
     budget; both latencies are measured."""
-    nas = need_module("nas", "SearchSpace", "train_supernet", "measure_arch_latencies", "fit_latency_predictor",
-                "evolutionary_search", "random_search", "proxy_fitness", "subnet", "Arch")
+    from ..compress import nas
     s = ctx.sizes
     search, super_model = _nas_search(ctx, nas)
     searched = nas.Arch.from_dict(search["evolutionary"]["best_arch"])
@@ -118,14 +117,14 @@ def _nas_search(ctx: Context, nas) -> tuple[dict, TransformerLM]:
     space = nas.SearchSpace.for_model(base)
     sdir = ctx.cdir / "supernet"
     path = ctx.cdir / "nas_search.json"
-    ex = need_module("extract", "extract_student")
+    from ..compress import extract as ex
     super_model = ex.extract_student(ctx.teacher, base, method="leading", seed=0)
     super_model.requires_grad_(True)
     if path.is_file() and ckpt.has_checkpoint(sdir):
         state, _ = ckpt.load_state_dict(sdir)
         super_model.load_state_dict(state)
         return json.loads(path.read_text(encoding="utf-8")), super_model
-    dmod = need_module("distill", "DistillLoss", "DistillConfig")
+    from ..compress import distill as dmod
     kd = dmod.DistillLoss(ctx.logit_teacher, base, dmod.DistillConfig(stage="logit", temperature=KD_TEMPERATURE))
     t0 = time.perf_counter()
     r = nas.train_supernet(super_model, ctx.data(0), train_args(s, s.nas_supernet_steps, s.distill_lr, 0,

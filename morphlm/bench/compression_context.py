@@ -5,7 +5,6 @@ and the distillation/extraction glue the arms are built from."""
 from __future__ import annotations
 
 import hashlib
-import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -28,27 +27,8 @@ KD_TEMPERATURE = 2.0
 
 
 class ArmUnavailable(Exception):
-    """An arm cannot run in this checkout (its method module is missing); recorded, never faked."""
-
-
-def optional_module(module: str) -> Any | None:
-    """Import ``morphlm.compress.<module>`` if that method exists in this checkout, else None."""
-    try:
-        return importlib.import_module(f"morphlm.compress.{module}")
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith("morphlm.compress"):
-            return None
-        raise
-
-
-def need_module(module: str, *names: str):
-    mod = optional_module(module)
-    if mod is None:
-        raise ArmUnavailable(f"morphlm/compress/{module}.py is not in this checkout")
-    missing = [n for n in names if not hasattr(mod, n)]
-    if missing:
-        raise ArmUnavailable(f"morphlm/compress/{module}.py has no {', '.join(missing)}")
-    return mod
+    """An arm cannot run with this setting (e.g. augmentation without a masked-LM teacher); recorded as
+    "not available" with the reason, never faked."""
 
 
 @torch.no_grad()
@@ -216,7 +196,7 @@ def distill_stage(ctx: Context, teacher: nn.Module, student: nn.Module, data, st
                   *, layer_map=None, callbacks=(), lr: float | None = None, **cfg_overrides):
     """One distillation stage through :func:`morphlm.compress.distill.distill` (the one training loop
     underneath)."""
-    dmod = need_module("distill", "DistillConfig", "distill")
+    from ..compress import distill as dmod
     kwargs: dict[str, Any] = {"stage": stage, **cfg_overrides}
     if layer_map is not None:
         kwargs["layer_map"] = list(layer_map)
@@ -247,7 +227,7 @@ def uniform_map(ctx: Context) -> list[int]:
 
 
 def extract_from_teacher(ctx: Context, method: str, seed: int, data=None) -> TransformerLM:
-    ex = need_module("extract", "extract_student")
+    from ..compress import extract as ex
     kw: dict[str, Any] = {"method": method, "seed": seed}
     if method == "impt":
         kw["data"] = data if data is not None else ctx.data(seed)

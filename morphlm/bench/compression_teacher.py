@@ -22,7 +22,7 @@ from ..model.transformer import TransformerLM
 from ..train import checkpoint as ckpt
 from ..train.loop import fit
 from ..train.optim import TrainArgs
-from .compression_context import (ArmUnavailable, Context, accuracy, cls_loss, need_module, param_count,
+from .compression_context import (ArmUnavailable, Context, accuracy, cls_loss, param_count,
                                   train_args)
 from .compression_data import WordPieceAdapter, load_minilm_classifier, load_sst2
 from .compression_sizes import BenchSizes
@@ -144,7 +144,7 @@ def augmented_train(ctx: Context) -> list:
     one-token words, embedding neighbours otherwise) of the first ``augment_subset`` train examples; the
     originals plus their variants become the train set of EVERY student arm, baselines included (a
     method's extra data must not be mistaken for the method's gain). Cached as JSONL under the code-dependent dir."""
-    aug = need_module("augment", "augment_examples", "AugmentConfig")
+    from ..compress import augment as aug
     from ..data.tasks import Example
 
     s = ctx.sizes
