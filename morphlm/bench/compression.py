@@ -68,7 +68,7 @@ from ..io import write_atomic
 from ..model.config import ModelConfig
 from ..model.transformer import TransformerLM
 from ..train import checkpoint as ckpt
-from ..train.loop import StopScope, fit
+from ..train.loop import StopScope, TrainingInterrupted, fit
 from ..train.optim import TrainArgs
 from . import common
 from .compression_data import (LogitCachedTeacher, TaskData, UnlabelledBatches,  # noqa: F401 (re-exported)
@@ -364,9 +364,10 @@ def _train_or_load(out_dir: Path, model: TransformerLM, loss_fn, data, args: Tra
     args.resume = "auto"
     done = ckpt.has_checkpoint(out_dir) and int((ckpt.read_lineage(out_dir) or {}).get("steps", -1)) >= args.max_steps
     if not done:
-        r = fit(model, loss_fn, data, args, tokenizer_json=tokenizer_json, lineage=lineage)
-        if r.interrupted or _STOP.requested:
-            raise BenchInterrupted(f"stopped by a signal; {out_dir} holds the state — rerun to resume it")
+        try:
+            fit(model, loss_fn, data, args, tokenizer_json=tokenizer_json, lineage=lineage)
+        except TrainingInterrupted as exc:
+            raise BenchInterrupted(f"stopped by a signal; {out_dir} holds the state — rerun to resume it") from exc
     state, _ = ckpt.load_state_dict(out_dir)
     model.load_state_dict(state)
     return model
@@ -964,9 +965,10 @@ class BenchInterrupted(KeyboardInterrupt):
     """A signal stopped the run; finished (arm, seed) results are cached, rerun to continue."""
 
 
-# fit() turns the first SIGINT/SIGTERM into "save and stop at the next step" and returns normally, so an arm
-# would look finished; the run's StopScope records the request, makes every later fit() of the run stop at
-# once (a second Ctrl-C aborts), and nothing computed after it is cached (_check_stop before each write)
+# fit() turns the first SIGINT/SIGTERM into "save and stop at the next step" and raises TrainingInterrupted;
+# an arm that catches it (or breaks on it) must still not be cached: the run's StopScope records the request,
+# makes every later fit() of the run raise at once (a second Ctrl-C aborts), and nothing computed after it
+# is cached (_check_stop before each write)
 _STOP = StopScope()
 
 
@@ -984,7 +986,11 @@ def _cached_arm(self: Context, arm: str, seed: int, fn: Callable[[], dict]) -> d
             return json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError:
             pass
-    res = fn()
+    try:
+        res = fn()
+    except TrainingInterrupted as exc:
+        raise BenchInterrupted(f"stopped by a signal during {arm} seed {seed}; it was not cached — rerun the "
+                               f"same command to continue (finished results are reused)") from exc
     _check_stop(f"{arm} seed {seed}")
     write_atomic(path, json.dumps(common.json_safe(res), indent=1))
     return res

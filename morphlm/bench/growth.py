@@ -416,8 +416,6 @@ def train_source(cfg: GrowthBenchConfig, name: str, seed: int, work: Path) -> Pa
     model = TransformerLM(cfg.model_config(cfg.sources[name]))
     res = fit(model, _loss_fn(), data, args, tokenizer_json=tokenizer.to_json_str(),
               lineage={"verb": "train", "preset": f"growth-bench source {name}", "parents": []})
-    if res.interrupted:
-        raise BenchError(f"source {name} seed {seed} was interrupted at step {res.steps}; rerun to resume it")
     done_flag.write_text(json.dumps({"val_loss": res.val_loss, "flops": res.flops}))
     return out
 
@@ -486,7 +484,7 @@ def run_arm(cfg: GrowthBenchConfig, arm: Arm, seed: int, work: Path) -> dict[str
     callbacks.append(curve)
     torch.manual_seed(init_seed)
     res = fit(model, loss_fn, data, args, callbacks)
-    if res.interrupted or res.steps < args.max_steps:
+    if res.steps < args.max_steps:
         raise BenchError(f"{arm.name} seed {seed} was interrupted at step {res.steps}; rerun to redo it "
                          f"(finished runs are reused)")
     record = {"arm": arm.name, "seed": seed, "key": key, "kind": arm.kind, "method": arm.method,
@@ -505,8 +503,6 @@ def _finish_schedule(cfg, arm, seed, path, key, data, args, source, source_flops
     if arm.method == "two-stage":  # bert2BERT's l_b = 3 of 12 layers, scaled to the target's depth
         opts.setdefault("l_b", max(1, target_cfg.n_layers // 4))
     res = run_schedule(arm.method, target_cfg, data, args, source=source, seed=seed, **opts)
-    if getattr(res, "interrupted", False):
-        raise BenchError(f"{arm.name} seed {seed} was interrupted; rerun to redo it (finished runs are reused)")
     curve = [{"step": int(p["step"]), "flops": float(p["flops"]), "val_loss": float(p["val_loss"])}
              for p in res.curve if p.get("val_loss") is not None]
     if not curve:
