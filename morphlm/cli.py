@@ -41,13 +41,44 @@ def _user_errors():
             InteropError, GrowthError, TrainingDiverged, FileNotFoundError, ValueError)
 
 
+def _stopped(exc: KeyboardInterrupt) -> None:
+    """One clear message on stderr for a run stopped by Ctrl-C/SIGTERM (what was kept, how to go on); exit 130."""
+    from .train.loop import TrainingInterrupted
+
+    if isinstance(exc, TrainingInterrupted):
+        msg = f"interrupted: {exc}"
+    elif str(exc):  # a verb's own stop report (e.g. a benchmark's)
+        msg = f"interrupted: {exc}"
+    else:  # a second Ctrl-C, or a signal outside training
+        msg = ("aborted by a signal: the step in flight was not saved; checkpoints written before it are kept "
+               "(rerun the same command, with --resume auto where the verb takes it)")
+    typer.secho(msg, fg="yellow", err=True)
+    raise typer.Exit(130)
+
+
+def _sigterm_as_interrupt() -> None:
+    """SIGTERM outside fit() (which handles it as a stop request itself) ends the verb like Ctrl-C does."""
+    import signal
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        pass
+
+
 def friendly(fn):
-    """Turn known user errors into one clear line on stderr and exit status 2 (1 for a diverged run)."""
+    """Turn known user errors into one clear line on stderr and exit status 2 (1 for a diverged run), and a
+    stopped run (TrainingInterrupted, a second Ctrl-C, a signal between trainings) into a message and exit 130."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except KeyboardInterrupt as exc:
+            _stopped(exc)
         except _user_errors() as exc:
             from .train.loop import TrainingDiverged
 
@@ -153,8 +184,6 @@ def train(
         if result.out_dir:
             msg += f" → {result.out_dir}"
         typer.echo(msg)
-        if result.interrupted:
-            raise typer.Exit(130)
 
 
 @app.command("eval")
@@ -297,6 +326,10 @@ _load_commands()
 
 
 def main() -> None:
+    """The `morphlm` entry point. Every verb is wrapped by :func:`friendly`, which turns a stopped run
+    (TrainingInterrupted is a KeyboardInterrupt) into one message and exit status 130; here SIGTERM is made to
+    stop a verb outside fit() (which handles it as a stop request itself) as Ctrl-C does."""
+    _sigterm_as_interrupt()
     app()
 
 

@@ -77,6 +77,19 @@ def _val_curve(run_dir: Path, start: dict | None = None) -> list[dict[str, float
 
 
 def run_demo(out: str | Path = "runs/demo", steps: int = 1500, method: str | None = None) -> dict:
+    """Run (or resume) the demo; a SIGINT/SIGTERM stops it at once (TrainingInterrupted) before anything is
+    built on the cut run: the next stage never starts from a half-trained source."""
+    from .train.loop import TrainingInterrupted
+
+    try:
+        return _run_demo(out, steps, method)
+    except TrainingInterrupted as exc:
+        exc.resume_hint = (f"rerun `morphlm demo --out {out} --steps {steps}`: it resumes the cut run and reuses "
+                           f"the finished ones")
+        raise
+
+
+def _run_demo(out: str | Path, steps: int, method: str | None) -> dict:
     import torch
 
     from .bench.growth import ARMS, flops_to_reach, saving_numbers

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 import math
-from types import SimpleNamespace
 
 import pytest
 
 from morphlm.bench import runner
+from morphlm.train.loop import TrainingInterrupted
 from morphlm.bench.stats import mean_std
 
 
@@ -64,17 +64,27 @@ def test_result_cache_runs_once_reuses_and_recomputes_a_broken_file(tmp_path):
         assert cache.load("missing") is None
 
 
-def test_a_stopped_run_caches_nothing_and_check_fit_reports_interruptions(tmp_path):
+def test_a_stopped_run_caches_nothing_and_interruptions_become_bench_interrupted(tmp_path):
     cache = runner.ResultCache(tmp_path)
     with runner.STOP:
-        with pytest.raises(runner.BenchInterrupted, match="was interrupted"):
-            runner.check_fit(SimpleNamespace(interrupted=True), "source x", "it was interrupted")
-        runner.check_fit(SimpleNamespace(interrupted=False), "source x")  # a finished fit passes
+        with pytest.raises(runner.BenchInterrupted, match="source x; it was interrupted"):
+            with runner.interruptible("source x", "it was interrupted"):
+                raise TrainingInterrupted(step=3, out_dir=None)
+        with runner.interruptible("source x"):  # finished work passes
+            pass
+
+        def cut():
+            raise TrainingInterrupted(step=1, out_dir=None)
+
+        with pytest.raises(runner.BenchInterrupted, match="kd seed 1.*not cached"):
+            cache.get_or_run("kd-s1", cut, "kd seed 1")
+        assert not cache.path("kd-s1").exists()
         runner.STOP.requested = True
         with pytest.raises(runner.BenchInterrupted, match="arm seed 3.*not cached"):
             cache.store("arm-s3", {"x": 1}, "arm seed 3")
         with pytest.raises(runner.BenchInterrupted):
-            runner.check_fit(SimpleNamespace(interrupted=False), "anything")
+            with runner.interruptible("anything"):  # finished, but the run's stop was requested meanwhile
+                pass
     assert not cache.path("arm-s3").exists()
     with runner.STOP:  # a new run starts without the old request
         assert not runner.stop_requested()

@@ -84,17 +84,20 @@ import sys, time, torch
 sys.path.insert(0, {tests!r})
 from toydata import ToyData
 from morphlm.model import ModelConfig, TransformerLM
-from morphlm.train.loop import TrainArgs, fit
+from morphlm.train.loop import TrainArgs, TrainingInterrupted, fit
 class Slow:
     def on_step_end(self, state, record):
         print("step", state.step, flush=True)
         time.sleep({sleep})
 torch.manual_seed(0)
 m = TransformerLM(ModelConfig.from_name("tiny"))
-r = fit(m, None, ToyData(), TrainArgs(out_dir={out!r}, max_steps={steps}, schedule_steps=30, warmup_steps=4,
-        lr=3e-3, progress=False, resume="auto", save_every={save_every}), callbacks=[Slow()])
-print("interrupted" if r.interrupted else "finished", r.steps, flush=True)
-sys.exit(130 if r.interrupted else 0)
+try:
+    r = fit(m, None, ToyData(), TrainArgs(out_dir={out!r}, max_steps={steps}, schedule_steps=30, warmup_steps=4,
+            lr=3e-3, progress=False, resume="auto", save_every={save_every}), callbacks=[Slow()])
+except TrainingInterrupted as exc:
+    print("interrupted", exc.step, flush=True)
+    sys.exit(130)
+print("finished", r.steps, flush=True)
 """
 
 
@@ -141,26 +144,79 @@ def test_sigkill_between_checkpoints_then_resume_matches(tmp_path):
 def test_stop_scope_carries_one_stop_request_across_fits(tmp_path):
     """A driver that calls fit() many times (the compression benchmark) stops at the next fit() too, and a
     second signal aborts, instead of each fit() treating the signal as its own first one."""
-    import os
-
-    from morphlm.train.loop import StopScope
-
-    class SignalAt:
-        def __init__(self, step, sig):
-            self.step, self.sig = step, sig
-
-        def on_step_end(self, state, record):
-            if state.step == self.step:
-                os.kill(os.getpid(), self.sig)
+    from morphlm.train.loop import StopScope, TrainingInterrupted
 
     quiet = {"progress": False, "eval_at_end": False}
     with StopScope() as scope:
-        first = fit(_model(), None, ToyData(), _args(None, 8, **quiet), callbacks=[SignalAt(2, signal.SIGTERM)])
-        assert first.interrupted and first.steps == 3 and scope.requested  # the signal came after step 2's check
-        later = fit(_model(), None, ToyData(), _args(tmp_path / "later", 8, **quiet))
-        assert later.interrupted and later.steps == 1  # stopped at its first step boundary, and saved
-        assert ckpt.load_trainer_state(tmp_path / "later")[0]["step"] == 1
-        with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C aborts, even in a later fit()
-            fit(_model(), None, ToyData(), _args(None, 8, **quiet), callbacks=[SignalAt(1, signal.SIGINT)])
+        with pytest.raises(TrainingInterrupted) as first:
+            fit(_model(), None, ToyData(), _args(None, 8, **quiet), callbacks=[SignalAt(2, signal.SIGTERM)])
+        assert first.value.step == 3 and first.value.out_dir is None and scope.requested  # after step 2's check
+        assert "nothing was saved" in str(first.value)
+        with pytest.raises(TrainingInterrupted) as later:  # raises at once: nothing trained, nothing written
+            fit(_model(), None, ToyData(), _args(tmp_path / "later", 8, **quiet))
+        assert later.value.step == 0 and not ckpt.has_trainer_state(tmp_path / "later")
     # outside a scope every fit() starts afresh
-    assert not fit(_model(), None, ToyData(), _args(None, 3, **quiet)).interrupted
+    assert fit(_model(), None, ToyData(), _args(None, 3, **quiet)).steps == 3
+
+
+class SignalAt:
+    """fit() callback: send ``sig`` to this process at the end of step ``step``."""
+
+    def __init__(self, step, sig):
+        self.step, self.sig = step, sig
+
+    def on_step_end(self, state, record):
+        if state.step == self.step:
+            import os
+
+            os.kill(os.getpid(), self.sig)
+
+
+def test_stop_saves_resumable_state_and_raises(tmp_path):
+    """The first signal: fit() finishes the step, saves (weights, optimizer, lineage at the step reached) and
+    raises TrainingInterrupted instead of returning a result that looks finished; no on_train_end."""
+    from morphlm.train.loop import TrainingInterrupted
+
+    ended = []
+
+    class End:
+        def on_train_end(self, state):
+            ended.append(state.step)
+
+    with pytest.raises(TrainingInterrupted) as exc:
+        fit(_model(), None, ToyData(), _args(tmp_path / "r", 20), callbacks=[SignalAt(4, signal.SIGINT), End()])
+    assert exc.value.step == 5 and exc.value.out_dir == str(tmp_path / "r")
+    assert "--resume auto" in str(exc.value) and str(tmp_path / "r") in str(exc.value)
+    assert ckpt.load_trainer_state(tmp_path / "r")[0]["step"] == 5
+    assert ckpt.read_lineage(tmp_path / "r")["steps"] == 5 and ended == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    res = fit(_model(), None, ToyData(), _args(tmp_path / "r", 8), callbacks=[End()])  # resumes and finishes
+    assert res.steps == 8 and ended == [8]
+
+
+def test_second_ctrl_c_aborts_at_once(tmp_path):
+    """Two SIGINTs within one step: the second raises a plain KeyboardInterrupt from inside the step (no save)."""
+    from morphlm.train.loop import TrainingInterrupted
+
+    class Twice:
+        def on_step_begin(self, state):
+            if state.step == 3:
+                import os
+
+                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt) as exc:
+        fit(_model(), None, ToyData(), _args(tmp_path / "r", 20, save_every=2), callbacks=[Twice()])
+    assert not isinstance(exc.value, TrainingInterrupted)
+    assert ckpt.load_trainer_state(tmp_path / "r")[0]["step"] == 2  # the last periodic checkpoint, untouched
+
+
+def test_training_interrupted_pickles():
+    """Worker pools send it back to the parent."""
+    import pickle
+
+    from morphlm.train.loop import TrainingInterrupted
+
+    exc = pickle.loads(pickle.dumps(TrainingInterrupted(7, "/x", "rerun it")))
+    assert (exc.step, exc.out_dir, exc.resume_hint) == (7, "/x", "rerun it") and isinstance(exc, KeyboardInterrupt)

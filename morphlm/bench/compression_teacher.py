@@ -26,7 +26,7 @@ from .compression_context import (ArmUnavailable, Context, accuracy, cls_loss, p
                                   train_args)
 from .compression_data import WordPieceAdapter, load_minilm_classifier, load_sst2
 from .compression_sizes import BenchSizes
-from .runner import check_fit
+from .runner import interruptible
 
 log = logging.getLogger("morphlm.bench.compression")
 
@@ -51,8 +51,8 @@ def _train_or_load(out_dir: Path, model: TransformerLM, loss_fn, data, args: Tra
     args.resume = "auto"
     done = ckpt.has_checkpoint(out_dir) and int((ckpt.read_lineage(out_dir) or {}).get("steps", -1)) >= args.max_steps
     if not done:
-        r = fit(model, loss_fn, data, args, tokenizer_json=tokenizer_json, lineage=lineage)
-        check_fit(r, f"training into {out_dir}", f"{out_dir} holds the state — rerun to resume it")
+        with interruptible(f"training into {out_dir}", f"{out_dir} holds the state — rerun to resume it"):
+            fit(model, loss_fn, data, args, tokenizer_json=tokenizer_json, lineage=lineage)
     state, _ = ckpt.load_state_dict(out_dir)
     model.load_state_dict(state)
     return model

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .growth_config import ARMS, SCHEMA_VERSION, Arm, BenchError, GrowthBenchConfig
-from .runner import BenchInterrupted, ResultCache, check_fit, stop_requested
+from .runner import BenchInterrupted, ResultCache, interruptible, stop_requested
 
 
 def _hash(obj: Any) -> str:
@@ -119,9 +119,9 @@ def train_source(cfg: GrowthBenchConfig, name: str, seed: int, work: Path) -> Pa
     args.eval_every = 0
     torch.manual_seed(derive_model_seed("source", name, seed))
     model = TransformerLM(cfg.model_config(cfg.sources[name]))
-    res = fit(model, _loss_fn(), data, args, tokenizer_json=tokenizer.to_json_str(),
-              lineage={"verb": "train", "preset": f"growth-bench source {name}", "parents": []})
-    check_fit(res, f"source {name} seed {seed} (step {res.steps})", f"{out} holds its state — rerun to resume it")
+    with interruptible(f"source {name} seed {seed}", f"{out} holds its state — rerun to resume it"):
+        res = fit(model, _loss_fn(), data, args, tokenizer_json=tokenizer.to_json_str(),
+                  lineage={"verb": "train", "preset": f"growth-bench source {name}", "parents": []})
     done_flag.write_text(json.dumps({"val_loss": res.val_loss, "flops": res.flops}))
     return out
 
@@ -187,8 +187,8 @@ def run_arm(cfg: GrowthBenchConfig, arm: Arm, seed: int, work: Path) -> dict[str
     curve.points.append({"step": 0, "flops": operator_flops, "val_loss": init_loss})
     callbacks.append(curve)
     torch.manual_seed(init_seed)
-    res = fit(model, loss_fn, data, args, callbacks)
-    check_fit(res, f"{arm.name} seed {seed} (step {res.steps})", "rerun to redo it (finished runs are reused)")
+    with interruptible(f"{arm.name} seed {seed}", "rerun to redo it (finished runs are reused)"):
+        res = fit(model, loss_fn, data, args, callbacks)
     if res.steps < args.max_steps:
         raise BenchError(f"{arm.name} seed {seed} stopped at step {res.steps} of {args.max_steps}; rerun to redo it "
                          f"(finished runs are reused)")
@@ -206,8 +206,8 @@ def _finish_schedule(cfg, arm, seed, cache: ResultCache, key, data, args, source
     opts = dict(arm.opts)
     if arm.method == "two-stage":  # bert2BERT's l_b = 3 of 12 layers, scaled to the target's depth
         opts.setdefault("l_b", max(1, target_cfg.n_layers // 4))
-    res = run_schedule(arm.method, target_cfg, data, args, source=source, seed=seed, **opts)
-    check_fit(res, f"{arm.name} seed {seed}", "rerun to redo it (finished runs are reused)")
+    with interruptible(f"{arm.name} seed {seed}", "rerun to redo it (finished runs are reused)"):
+        res = run_schedule(arm.method, target_cfg, data, args, source=source, seed=seed, **opts)
     curve = [{"step": int(p["step"]), "flops": float(p["flops"]), "val_loss": float(p["val_loss"])}
              for p in res.curve if p.get("val_loss") is not None]
     if not curve:

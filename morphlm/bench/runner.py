@@ -7,8 +7,9 @@
 * :data:`STOP` is the run's :class:`~morphlm.train.loop.StopScope`: ``with STOP:`` around a run makes the
   first Ctrl-C / SIGTERM stop every later ``fit()`` of the run at once (a second Ctrl-C aborts), and
   :func:`check_stop` turns the request into :class:`BenchInterrupted` before anything is cached, so an
-  interrupted run never leaves a finished-looking result. :func:`check_fit` is the one place a benchmark
-  asks whether a training run was cut short.
+  interrupted run never leaves a finished-looking result. ``fit()`` itself raises
+  :class:`~morphlm.train.loop.TrainingInterrupted` when a signal stops it; :func:`interruptible` turns that
+  into :class:`BenchInterrupted` with what to do next, and :meth:`ResultCache.get_or_run` uses it.
 * :func:`run_jobs` runs picklable jobs in this process (``workers <= 1``) or in a pool of single-threaded
   worker processes; in the pool, the parent catches the first Ctrl-C / SIGTERM (the workers get it from the
   terminal too and stop their own ``fit()``), waits for them, then raises :class:`BenchInterrupted`.
@@ -24,7 +25,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from ..io import write_atomic
-from ..train.loop import StopScope
+import contextlib
+
+from ..train.loop import StopScope, TrainingInterrupted
 from .common import json_safe
 
 log = logging.getLogger("morphlm.bench.runner")
@@ -49,11 +52,19 @@ def check_stop(what: str) -> None:
                                f"continue (finished results are reused)")
 
 
-def check_fit(result: Any, what: str, resume: str = "rerun the same command to continue (finished results are "
-                                                     "reused)") -> None:
-    """After a ``fit()``-like call: raise :class:`BenchInterrupted` when it was cut short by a signal (its result
-    says ``interrupted``) or the run's stop was requested meanwhile. ``resume`` tells the user what to do."""
-    if getattr(result, "interrupted", False) or STOP.requested:
+_RERUN = "rerun the same command to continue (finished results are reused)"
+
+
+@contextlib.contextmanager
+def interruptible(what: str, resume: str = _RERUN):
+    """Around training work of a benchmark: a ``fit()`` stopped by a signal (``TrainingInterrupted``), or work
+    that finished although the run's stop was requested meanwhile, ends the run with :class:`BenchInterrupted`
+    naming ``what`` and telling the user how to go on (``resume``)."""
+    try:
+        yield
+    except TrainingInterrupted as exc:
+        raise BenchInterrupted(f"stopped by a signal during {what}; {resume}") from exc
+    if STOP.requested:
         raise BenchInterrupted(f"stopped by a signal during {what}; {resume}")
 
 
@@ -91,7 +102,9 @@ class ResultCache:
         hit = self.load(name)
         if hit is not None:
             return hit
-        return self.store(name, fn(), what)
+        with interruptible(what or name, f"it was not cached — {_RERUN}"):
+            result = fn()
+        return self.store(name, result, what)
 
 
 # ------------------------------------------------------------------------------------------ worker pool

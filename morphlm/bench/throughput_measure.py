@@ -14,7 +14,6 @@ import torch
 
 from ..model import ModelConfig, TransformerLM
 from ..train.loop import TrainArgs, fit
-from .runner import check_fit
 
 # The same AdamW hyperparameters on both sides: TrainArgs' defaults.
 _TA = TrainArgs()
@@ -131,10 +130,8 @@ def measure_morphlm(model: TransformerLM, data: SyntheticTokens, device: torch.d
         result = fit(model, None, data, args, [clock])
     except _WindowDone:
         pass
-    else:  # fit returned on its own: only a SIGINT/SIGTERM makes it stop before our window closes
-        check_fit(result, "a throughput measurement", "rerun the same command (each finished measurement is in "
-                                                      "the results file)")
-        raise RuntimeError("fit() finished before the timed window closed")
+    else:  # fit returned on its own (a SIGINT/SIGTERM raises TrainingInterrupted, a KeyboardInterrupt, instead)
+        raise RuntimeError(f"fit() finished at step {result.steps} before the timed window closed")
     tokens = data.train_batch(0)["input_ids"].numel()
     out = _window_stats(clock.stamps, timed, tokens, clock.losses)
     out["loop_tok_per_s"] = statistics.median(clock.loop_tok_per_s) if clock.loop_tok_per_s else None

@@ -129,7 +129,6 @@ class ScheduleResult:
     val_loss: float | None = None
     steps: int = 0
     tokens: int = 0
-    interrupted: bool = False  # a stop signal ended a stage early (its state is saved; resume to continue)
 
 
 @dataclass
@@ -340,12 +339,6 @@ def run_stages(name: str, stages: list[Stage], data, args: TrainArgs, *, callbac
         lineage = {"verb": "train", "schedule": name, "stage": k, "label": stage.label}
         res = fit(model, stage.loss_fn or model_loss, data, sargs, cbs, tokenizer_json=tokenizer_json,
                   lineage=lineage, extra_state=extra_state, step_offset=offset, step_flops=step_flops)
-        if res.interrupted:
-            log.warning("schedule %s stopped in stage %d (%s); state saved in %s — continue with --resume auto",
-                        name, k, stage.label, sdir)
-            return ScheduleResult(model, flops_total + res.flops, source_flops, curve, records,
-                                  str(out) if out else None, res.val_loss, offset + res.steps,
-                                  tokens_total + res.tokens, interrupted=True)
         # the stage's eval points: from its metrics file (complete across resumes) or from the callback
         points = evals.points
         if sdir is not None and (sdir / ckpt.METRICS_FILE).exists():
@@ -444,7 +437,7 @@ def run_from_spec(spec, callbacks=()):
     res = run_schedule(spec.schedule, spec.model, data, spec.train, source=source, seed=spec.train.seed,
                        callbacks=callbacks, tokenizer_json=tokenizer.to_json_str(), extra_state=extra, **opts)
     metrics = {"val_loss": res.val_loss, "stages": len(res.stages), "source_flops": res.source_flops}
-    return FitResult(res.steps, res.tokens, res.flops, None, res.val_loss, metrics, res.out_dir, res.interrupted)
+    return FitResult(res.steps, res.tokens, res.flops, None, res.val_loss, metrics, res.out_dir)
 
 
 __all__ = ["SCHEDULES", "ScheduleResult", "Stage", "available_schedules", "forward_view", "register_schedule",
