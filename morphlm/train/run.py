@@ -7,9 +7,10 @@ can come from a preset, a recipe YAML and command-line overrides, in that order 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -165,8 +166,7 @@ def saved_data_spec(run_dir: str | Path) -> DataSpec:
     """The data a checkpoint was trained on: its trainer state's data spec, else (grown, extracted or
     converted directories) the ``data`` recorded in its lineage, else the defaults."""
     run_dir = Path(run_dir)
-    tpath = run_dir / ckpt.TRAINER_FILE
-    saved = json.loads(tpath.read_text()).get("data_spec") if tpath.exists() else None
+    saved = (ckpt.read_trainer_json(run_dir) or {}).get("data_spec")
     saved = saved or (ckpt.read_lineage(run_dir) or {}).get("data") or {}
     return DataSpec(**{k: v for k, v in saved.items() if k in {f.name for f in dataclasses.fields(DataSpec)}})
 
@@ -225,7 +225,15 @@ def _load_init(model: TransformerLM, init_dir: str) -> Tokenizer | None:
 
 
 def train_run(spec: RunSpec, callbacks=()) -> FitResult:
-    """Train (or resume) the run described by ``spec``; writes a checkpoint directory at spec.train.out_dir."""
+    """Train (or resume) the run described by ``spec``; writes a checkpoint directory at spec.train.out_dir,
+    holding its writer lock for the whole run (a second writer of the same directory fails at once)."""
+    out = spec.train.out_dir
+    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 writes
+    with ckpt.writer_lock(out) if out and main_rank else contextlib.nullcontext():
+        return _train_run(spec, callbacks)
+
+
+def _train_run(spec: RunSpec, callbacks) -> FitResult:
     if spec.schedule:
         if spec.schedule not in SCHEDULE_RUNNERS:
             known = ", ".join(sorted(SCHEDULE_RUNNERS)) or "none registered (import morphlm.grow)"
