@@ -9,7 +9,7 @@
       state/optimizer.safetensors, state/trainer.json   enough to resume bit-exactly
       metrics.jsonl            appended by the training loop
       lineage.json             what produced this directory (parents carry their fingerprints)
-      .lock                    the writer lock (holds the PID of the process writing the directory)
+      .lock                    the writer lock: present while a process writes the directory, holds its PID
 
 One writer, any number of readers. A process that writes a directory holds its :class:`WriterLock`
 (an ``fcntl.flock`` on ``run/.lock``, released by the kernel when the process dies); a second writer
@@ -258,14 +258,32 @@ class WriterLock:
             self._key = key
             return self
         path = run_dir / LOCK_FILE
+        for _ in range(100):
+            fd = self._open_and_lock(path)
+            # the previous holder removes the file when it lets go: a lock taken on a file that is no
+            # longer at ``path`` guards nothing, so take it again on the file that is there now
+            here = _lstat(path)
+            mine = os.fstat(fd)
+            if here is not None and (here.st_ino, here.st_dev) == (mine.st_ino, mine.st_dev):
+                break
+            os.close(fd)
+        else:
+            raise CheckpointError(f"could not take the writer lock {path}: it kept being replaced")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        _HELD[key] = [fd, 1, os.getpid()]
+        self._key = key
+        return self
+
+    def _open_and_lock(self, path: Path) -> int:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 raise CheckpointError(f"{path} is a symbolic link; a checkpoint's lock file must be a plain "
                                       f"file — remove the link") from exc
-            raise CheckpointError(f"cannot write to {run_dir} ({exc.strerror}); a checkpoint directory must be "
-                                  f"writable — fix its permissions or choose another --out") from exc
+            raise CheckpointError(f"cannot write to {self.run_dir} ({exc.strerror}); a checkpoint directory must "
+                                  f"be writable — fix its permissions or choose another --out") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -275,14 +293,10 @@ class WriterLock:
                 raise CheckpointError(f"cannot lock {path} ({exc.strerror}); the file system may not support "
                                       f"locks — write the checkpoint to a local disk") from exc
             who = f"process {pid}" if pid is not None else "another process"
-            raise CheckpointLocked(f"{run_dir} is being written by {who} (it holds {path}); two writers would "
-                                   f"mix their checkpoints — wait for it to finish, stop it, or choose another "
-                                   f"--out", pid) from exc
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        _HELD[key] = [fd, 1, os.getpid()]
-        self._key = key
-        return self
+            raise CheckpointLocked(f"{self.run_dir} is being written by {who} (it holds {path}); two writers "
+                                   f"would mix their checkpoints — wait for it to finish, stop it, or choose "
+                                   f"another --out", pid) from exc
+        return fd
 
     def release(self) -> None:
         if self._key is None:
@@ -294,8 +308,8 @@ class WriterLock:
         held[1] -= 1
         if held[1] == 0:
             del _HELD[key]
-            try:
-                os.ftruncate(held[0], 0)
+            try:  # removed while still held (see acquire), so a finished checkpoint holds no lock file
+                os.unlink(Path(key) / LOCK_FILE)
             except OSError:
                 pass
             fcntl.flock(held[0], fcntl.LOCK_UN)
