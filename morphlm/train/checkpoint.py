@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import hashlib
 import json
 import math
@@ -517,13 +518,26 @@ def _with_parent_fingerprints(lineage: dict[str, Any]) -> dict[str, Any]:
         if isinstance(parent, dict) and "fingerprint" not in parent and isinstance(parent.get("path"), str):
             try:
                 if has_checkpoint(parent["path"]):
-                    parent = {**parent, "fingerprint": model_fingerprint(parent["path"])}
-            except CheckpointError:
+                    parent = {**parent, "fingerprint": _cached_fingerprint(Path(parent["path"]))}
+            except (CheckpointError, OSError):
                 pass  # a parent that cannot be read now keeps the record its verb made
         parents.append(parent)
     if "parents" in lineage:
         lineage["parents"] = parents
     return lineage
+
+
+_FINGERPRINTS: dict[tuple, str] = {}
+
+
+def _cached_fingerprint(run_dir: Path) -> str:
+    """model_fingerprint, remembered per (directory, config.json and weights file state): a run saving
+    every few steps does not re-hash its --init parent's weights each time."""
+    key = tuple([os.path.realpath(run_dir)] + [(st.st_ino, st.st_mtime_ns, st.st_size) if st else None
+                                               for st in (_lstat(run_dir / CONFIG_FILE), _lstat(run_dir / MODEL_FILE))])
+    if key not in _FINGERPRINTS:
+        _FINGERPRINTS[key] = model_fingerprint(run_dir)
+    return _FINGERPRINTS[key]
 
 
 def save_checkpoint(
@@ -732,6 +746,15 @@ def _estimate_bytes(cfg: ModelConfig) -> int:
     return 4 * n
 
 
+@functools.lru_cache(maxsize=16)
+def _expected_shapes(cfg_json: str) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes of the model a config describes, from a model built on the meta device (nothing is
+    allocated); cached, as building one costs tens of milliseconds."""
+    with torch.device("meta"):
+        model = TransformerLM(ModelConfig.from_dict(json.loads(cfg_json)))
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
 def _check_sizes(run_dir: Path, cfg: ModelConfig, header: dict[str, dict], file_size: int, quantized: bool) -> None:
     """config.json against the weights' safetensors header, before any tensor or model is allocated."""
     blocks = set()
@@ -749,8 +772,7 @@ def _check_sizes(run_dir: Path, cfg: ModelConfig, header: dict[str, dict], file_
                               f"{MODEL_FILE} holds {file_size / 2**20:.3g} MiB; a size in config.json (vocab_size, "
                               f"d_model, d_ff, max_seq_len, n_segments) is wrong — restore the config.json saved "
                               f"with these weights")
-    with torch.device("meta"):  # shapes only: nothing is allocated
-        expected = {k: tuple(v.shape) for k, v in TransformerLM(cfg).state_dict().items()}
+    expected = _expected_shapes(cfg.to_json())
     if not quantized:
         missing = sorted(set(expected) - set(header))
         unexpected = sorted(set(header) - set(expected))
