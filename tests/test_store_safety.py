@@ -417,3 +417,21 @@ def test_lineage_records_parent_fingerprints(tmp_path):
     # a directory saved before the fingerprint was recorded gets it computed from its weights and config
     _edit_config(a, fingerprint=KeyError)
     assert ckpt.model_fingerprint(a) == parent["fingerprint"]
+
+
+# ---------------------------------------------------------------------------- the training run holds the lock
+def test_train_out_that_is_a_file_or_locked_is_a_named_error(tmp_path):
+    from clihelp import cli
+
+    args = ["train", "--preset", "tiny", "--corpus", "stdlib", "--max-bytes", "200000", "--max-steps", "1"]
+    (tmp_path / "file").write_text("not a folder")
+    res = cli(*args, "--out", tmp_path / "file", code=2)
+    assert "is not a directory" in res.output and (tmp_path / "file").read_text() == "not a folder"
+    holder = _hold_lock(tmp_path / "busy")
+    try:
+        res = cli(*args, "--out", tmp_path / "busy", code=2)
+        assert f"process {holder.pid}" in res.output
+        assert not (tmp_path / "busy" / "config.json").exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
