@@ -194,9 +194,13 @@ def test_writer_lock_is_reentrant_and_released(tmp_path):
     run = tmp_path / "r"
     with ckpt.writer_lock(run):
         with ckpt.writer_lock(run):
-            assert ckpt.holds_writer_lock(run)
+            assert ckpt.holds_writer_lock(run) and (run / ".lock").read_text() == f"{os.getpid()}\n"
         assert ckpt.holds_writer_lock(run)
     assert not ckpt.holds_writer_lock(run)
+    assert not run.exists()  # nothing was written: the folder the lock created is gone again
+    with ckpt.writer_lock(run):
+        (run / "kept").write_text("x")
+    assert os.listdir(run) == ["kept"]
     (tmp_path / "file").write_text("x")
     with pytest.raises(ckpt.CheckpointError, match="not a directory"):
         ckpt.writer_lock(tmp_path / "file").acquire()

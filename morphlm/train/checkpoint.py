@@ -228,7 +228,8 @@ def weights_fingerprint(weights: bytes, config: dict[str, Any], where: str | Pat
 
 
 # ---------------------------------------------------------------------------- writer lock
-_HELD: dict[str, list] = {}  # real path of a directory -> [fd, depth, pid] for the locks this process holds
+# real path of a directory -> [fd, depth, pid, whether acquiring created the folder], per lock this process holds
+_HELD: dict[str, list] = {}
 
 
 class WriterLock:
@@ -247,6 +248,7 @@ class WriterLock:
         if run_dir.exists() and not run_dir.is_dir():
             raise CheckpointError(f"{run_dir} exists and is not a directory; a checkpoint is a folder — "
                                   f"choose another --out")
+        created = not run_dir.exists()
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -272,7 +274,7 @@ class WriterLock:
             raise CheckpointError(f"could not take the writer lock {path}: it kept being replaced")
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        _HELD[key] = [fd, 1, os.getpid()]
+        _HELD[key] = [fd, 1, os.getpid(), created]
         self._key = key
         return self
 
@@ -311,6 +313,8 @@ class WriterLock:
             del _HELD[key]
             try:  # removed while still held (see acquire), so a finished checkpoint holds no lock file
                 os.unlink(Path(key) / LOCK_FILE)
+                if held[3]:
+                    os.rmdir(key)  # a run that failed before writing anything leaves no empty folder
             except OSError:
                 pass
             fcntl.flock(held[0], fcntl.LOCK_UN)
