@@ -449,14 +449,15 @@ def _roll_forward(run_dir: Path) -> None:
             st = _lstat(dst)
             if st is not None and not stat.S_ISREG(st.st_mode):
                 raise CheckpointError(f"{dst} is not a plain file; {run_dir} is damaged — restore it or retrain")
+            st = _lstat(stage / rel)
+            if st is not None and not stat.S_ISREG(st.st_mode):
+                raise CheckpointError(f"{stage / rel} is not a plain file; this directory was altered — remove "
+                                      f"{stage}")
         moved_dirs = {run_dir}
         for rel in names:
             src = stage / rel
-            st = _lstat(src)
-            if st is None:  # already moved by an earlier, interrupted roll-forward
+            if _lstat(src) is None:  # already moved by an earlier, interrupted roll-forward
                 continue
-            if not stat.S_ISREG(st.st_mode):
-                raise CheckpointError(f"{src} is not a plain file; this directory was altered — remove {stage}")
             dst = run_dir / rel
             if dst.parent != run_dir:
                 dst.parent.mkdir(exist_ok=True)
@@ -592,7 +593,7 @@ def save_checkpoint(
                 trainer_state["optimizer_sha256"] = sha256_bytes(optim)
                 put(OPTIM_FILE, optim)
             put(TRAINER_FILE, json_text(trainer_state, allow_nan=True))
-        put(CONFIG_FILE, json_text(config))
+        put(CONFIG_FILE, json_text(config, allow_nan=True))
         write_atomic(stage / COMMIT, json.dumps({"files": files}))
         _roll_forward(run_dir)
     return run_dir
