@@ -43,7 +43,7 @@ import stat
 import struct
 import time
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, TextIO
+from typing import Any, Callable, TextIO
 
 import torch
 from safetensors import SafetensorError
