@@ -17,7 +17,7 @@ def _save(tmp_path, **kw):
 
 
 def test_roundtrip_and_layout(tmp_path):
-    run, model = _save(tmp_path, optimizer_tensors={"a": torch.ones(3)}, trainer_state={"step": 3, "flops": 7.0})
+    run, model = _save(tmp_path, optimizer_tensors={"a": torch.ones(3)}, trainer_state={"step": 3, "tokens": 96, "flops": 7.0})
     assert {p.name for p in run.iterdir()} >= {"model.safetensors", "config.json", "tokenizer.json", "lineage.json", "state"}
     assert not (run / ".staging").exists()
     loaded = ckpt.load_model(run)
@@ -71,38 +71,47 @@ def test_interrupted_save_keeps_previous_checkpoint(tmp_path):
     stage.mkdir()
     (stage / "model.safetensors").write_bytes(b"half-written")
     assert ckpt.load_model(run) is not None
+    # a reader ignores the uncommitted staging folder and leaves it alone (it may be a live writer's)
+    assert (run / "model.safetensors").read_bytes() == before and stage.exists()
+    ckpt.recover(run)  # the next writer discards it
     assert (run / "model.safetensors").read_bytes() == before and not stage.exists()
 
 
-def test_committed_save_is_rolled_forward(tmp_path):
+def test_committed_save_is_rolled_forward(tmp_path, monkeypatch):
     run, _ = _save(tmp_path)
     cfg = ModelConfig.from_name("tiny")
     other = TransformerLM(cfg)
-    # stage a complete save, then "crash" right after the COMMIT marker (before the moves)
-    real_recover = ckpt.recover
+    # stage a complete save, then "crash" in the middle of the moves that follow its COMMIT marker
+    real_replace = os.replace
     calls = []
 
-    def crash_second_time(d):
-        calls.append(d)
+    def crash_on_second_move(src, dst):
+        if ".staging" not in str(dst):  # a move out of staging (not a temp file's rename inside it)
+            calls.append(dst)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real_recover(d)
+        return real_replace(src, dst)
 
-    ckpt.recover = crash_second_time
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            ckpt.save_checkpoint(run, other.state_dict(), cfg)
-    finally:
-        ckpt.recover = real_recover
+    monkeypatch.setattr(ckpt.os, "replace", crash_on_second_move)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save_checkpoint(run, other.state_dict(), cfg)
+    monkeypatch.setattr(ckpt.os, "replace", real_replace)
     assert (run / ".staging" / "COMMIT").exists()
+    # a reader sees the committed save (half moved, half still staged) without moving anything
+    listing = sorted(p.name for p in (run / ".staging").iterdir())
     loaded = ckpt.load_model(run)
     assert torch.equal(loaded.tok_emb.weight, other.tok_emb.weight)
+    assert sorted(p.name for p in (run / ".staging").iterdir()) == listing
+    ckpt.recover(run)  # the writer finishes the moves
+    assert not (run / ".staging").exists()
+    assert torch.equal(ckpt.load_model(run).tok_emb.weight, other.tok_emb.weight)
 
 
 def test_weights_not_matching_config(tmp_path):
     run, _ = _save(tmp_path)
     cfg = json.loads((run / "config.json").read_text())
     cfg["d_ff"] = 128
+    del cfg["config_sha256"]  # as a directory saved before config.json carried its own hash
     (run / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ckpt.CheckpointError, match="shape"):
         ckpt.load_model(run)

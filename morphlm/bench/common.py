@@ -19,9 +19,11 @@ import math
 import os
 import platform
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from ..io import write_json as _write_json_atomic
+
 
 def _repo_root() -> Path:
     """The checkout this package runs from (editable install), else the working directory."""
@@ -169,17 +171,5 @@ def json_safe(value: Any) -> Any:
 
 
 def write_json(path: str | os.PathLike, data: dict[str, Any]) -> Path:
-    """Write ``data`` as indented JSON atomically (temp file in the same folder, then rename)."""
-    data = json_safe(data)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=False, allow_nan=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``data`` as indented JSON atomically (morphlm.io.write_json), non-finite floats as null."""
+    return _write_json_atomic(path, json_safe(data), indent=2, sort_keys=False)

@@ -8,7 +8,11 @@ invalid combination fails with a :class:`ConfigError` that names the problem and
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
+import math
+import numbers
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,6 +75,7 @@ class ModelConfig:
     head_dim: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
+        self._check_types()
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
         if self.d_ff is None:
@@ -85,6 +90,37 @@ class ModelConfig:
         self.head_dim = self.d_model // self.n_heads
 
     # ------------------------------------------------------------------ validation
+    def _check_types(self) -> None:
+        """Every field has its declared JSON type: integers are integers (not 2e9, not "64", not true),
+        booleans are booleans (``causal: "no"`` is an error, not True), floats are finite numbers. Runs
+        before anything is derived from the values, so a bad config.json fails here with its field named."""
+        for f in dataclasses.fields(self):
+            if not f.init:
+                continue
+            value = getattr(self, f.name)
+            kind, optional = _FIELD_TYPES[f.name]
+            if value is None and optional:
+                continue
+            if kind is bool:
+                ok = isinstance(value, bool)
+            elif kind is int:
+                ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+                if ok and not -2**63 < int(value) < 2**63:
+                    raise ConfigError(f"invalid ModelConfig: {f.name}={_short(value)} is out of range "
+                                      f"(more than 64 bits); use a realistic size")
+                if ok:
+                    value = int(value)  # numpy integers become plain ints (JSON-serializable)
+                    object.__setattr__(self, f.name, value)
+            elif kind is float:
+                ok = (isinstance(value, numbers.Real) and not isinstance(value, bool)
+                      and math.isfinite(float(value)))
+            else:
+                ok = isinstance(value, kind)
+            if not ok:
+                want = {bool: "true or false (a JSON boolean)", int: "an integer", float: "a finite number",
+                        str: "a string"}[kind] + (" or null" if optional else "")
+                raise ConfigError(f"invalid ModelConfig: {f.name}={_short(value)} must be {want}")
+
     def validate(self) -> None:
         def need(cond: bool, msg: str) -> None:
             if not cond:
@@ -109,6 +145,8 @@ class ModelConfig:
         need(0.0 <= self.dropout < 1.0, f"dropout={self.dropout} must be in [0, 1)")
         need(self.norm_eps > 0, f"norm_eps={self.norm_eps} must be > 0")
         need(self.n_segments >= 0, f"n_segments={self.n_segments} must be >= 0")
+        need(self.rope_theta > 0, f"rope_theta={self.rope_theta} must be > 0")
+        need(self.init_std >= 0, f"init_std={self.init_std} must be >= 0")
         if self.position == "rope":
             need((self.d_model // self.n_heads) % 2 == 0,
                  f"rope needs an even head dim, got d_model/n_heads={self.d_model / self.n_heads}")
@@ -135,9 +173,13 @@ class ModelConfig:
         data.pop("format_version", None)
         data.pop("head_dim", None)
         known = {f.name for f in dataclasses.fields(cls) if f.init}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(set(data) - known, key=str)
         if unknown:
-            raise ConfigError(f"unknown ModelConfig field(s) {unknown}; known fields: {sorted(known)}")
+            hints = []
+            for key in unknown:
+                close = difflib.get_close_matches(str(key), sorted(known), n=1)
+                hints.append(f"{_short(key)} (did you mean {close[0]!r}?)" if close else _short(key))
+            raise ConfigError(f"unknown ModelConfig field(s) {', '.join(hints)}; known fields: {sorted(known)}")
         return cls(**data)
 
     def to_json(self) -> str:
@@ -167,7 +209,9 @@ class ModelConfig:
         # a checkpoint directory's config.json (it carries weights_sha256) numbers the checkpoint format,
         # which train/checkpoint.py checks when it loads weights; here only its model fields matter
         version = FORMAT_VERSION if "weights_sha256" in data else data.get("format_version", FORMAT_VERSION)
-        if isinstance(version, int) and version > FORMAT_VERSION:
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise ConfigError(f"{path}: format_version={_short(version)} must be an integer (e.g. 1)")
+        if version > FORMAT_VERSION:
             raise ConfigError(f"{path} has format_version {version}, newer than this morphlm understands "
                               f"({FORMAT_VERSION}); upgrade morphlm (pip install -U morphlm)")
         for key in CHECKPOINT_ONLY_KEYS:  # a checkpoint's config.json also carries these
@@ -206,11 +250,33 @@ class ModelConfig:
 
 
 # keys a checkpoint directory's config.json carries beside the ModelConfig fields (see train/checkpoint.py)
-CHECKPOINT_ONLY_KEYS = ("format_version", "weights_sha256", "quantization")
+CHECKPOINT_ONLY_KEYS = ("format_version", "weights_sha256", "quantization", "config_sha256", "fingerprint")
+
+# field name -> (JSON type, may be null), from the dataclass annotations
+_FIELD_TYPES: dict[str, tuple[type, bool]] = {}
+for _name, _hint in typing.get_type_hints(ModelConfig).items():
+    _args = typing.get_args(_hint)
+    _FIELD_TYPES[_name] = ((next(a for a in _args if a is not type(None)), True) if _args else (_hint, False))
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """repr of a value, cut to ``limit`` characters so a crafted file cannot flood an error message."""
+    try:
+        text = repr(value)
+    except ValueError:  # an integer with more digits than Python converts to text
+        return "<an integer too large to print>"
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _divisors(n: int) -> list[int]:
-    return [k for k in range(1, n + 1) if n % k == 0]
+    """Divisors of ``n`` (for error hints), found in O(sqrt n); only the small ones for huge ``n``."""
+    small, large = [], []
+    for k in range(1, min(math.isqrt(n), 100_000) + 1):
+        if n % k == 0:
+            small.append(k)
+            if k != n // k and n <= 10**10:
+                large.append(n // k)
+    return small + large[::-1]
 
 
 _GPT = dict(activation="gelu_tanh", norm="layernorm", norm_placement="pre", position="learned",

@@ -7,8 +7,10 @@ can come from a preset, a recipe YAML and command-line overrides, in that order 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -222,12 +224,21 @@ def _load_init(model: TransformerLM, init_dir: str, state=None) -> Tokenizer | N
 
 
 def train_run(spec: RunSpec, callbacks=()) -> FitResult:
-    """Train (or resume) the run described by ``spec``; writes a checkpoint directory at spec.train.out_dir.
+    """Train (or resume) the run described by ``spec``; writes a checkpoint directory at spec.train.out_dir,
+    holding its writer lock for the whole run (a second writer of the same directory fails at once).
 
     ``--init DIR`` copies DIR's weights, keeps the growth masks it carries (an MSG-grown directory: the new run
     continues their ramp) and, on a fresh start, loads the initial optimizer state DIR holds (the AdamW moments
     a growth verb carried over). A progressive ``spec.schedule`` is run by the growth package
     (``morphlm.grow.schedules.run_from_spec``; ``morphlm train --schedule`` dispatches there), not here."""
+    out = spec.train.out_dir
+    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 writes
+    with ckpt.writer_lock(out) if out and main_rank else contextlib.nullcontext():
+        return _train_run(spec, callbacks)
+
+
+def _train_run(spec: RunSpec, callbacks) -> FitResult:
+    """The body of :func:`train_run`, run while the writer lock is held."""
     if spec.schedule:
         raise ConfigError(f"train_run does not run progressive schedules ({spec.schedule!r}); run the spec with "
                           f"morphlm.grow.schedules.run_from_spec(spec), as `morphlm train --schedule` does")

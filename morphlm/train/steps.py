@@ -196,18 +196,9 @@ class MetricsWriter:
         self.tb = None
         if self.path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            if path.exists():
-                # a run killed between checkpoints logged steps the checkpoint never saw: drop them
-                keep = []
-                for line in path.read_text(encoding="utf-8").splitlines():
-                    try:
-                        rec = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue  # a line cut off by a kill
-                    if rec.get("step", 0) <= resume_step:
-                        keep.append(line)
-                ckpt.write_atomic(path, "".join(f"{line}\n" for line in keep))
-            self.f = open(path, "a", encoding="utf-8")
+            # a run killed between checkpoints logged steps the checkpoint never saw: drop them
+            ckpt.trim_metrics(path, resume_step)
+            self.f = ckpt.open_append(path)  # refuses a symbolic link: nothing is written outside the run
 
     def write(self, record: dict[str, Any]) -> None:
         if self.path is None:
