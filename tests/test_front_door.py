@@ -142,7 +142,8 @@ def test_grow_checkpoint_partial_target_and_lineage(src, tmp_path):
     assert ckpt.read_config(tmp_path / "g")[0].n_layers == 2
     lineage = ckpt.read_lineage(tmp_path / "g")
     assert lineage["parents"] == [{"path": str(src.resolve()), "sha256": ckpt.dir_fingerprint(src),
-                                   "flops": ckpt.total_flops(src)}]
+                                   "flops": ckpt.total_flops(src), "fingerprint": ckpt.model_fingerprint(src)}]
+    assert lineage["parents"] == [ckpt.parent_record(src)]
     assert info["parent_flops"] == ckpt.total_flops(src) > 0
 
 

@@ -1204,7 +1204,7 @@ def _parent_entry(path: Path, sha256: str, flops: float, role: str | None) -> di
     entry: dict[str, Any] = {"path": str(path), "sha256": sha256, "flops": float(flops)}
     if role is not None:
         entry["role"] = role
-    return entry
+    return _with_parent_fingerprints({"parents": [entry]})["parents"][0]  # as save_checkpoint records it
 
 
 def parent_record(run_dir: str | Path, role: str | None = None, *, flops: float | None = None) -> dict[str, Any]:
