@@ -182,7 +182,7 @@ def test_open_checkpoint_returns_model_tokenizer_and_record(src):
     assert record.tokenizer_json == (src / "tokenizer.json").read_text()
     assert record.parent("teacher") == ckpt.parent_record(src, "teacher") == {
         "path": str(src.resolve()), "sha256": ckpt.dir_fingerprint(src), "flops": ckpt.total_flops(src),
-        "role": "teacher"}
+        "role": "teacher", "fingerprint": ckpt.model_fingerprint(src)}
     assert ckpt.parent_record(src, flops=1.5)["flops"] == 1.5
 
 
