@@ -9,6 +9,7 @@ half of one. :func:`write_json` is the one atomic JSON writer (checkpoints, benc
 from __future__ import annotations
 
 import json
+import math
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -71,3 +72,14 @@ def write_json(path: str | os.PathLike, data: Any, *, indent: int | None = 2, so
     path = Path(path)
     write_atomic(path, json_text(data, indent=indent, sort_keys=sort_keys, allow_nan=allow_nan, default=default))
     return path
+
+
+def json_safe(value: Any) -> Any:
+    """Replace non-finite floats (NaN, inf) by None, recursively, so the file stays strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value

@@ -181,7 +181,8 @@ def _train_supernet(ctx, supernet_dir, preset, config, corpus, max_steps, resume
 
 def _search(supernet_dir, max_latency_ms, min_latency_ms, evals, strategy, out, latency_samples, latency_runs,
             eval_batches, seed) -> None:
-    from ..bench.common import metadata, write_json
+    from ..bench.common import write_json
+    from ..provenance import metadata
     from ..compress import CompressionError
     from ..compress.extract import run_batches
     from ..train.latency import measure_latency

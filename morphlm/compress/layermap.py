@@ -400,7 +400,8 @@ def layermap_search_run(teacher: str, student: str, *, corpus: str, task_train: 
                         out: str | None = None, progress: bool = True) -> dict[str, Any]:
     """``morphlm search layermap``: proxy-scored GA vs random search vs fixed maps for one teacher (a
     pretrained lm/mlm checkpoint or HF dir) and one student shape; writes the report JSON to ``out``."""
-    from ..bench.common import metadata, write_json
+    from ..io import json_safe, write_json
+    from ..provenance import metadata
     from ..data import ClassificationBatches, LMBatches, MLMBatches, load_task, prepare_lm_store
     from ..model import ModelConfig
     from .distill import _student_config, load_teacher
@@ -452,5 +453,5 @@ def layermap_search_run(teacher: str, student: str, *, corpus: str, task_train: 
                    "proxy": dataclasses.asdict(setting), "batch_size": batch_size, "seq_len": seq_len,
                    "metadata": metadata()})
     if out is not None:
-        write_json(Path(out), report)
+        write_json(Path(out), json_safe(report), sort_keys=False)
     return report

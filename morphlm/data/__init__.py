@@ -19,6 +19,7 @@ from .corpora import (
     read_text_file,
     strip_gutenberg,
 )
+from . import remote  # noqa: E402,F401  (declares the downloaded corpora: shakespeare, hf:)
 from .tasks import ClassificationBatches, Example, Task, TaskError, load_task, load_task_file
 from .tokenizer import SPECIAL_TOKENS, Tokenizer, TokenizerError, train_tokenizer
 from .tokens import TokenStore, TokenStoreError, prepare_lm_store

