@@ -83,3 +83,12 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [json_safe(v) for v in value]
     return value
+
+
+def short_repr(value: Any, limit: int = 300) -> str:
+    """repr of a value, cut to ``limit`` characters so a crafted file cannot flood an error message."""
+    try:
+        text = repr(value)
+    except ValueError:  # an integer with more digits than Python converts to text
+        return "<an integer too large to print>"
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"

@@ -53,7 +53,7 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -99,6 +99,24 @@ def _cudnn_preferred():
     return sdpa_kernel(order)
 
 
+def _timed_round(rec: Recorder, e: dict[str, Any], measure: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
+    """One timed round of entry ``e``: its numbers with the wall time added and recorded, or None when it failed
+    (the error is recorded and printed; the other entries are still measured)."""
+    t0 = time.perf_counter()
+    try:
+        rnd = measure()
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:  # noqa: BLE001 - record it, keep measuring the others
+        traceback.print_exc()
+        rec.fail(e, exc)
+        log(f"  {e['name']}: FAILED ({type(exc).__name__}: {exc})")
+        return None
+    rnd["wall_s"] = time.perf_counter() - t0
+    rec.add_round(e, rnd)
+    return rnd
+
+
 def run_preset(rec: Recorder, preset: str, st: dict[str, Any], device: torch.device) -> None:
     cfg = ModelConfig.from_name(preset)
     if st["seq"] > cfg.max_seq_len:
@@ -127,25 +145,18 @@ def run_preset(rec: Recorder, preset: str, st: dict[str, Any], device: torch.dev
                 e = e_m if impl == "morphlm" else e_h
                 if e["error"]:
                     continue
-                t0 = time.perf_counter()
-                try:
+                def measure(impl=impl):
                     if impl == "morphlm":
-                        rnd = measure_morphlm(model, data, device, compile=compiled, warmup=st["warmup"],
-                                              timed=st["steps"], grad_clip=st["grad_clip"], seed=st["seed"])
-                    else:
-                        if mode not in hf_runners:
-                            hf_runners[mode] = torch.compile(hf) if compiled else hf
-                        rnd = measure_hf(hf, hf_runners[mode], data, device, warmup=st["warmup"],
-                                         timed=st["steps"], grad_clip=st["grad_clip"])
-                except (KeyboardInterrupt, SystemExit):
-                    raise
-                except Exception as exc:  # noqa: BLE001 - record it, keep measuring the others
-                    traceback.print_exc()
-                    rec.fail(e, exc)
-                    log(f"  {e['name']}: FAILED ({type(exc).__name__}: {exc})")
+                        return measure_morphlm(model, data, device, compile=compiled, warmup=st["warmup"],
+                                               timed=st["steps"], grad_clip=st["grad_clip"], seed=st["seed"])
+                    if mode not in hf_runners:
+                        hf_runners[mode] = torch.compile(hf) if compiled else hf
+                    return measure_hf(hf, hf_runners[mode], data, device, warmup=st["warmup"],
+                                      timed=st["steps"], grad_clip=st["grad_clip"])
+
+                rnd = _timed_round(rec, e, measure)
+                if rnd is None:
                     continue
-                rnd["wall_s"] = time.perf_counter() - t0
-                rec.add_round(e, rnd)
                 mfu = f", MFU {e['mfu']:.1%}" if e["mfu"] is not None else ""
                 log(f"  round {r + 1}/{st['rounds']} {e['name']}: {rnd['tok_per_s']:,.0f} tok/s "
                     f"(step {rnd['step_time_s'] * 1e3:.1f} ms, loss {rnd['first_loss']:.3f}, "
@@ -183,28 +194,21 @@ def run_variants(rec: Recorder, preset: str, cfg: ModelConfig, model: Transforme
                 if variant == "plain-loop" else None)
         e = rec.entry("morphlm", preset, cfg, mode, variant, batch=batch, micro_batch=micro, seq=T, device=device,
                       n_params=n_params, note=note)
-        t0 = time.perf_counter()
-        try:
+        def measure(mode=mode, variant=variant, data=data, micro=micro, ctx=ctx, reset=reset):
             if reset:
                 torch._dynamo.reset()
             with ctx():
                 if variant == "plain-loop":
                     runner = torch.compile(model) if mode == "compiled" else model
-                    rnd = measure_hf(model, runner, data, device, warmup=st["warmup"], timed=st["steps"],
-                                     grad_clip=st["grad_clip"])
-                else:
-                    rnd = measure_morphlm(model, data, device, compile=mode == "compiled", warmup=st["warmup"],
-                                          timed=st["steps"], grad_clip=st["grad_clip"], micro_batch=micro,
-                                          seed=st["seed"])
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except Exception as exc:  # noqa: BLE001
-            traceback.print_exc()
-            rec.fail(e, exc)
-            log(f"  {e['name']}: FAILED ({type(exc).__name__}: {exc})")
+                    return measure_hf(model, runner, data, device, warmup=st["warmup"], timed=st["steps"],
+                                      grad_clip=st["grad_clip"])
+                return measure_morphlm(model, data, device, compile=mode == "compiled", warmup=st["warmup"],
+                                       timed=st["steps"], grad_clip=st["grad_clip"], micro_batch=micro,
+                                       seed=st["seed"])
+
+        rnd = _timed_round(rec, e, measure)
+        if rnd is None:
             continue
-        rnd["wall_s"] = time.perf_counter() - t0
-        rec.add_round(e, rnd)
         mfu = f", MFU {e['mfu']:.1%}" if e["mfu"] is not None else ""
         log(f"  variant {e['name']}: {rnd['tok_per_s']:,.0f} tok/s (step {rnd['step_time_s'] * 1e3:.1f} ms, "
             f"{rnd['wall_s']:.1f} s wall){mfu}")

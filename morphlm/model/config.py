@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..io import short_repr
+
 FORMAT_VERSION = 1
 
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "swiglu")
@@ -260,12 +262,7 @@ for _name, _hint in typing.get_type_hints(ModelConfig).items():
 
 
 def _short(value: Any, limit: int = 80) -> str:
-    """repr of a value, cut to ``limit`` characters so a crafted file cannot flood an error message."""
-    try:
-        text = repr(value)
-    except ValueError:  # an integer with more digits than Python converts to text
-        return "<an integer too large to print>"
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+    return short_repr(value, limit)
 
 
 def _divisors(n: int) -> list[int]:

@@ -51,7 +51,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from ..io import fsync_dir, json_text
+from ..io import fsync_dir, json_text, short_repr
 from ..io import write_atomic  # noqa: F401  (re-exported: loop.py and tests use ckpt.write_atomic)
 from ..model.config import CHECKPOINT_ONLY_KEYS, FORMAT_VERSION, ConfigError, ModelConfig
 from ..model.transformer import TransformerLM
@@ -98,11 +98,7 @@ class CheckpointLocked(CheckpointError):
 
 def _short(value: Any, limit: int = 300) -> str:
     """repr of a value from a file, cut to ``limit`` characters (a crafted file cannot flood a message)."""
-    try:
-        text = repr(value)
-    except ValueError:  # an integer with more digits than Python converts to text
-        return "<an integer too large to print>"
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+    return short_repr(value, limit)
 
 
 def _is_int(value: Any) -> bool:
@@ -1126,10 +1122,14 @@ def model_fingerprint(run_dir: str | Path) -> str:
     _, raw = read_config(run_dir)
     if raw.get("fingerprint"):
         return raw["fingerprint"]
+    return weights_fingerprint(_committed_weights(run_dir), raw, run_dir / MODEL_FILE)
+
+
+def _committed_weights(run_dir: Path) -> bytes:
     data = _read_committed(run_dir, MODEL_FILE, "weights file")
     if data is None:
         raise CheckpointError(f"{run_dir} has no {MODEL_FILE}; the checkpoint is incomplete — retrain or restore it")
-    return weights_fingerprint(data, raw, run_dir / MODEL_FILE)
+    return data
 
 
 def dir_fingerprint(run_dir: str | Path) -> str:
@@ -1139,10 +1139,7 @@ def dir_fingerprint(run_dir: str | Path) -> str:
     _, raw = read_config(run_dir)
     if raw.get("weights_sha256"):
         return raw["weights_sha256"]
-    data = _read_committed(run_dir, MODEL_FILE, "weights file")
-    if data is None:
-        raise CheckpointError(f"{run_dir} has no {MODEL_FILE}; the checkpoint is incomplete — retrain or restore it")
-    return sha256_bytes(data)
+    return sha256_bytes(_committed_weights(run_dir))
 
 
 def total_flops(run_dir: str | Path, include_parents: bool = True) -> float:
