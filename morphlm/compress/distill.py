@@ -156,8 +156,9 @@ def distill_run(teacher: str | Path, student: str, out: str | Path, *, init: str
     if init not in ("auto", "random", "teacher-layers", "lightmbert"):
         raise CompressionError(f"unknown --init {init!r}; choose auto, random, teacher-layers or lightmbert")
     out = Path(out)
-    ckpt.claim_output_dir(out, "distill", inputs=[teacher, student, augment_model], resume=resume == "auto",
-                          error=CompressionError)
+    reads = [("teacher", teacher), ("student", student if Path(student).is_dir() else None),
+             ("--augment-model", augment_model)]
+    ckpt.claim_output_dir(out, "distill", inputs=reads, resume=resume == "auto", error=CompressionError)
     t_model, tok, t_record = load_teacher(teacher)
     tcfg = t_model.config
     if tok.vocab_size > tcfg.vocab_size:

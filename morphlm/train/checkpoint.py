@@ -698,7 +698,7 @@ def check_derived_dirs(src_dir: Path, out_dir: Path, *, role: str, verb: str,
     if not src_dir.is_dir():
         raise error(f"{role} checkpoint directory {src_dir} does not exist; pass a directory written by "
                     f"`morphlm train --out DIR`")
-    claim_output_dir(out_dir, verb, inputs=[src_dir], error=error)
+    claim_output_dir(out_dir, verb, inputs=[(role, src_dir)], error=error)
 
 
 def has_trainer_state(run_dir: str | Path) -> bool:
@@ -1352,7 +1352,8 @@ def _describe_folder(path: Path, entries: list[str]) -> str:
     if entries == [METRICS_FILE]:
         return "the metrics log of a run stopped before its first save"
     shown = ", ".join(_short(e, 60)[1:-1] for e in entries[:5])
-    return f"{len(entries)} other entr{'y' if len(entries) == 1 else 'ies'} ({shown}{', ...' if len(entries) > 5 else ''})"
+    more = ", ..." if len(entries) > 5 else ""
+    return f"{len(entries)} other entr{'y' if len(entries) == 1 else 'ies'} ({shown}{more})"
 
 
 def _refuse_if_locked(path: Path, error: type[Exception]) -> None:
@@ -1387,7 +1388,8 @@ def claim_output_dir(path: str | Path, kind: str, *, inputs: Any = (), resume: b
     stale ``.lock`` or ``.staging`` left by a killed writer does not count), or — with ``resume`` — the verb's
     own resumable run (``own(path)`` decides where given, else lineage.json's ``verb`` == ``kind`` with trainer
     state). Refused, with ``error`` naming what the folder holds and the fix: the filesystem root, the home
-    directory, a file, any of ``inputs`` (the directories the verb reads) or a folder containing one, a folder
+    directory, a file, any of ``inputs`` (the directories the verb reads: paths or (role, path) pairs, the role
+    naming it in messages) or a folder containing one, a folder
     inside a checkpoint input, an unwritable folder, a folder another process writes (its PID named), and
     every other non-empty folder. Nothing is created or changed."""
     path = Path(path)
@@ -1399,17 +1401,20 @@ def claim_output_dir(path: str | Path, kind: str, *, inputs: Any = (), resume: b
     if real == Path(os.path.realpath(Path.home())):
         raise error(f"--out {path} is your home directory; {name} writes a folder of its own — choose a new folder "
                     f"such as ~/runs/NAME")
-    for src in [s for s in ([inputs] if isinstance(inputs, (str, Path)) else inputs or []) if s]:
+    for item in ([inputs] if isinstance(inputs, (str, Path)) else inputs or []):
+        role, src = item if isinstance(item, tuple) else ("input", item)
+        if not src:
+            continue
         src_real = Path(os.path.realpath(src))
         if real == src_real:
-            raise error(f"--out {path} is the directory {name} reads ({src}); nothing is ever overwritten — choose "
-                        f"another --out")
+            raise error(f"--out {path} must differ from the {role} directory {src} that {name} reads; nothing is "
+                        f"ever overwritten — choose another --out")
         if src_real.is_relative_to(real):
-            raise error(f"--out {path} contains the directory {name} reads ({src}); writing there could overwrite "
-                        f"it — choose another --out")
+            raise error(f"--out {path} contains the {role} directory {src} that {name} reads; writing there could "
+                        f"overwrite it — choose another --out")
         if real.is_relative_to(src_real) and has_checkpoint(src_real):
-            raise error(f"--out {path} lies inside the checkpoint {src} that {name} reads; a checkpoint holds only "
-                        f"its own files — choose another --out")
+            raise error(f"--out {path} lies inside the {role} checkpoint {src} that {name} reads; a checkpoint holds "
+                        f"only its own files — choose another --out")
     if path.is_symlink() or (path.exists() and not path.is_dir()):
         raise error(f"--out {path} exists and is not a directory; {name} writes a folder — remove it or choose "
                     f"another --out")
