@@ -210,3 +210,31 @@ def test_distilled_student_follows_a_bert_teachers_objective(tmp_path):
     cfg, _ = ckpt.read_config(tmp_path / "D")
     assert cfg.head == "mlm" and cfg.causal is False, res.output
     assert json.loads((tmp_path / "D" / "lineage.json").read_text())["verb"] == "distill"
+
+
+def test_multi_stage_and_demo_folders_resume_as_their_own(tmp_path):
+    import torch
+
+    from morphlm.demo import _is_demo_folder
+    from morphlm.model import ModelConfig, TransformerLM
+
+    cfg = ModelConfig.from_name("tiny")
+    torch.manual_seed(0)
+    state = TransformerLM(cfg).state_dict()
+    # distill --stage task killed after stage a: OUT holds only OUT/stage_a (a distill run) and a metrics log
+    out = tmp_path / "d"
+    ckpt.save_checkpoint(out / "stage_a", state, cfg, lineage={"verb": "distill"}, trainer_state={"step": 1})
+    (out / "metrics.jsonl").write_text("")
+    assert ckpt.claim_output_dir(out, "distill", resume=True) == out
+    with pytest.raises(ckpt.CheckpointError, match="pass --resume auto"):
+        ckpt.claim_output_dir(out, "distill")
+    with pytest.raises(ckpt.CheckpointError, match="stage_a"):
+        ckpt.claim_output_dir(out, "train", resume=True)
+    # a demo folder: only the demo's runs, init records, table and plot
+    demo = tmp_path / "demo"
+    (demo / "source").mkdir(parents=True)
+    (demo / "grown-fpi.init.json").write_text("{}")
+    assert ckpt.claim_output_dir(demo, "demo", resume=True, own=_is_demo_folder) == demo
+    (demo / "thesis.tex").write_text("mine")
+    with pytest.raises(ckpt.CheckpointError, match="thesis.tex"):
+        ckpt.claim_output_dir(demo, "demo", resume=True, own=_is_demo_folder)
