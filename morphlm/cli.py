@@ -38,7 +38,14 @@ def _user_errors():
     from .train.loop import TrainingDiverged
 
     return (ConfigError, CheckpointError, CorpusError, TokenizerError, TokenStoreError, TaskError, BatchError,
-            InteropError, GrowthError, TrainingDiverged, FileNotFoundError, ValueError)
+            InteropError, GrowthError, TrainingDiverged, FileNotFoundError, PermissionError, IsADirectoryError,
+            NotADirectoryError, FileExistsError, ValueError)
+
+
+def _one_line(exc: BaseException, limit: int = 2000) -> str:
+    """An error as one line of at most ``limit`` characters (a crafted input cannot flood the terminal)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _stopped(exc: KeyboardInterrupt) -> None:
@@ -82,7 +89,7 @@ def friendly(fn):
         except _user_errors() as exc:
             from .train.loop import TrainingDiverged
 
-            typer.secho(f"error: {exc}", fg="red", err=True)
+            typer.secho(f"error: {_one_line(exc)}", fg="red", err=True)
             raise typer.Exit(1 if isinstance(exc, TrainingDiverged) else 2) from None
 
     return wrapper
@@ -226,7 +233,16 @@ def generate(
 ) -> None:
     """Sample text from a trained causal LM."""
     _setup_logging()
+    from .model.config import ConfigError
     from .train.run import sample_texts
+
+    for flag, value, ok, want in (("--n", n, n >= 1, "at least 1 sample"),
+                                  ("--max-new-tokens", max_new_tokens, max_new_tokens >= 0, "0 or more"),
+                                  ("--top-k", top_k, top_k >= 1, "at least 1 (the candidates kept per token)"),
+                                  ("--temperature", temperature, 0 <= temperature < float("inf"),
+                                   "a finite number >= 0 (0 = greedy)")):
+        if not ok:
+            raise ConfigError(f"{flag} {value} is not allowed; use {want}")
 
     for i, text in enumerate(sample_texts(run_dir, prompt, n=n, max_new_tokens=max_new_tokens,
                                           temperature=temperature, top_k=top_k, seed=seed, device=device)):

@@ -89,6 +89,12 @@ def run_demo(out: str | Path = "runs/demo", steps: int = 1500, method: str | Non
         raise
 
 
+def _is_demo_folder(path: Path) -> bool:
+    """A folder an earlier demo wrote (a rerun resumes it): only the demo's runs, init records, table and plot."""
+    names = [p.name for p in path.iterdir() if p.name not in (".lock", ".staging")]
+    return all(n in ("source", "scratch", "summary.json", "growth.png") or n.startswith("grown-") for n in names)
+
+
 def _run_demo(out: str | Path, steps: int, method: str | None) -> dict:
     import torch
 
@@ -100,7 +106,7 @@ def _run_demo(out: str | Path, steps: int, method: str | None) -> dict:
     from .train.loop import evaluate, fit, model_loss
     from .model import TransformerLM
 
-    out = Path(out)
+    out = ckpt.claim_output_dir(out, "demo", resume=True, own=_is_demo_folder)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     n = max(steps // 3, 10)

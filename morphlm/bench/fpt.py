@@ -101,7 +101,7 @@ def pretrain(size: dict[str, Any], objective: str, corpus: str, progress: bool =
     key = hashlib.sha256(json.dumps([preset, sorted(overrides.items())], default=str).encode()).hexdigest()[:16]
     out = default_cache_dir() / "bench-fpt" / f"{objective}-{key}"
     if ckpt.has_checkpoint(out) and ckpt.has_trainer_state(out):
-        trainer = json.loads((out / ckpt.TRAINER_FILE).read_text())
+        trainer = ckpt.read_trainer_json(out) or {}
         if trainer.get("step") == size["pre_steps"]:
             log.info("reusing the pretrained model in %s", out)
             return out, 0.0

@@ -155,10 +155,12 @@ def _train_supernet(ctx, supernet_dir, preset, config, corpus, max_steps, resume
     overrides.update({k: v for k, v in dict(corpus=corpus, max_steps=max_steps, out_dir=str(supernet_dir),
                                             resume=resume).items() if v is not None})
     spec = build_spec(preset, config, overrides)
+    ckpt.claim_output_dir(supernet_dir, "supernet", inputs=[("--init", spec.init)], resume=resume == "auto",
+                          error=CompressionError)
     space = _space_from(spec.model, layers, hidden, heads, ffn)
     tokenizer = None
     if ckpt.has_trainer_state(supernet_dir) and resume == "auto":
-        saved = json.loads((Path(supernet_dir) / ckpt.TRAINER_FILE).read_text()).get("supernet_space")
+        saved = (ckpt.read_trainer_json(supernet_dir) or {}).get("supernet_space")
         if saved is not None and saved != json.loads(json.dumps(space.to_dict())):
             raise CompressionError(f"{supernet_dir} was trained on another search space; resume with the same "
                                    f"--layers/--hidden/--heads/--ffn and model settings, or use another directory")
@@ -192,8 +194,7 @@ def _search(supernet_dir, max_latency_ms, min_latency_ms, evals, strategy, out, 
 
     if strategy not in ("evolutionary", "random", "both"):
         raise CompressionError(f"--strategy {strategy!r}: evolutionary | random | both")
-    if ckpt.has_checkpoint(out):
-        raise CompressionError(f"{out} already holds a checkpoint; choose another --out so nothing is overwritten")
+    ckpt.claim_output_dir(out, "search-arch", inputs=[("super-model", supernet_dir)], error=CompressionError)
     lineage = ckpt.read_lineage(supernet_dir) or {}
     if lineage.get("verb") != "supernet" or "space" not in lineage:
         raise CompressionError(f"{supernet_dir} is not a super-model directory (its lineage has no search space); "

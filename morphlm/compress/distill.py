@@ -156,6 +156,9 @@ def distill_run(teacher: str | Path, student: str, out: str | Path, *, init: str
     if init not in ("auto", "random", "teacher-layers", "lightmbert"):
         raise CompressionError(f"unknown --init {init!r}; choose auto, random, teacher-layers or lightmbert")
     out = Path(out)
+    reads = [("teacher", teacher), ("student", student if Path(student).is_dir() else None),
+             ("--augment-model", augment_model)]
+    ckpt.claim_output_dir(out, "distill", inputs=reads, resume=resume == "auto", error=CompressionError)
     t_model, tok, t_record = load_teacher(teacher)
     tcfg = t_model.config
     if tok.vocab_size > tcfg.vocab_size:
@@ -218,8 +221,25 @@ def distill_run(teacher: str | Path, student: str, out: str | Path, *, init: str
     if s_dir.is_dir() and not from_dir:
         raise CompressionError(f"--student {student} is a directory but not a morphlm checkpoint (config.json + "
                                f"model.safetensors missing)")
+    if from_dir and init == "auto":  # the student keeps its own weights: they must speak the teacher's tokens
+        s_tok = ckpt.open_tokenizer(s_dir, error=CompressionError)
+        if s_tok is not None and s_tok.fingerprint() != tok.fingerprint():
+            raise CompressionError(
+                f"--student {student} was trained with another tokenizer than the teacher {teacher} (their "
+                f"tokenizer.json differ); distillation feeds both the teacher's token ids, so its weights would "
+                f"read them as other tokens — use a student trained with the teacher's tokenizer, or --init random")
     s_fields = _student_config(student, tcfg, overrides)
     s_fields.update(head=head, n_classes=n_classes if head == "cls" else s_fields.get("n_classes", 2))
+    if head in ("lm", "mlm") and bool(s_fields.get("causal", True)) != tcfg.causal:
+        # the student learns the teacher's objective: next-token (causal attention) or masked (bidirectional)
+        kind = "causal (next-token)" if tcfg.causal else "bidirectional masked-LM"
+        if "causal" in overrides:
+            raise CompressionError(f"the teacher {teacher} is a {kind} model but --causal {overrides['causal']} "
+                                   f"gives the student the other attention; a student learns its teacher's "
+                                   f"objective — drop --causal")
+        log.warning("the teacher is a %s model: the student (%s) follows it with causal=%s", kind, student,
+                    tcfg.causal)
+        s_fields["causal"] = tcfg.causal
     if init == "lightmbert":
         n_layers = int(s_fields.get("n_layers", tcfg.n_layers))
         s_model = lightmbert_student(t_model, n_layers, head=head, n_classes=s_fields["n_classes"], seed=seed)

@@ -256,7 +256,7 @@ def quantize_checkpoint(src_dir: str | Path, out_dir: str | Path, method: str | 
     if raw.get("quantization"):
         raise CompressionError(f"{src_dir} is already quantized ({raw['quantization'].get('method')}); quantize the "
                                f"full-precision checkpoint it was made from")
-    _check_out_dir(out_dir, overwrite=False)
+    ckpt.claim_output_dir(out_dir, "quantize", inputs=[("source", src_dir)], error=CompressionError)
     if steps < 0:
         raise CompressionError(f"steps={steps} must be >= 0 (0 = no QAT, pack the post-training ternarization)")
     if method == "int8" and (steps or task_train or task_val):

@@ -138,7 +138,33 @@ def read_text_file(path: str | os.PathLike, *, gutenberg: bool = True) -> str:
     except (OSError, EOFError) as e:  # corrupt gzip stream
         raise CorpusError(f"{p} looks gzip-compressed but cannot be decompressed ({e}); re-download or "
                           "re-compress the file.") from e
+    warn_if_binary(p, text)
     return strip_gutenberg(text) if gutenberg else text
+
+
+# Share of control characters above which a file is binary data rather than text: written text has almost
+# none (tabs, newlines and form feeds do not count); uniformly random bytes decode (as Latin-1) to about 24%.
+BINARY_WARN_FRACTION = 0.05
+_CONTROL = re.compile("[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f\ufffd]")
+
+
+def binary_fraction(text: str, sample: int = 1_000_000) -> float:
+    """Fraction of control characters (C0 but tab/newline/CR/FF, DEL, C1, U+FFFD) in the first ``sample``
+    characters of ``text``."""
+    head = text[:sample]
+    return len(_CONTROL.findall(head)) / len(head) if head else 0.0
+
+
+def warn_if_binary(path: Path, text: str) -> bool:
+    """Log a warning naming ``path`` when its text looks like binary data (a model trained on it learns noise);
+    returns whether it warned."""
+    frac = binary_fraction(text)
+    if frac <= BINARY_WARN_FRACTION:
+        return False
+    log.warning("%s looks like binary data, not text: %.0f%% of its characters are control characters (text has "
+                "almost none); a model trained on it learns noise — check the path or the file's encoding",
+                path, 100 * frac)
+    return True
 
 
 # --------------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import csv
 import io
 import json
 import math
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -181,11 +182,23 @@ def _read_rows(path, text_field, pair_field, label_field):
         raise TaskError(str(e)) from None
     fields = (text_field, pair_field, label_field)
     if fmt in ("tsv", "csv"):
-        rows = _rows_delimited(text, p, "\t" if fmt == "tsv" else ",", fields)
+        try:
+            rows = _rows_delimited(text, p, "\t" if fmt == "tsv" else ",", fields)
+        except csv.Error as exc:  # a NUL byte, a field over the size limit ...
+            raise TaskError(f"{p} cannot be read as {fmt.upper()} ({exc}); is it a text file of examples? "
+                            f"Fix or replace it.") from None
     else:
         rows = _rows_json(text, p, fmt, fields)
     if not rows:
         raise TaskError(f"{p} has a header but no examples; add examples or pick another file.")
+    where = "item" if fmt == "json" else "line"
+    for n, _, _, lab in rows:
+        if lab is None or (isinstance(lab, str) and not lab.strip()):
+            raise TaskError(f"{p}: {where} {n} has a blank label; every example needs one (a blank would become "
+                            f"a class of its own) — fill it in or remove the example.")
+        if not isinstance(lab, (str, int, float)) or (isinstance(lab, float) and not math.isfinite(lab)):
+            raise TaskError(f"{p}: {where} {n} has the label {_short(lab)}; a label is a string or an integer — "
+                            f"fix that example.")
     return p, rows
 
 
@@ -201,6 +214,16 @@ def _as_int_label(v) -> int | None:
     return None
 
 
+# More classes than any classification task morphlm fine-tunes on: a label column beyond it is the wrong column
+# (an id or a score) or a corrupted file, and would build a head of that many rows.
+MAX_CLASSES = 10_000
+
+
+def _short(value, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def _label_mapping(raw_labels: list, where: str) -> tuple[dict, list[str], bool]:
     """(raw label -> id, label names, labels_are_ints)."""
     as_int = [_as_int_label(v) for v in raw_labels]
@@ -210,8 +233,16 @@ def _label_mapping(raw_labels: list, where: str) -> tuple[dict, list[str], bool]
             raise TaskError(f"{where}: label {neg} is negative (unlabelled examples, as in GLUE test files?); "
                             "classification labels must be 0..K-1, so use a labelled split.")
         n = max(as_int) + 1
+        if n > MAX_CLASSES:
+            raise TaskError(f"{where}: label {max(as_int)} means {n} classes (labels are 0..K-1), more than the "
+                            f"{MAX_CLASSES} a classifier here takes; is the label column the right one? Pass "
+                            f"label_field, or renumber the labels 0..K-1.")
         return {}, [str(i) for i in range(n)], True
     names = sorted({str(v).strip() for v in raw_labels})
+    if len(names) > MAX_CLASSES:
+        raise TaskError(f"{where}: the label column has {len(names)} distinct values (e.g. "
+                        f"{', '.join(_short(x, 40) for x in names[:3])}), more than the {MAX_CLASSES} classes a "
+                        f"classifier here takes; is the label column the right one? Pass label_field.")
     return {name: i for i, name in enumerate(names)}, names, False
 
 

@@ -178,6 +178,7 @@ def prompt_tune_checkpoint(model_dir: str | Path, task_train: str | Path, task_v
     for what, path in (("--task-train", task_train), ("--task-val", task_val)):
         if not Path(path).is_file():
             raise TaskError(f"{what} {path} does not exist; pass a TSV/CSV/JSONL file with a label column")
+    ckpt.claim_output_dir(out_dir, "prompt-tune", inputs=[("model", model_dir)])
     lm, tokenizer, _ = ckpt.open_checkpoint(model_dir, need_tokenizer="prompt tuning needs the model's tokenizer")
     resolve_reading(lm.config, cfg.reading)  # fail before reading the task files
     task = load_task(task_train, task_val)

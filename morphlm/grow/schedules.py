@@ -290,8 +290,8 @@ def run_stages(name: str, stages: list[Stage], data, args: TrainArgs, *, callbac
                 raise GrowthError(f"{out} holds a different schedule ({saved.get('schedule')}, "
                                   f"{saved.get('max_steps')} steps, stages {[s['label'] for s in saved['stages']]}); "
                                   f"resume with the same settings or choose another --out")
-        elif ckpt.has_checkpoint(out):
-            raise GrowthError(f"{out} already holds a checkpoint that is not a schedule run; choose another --out")
+        else:  # a new or empty folder only (a checkpoint, an export, other files: refused, naming them)
+            ckpt.claim_output_dir(out, "train --schedule", error=GrowthError)
         out.mkdir(parents=True, exist_ok=True)
         for rec, s in zip(saved.get("stages", []), stages):
             s.operator_flops = float(rec.get("operator_flops", 0.0))  # kept when a resumed stage skips its operator

@@ -24,8 +24,7 @@ def convert_dir(src: str | Path, out: str | Path) -> str:
     src, out = Path(src), Path(out)
     if not src.exists():
         raise InteropError(f"{src} does not exist; pass a Hugging Face model folder or a morphlm checkpoint")
-    if out.exists() and any(out.iterdir()):
-        raise InteropError(f"{out} exists and is not empty; choose a new output folder so nothing is overwritten")
+    ckpt.claim_output_dir(out, "convert", inputs=[("source", src)], error=InteropError)
     if is_hf_dir(src):
         model, cfg = load_hf_model(src)
         tok = src / "tokenizer.json"

@@ -688,15 +688,13 @@ def has_checkpoint(run_dir: str | Path) -> bool:
 def check_derived_dirs(src_dir: Path, out_dir: Path, *, role: str, verb: str,
                        error: type[Exception] = CheckpointError) -> None:
     """The checks of every verb that reads one checkpoint directory and writes a new one (grow, extract):
-    the ``role`` directory (source, teacher) exists, ``out_dir`` is a different directory, and ``out_dir``
-    holds no checkpoint yet (nothing is ever overwritten). Raises ``error`` naming the problem and the fix."""
+    the ``role`` directory (source, teacher) exists and ``out_dir`` may be written by the verb ``verb`` (its
+    lineage verb; :func:`claim_output_dir`: new or empty, not the input). Raises ``error`` naming the problem
+    and the fix."""
     if not src_dir.is_dir():
         raise error(f"{role} checkpoint directory {src_dir} does not exist; pass a directory written by "
                     f"`morphlm train --out DIR`")
-    if out_dir.resolve() == src_dir.resolve():
-        raise error(f"--out must differ from the {role} directory; {verb} never overwrites its {role}")
-    if has_checkpoint(out_dir):
-        raise error(f"{out_dir} already holds a checkpoint; choose another --out so nothing is overwritten")
+    claim_output_dir(out_dir, verb, inputs=[(role, src_dir)], error=error)
 
 
 def has_trainer_state(run_dir: str | Path) -> bool:
@@ -1226,6 +1224,9 @@ def _check_is_checkpoint(run_dir: Path, role: str, error: type[Exception]) -> No
     if not run_dir.is_dir():
         raise error(f"{role} checkpoint directory {run_dir} does not exist; pass a directory written by "
                     f"`morphlm train --out DIR`")
+    foreign = _foreign_folder(run_dir)
+    if foreign:
+        raise error(f"{run_dir} is not a morphlm checkpoint but {foreign}")
     if not has_checkpoint(run_dir):
         raise error(f"{run_dir} is not a checkpoint directory ({CONFIG_FILE} or {MODEL_FILE} is missing); pass a "
                     f"directory written by `morphlm train --out DIR` (or convert a Hugging Face one with "
@@ -1273,3 +1274,175 @@ def open_checkpoint(run_dir: str | Path, *, need_tokenizer: str | None = None, d
     tokenizer = open_tokenizer(run_dir, need_tokenizer, error=error)
     model = load_model(run_dir, device=device, verify=verify)
     return model, tokenizer, read_record(run_dir, role=role, error=error)
+
+
+# ---------------------------------------------------------------------------- output folders (every verb)
+# A verb writes a directory only where nothing else lives: a new or empty folder, or its own resumable run of
+# the same kind. Every verb claims its --out here, so the refusals and their wording are the same everywhere.
+_IGNORED_ENTRIES = (LOCK_FILE, STAGING)  # what a killed writer may leave in an otherwise empty folder
+
+
+def _entries(path: Path) -> list[str]:
+    return sorted(e for e in os.listdir(path) if e not in _IGNORED_ENTRIES)
+
+
+def _lineage_verb(path: Path) -> str | None:
+    try:
+        verb = (read_lineage(path) or {}).get("verb")
+    except CheckpointError:
+        return None
+    return verb if isinstance(verb, str) else None
+
+
+def _is_own_run(path: Path, kind: str) -> bool:
+    """``path`` holds a resumable run written by the verb ``kind`` (lineage.json's ``verb``) — or, for
+    multi-stage verbs (distill --stage task), only stage folders that each hold one, plus a metrics log."""
+    if has_checkpoint(path):
+        return has_trainer_state(path) and _lineage_verb(path) == kind
+    entries = [e for e in _entries(path) if e != METRICS_FILE]
+    return bool(entries) and all(not (path / e).is_symlink() and (path / e).is_dir() and _is_own_run(path / e, kind)
+                                 for e in entries)
+
+
+def _is_hf_folder(path: Path) -> bool:
+    cfg = path / CONFIG_FILE
+    if not cfg.is_file() or cfg.is_symlink() or cfg.stat().st_size > 16 * 1024 * 1024:
+        return False
+    try:
+        doc = json.loads(cfg.read_bytes().decode("utf-8"))
+    except (ValueError, OSError, RecursionError):
+        return False
+    return isinstance(doc, dict) and "model_type" in doc
+
+
+def _foreign_folder(path: Path) -> str | None:
+    """A model folder of another kind, with what to do instead (None for anything else): a Hugging Face model
+    or a prompt-tuning output, which readers of checkpoints would otherwise reject with a field-by-field error."""
+    if _is_hf_folder(path):
+        return ("a Hugging Face model (config.json with model_type); convert it first with "
+                "`morphlm convert DIR OUT` and pass OUT")
+    if not has_checkpoint(path) and _lineage_verb(path) == "prompt-tune":
+        return ("the output of `morphlm prompt-tune` (a soft prompt for a frozen model); pass the model "
+                "directory it was tuned on")
+    return None
+
+
+def _describe_folder(path: Path, entries: list[str]) -> str:
+    """What a non-empty folder holds, in words, for a refusal."""
+    if _is_hf_folder(path):
+        return "a Hugging Face model (config.json with model_type)"
+    if has_checkpoint(path):
+        what = "a checkpoint"
+        verb = _lineage_verb(path)
+        if verb:
+            what += f" written by `morphlm {verb}`"
+        try:
+            quant = read_config(path)[1].get("quantization")
+        except CheckpointError:
+            quant = None
+        if isinstance(quant, dict):
+            what += f" ({_short(quant.get('method'), 40)} quantized)"
+        return what
+    verb = _lineage_verb(path) if (path / LINEAGE_FILE).is_file() else None
+    if verb:
+        return f"the output of `morphlm {verb}`"
+    if entries == [METRICS_FILE]:
+        return "the metrics log of a run stopped before its first save"
+    shown = ", ".join(_short(e, 60)[1:-1] for e in entries[:5])
+    more = ", ..." if len(entries) > 5 else ""
+    return f"{len(entries)} other entr{'y' if len(entries) == 1 else 'ies'} ({shown}{more})"
+
+
+def _refuse_if_locked(path: Path, error: type[Exception]) -> None:
+    """A folder another process is writing: the lock's message (naming its PID), whatever the folder holds."""
+    lock = path / LOCK_FILE
+    if holds_writer_lock(path) or _lstat(lock) is None:
+        return
+    try:
+        fd = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return  # a link or an unreadable lock: taking the lock reports it
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                pid = _lock_holder(fd)
+                who = f"process {pid}" if pid is not None else "another process"
+                raise CheckpointLocked(f"{path} is being written by {who} (it holds {lock}); two writers would mix "
+                                       f"their checkpoints — wait for it to finish, stop it, or choose another --out",
+                                       pid) from exc
+            return
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def claim_output_dir(path: str | Path, kind: str, *, inputs: Any = (), resume: bool = False,
+                     own: Callable[[Path], bool] | None = None, error: type[Exception] = CheckpointError) -> Path:
+    """Check that the verb ``kind`` (its lineage ``verb``: train, grow, distill, ...) may write the folder
+    ``path``; returns it. Allowed: a folder that does not exist yet (its parent writable), an empty one (a
+    stale ``.lock`` or ``.staging`` left by a killed writer does not count), or — with ``resume`` — the verb's
+    own resumable run (``own(path)`` decides where given, else lineage.json's ``verb`` == ``kind`` with trainer
+    state). Refused, with ``error`` naming what the folder holds and the fix: the filesystem root, the home
+    directory, a file, any of ``inputs`` (the directories the verb reads: paths or (role, path) pairs, the role
+    naming it in messages) or a folder containing one, a folder
+    inside a checkpoint input, an unwritable folder, a folder another process writes (its PID named), and
+    every other non-empty folder. Nothing is created or changed."""
+    path = Path(path)
+    real = Path(os.path.realpath(path))
+    name = "search arch" if kind == "search-arch" else kind
+    if real == Path(real.anchor):
+        raise error(f"--out {path} is the filesystem root; {name} writes a folder of its own — choose a new folder "
+                    f"such as runs/NAME")
+    if real == Path(os.path.realpath(Path.home())):
+        raise error(f"--out {path} is your home directory; {name} writes a folder of its own — choose a new folder "
+                    f"such as ~/runs/NAME")
+    for item in ([inputs] if isinstance(inputs, (str, Path)) else inputs or []):
+        role, src = item if isinstance(item, tuple) else ("input", item)
+        if not src:
+            continue
+        src_real = Path(os.path.realpath(src))
+        if real == src_real:
+            raise error(f"--out {path} must differ from the {role} directory {src} that {name} reads; nothing is "
+                        f"ever overwritten — choose another --out")
+        if src_real.is_relative_to(real):
+            raise error(f"--out {path} contains the {role} directory {src} that {name} reads; writing there could "
+                        f"overwrite it — choose another --out")
+        if real.is_relative_to(src_real) and has_checkpoint(src_real):
+            raise error(f"--out {path} lies inside the {role} checkpoint {src} that {name} reads; a checkpoint holds "
+                        f"only its own files — choose another --out")
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise error(f"--out {path} exists and is not a directory; {name} writes a folder — remove it or choose "
+                    f"another --out")
+    if not path.exists():
+        parent = real.parent
+        while not parent.exists():
+            parent = parent.parent
+        if not parent.is_dir():
+            raise error(f"--out {path} cannot be created: {parent} is a file, not a folder — choose another --out")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise error(f"--out {path} cannot be created: {parent} is not writable (permission denied) — fix its "
+                        f"permissions or choose another --out")
+        return path
+    try:
+        entries = _entries(path)
+    except OSError as exc:
+        raise error(f"--out {path} cannot be read ({exc.strerror}) — fix its permissions or choose another "
+                    f"--out") from exc
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise error(f"--out {path} is not writable (permission denied) — fix its permissions or choose another --out")
+    _refuse_if_locked(path, error)
+    if not entries:
+        return path
+    if entries == [METRICS_FILE] and resume:
+        return path  # a run stopped before its first save: it starts over
+    is_own = (own or (lambda p: _is_own_run(p, kind)))(path)
+    if is_own:
+        if resume:
+            return path
+        raise error(f"{path} already holds a {name} run; pass --resume auto to continue it, or choose another "
+                    f"--out so nothing is overwritten")
+    what = _describe_folder(path, entries)
+    raise error(f"{path} is not empty: it already holds {what}; {name} writes only into a new or empty folder"
+                f"{' or its own run' if resume else ''} — choose another --out so nothing is overwritten")

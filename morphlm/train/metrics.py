@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
+    """The records of a run's metrics.jsonl ([] if absent), read by the checkpoint store's checked reader
+    (a malformed record is a CheckpointError naming the file and the line)."""
+    from .checkpoint import read_metrics as _read
+
+    return _read(run_dir)
 
 
 def plot_curves(runs: dict[str, str | Path], out_png: str | Path, *, x: str = "step",

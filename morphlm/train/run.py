@@ -233,6 +233,8 @@ def train_run(spec: RunSpec, callbacks=()) -> FitResult:
     (``morphlm.grow.schedules.run_from_spec``; ``morphlm train --schedule`` dispatches there), not here."""
     out = spec.train.out_dir
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 writes
+    if out and main_rank:
+        ckpt.claim_output_dir(out, "train", inputs=[("--init", spec.init)], resume=spec.train.resume == "auto")
     with ckpt.writer_lock(out) if out and main_rank else contextlib.nullcontext():
         return _train_run(spec, callbacks)
 

@@ -4,9 +4,7 @@ through ``fit`` (:class:`SupernetLoss`, :func:`train_supernet`), standalone sub-
 from __future__ import annotations
 
 import dataclasses
-import json
 import random
-from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
@@ -129,7 +127,7 @@ def train_supernet(super_model: TransformerLM, data: Any, args: Any, space: Sear
     if args.flops_per_step is None:
         start = 0
         if args.out_dir and args.resume == "auto" and ckpt.has_trainer_state(args.out_dir):
-            start = int(json.loads((Path(args.out_dir) / ckpt.TRAINER_FILE).read_text())["step"])
+            start = int((ckpt.read_trainer_json(args.out_dir) or {}).get("step", 0))
         B, T = (int(n) for n in data.train_batch(0)["input_ids"].shape)
         per = [flops_mod.training_flops_per_token(space.arch_config(loss.arch_at(s)), T) * B * T
                for s in range(start, max(args.max_steps, start + 1))]
