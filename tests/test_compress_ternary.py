@@ -17,6 +17,7 @@ from morphlm.compress.ternary import (LATSecondMoment, TernaryConfig, TernaryEmb
                                       ternary_modules, twn_ternarize)
 from morphlm.model import ModelConfig, TransformerLM
 from morphlm.train.checkpoint import CheckpointError, load_model, save_checkpoint
+from morphlm.train import checkpoint as ckpt
 from morphlm.train.loop import TrainArgs, fit
 from toydata import ToyData
 
@@ -395,7 +396,8 @@ def test_cli_distil_ternarize_pack_reload_eval(tmp_path, task_files):
     m = json.loads(cli("eval", q, "--json", "--latency", "--latency-runs", 2).stdout.strip().splitlines()[-1])
     assert 0.0 <= m["accuracy"] <= 1.0 and m["val_loss"] > 0
     assert m["params"] == fp["params"] == load_model(cls).num_parameters()
-    assert m["bytes_on_disk"] == dir_bytes(q) < fp["bytes_on_disk"]
+    assert m["bytes_on_disk"] == ckpt.shipped_bytes(q) < fp["bytes_on_disk"]  # weights + config + tokenizer
+    assert m["dir_bytes"] == ckpt.total_bytes(q) > m["bytes_on_disk"]  # + lineage.json
     assert m["latency_b1_median_ms"] > 0 and m["latency_b32_p90_ms"] >= m["latency_b32_median_ms"]
     assert "latency_b1_median_ms" not in fp  # off by default
     # the reloaded packed model runs from its uint8 codes
@@ -405,7 +407,7 @@ def test_cli_distil_ternarize_pack_reload_eval(tmp_path, task_files):
     b3 = tmp_path / "b3"
     cli("quantize", cls, "--packing", "base3", "--out", b3)  # post-training, 1.6 bits per weight
     mb3 = json.loads(cli("eval", b3, "--json").stdout.strip().splitlines()[-1])
-    assert mb3["bytes_on_disk"] < dir_bytes(q) and mb3["params"] == fp["params"]
+    assert mb3["bytes_on_disk"] < m["bytes_on_disk"] and mb3["params"] == fp["params"]
     assert "packing=" in cli("quantize", cls, "--packing", "3bit", "--out", tmp_path / "z", code=2).output
     cli("quantize", cls, "--method", "int8", "--out", i8)
     m8 = json.loads(cli("eval", i8, "--json", "--device", "cpu").stdout.strip().splitlines()[-1])
