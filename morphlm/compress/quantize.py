@@ -322,6 +322,66 @@ def _int8_handler(model: nn.Module, config: Int8Config) -> nn.Module:
     return int8_dynamic(model, inplace=True)
 
 
+# ---------------------------------------------------------------------------- drift: what quantization did
+@torch.no_grad()
+def output_drift(reference: nn.Module, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+    """How far ``model``'s outputs moved from ``reference``'s on ``batch`` (1.0 = unchanged):
+    ``cosine``: mean over sequences of the cosine between mean-pooled final hidden states (over non-padding
+    tokens; the sentence embedding an encoder user sees), ``logits_cosine``: mean cosine of the logits (per
+    token for lm/mlm, per example for cls), ``max_abs_logit_diff``."""
+    def run(m: nn.Module):
+        was = m.training
+        m.eval()
+        dev = next((t.device for t in m.parameters()), torch.device("cpu"))
+        out = m(**{k: v.to(dev) for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")},
+                output_hidden_states=True)
+        m.train(was)
+        return out.hidden_states[-1].float().cpu(), out.logits.float().cpu()
+
+    (h_ref, l_ref), (h, lg) = run(reference), run(model)
+    mask = batch.get("attention_mask")
+    mask = torch.ones(h.shape[:2]) if mask is None else mask.float().cpu()
+    w = mask.unsqueeze(-1)  # (B, T, 1)
+    pooled_ref = (h_ref * w).sum(1) / w.sum(1).clamp_min(1.0)  # (B, D)
+    pooled = (h * w).sum(1) / w.sum(1).clamp_min(1.0)
+    cos = torch.nn.functional.cosine_similarity(pooled, pooled_ref, dim=-1)  # (B,)
+    lcos = torch.nn.functional.cosine_similarity(lg, l_ref, dim=-1)  # (B, T) or (B,)
+    if lcos.dim() == 2:
+        lcos = (lcos * mask).sum() / mask.sum().clamp_min(1.0)
+    return {"cosine": float(cos.mean()), "logits_cosine": float(lcos.mean()),
+            "max_abs_logit_diff": float((lg - l_ref).abs().max())}
+
+
+def _drift_batch(src_dir: Path, model: nn.Module, data_spec: dict[str, Any], seed: int,
+                 task_val: str | None = None) -> tuple[dict[str, torch.Tensor], str]:
+    """(batch, what it is): the first validation batch of the source run's own data (or ``task_val``), else
+    (no data recorded or no tokenizer) a fixed random batch of non-special tokens."""
+    from ..data import CorpusError, TaskError
+    from ..model.config import ConfigError
+    from ..train.run import DataSpec, RunSpec, build_data
+
+    cfg = model.config
+    tokenizer = ckpt.open_tokenizer(src_dir)
+    fields = {f.name for f in dataclasses.fields(DataSpec)}
+    dspec = DataSpec(**{k: v for k, v in data_spec.items() if k in fields})
+    if task_val:
+        dspec.task_train = dspec.task_val = str(task_val)
+    has_data = (dspec.task_val if cfg.head == "cls" else data_spec.get("corpus"))
+    reason = "the source records no data" if not has_data else "the source has no tokenizer"
+    if has_data and tokenizer is not None:
+        dspec.eval_batches, dspec.batch_size = 1, min(dspec.batch_size, 16)
+        try:
+            _, data, _ = build_data(RunSpec(model=cfg, data=dspec), tokenizer)
+            batch = next(iter(data.val_batches()))
+            what = f"held-out batch of {dspec.task_val if cfg.head == 'cls' else dspec.corpus}"
+            return batch, what
+        except (CorpusError, TaskError, ConfigError, FileNotFoundError, StopIteration) as e:
+            reason = f"its data could not be read ({e})"
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(min(8, cfg.vocab_size - 1), cfg.vocab_size, (8, min(64, cfg.max_seq_len)), generator=g)
+    return {"input_ids": ids}, f"random tokens ({reason})"
+
+
 # ---------------------------------------------------------------------------- checkpoint-level verb
 
 
@@ -421,6 +481,16 @@ def quantize_checkpoint(src_dir: str | Path, out_dir: str | Path, method: str | 
             summary["qat"] = {"steps": result.steps, "flops": result.flops, "final_loss": result.final_loss,
                               "val_loss": result.val_loss,
                               **{k: v for k, v in result.metrics.items() if k.startswith("val_")}}
+        batch, what = _drift_batch(src_dir, teacher, data_spec, seed, task_val)
+        drift = {**output_drift(teacher.cpu(), student.cpu(), batch), "batch": what}
+        lineage["drift"] = summary["drift"] = drift
+        if steps == 0:
+            summary["warning"] = (
+                f"ternary without QAT (--steps 0): the packed model's outputs drifted from the float model's "
+                f"(cosine {drift['cosine']:.3f} of pooled final hidden states, logits cosine "
+                f"{drift['logits_cosine']:.3f} on a {what}); ternarization needs distillation-aware training "
+                f"to recover: pass --steps N (e.g. 200) with the source's data or --task-train/--task-val")
+            log.warning("%s", summary["warning"])
         save_packed(student, out_dir, tokenizer_json, lineage, scale_dtype=scale_dtype, rest_dtype=rest_dtype,
                     packing=packing)
     summary["size"] = size_report(src_dir, out_dir)
