@@ -218,6 +218,20 @@ def eval_cmd(
 
 @app.command()
 @friendly
+def plot(
+    runs: list[Path] = typer.Argument(..., help="Run directories (each with a metrics.jsonl)."),
+    x: str = typer.Option("step", "--x", help="x axis: step | tokens | flops."),
+    out: Path = typer.Option(Path("loss.png"), "--out", help="PNG to write."),
+    title: Optional[str] = typer.Option(None, help="Plot title."),
+) -> None:
+    """Draw training and validation loss of one or more runs on one axis (PNG)."""
+    from .train.metrics import plot_runs
+
+    typer.echo(f"{len(runs)} run{'s' if len(runs) != 1 else ''} → {plot_runs(runs, out, x=x, title=title)}")
+
+
+@app.command()
+@friendly
 def generate(
     run_dir: Path = typer.Argument(..., help="Checkpoint directory of a causal LM."),
     prompt: str = typer.Option("", help="Text to continue."),
