@@ -22,7 +22,7 @@ from morphlm.demo import saving_caveat
 from morphlm.model import ModelConfig, TransformerLM
 from morphlm.train import checkpoint as ckpt
 from morphlm.train.loop import TrainArgs, fit, model_loss
-from morphlm.train.progress import progress_bar
+from morphlm.progress import progress_bar
 from toydata import ToyData
 
 from clihelp import cli
@@ -241,7 +241,8 @@ def test_int8_goes_through_torchao_and_round_trips(tmp_path):
     assert qmod.int8_backend() == "torchao"
     assert type(q.blocks[0].attn.qkv.weight).__name__ == "Int8Tensor"
     assert (got - ref).abs().max() <= 0.05 * ref.abs().max() + 1e-3
-    qmod.quantize_checkpoint(tmp_path / "fp", tmp_path / "i8", "int8")
+    summary = qmod.quantize_checkpoint(tmp_path / "fp", tmp_path / "i8", "int8")
+    assert summary["drift"]["cosine"] > 0.99 and summary["drift"]["batch"].startswith("random tokens")
     block = json.loads((tmp_path / "i8" / "config.json").read_text())["quantization"]
     assert block["backend"] == "torchao" and "Int8DynamicActivationInt8WeightConfig" in block["api"]
     loaded = ckpt.load_model(tmp_path / "i8")

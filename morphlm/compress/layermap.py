@@ -466,7 +466,7 @@ def layermap_search_run(teacher: str, student: str, *, corpus: str, task_train: 
     evaluator = ProxyEvaluator(t_model, s_cfg, gd, [task_data], setting, n_classes=[task.n_classes])
     bar = None
     if progress:
-        from ..train.progress import progress_bar
+        from ..progress import progress_bar
 
         bar = progress_bar(desc="layer maps", unit="eval")
 

@@ -437,6 +437,8 @@ def quantize_checkpoint(src_dir: str | Path, out_dir: str | Path, method: str | 
                                "params": teacher.num_parameters()}
     if method == "int8":
         q = quantize_(copy.deepcopy(teacher), config or Int8Config()).eval()
+        batch, what = _drift_batch(src_dir, teacher, data_spec, seed)
+        lineage["drift"] = summary["drift"] = {**output_drift(teacher, q, batch), "batch": what}
         save_int8(q, out_dir, tokenizer_json, lineage)
     else:
         tcfg = config or TernaryConfig(weights=weights or "twn")

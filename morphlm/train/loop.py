@@ -427,7 +427,7 @@ class _Run:
                              args.max_steps, f" into {self.out_dir}" if self.out_dir else "",
                              " and saves it" if self.out_dir else "")
                 if args.progress and self.info.is_main:
-                    from .progress import progress_bar
+                    from ..progress import progress_bar
 
                     self.bar = progress_bar(total=args.max_steps, initial=start, desc="train", unit="step")
                 self._steps(stop)

@@ -370,7 +370,7 @@ def eval_run(run_dir: str | Path, *, corpus: str | None = None, task_val: str | 
     out["dir_bytes"] = ckpt.total_bytes(run_dir)
     if latency:
         from .latency import measure_latency  # the one latency harness
-        from .progress import progress_bar
+        from ..progress import progress_bar
 
         seq = min(latency_seq_len, model.config.max_seq_len)
         bar = progress_bar(total=2 * (latency_warmup + latency_runs), desc="latency", unit="pass",

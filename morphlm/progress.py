@@ -1,4 +1,5 @@
-"""One progress bar for every long loop (fit, benchmarks, searches, latency timing).
+"""One progress bar for every long loop (fit, tokenizing, benchmarks, searches, latency timing); a leaf module
+(like morphlm.io) that every layer may import.
 
 On a terminal it is tqdm's live bar. When stderr is not a TTY (a log file, CI, ``nohup``) tqdm's redraws are
 carriage returns on one ever-growing line (8 KB per 40 steps in a log); there the bar degrades to one plain
