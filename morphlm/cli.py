@@ -197,7 +197,10 @@ def train(
 @friendly
 def eval_cmd(
     run_dir: Path = typer.Argument(..., help="Checkpoint directory."),
-    corpus: Optional[str] = typer.Option(None, help="Evaluate on this corpus instead of the run's own."),
+    corpus: Optional[str] = typer.Option(None, help="Evaluate a language model on this corpus instead of the run's "
+                                                    "own (needed where the directory records none, e.g. converted)."),
+    task_val: Optional[Path] = typer.Option(None, "--task-val", help="Evaluate a classifier on this labelled file "
+                                                                     "(TSV/CSV/JSONL) instead of the run's own."),
     max_batches: Optional[int] = typer.Option(None, help="Number of validation batches."),
     device: str = typer.Option("auto"),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
@@ -206,17 +209,32 @@ def eval_cmd(
                                       "median and p90 ms."),
     latency_runs: int = typer.Option(100, help="Timed runs per batch size (after 10 warm-up runs)."),
 ) -> None:
-    """Validation loss and perplexity (and accuracy for classifiers) of a checkpoint, its parameter count and
-    bytes on disk (also for quantized directories written by `morphlm quantize`), and optionally latency."""
+    """Validation loss and perplexity (language models) or accuracy (classifiers) of a checkpoint, its parameter
+    count, bytes_on_disk (the artifact you would ship: weights + config + tokenizer; also for quantized
+    directories written by `morphlm quantize`) and dir_bytes (the whole folder), and optionally latency."""
     _setup_logging()
     from .train.run import eval_run
 
-    metrics = eval_run(run_dir, corpus=corpus, device=device, max_batches=max_batches, latency=latency,
-                       latency_runs=latency_runs)
+    metrics = eval_run(run_dir, corpus=corpus, task_val=str(task_val) if task_val else None, device=device,
+                       max_batches=max_batches, latency=latency, latency_runs=latency_runs)
     if as_json:
         typer.echo(json.dumps(metrics))
     else:
         typer.echo("  ".join(f"{k} {v}" if isinstance(v, int) else f"{k} {v:.4f}" for k, v in metrics.items()))
+
+
+@app.command()
+@friendly
+def plot(
+    runs: list[Path] = typer.Argument(..., help="Run directories (each with a metrics.jsonl)."),
+    x: str = typer.Option("step", "--x", help="x axis: step | tokens | flops."),
+    out: Path = typer.Option(Path("loss.png"), "--out", help="PNG to write."),
+    title: Optional[str] = typer.Option(None, help="Plot title."),
+) -> None:
+    """Draw training and validation loss of one or more runs on one axis (PNG)."""
+    from .train.metrics import plot_runs
+
+    typer.echo(f"{len(runs)} run{'s' if len(runs) != 1 else ''} → {plot_runs(runs, out, x=x, title=title)}")
 
 
 @app.command()

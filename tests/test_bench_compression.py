@@ -110,6 +110,7 @@ def test_end_to_end_tiny_run_writes_valid_json_and_reuses_cache(tmp_path, shared
     assert data["summary"]["student_arm"] == "kd"
     assert data["summary"]["student_param_ratio"] == pytest.approx(t["params"] / data["arms"]["kd"]["runs"][0]["params"])
     assert data["task"]["dev_examples"] == bc.TEST.dev_subset
+    assert data["plot"] == str(path.with_suffix(".png")) and path.with_suffix(".png").stat().st_size > 0
 
     # second run: teacher and (arm, seed) results come from the cache — nothing is trained again
     def boom(*a, **k):

@@ -343,6 +343,8 @@ def test_cli_task_distillation_end_to_end(teacher_dirs, tmp_path):
     assert load_projections(out / "stage_a")  # stage a trained a projection (32 -> 64)
     metrics = json.loads(cli("eval", out, "--json").stdout.strip().splitlines()[-1])
     assert 0.0 <= metrics["accuracy"] <= 1.0
+    # the student's size is its own files, not stage_a/ and optimizer state (issue 12)
+    assert metrics["bytes_on_disk"] == ckpt.shipped_bytes(out) < metrics["dir_bytes"] - ckpt.total_bytes(out / "stage_a")
     # re-running with --resume auto finds both stages complete and keeps the result
     before = ckpt.load_state_dict(out)[0]
     cli("distill", "--teacher", r / "ft", "--student", "tiny-bert", "--n-layers", 1, "--d-model", 32,

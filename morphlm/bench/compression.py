@@ -77,7 +77,7 @@ from .compression_context import (KD_TEMPERATURE, AccuracyCurve, ArmUnavailable,
 from .compression_data import (LogitCachedTeacher, TaskData, UnlabelledBatches,  # noqa: F401 (re-exported)
                                WordPieceAdapter, load_minilm_classifier, load_sst2)
 from .compression_report import (GOALS, aggregate_arm, compute_summary, goals_met,  # noqa: F401 (re-exported)
-                                 markdown_table)
+                                 markdown_table, plot_tradeoffs)
 from .compression_sizes import FULL, PROFILES, QUICK, SCHEMA_VERSION, TEST, BenchSizes  # noqa: F401
 from .compression_teacher import augmented_train, build_context
 from .runner import STOP, BenchInterrupted, check_stop, run_jobs  # noqa: F401 (re-exported)
@@ -216,6 +216,8 @@ def _run_arms(sizes: BenchSizes, n_seeds: int, arms: list[str], *, teacher_kind:
         **common.metadata(),
     }
     path = Path(out) if out else common.RESULTS_DIR / RESULT_NAME
+    plot = plot_tradeoffs(result, path.with_suffix(".png"))  # accuracy vs latency and vs size
+    result["plot"] = str(plot) if plot else None
     common.write_json(path, result)
     result["path"] = str(path)
     return result

@@ -157,3 +157,67 @@ def markdown_table(result: dict) -> str:
             if s.get(vkey) is not None:
                 lines.append(row(vkey, s[vkey], f"({goal})", goals_met({**s, key: s[vkey]})[gkey]))
     return "\n".join(lines)
+
+
+# ============================================================================================ plot
+def _arm_point(run: dict, params: int | None) -> tuple[float | None, float | None, bool]:
+    """(latency b1 ms, size bytes, measured size?) of one arm run: a packed/int8 arm's bytes on disk, else the
+    float32 weights (4 bytes per parameter)."""
+    lat = (run.get("latency") or {}).get("b1_median_ms")
+    size = run.get("packed_bytes", run.get("bytes"))
+    if isinstance(size, (int, float)):
+        return lat, float(size), True
+    return lat, (4.0 * params if params else None), False
+
+
+def plot_tradeoffs(result: dict, out_png) -> "Path | None":
+    """Dev accuracy against latency (batch 1, median ms) and against size (bytes) for the teacher and every
+    arm that reports them (mean accuracy over seeds; latency and size of the first seed), two panels in one
+    PNG. Returns the path, or None when no arm has accuracy and latency to draw."""
+    from pathlib import Path
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = []  # (label, acc, latency, size, measured)
+    t = result.get("teacher") or {}
+    if isinstance(t.get("dev_acc"), (int, float)):
+        points.append(("teacher", t["dev_acc"], (t.get("latency") or {}).get("b1_median_ms"),
+                       t.get("fp32_bytes") or (4.0 * t["params"] if t.get("params") else None), True))
+    for name, a in (result.get("arms") or {}).items():
+        if a.get("status") != "ok" or not a.get("runs"):
+            continue
+        acc = ((a.get("aggregate") or {}).get("dev_acc") or {}).get("mean")
+        if acc is None:
+            continue
+        r0 = a["runs"][0]
+        lat, size, measured = _arm_point(r0, r0.get("params"))
+        points.append((name, acc, lat, size, measured))
+    if not any(p[2] is not None for p in points):
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), dpi=120)
+    try:
+        for ax, idx, xlabel in ((axes[0], 2, "latency, batch 1 (median ms, 1 thread)"),
+                                (axes[1], 3, "size (bytes: on disk for packed/int8 arms, 4 × params otherwise)")):
+            for label, acc, *xs in points:
+                xv, measured = xs[idx - 2], xs[2]
+                if xv is None:
+                    continue
+                marker = "*" if label == "teacher" else ("s" if idx == 3 and measured else "o")
+                ax.scatter([xv], [acc * 100.0], marker=marker, s=60 if label == "teacher" else 30)
+                ax.annotate(label, (xv, acc * 100.0), textcoords="offset points", xytext=(4, 3), fontsize=7)
+            ax.set_xscale("log")
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel("dev accuracy (%)")
+            ax.grid(alpha=0.3)
+        task = (result.get("task") or {}).get("name", "")
+        fig.suptitle(f"compression benchmark ({result.get('profile', '?')} profile{', ' + task if task else ''})")
+        fig.tight_layout()
+        out_png = Path(out_png)
+        out_png.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out_png)
+    finally:
+        plt.close(fig)
+    return out_png

@@ -147,10 +147,10 @@ def run_jobs(jobs: Iterable[dict], job_fn: Callable[[dict], dict], *, workers: i
     where the platform has it: spawn would re-run the caller's ``__main__``). A job that reports
     ``{"interrupted": True}`` (or a stop requested in the parent) ends the run with :class:`BenchInterrupted`
     after the jobs in flight have stopped; finished jobs were handed to ``on_done`` (and cached by ``job_fn``)."""
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     jobs = list(jobs)
-    bar = tqdm(total=len(jobs), desc=desc, unit="run", dynamic_ncols=True, disable=not progress)
+    bar = progress_bar(total=len(jobs), desc=desc, unit="run", disable=not progress)
     cut: list[str] = []
 
     def done(job: dict, res: dict) -> None:

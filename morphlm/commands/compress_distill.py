@@ -42,7 +42,8 @@ def distill(
     augment_k: int = typer.Option(15, help="K candidates per word."),
     augment_p: float = typer.Option(0.4, help="p_t: probability of replacing a word."),
     layer_map: str = typer.Option("uniform", help="uniform | top | bottom | 0-based teacher blocks, one per student "
-                                                  "block, e.g. 1,3,5 (- = unsupervised, e.g. -,3,5)."),
+                                                  "block, e.g. 1,3,5 (- = unsupervised, e.g. -,3,5), or "
+                                                  "@REPORT.json of `morphlm search layermap`."),
     temperature: float = typer.Option(1.0, help="Softmax temperature of the prediction loss (t² scaled)."),
     hard_label_weight: Optional[float] = typer.Option(None, help="Weight of CE on gold labels (default: 1 for "
                                                                  "--stage logit, else 0)."),
@@ -67,6 +68,9 @@ def distill(
     names the teacher and adds its cost. Extra --field value options change the student config."""
     _setup_logging(verbose)
     from ..compress.distill import distill_run
+    from ..compress.layermap import read_layer_map_arg
+
+    layer_map = read_layer_map_arg(layer_map)
 
     info = distill_run(teacher, student, out, init=init, stage=stage, corpus=corpus,
                        task_train=str(task_train) if task_train else None,
@@ -131,12 +135,16 @@ def search_layermap(
                                  methods=[m.strip() for m in methods.split(",") if m.strip()], exhaustive=exhaustive,
                                  batch_size=batch_size, seq_len=seq_len, max_bytes=max_bytes or None,
                                  student_overrides=_overrides(ctx), out=str(out))
+    from ..compress.layermap import layer_map_string
+
     for name, b in report["baselines"].items():
-        typer.echo(f"{name:8s} {b['mapping']}  fitness {b['fitness']:.4f}")
+        typer.echo(f"{name:8s} {layer_map_string(b['mapping'])}  fitness {b['fitness']:.4f}")
     for k in ("ga", "random"):
         if k in report:
             r = report[k]
-            typer.echo(f"{k:8s} {r['best']}  fitness {r['best_fitness']:.4f}  ({r['n_evaluations']} evaluations)")
-    typer.echo(f"best {report['best']['mapping']} ({report['best']['found_by']}, {report['best']['fitness']:.4f}); "
-               f"{report['proxy_evaluations']} proxy runs → {out}")
+            typer.echo(f"{k:8s} {layer_map_string(r['best'])}  fitness {r['best_fitness']:.4f}  "
+                       f"({r['n_evaluations']} evaluations)")
+    typer.echo(f"best {report['best']['layer_map']} ({report['best']['found_by']}, {report['best']['fitness']:.4f}); "
+               f"{report['proxy_evaluations']} proxy runs → {out}; distill with --layer-map "
+               f"{report['best']['layer_map']} or --layer-map @{out}")
     typer.echo(json.dumps({"best": report["best"]}))

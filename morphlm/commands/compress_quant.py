@@ -42,7 +42,7 @@ def quantize(
 ) -> None:
     """Quantize a checkpoint. ternary: TWN/LAT ternary weights (layer-wise; word embedding row-wise), 8-bit
     activations, optional distillation-aware QAT from SRC, then a real packed artifact (2 bits per weight, or 1.6
-    with --packing base3, + scales; size = bytes on disk). int8: torch's dynamic int8 quantization of every Linear. Evaluate the
+    with --packing base3, + scales; size = bytes on disk). int8: dynamic int8 quantization of every Linear (torchao). Evaluate the
     result with `morphlm eval OUT [--latency]`."""
     _setup_logging()
     from ..compress.quantize import Int8Config, quantize_checkpoint
@@ -67,4 +67,7 @@ def quantize(
         msg += f"; QAT {q['steps']} steps, {q['flops']:.3g} FLOPs"
         if q.get("val_loss") is not None:
             msg += f", distillation val_loss {q['val_loss']:.4f}"
-    typer.echo(msg)
+    if "drift" in summary:
+        d = summary["drift"]
+        msg += f"; drift: cosine {d['cosine']:.3f} with the float model ({d['batch']})"
+    typer.echo(msg)  # a ternary --steps 0 run's warning was logged (stderr) by quantize_checkpoint

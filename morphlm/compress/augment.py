@@ -228,13 +228,13 @@ class Augmenter:
                         "(augment more text at once, or set corpus_words_only=False)")
 
     def augment(self, examples: Sequence[Example], *, progress: bool = True) -> list[Example]:
-        from tqdm.auto import tqdm
+        from ..progress import progress_bar
 
         if self.cfg.corpus_words_only:
             self.restrict_to_words({w for ex in examples for t in (ex.text, ex.text_pair or "")
                                     for w in t.split() if _is_word(w)})
         out: list[Example] = []
-        for idx, ex in enumerate(tqdm(examples, desc="augment", unit="ex", disable=not progress)):
+        for idx, ex in enumerate(progress_bar(examples, desc="augment", unit="ex", disable=not progress)):
             rng = random.Random(derive_seed("tinybert-augment", self.cfg.seed, idx))
             if self.cfg.include_original:
                 out.append(ex)

@@ -282,9 +282,9 @@ def importance_scores(teacher: TransformerLM, data: Any, n_batches: int = 4, *, 
     device = params[0].device
     it = range(n_batches)
     if progress:
-        from tqdm.auto import tqdm
+        from ..progress import progress_bar
 
-        it = tqdm(it, desc="importance", unit="batch")
+        it = progress_bar(it, desc="importance", unit="batch")
     try:
         for p in params:
             p.requires_grad_(True)

@@ -286,6 +286,42 @@ def random_search(fitness: Callable[[Sequence[int]], float], n_student: int, n_t
     return SearchResult("random", _public(best), best_f, ev.n, ev.history)
 
 
+def layer_map_string(mapping: Sequence[int | None]) -> str:
+    """The ``--layer-map`` form of a mapping: 0-based teacher blocks, ``-`` for an unsupervised student block
+    (``[1, None, 3]`` → ``"1,-,3"``); what the search prints and writes as ``best.layer_map``."""
+    return ",".join("-" if g is None else str(int(g)) for g in mapping)
+
+
+def read_layer_map_arg(spec: str) -> str:
+    """A ``--layer-map`` value as distill takes it: ``@FILE`` reads the best map of a ``morphlm search layermap``
+    report (``best.layer_map``, or ``best.mapping``); any other value is returned unchanged."""
+    if not spec.startswith("@"):
+        return spec
+    path = Path(spec[1:])
+    if not path.is_file():
+        raise CompressionError(f"--layer-map {spec}: {path} is not a file; pass @REPORT.json written by "
+                               f"`morphlm search layermap --out REPORT.json`, or the map itself, e.g. 1,3,5")
+    import json
+
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CompressionError(f"--layer-map {spec}: {path} is not JSON ({e}); pass a layer-map search report") from None
+    best = doc.get("best") if isinstance(doc, dict) else None
+    if not isinstance(best, dict) or not ("layer_map" in best or "mapping" in best):
+        raise CompressionError(f"--layer-map {spec}: {path} has no best.layer_map; pass a report written by "
+                               f"`morphlm search layermap --out REPORT.json`")
+    value = best.get("layer_map")
+    if isinstance(value, str):
+        return value
+    mapping = best.get("mapping")
+    if not isinstance(mapping, list) or not all(g is None or (isinstance(g, int) and not isinstance(g, bool))
+                                                for g in mapping):
+        raise CompressionError(f"--layer-map {spec}: best.mapping in {path} is {mapping!r}, not a list of 0-based "
+                               f"teacher blocks (null = unsupervised)")
+    return layer_map_string(mapping)
+
+
 def run_layermap_search(fitness: Callable[[Sequence[int]], float], n_student: int, n_teacher: int,
                         cfg: GAConfig | None = None, *, methods: Sequence[str] = ("ga", "random"),
                         exhaustive: bool = False) -> dict[str, Any]:
@@ -319,7 +355,8 @@ def run_layermap_search(fitness: Callable[[Sequence[int]], float], n_student: in
         if k in report:
             candidates.append((report[k]["best_fitness"], report[k]["best"], k))
     best = max(candidates, key=lambda r: r[0])
-    report["best"] = {"mapping": best[1], "fitness": best[0], "found_by": best[2]}
+    report["best"] = {"mapping": best[1], "layer_map": layer_map_string(best[1]), "fitness": best[0],
+                      "found_by": best[2]}
     report["proxy_evaluations"] = cache.calls
     return report
 
@@ -430,9 +467,9 @@ def layermap_search_run(teacher: str, student: str, *, corpus: str, task_train: 
     evaluator = ProxyEvaluator(t_model, s_cfg, gd, [task_data], setting, n_classes=[task.n_classes])
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from ..progress import progress_bar
 
-        bar = tqdm(desc="layer maps", unit="eval")
+        bar = progress_bar(desc="layer maps", unit="eval")
 
     def fitness(mapping):
         value = evaluator(mapping)

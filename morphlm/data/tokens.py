@@ -127,9 +127,9 @@ class TokenStore:
         total_chars = sum(len(d.text) for d in docs)
         bar = None
         if show_progress and total_chars >= _PROGRESS_MIN_CHARS:
-            from tqdm.auto import tqdm
+            from ..progress import progress_bar
 
-            bar = tqdm(total=total_chars, unit="char", unit_scale=True, desc="tokenizing", leave=False)
+            bar = progress_bar(total=total_chars, unit="char", unit_scale=True, desc="tokenizing", leave=False)
         try:
             n_train = cls._write_split(train_docs, tokenizer, out / "train.bin", dtype, bar)
             n_val_tok = cls._write_split(val_docs, tokenizer, out / "val.bin", dtype, bar)

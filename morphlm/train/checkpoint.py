@@ -896,6 +896,24 @@ def dir_bytes(run_dir: str | Path) -> int:
     return total
 
 
+SHIPPED_FILES = (MODEL_FILE, CONFIG_FILE, TOKENIZER_FILE)
+
+
+def shipped_bytes(run_dir: str | Path) -> int:
+    """Bytes of the model artifact a user would ship: the weights file (float, or the packed/int8 codes of a
+    quantized directory), config.json and tokenizer.json — no nested stage folders, optimizer state, logs or
+    lineage. This is ``morphlm eval``'s ``bytes_on_disk``."""
+    run_dir = Path(run_dir)
+    return sum((run_dir / f).stat().st_size for f in SHIPPED_FILES
+               if (run_dir / f).is_file() and not (run_dir / f).is_symlink())
+
+
+def total_bytes(run_dir: str | Path) -> int:
+    """Bytes of every plain file under ``run_dir`` (nested stage folders, state/, logs included): what the
+    directory occupies, reported beside :func:`shipped_bytes` as ``dir_bytes``."""
+    return sum(p.stat().st_size for p in Path(run_dir).rglob("*") if p.is_file() and not p.is_symlink())
+
+
 def load_tokenizer_json(run_dir: str | Path) -> str | None:
     """tokenizer.json's text (None if the directory has none), checked to be UTF-8 JSON."""
     run_dir = Path(run_dir)

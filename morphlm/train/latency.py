@@ -38,12 +38,16 @@ def example_batch(vocab_size: int, batch_size: int, seq_len: int, *, seed: int =
     return {"input_ids": ids.to(device)}
 
 
-def time_callable(fn: Callable[[], object], *, warmup: int = 10, runs: int = 100, cuda: bool = False) -> dict:
-    """Median / p90 / mean / min milliseconds of ``fn()`` over ``runs`` timed calls after ``warmup`` calls."""
+def time_callable(fn: Callable[[], object], *, warmup: int = 10, runs: int = 100, cuda: bool = False,
+                  on_call: Callable[[], object] | None = None) -> dict:
+    """Median / p90 / mean / min milliseconds of ``fn()`` over ``runs`` timed calls after ``warmup`` calls;
+    ``on_call()`` (e.g. a progress bar's update) runs after each call, outside the timed span."""
     if runs < 1 or warmup < 0:
         raise ValueError(f"runs must be >= 1 and warmup >= 0 (got runs={runs}, warmup={warmup})")
     for _ in range(warmup):
         fn()
+        if on_call is not None:
+            on_call()
     times = []
     for _ in range(runs):
         if cuda:
@@ -53,6 +57,8 @@ def time_callable(fn: Callable[[], object], *, warmup: int = 10, runs: int = 100
         if cuda:
             torch.cuda.synchronize()
         times.append((time.perf_counter() - t0) * 1e3)
+        if on_call is not None:
+            on_call()
     times.sort()
     p90 = times[min(len(times) - 1, int(round(0.9 * (len(times) - 1))))]
     return {"median_ms": statistics.median(times), "p90_ms": p90, "mean_ms": statistics.fmean(times),
@@ -61,11 +67,12 @@ def time_callable(fn: Callable[[], object], *, warmup: int = 10, runs: int = 100
 
 def measure_latency(model: nn.Module, *, vocab_size: int | None = None, batch_size: int = 1, seq_len: int = 128,
                     threads: int | None = 1, warmup: int = 10, runs: int = 100, seed: int = 0,
-                    batch: dict[str, torch.Tensor] | None = None) -> dict:
+                    batch: dict[str, torch.Tensor] | None = None,
+                    on_call: Callable[[], object] | None = None) -> dict:
     """Forward-pass latency of ``model`` (any module taking ``input_ids=``) on one fixed batch.
 
     ``vocab_size`` defaults to ``model.config.vocab_size``; pass ``batch`` to time other inputs. Returns
-    :func:`time_callable`'s dict plus batch_size, seq_len and threads."""
+    :func:`time_callable`'s dict plus batch_size, seq_len and threads; ``on_call`` as in time_callable."""
     if batch is None:
         if vocab_size is None:
             cfg = getattr(model, "config", None)
@@ -79,7 +86,7 @@ def measure_latency(model: nn.Module, *, vocab_size: int | None = None, batch_si
     model.eval()
     try:
         with torch_threads(threads), torch.inference_mode():
-            out = time_callable(lambda: model(**batch), warmup=warmup, runs=runs, cuda=cuda)
+            out = time_callable(lambda: model(**batch), warmup=warmup, runs=runs, cuda=cuda, on_call=on_call)
     finally:
         model.train(was_training)
     b, t = next(iter(batch.values())).shape[:2]

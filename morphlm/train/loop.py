@@ -427,10 +427,9 @@ class _Run:
                              args.max_steps, f" into {self.out_dir}" if self.out_dir else "",
                              " and saves it" if self.out_dir else "")
                 if args.progress and self.info.is_main:
-                    from tqdm.auto import tqdm
+                    from ..progress import progress_bar
 
-                    self.bar = tqdm(total=args.max_steps, initial=start, desc="train", unit="step",
-                                    dynamic_ncols=True)
+                    self.bar = progress_bar(total=args.max_steps, initial=start, desc="train", unit="step")
                 self._steps(stop)
         finally:
             if self.bar is not None:

@@ -279,45 +279,113 @@ def _train_run(spec: RunSpec, callbacks) -> FitResult:
                lineage=lineage, extra_state=extra)
 
 
-def eval_run(run_dir: str | Path, *, corpus: str | None = None, device: str = "auto",
+def _refuse_prompt_dir(run_dir: Path) -> None:
+    """A soft-prompt directory (``morphlm prompt-tune --out``) holds prompt vectors for a frozen model, not a
+    model: say so, with what it scored and how to use it, instead of "config.json is missing"."""
+    import json
+
+    doc_path = run_dir / "prompt.json"
+    if (run_dir / ckpt.CONFIG_FILE).exists() or not doc_path.is_file():
+        return
+    try:
+        doc = json.loads(doc_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        doc = {}
+    doc = doc if isinstance(doc, dict) else {}
+    lineage = ckpt.read_lineage(run_dir) or {}
+    parents = [p.get("path") for p in lineage.get("parents", []) if isinstance(p, dict) and p.get("path")]
+    base = parents[0] if parents else "the model it was tuned for"
+    metrics = doc.get("metrics") if isinstance(doc.get("metrics"), dict) else {}
+    scored = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, (int, float)))
+    pcfg = doc.get("config") if isinstance(doc.get("config"), dict) else {}
+    raise ckpt.CheckpointError(
+        f"{run_dir} is a soft-prompt directory written by `morphlm prompt-tune` ({pcfg.get('prompt_len', '?')} "
+        f"prompt vectors, {doc.get('reading', '?')} reading), not a model: it has no weights or config.json of its "
+        f"own. {'Its final dev metrics (prompt.json): ' + scored + '. ' if scored else ''}Use it with its frozen "
+        f"model {base} through morphlm.grow.prompt_tuning (load_prompt + prompted_forward); `morphlm eval {base}` "
+        f"evaluates the model without the prompt")
+
+
+def _eval_data(run_dir: Path, cfg: ModelConfig, corpus: str | None, task_val: str | None) -> DataSpec:
+    """The data ``eval`` scores on: the run's own recorded data, ``corpus`` (language models) or ``task_val``
+    (classifiers); a directory that records none (a converted model) needs one of them."""
+    saved = ckpt.saved_data(run_dir)
+    fields = {f.name for f in dataclasses.fields(DataSpec)}
+    spec = DataSpec(**{k: v for k, v in saved.items() if k in fields})
+    if cfg.head == "cls":
+        if corpus is not None:
+            raise ConfigError(f"{run_dir} is a classifier (head=cls): it is scored on labelled examples, not a "
+                              f"corpus; pass --task-val FILE (TSV/CSV/JSONL with a label column) instead of --corpus")
+        if task_val is not None:
+            spec.task_train = spec.task_val = str(task_val)
+        elif not (saved.get("task_train") and saved.get("task_val")):
+            raise ConfigError(f"{run_dir} is a classifier and records no task files to score it on; pass "
+                              f"--task-val FILE (TSV/CSV/JSONL with a label column)")
+        return spec
+    if task_val is not None:
+        raise ConfigError(f"{run_dir} is a {cfg.head} model: --task-val scores classifiers; pass --corpus NAME|PATH")
+    if corpus is not None:
+        spec.corpus = corpus
+    elif not saved.get("corpus"):
+        raise ConfigError(f"{run_dir} records no data it was trained on (e.g. a converted model), so there is nothing "
+                          f"held out to score it on; pass --corpus NAME|PATH (e.g. --corpus stdlib, or a text "
+                          f"file); `morphlm data list` shows the named corpora")
+    return spec
+
+
+def eval_run(run_dir: str | Path, *, corpus: str | None = None, task_val: str | None = None, device: str = "auto",
              max_batches: int | None = None, latency: bool = False, latency_runs: int = 100,
-             latency_warmup: int = 10, latency_threads: int = 1, latency_seq_len: int = 128) -> dict[str, float]:
-    """Validation loss, perplexity (and accuracy for classifiers) of a checkpoint directory, its parameter
-    count (as a float model counts them, also for quantized directories), its bytes on disk (servable
-    files, :func:`checkpoint.dir_bytes`; ``weights_bytes``: model.safetensors alone) and, with
-    ``latency``, the forward latency at batch 1 and 32 (median and p90 ms over ``latency_runs`` timed runs
-    after ``latency_warmup``, ``latency_threads`` threads, sequence ``latency_seq_len`` capped at
-    max_seq_len; the harness of morphlm.train.latency). Quantized directories (config.json with a
-    ``quantization`` block) load through their registered loaders, e.g. packed ternary models."""
+             latency_warmup: int = 10, latency_threads: int = 1, latency_seq_len: int = 128,
+             progress: bool = True) -> dict[str, float]:
+    """Validation loss and perplexity (language models) or accuracy (classifiers: no perplexity, which only
+    means something for a distribution over tokens) of a checkpoint directory, on the run's own held-out data,
+    ``corpus`` or ``task_val`` (a directory recording no data, such as a converted model, needs one of them);
+    its parameter count (as a float model counts them, also for quantized directories); ``bytes_on_disk``: the
+    artifact a user would ship (:func:`checkpoint.shipped_bytes`: weights or packed codes + config.json +
+    tokenizer.json), ``weights_bytes`` (model.safetensors alone) and ``dir_bytes`` (every file in the
+    directory: stage folders, optimizer state, logs); and, with ``latency``, the forward latency at batch 1
+    and 32 (median and p90 ms over ``latency_runs`` timed runs after ``latency_warmup``, ``latency_threads``
+    threads, sequence ``latency_seq_len`` capped at max_seq_len; the harness of morphlm.train.latency, with a
+    progress bar). Quantized directories (config.json with a ``quantization`` block) load through their
+    registered loaders, e.g. packed ternary models."""
     run_dir = Path(run_dir)
+    _refuse_prompt_dir(run_dir)
     dev = resolve_device(device)
     model, tokenizer, _ = ckpt.open_checkpoint(run_dir, device=dev,
                                                need_tokenizer="evaluation needs the tokenizer the model was trained with")
     _check_vocab(tokenizer, model.config, str(run_dir))
-    data_spec = saved_data_spec(run_dir)
-    if corpus is not None:
-        data_spec.corpus = corpus
+    data_spec = _eval_data(run_dir, model.config, corpus, task_val)
     if max_batches is not None:
         data_spec.eval_batches = max_batches
     spec = RunSpec(model=model.config, data=data_spec)
     _, data, _ = build_data(spec, tokenizer)
     metrics = evaluate(model, model_loss, data.val_batches(), dev)
-    out = {"val_loss": metrics["val_loss"], "perplexity": metrics["val_ppl"]}
-    if "val_accuracy" in metrics:
+    out: dict[str, Any] = {"val_loss": metrics["val_loss"]}
+    if model.config.head == "cls":
         out["accuracy"] = metrics["val_accuracy"]
+    else:
+        out["perplexity"] = metrics["val_ppl"]
     with torch.device("meta"):  # the float model's parameter count: a packed model's codes are buffers
         out["params"] = TransformerLM(model.config).num_parameters()
-    out["bytes_on_disk"] = ckpt.dir_bytes(run_dir)
+    out["bytes_on_disk"] = ckpt.shipped_bytes(run_dir)
     out["weights_bytes"] = (run_dir / ckpt.MODEL_FILE).stat().st_size
+    out["dir_bytes"] = ckpt.total_bytes(run_dir)
     if latency:
         from .latency import measure_latency  # the one latency harness
+        from ..progress import progress_bar
 
         seq = min(latency_seq_len, model.config.max_seq_len)
-        for bs in (1, 32):
-            r = measure_latency(model, batch_size=bs, seq_len=seq, threads=latency_threads,
-                                warmup=latency_warmup, runs=latency_runs)
-            out[f"latency_b{bs}_median_ms"] = r["median_ms"]
-            out[f"latency_b{bs}_p90_ms"] = r["p90_ms"]
+        bar = progress_bar(total=2 * (latency_warmup + latency_runs), desc="latency", unit="pass",
+                           disable=not progress)
+        try:
+            for bs in (1, 32):
+                bar.set_postfix_str(f"batch {bs}", refresh=False)
+                r = measure_latency(model, batch_size=bs, seq_len=seq, threads=latency_threads,
+                                    warmup=latency_warmup, runs=latency_runs, on_call=lambda: bar.update(1))
+                out[f"latency_b{bs}_median_ms"] = r["median_ms"]
+                out[f"latency_b{bs}_p90_ms"] = r["p90_ms"]
+        finally:
+            bar.close()
         out["latency_seq_len"] = seq
         out["latency_threads"] = latency_threads
     return out

@@ -21,9 +21,9 @@ def measure_arch_latencies(space: SearchSpace, archs: Sequence[Arch], *, batch_s
 
     it: Iterable = archs
     if progress:
-        from tqdm.auto import tqdm
+        from ...progress import progress_bar
 
-        it = tqdm(archs, desc="latency", unit="arch")
+        it = progress_bar(archs, desc="latency", unit="arch")
     out = []
     for arch in it:
         cfg = space.arch_config(arch)

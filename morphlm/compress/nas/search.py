@@ -57,9 +57,9 @@ def random_search(space: SearchSpace, fitness_fn: Callable[[Arch], float], predi
 def _bar(it, progress: bool, desc: str):
     if not progress:
         return it
-    from tqdm.auto import tqdm
+    from ...progress import progress_bar
 
-    return tqdm(it, desc=desc, unit="eval")
+    return progress_bar(it, desc=desc, unit="eval")
 
 
 def _mutate(arch: Arch, space: SearchSpace, rng: random.Random) -> Arch:
