@@ -7,9 +7,11 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
+
+from .cli_options import field_options, typed_settings, verb, with_field_options
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="morphlm: build, grow, shrink and reroute transformer language models, and measure them.")
@@ -113,64 +115,95 @@ def _parse_extra(args: list[str]) -> dict[str, str]:
     return out
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def _parse_set(items: Optional[list[str]]) -> dict[str, str]:
+    """``--set field=value`` items → {field: value} (typed later, by the field's option)."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise typer.BadParameter(f"--set {item!r}: use --set field=value, e.g. --set d_model=128")
+        key, value = item.split("=", 1)
+        out[key.strip()] = value
+    return out
+
+
+_TRAIN_FIELDS = field_options()
+
+
+def _schedule_alias(value: Optional[str]) -> str:
+    """The old ``--schedule`` meant the growth schedule; an LR schedule's name goes to --lr-schedule."""
+    return "--lr-schedule" if value in ("cosine", "linear", "constant") else "--growth-schedule"
+
+
+def _default_run_dir(name: str) -> Path:
+    """runs/<preset>-<date>-<time> (a suffix when that folder exists): where `train` without --out writes."""
+    import time
+
+    base = Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, k = base, 1
+    while path.exists():
+        k += 1
+        path = base.with_name(f"{base.name}-{k}")
+    return path
+
+
+@app.command(cls=verb({"--schedule": _schedule_alias, "--schedule-opt": "--growth-opt"}))
+@with_field_options(_TRAIN_FIELDS)
 @friendly
 def train(
-    ctx: typer.Context,
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Recipe YAML with model/data/train sections."),
-    preset: Optional[str] = typer.Option(None, help="Model preset (tiny, small, gpt-20m, gpt2-small, bert-base, ...)."),
-    corpus: Optional[str] = typer.Option(None, help="Corpus name (stdlib, shakespeare) or a path/glob/JSONL."),
-    max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimizer steps."),
-    out: Optional[Path] = typer.Option(None, help="Checkpoint directory to write (and resume from)."),
-    resume: Optional[str] = typer.Option(None, help="'auto': continue the run in --out if there is one "
-                                                     "(default: never)."),
-    batch_size: Optional[int] = typer.Option(None, help="Global batch, sequences per optimizer step."),
-    seq_len: Optional[int] = typer.Option(None, help="Tokens per sequence."),
-    lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
-    schedule_steps: Optional[int] = typer.Option(
-        None, help="LR schedule horizon (warmup + cosine decay); default --max-steps. Recorded and reused on "
-                   "resume: give the final length here to extend a run later without changing its past."),
-    parallel: Optional[str] = typer.Option(None, help="none | ddp | fsdp (under torchrun)."),
-    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),
-    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Recipe YAML with model/data/train sections "
+                                                                        "(and optionally init, schedule)."),
+    preset: Optional[str] = typer.Option(None, help="Model preset (tiny, small, gpt-20m, gpt2-small, bert-base, ...); "
+                                                    "default tiny."),
     init: Optional[Path] = typer.Option(None, help="Start from this checkpoint's weights (fine-tuning)."),
-    schedule: Optional[str] = typer.Option(
-        None, help="Progressive schedule from growth's registry: two-stage (bert2BERT) | apollo | mslt | chain | any "
-                   "registered with morphlm.grow.register_schedule. --max-steps is the budget "
-                   "of all stages; stage checkpoints go to OUT/stage<k>-*/, the final model to OUT/."),
-    source: Optional[Path] = typer.Option(None, help="--schedule: checkpoint of the smaller model to grow from."),
-    schedule_opt: Optional[list[str]] = typer.Option(
-        None, "--schedule-opt", help="--schedule option KEY=VALUE (YAML value), repeatable: two-stage l_b=3 "
+    growth_schedule: Optional[str] = typer.Option(
+        None, "--growth-schedule", help="Progressive growth schedule from growth's registry: two-stage (bert2BERT) | "
+        "apollo | mslt | chain | any registered with morphlm.grow.register_schedule. --max-steps is the budget "
+        "of all stages; stage checkpoints go to OUT/stage<k>-*/, the final model to OUT/."),
+    source: Optional[Path] = typer.Option(None, help="--growth-schedule: checkpoint of the smaller model to grow "
+                                                     "from."),
+    growth_opt: Optional[list[str]] = typer.Option(
+        None, "--growth-opt", help="--growth-schedule option KEY=VALUE (YAML value), repeatable: two-stage l_b=3 "
         "stage1_fraction=0.125 method=aki; apollo unique=[1,3,6,12] switch=[0.05,0.1,0.25]; mslt depths=[2,4,8] "
         "final_fraction=0.5; chain stages=[{n_layers: 2}, {method: stack, n_layers: 4}]. A recipe's "
         "`schedule:` section (name: + options) does the same."),
+    settings: Optional[list[str]] = typer.Option(
+        None, "--set", help="FIELD=VALUE, repeatable: any setting below by its field name (--set d_model=128), "
+                            "checked like the option itself; the options win over --set."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
+    **fields: Any,
 ) -> None:
-    """Train (or resume) a model. Any config field can be overridden: --d-model 128, --n-layers 4,
-    --warmup-steps 50, --eval-every 100, --save-every 50, --precision bf16, --task-train F --task-val F, ...
-    (or --set field=value). With --schedule, the model settings describe the final (target) model. A training
-    setting given nowhere takes TrainArgs' default, so the same run from Python or a recipe trains identically."""
+    """Train (or resume) a model. Every ModelConfig, data and TrainArgs field is an option (listed below by
+    section); a setting given nowhere takes the preset's or TrainArgs' default, so the same run from Python or
+    a recipe trains identically. Precedence: preset < --config recipe < --set < options. Derived model fields
+    (n_kv_heads, d_ff) follow a changed d_model/n_heads unless you set them. Without --out the run is written
+    to runs/<preset>-<date>-<time> (the path is printed). With --growth-schedule, the model settings describe
+    the final (target) model."""
     _setup_logging(verbose)
     from .train.run import build_spec, train_run
 
-    overrides = _parse_extra(ctx.args)
-    overrides.update({k: v for k, v in dict(
-        corpus=corpus, max_steps=max_steps, out_dir=str(out) if out else None, resume=resume,
-        batch_size=batch_size, seq_len=seq_len, lr=lr, schedule_steps=schedule_steps, parallel=parallel,
-        compile=compile, device=device, init=str(init) if init else None).items() if v is not None})
-    if schedule or source or schedule_opt:
+    overrides: dict[str, Any] = typed_settings(_parse_set(settings), _TRAIN_FIELDS)
+    overrides.update({o.field: fields[o.param_name] for o in _TRAIN_FIELDS if fields.get(o.param_name) is not None})
+    if init:
+        overrides["init"] = str(init)
+    if growth_schedule or source or growth_opt:
         import yaml
 
         sopts: dict = {}
-        for item in schedule_opt or []:
+        for item in growth_opt or []:
             if "=" not in item:
-                raise typer.BadParameter(f"--schedule-opt {item!r}: use KEY=VALUE, e.g. l_b=3")
+                raise typer.BadParameter(f"--growth-opt {item!r}: use KEY=VALUE, e.g. l_b=3")
             key, value = item.split("=", 1)
             sopts[key.strip().replace("-", "_")] = yaml.safe_load(value)
         if source:
             sopts["source"] = str(source)
-        overrides.update(schedule=schedule, schedule_opts=sopts)
+        overrides.update(growth_schedule=growth_schedule, growth_schedule_opts=sopts)
     spec = build_spec(preset, config, overrides)
+    if spec.train.out_dir is None:  # nothing is lost: an unnamed run gets a folder of its own, said out loud
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise typer.BadParameter("under torchrun pass --out DIR (every rank must name the same run folder)")
+        spec.train.out_dir = str(_default_run_dir(spec.model.name))
+        typer.secho(f"no --out given: writing this run to {spec.train.out_dir}", err=True)
     if spec.schedule:  # any schedule in growth's registry (morphlm.grow.SCHEDULES)
         from .grow.schedules import run_from_spec
 
@@ -178,6 +211,10 @@ def train(
     else:
         result = train_run(spec)
     if int(os.environ.get("RANK", "0")) == 0:
+        if as_json:
+            typer.echo(json.dumps({"steps": result.steps, "tokens": result.tokens, "flops": result.flops,
+                                   "val_loss": result.val_loss, "out_dir": result.out_dir}))
+            return
         msg = f"done: step {result.steps}, {result.tokens:,} tokens, {result.flops:.3g} FLOPs"
         if result.val_loss is not None:
             msg += f", val_loss {result.val_loss:.4f}"
