@@ -11,16 +11,41 @@ from typing import Any, Optional
 
 import typer
 
-from .cli_options import field_options, typed_settings, verb, with_field_options
+from .cli_options import field_options, typed_settings, verb, with_config, with_field_options
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="morphlm: build, grow, shrink and reroute transformer language models, and measure them.")
-data_app = typer.Typer(no_args_is_help=True, help="Corpora and token stores: list, prepare, inspect.")
+data_app = typer.Typer(no_args_is_help=True, help="Corpora and token stores: list, prepare.")
 app.add_typer(data_app, name="data")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: each writes benchmarks/results/<name>.json (+ plot).")
 app.add_typer(bench_app, name="bench")
 search_app = typer.Typer(no_args_is_help=True, help="Searches over layer mappings and architectures.")
 app.add_typer(search_app, name="search")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("morphlm")
+    except PackageNotFoundError:  # a source checkout that was never installed: pyproject.toml's version
+        import re
+
+        text = (Path(__file__).resolve().parent.parent / "pyproject.toml").read_text(encoding="utf-8")
+        found = re.search(r'^version\s*=\s*"([^"]+)"', text, re.M)
+        return found.group(1) if found else "unknown"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"morphlm {_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                       help="Print morphlm's version and exit.")) -> None:
+    """morphlm: build, grow, shrink and reroute transformer language models, and measure them."""
 
 
 def _setup_logging(verbose: bool = False) -> None:
@@ -173,7 +198,9 @@ def train(
     verbose: bool = typer.Option(False, "--verbose", "-v"),
     **fields: Any,
 ) -> None:
-    """Train (or resume) a model. Every ModelConfig, data and TrainArgs field is an option (listed below by
+    """Train (or resume) a model.
+
+    Every ModelConfig, data and TrainArgs field is an option (listed below by
     section); a setting given nowhere takes the preset's or TrainArgs' default, so the same run from Python or
     a recipe trains identically. Precedence: preset < --config recipe < --set < options. Derived model fields
     (n_kv_heads, d_ff) follow a changed d_model/n_heads unless you set them. Without --out the run is written
@@ -223,13 +250,14 @@ def train(
         typer.echo(msg)
 
 
-@app.command("eval")
+@app.command("eval", cls=verb())
+@with_config
 @friendly
 def eval_cmd(
     run_dir: Path = typer.Argument(..., help="Checkpoint directory."),
     corpus: Optional[str] = typer.Option(None, help="Evaluate on this corpus instead of the run's own."),
     max_batches: Optional[int] = typer.Option(None, help="Number of validation batches."),
-    device: str = typer.Option("auto"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     latency: bool = typer.Option(False, "--latency/--no-latency",
                                  help="Also time the forward pass: batch 1 and 32, sequence 128, 1 thread, "
@@ -249,7 +277,8 @@ def eval_cmd(
         typer.echo("  ".join(f"{k} {v}" if isinstance(v, int) else f"{k} {v:.4f}" for k, v in metrics.items()))
 
 
-@app.command()
+@app.command(cls=verb())
+@with_config
 @friendly
 def generate(
     run_dir: Path = typer.Argument(..., help="Checkpoint directory of a causal LM."),
@@ -258,25 +287,31 @@ def generate(
     temperature: float = typer.Option(0.8, help="0 = greedy."),
     top_k: int = typer.Option(50),
     n: int = typer.Option(1, help="Number of samples."),
-    seed: int = typer.Option(0),
-    device: str = typer.Option("auto"),
+    seed: int = typer.Option(0, help="Seed of the sampling."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    as_json: bool = typer.Option(False, "--json", help="Print the samples as one JSON list of strings."),
 ) -> None:
     """Sample text from a trained causal LM."""
     _setup_logging()
     from .train.run import sample_texts
 
-    for i, text in enumerate(sample_texts(run_dir, prompt, n=n, max_new_tokens=max_new_tokens,
-                                          temperature=temperature, top_k=top_k, seed=seed, device=device)):
+    texts = sample_texts(run_dir, prompt, n=n, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                         seed=seed, device=device)
+    if as_json:
+        typer.echo(json.dumps(texts))
+        return
+    for i, text in enumerate(texts):
         if n > 1:
             typer.secho(f"--- sample {i + 1}", fg="cyan")
         typer.echo(text)
 
 
-@app.command()
+@app.command(cls=verb())
 @friendly
 def convert(
     src: Path = typer.Argument(..., help="A Hugging Face model directory or a morphlm checkpoint directory."),
     out: Path = typer.Argument(..., help="Where to write the converted model."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
 ) -> None:
     """Hugging Face ↔ morphlm: a HF directory (GPT-2, LLaMA, BERT) becomes a morphlm checkpoint and a
     morphlm checkpoint becomes a HF directory (GPT2LMHeadModel, LlamaForCausalLM, BertForMaskedLM,
@@ -285,30 +320,57 @@ def convert(
     from .interop.convert import convert_dir
 
     kind = convert_dir(src, out)
+    if as_json:
+        typer.echo(json.dumps({"kind": kind, "out_dir": str(out)}))
+        return
     typer.echo(f"wrote {kind} → {out}")
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def _growth_methods_help() -> str:
+    """The growth registry's methods and the options each takes (shown by `grow --help`)."""
+    from .grow.api import METHODS
+
+    lines = ["Registered methods and their options (morphlm.grow.register_method adds more):"]
+    for name in sorted(METHODS):
+        opts = getattr(METHODS[name], "options", None)
+        shown = ", ".join("--" + {"steps": "max_steps"}.get(o, o).replace("_", "-") for o in opts) if opts else "none"
+        lines.append(f"  {name:12s} {shown}")
+    return "\n".join(lines)
+
+
+@app.command(cls=verb({"--steps": "--max-steps"}, extra_help=_growth_methods_help),
+             context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@with_config
 @friendly
 def grow(
     ctx: typer.Context,
     src: Path = typer.Argument(..., help="Checkpoint directory of the source (smaller) model."),
     to: str = typer.Option(..., "--to", help="Target: a preset name or a config .json/.yaml file."),
-    method: str = typer.Option("fpi", help="fpi | aki | stack | interpolate | msg (or a registered learned operator)."),
+    method: str = typer.Option("fpi", help="A registered growth method (listed below): fpi | aki | stack | "
+                                           "interpolate | msg | ligo | mango | ..."),
     out: Path = typer.Option(..., help="Checkpoint directory to write."),
     seed: int = typer.Option(0, help="Seed of the index maps and of new units' initialisation."),
     depth: Optional[str] = typer.Option(None, help="Layer map for a deeper target: stack | interpolate | 0,0,1,1."),
     ramp_steps: Optional[int] = typer.Option(None, help="msg: steps over which the mask ramps 0 → 1 (default 100)."),
+    max_steps: Optional[int] = typer.Option(None, help="ligo, mango: steps fitting the operator on the source's data "
+                                                       "(default 100)."),
+    rank: Optional[int] = typer.Option(None, help="mango: rank of the tensor-ring operator (default 2)."),
+    lr: Optional[float] = typer.Option(None, help="ligo, mango: learning rate of the operator fit (default 1e-3)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
 ) -> None:
     """Grow a trained model into a larger one (bert2BERT FPI/AKI, StackBERT, interpolation, MSG) and write a
     checkpoint directory that keeps the source's tokenizer; lineage.json records the source and the cost.
-    Method-specific options pass through: --layers random (msg), --set key=value."""
+    Other method-specific options pass through: --layers random (msg), --init stack (ligo, mango), --set key=value."""
     _setup_logging()
     from .grow.api import grow_checkpoint
     from .train.run import parse_value
 
     extra = {k: parse_value(v, None, k) for k, v in _parse_extra(ctx.args).items()}
+    extra.update({k: v for k, v in dict(steps=max_steps, rank=rank, lr=lr).items() if v is not None})
     info = grow_checkpoint(src, to, method, out, seed=seed, depth=depth, ramp_steps=ramp_steps, **extra)
+    if as_json:
+        typer.echo(json.dumps(info, default=str))
+        return
     typer.echo(f"grew {src} ({info['source_params']:,} params) → {info['out_dir']} ({info['target_params']:,} params) "
                f"by {info['method']}; operator FLOPs {info['flops']:.3g}, source FLOPs {info['parent_flops']:.3g}; "
                f"function-preserving: {info['function_preserving']}")
@@ -324,7 +386,8 @@ def data_list() -> None:
     typer.echo("(any file, folder, glob or .jsonl path works too; hf:NAME[:CONFIG][:SPLIT] with `datasets`)")
 
 
-@data_app.command("prepare")
+@data_app.command("prepare", cls=verb())
+@with_config
 @friendly
 def data_prepare(
     corpus: str = typer.Argument(..., help="Corpus name or path."),
@@ -341,11 +404,13 @@ def data_prepare(
                                                 "vocab_size")}, indent=1))
 
 
-@app.command()
+@app.command(cls=verb({"--steps": "--max-steps"}))
+@with_config
 @friendly
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="Where the demo writes its checkpoints, table and plot."),
-    steps: int = typer.Option(1500, help="Total optimizer steps of the three runs (source, grown, scratch)."),
+    steps: int = typer.Option(1500, "--max-steps", help="Total optimizer steps of the three runs (source, grown, "
+                                                        "scratch)."),
 ) -> None:
     """The growth story: pretrain a small GPT on the embedded stdlib corpus, grow it with the best growth
     method (from benchmarks/results/growth.json), train it and a scratch model of the target size for equal

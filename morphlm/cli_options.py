@@ -35,7 +35,8 @@ def verb(aliases: dict[str, Alias] | None = None, *, extra_help: Callable[[], st
     """A :class:`Verb` command class with these deprecated ``aliases`` (old flag → new flag, or a function of the
     flag's value giving the new flag) and ``extra_help`` (text appended to --help, computed only when help is
     shown)."""
-    return type("Verb", (Verb,), {"aliases": dict(aliases or {}), "extra_help": extra_help})
+    return type("Verb", (Verb,), {"aliases": dict(aliases or {}),
+                                  "extra_help": staticmethod(extra_help) if extra_help else None})
 
 
 class Verb(TyperCommand):
