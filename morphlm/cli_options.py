@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import inspect
 import re
 import typing
@@ -46,8 +47,9 @@ class Verb(TyperCommand):
     extra_help: Callable[[], str] | None = None
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        args = _bool_values(rewrite_aliases(args, self.aliases, ctx.command_path), self.params)
         try:
-            return super().parse_args(ctx, rewrite_aliases(args, self.aliases, ctx.command_path))
+            return super().parse_args(ctx, args)
         except typer.BadParameter:
             raise
         except Exception as exc:  # click's NoSuchOption (typer carries its own copy of click): one suggestion
@@ -65,6 +67,37 @@ class Verb(TyperCommand):
         super().format_help(ctx, formatter)
         if self.extra_help is not None:
             formatter.write("\n" + self.extra_help() + "\n")
+
+
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def _bool_values(args: list[str], params) -> list[str]:
+    """``--causal false`` / ``--compile=true`` (the older pass-through spelling) → ``--no-causal`` / ``--compile``
+    for the on/off flags a command declares."""
+    pairs = {}
+    for p in params:
+        if getattr(p, "is_flag", False) and getattr(p, "secondary_opts", None):
+            for opt in p.opts:
+                pairs[opt] = p.secondary_opts[0]
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        tok = args[i]
+        if tok == "--":
+            out.extend(args[i:])
+            break
+        name, eq, value = tok.partition("=")
+        if name in pairs and not eq and i + 1 < len(args) and args[i + 1].lower() in _TRUE + _FALSE:
+            eq, value = "=", args[i + 1]
+            i += 1
+        if name in pairs and eq:
+            if value.lower() not in _TRUE + _FALSE:
+                raise typer.BadParameter(f"{name}={value}: use {name} or {pairs[name]} (or true/false)")
+            tok = name if value.lower() in _TRUE else pairs[name]
+        out.append(tok)
+        i += 1
+    return out
 
 
 def rewrite_aliases(args: list[str], aliases: dict[str, Alias], where: str = "morphlm") -> list[str]:
@@ -99,8 +132,13 @@ def with_config(fn: Callable) -> Callable:
         default=typer.Option(None, "--config", is_eager=True, expose_value=False, callback=_load_config,
                              dir_okay=False, help="YAML file of this command's settings, keyed by option name "
                                                   "(e.g. max_steps: 100); options given on the line win.")))
-    fn.__signature__ = sig.replace(parameters=params)
-    return fn
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, config_file: Any = None, **kwargs: Any) -> Any:  # the file was read by the callback
+        return fn(*args, **kwargs)
+
+    wrapper.__signature__ = sig.replace(parameters=params)
+    return wrapper
 
 
 def _load_config(ctx: typer.Context, param: typer.CallbackParam, value: Optional[Path]) -> None:
