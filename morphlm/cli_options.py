@@ -156,14 +156,20 @@ def _load_config(ctx: typer.Context, param: typer.CallbackParam, value: Optional
         raise typer.BadParameter(f"{value} is not valid YAML: {exc}") from None
     if not isinstance(doc, dict):
         raise typer.BadParameter(f"{value} must be a mapping of option names to values (max_steps: 100)")
-    known = {p.name: p for p in ctx.command.params if p.expose_value and p.name}
+    known: dict[str, str] = {}  # a key may be the option's flag (max-steps, json) or its parameter name
+    for p in ctx.command.params:
+        if p.expose_value and p.name:
+            known[p.name] = p.name
+            for opt in getattr(p, "opts", []):
+                if opt.startswith("--"):
+                    known[opt[2:].replace("-", "_")] = p.name
     settings = {}
     for key, val in doc.items():
         name = str(key).replace("-", "_")
         if name not in known:
-            raise typer.BadParameter(f"{value}: unknown setting {key!r}{_did_you_mean(name, known)}; "
-                                     f"known: {', '.join(sorted(known))}")
-        settings[name] = val
+            flags = {k for k, v in known.items() if k != v or k not in ("as_json",)}
+            raise typer.BadParameter(f"{value}: unknown setting {key!r}{_did_you_mean(name, flags)}")
+        settings[known[name]] = val
     ctx.default_map = {**(ctx.default_map or {}), **settings}
 
 
