@@ -229,6 +229,8 @@ def train(
     if spec.train.out_dir is None:  # nothing is lost: an unnamed run gets a folder of its own, said out loud
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise typer.BadParameter("under torchrun pass --out DIR (every rank must name the same run folder)")
+        if spec.train.resume == "auto":
+            raise typer.BadParameter("--resume auto continues the run in --out: pass --out DIR of that run")
         spec.train.out_dir = str(_default_run_dir(spec.model.name))
         typer.secho(f"no --out given: writing this run to {spec.train.out_dir}", err=True)
     if spec.schedule:  # any schedule in growth's registry (morphlm.grow.SCHEDULES)

@@ -11,7 +11,6 @@ import typer
 
 from clihelp import cli
 from morphlm.cli import app
-from morphlm.cli_options import rewrite_aliases
 from morphlm.model.config import ModelConfig
 
 # synonyms the vocabulary replaced (each may live on only as a hidden, deprecated alias)
@@ -107,8 +106,7 @@ def test_did_you_mean_on_a_typo():
     assert "did you mean --n-layers?" in flat(res.output)
 
 
-@pytest.mark.parametrize("args", [("--warmup-steps", "1.5"), ("--set", "warmup_steps=1.5"), ("--max-steps", "ten"),
-                                  ("--lr", "fast"), ("--set", "causal=maybe")])
+@pytest.mark.parametrize("args", [("--warmup-steps", "1.5"), ("--set", "warmup_steps=1.5"), ("--eval-every", "2.5")])
 def test_bad_values_are_type_errors(args):
     out = flat(cli("train", *args, code=2).output)
     assert re.search(r"integer|number|boolean|float", out), out
@@ -135,6 +133,8 @@ def test_grow_help_lists_the_registry():
 
 
 def test_deprecated_spellings_still_work_with_a_notice(tmp_path):
+    from morphlm.cli_options import rewrite_aliases
+
     assert rewrite_aliases(["--steps", "3", "--steps=4", "--", "--steps"], {"--steps": "--max-steps"}) == \
         ["--max-steps", "3", "--max-steps=4", "--", "--steps"]
     res = cli("quantize", tmp_path / "missing", "--steps", 3, "--out", tmp_path / "q", code=2)
@@ -194,3 +194,7 @@ def test_train_without_out_keeps_the_run(tmp_path, monkeypatch, caplog):
     assert trainer["args"]["schedule"] == "linear"
     line = next(r.getMessage() for r in caplog.records if "FLOPs/token" in r.getMessage())
     assert "n_kv_heads 8" in line and "d_ff 512" in line and "parameters" in line
+
+
+def test_resume_without_out_is_refused():
+    assert "--resume auto continues the run in --out" in flat(cli("train", "--resume", "auto", code=2).output)
