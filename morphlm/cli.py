@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import typer
 
-from .cli_options import field_options, typed_settings, verb, with_config, with_field_options
+from .cli_options import NULL, field_options, typed_settings, verb, with_config, with_field_options
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="morphlm: build, grow, shrink and reroute transformer language models, and measure them.")
@@ -209,7 +209,7 @@ def train(
     _setup_logging(verbose)
     from .train.run import build_spec, train_run
 
-    overrides: dict[str, Any] = typed_settings(_parse_set(settings), _TRAIN_FIELDS)
+    overrides: dict[str, Any] = typed_settings(_parse_set(settings), _TRAIN_FIELDS, null=NULL)
     overrides.update({o.field: fields[o.param_name] for o in _TRAIN_FIELDS if fields.get(o.param_name) is not None})
     if init:
         overrides["init"] = str(init)

@@ -1,9 +1,10 @@
 """How the command line's options are generated and collected (the vocabulary lives in the commands' tables).
 
 - :class:`Verb` (``@app.command(cls=verb(...))``): a command with deprecated spellings kept as hidden aliases
-  (each use prints a one-line notice), a ``--config FILE`` of the verb's own settings (a YAML mapping of option
-  names; flags on the line win) and, optionally, help text computed when ``--help`` is asked (e.g. the growth
-  registry's methods).
+  (each use prints a one-line notice), on/off flags that also take true/false, one "did you mean" for an unknown
+  option and, optionally, help text computed when ``--help`` is asked (e.g. the growth registry's methods).
+- :func:`with_config`: a ``--config FILE`` of the verb's own settings (a YAML mapping of option names; options on
+  the line win).
 - :func:`field_options`: every ModelConfig, DataSpec and TrainArgs field as a typed, visible option of
   ``morphlm train`` (name, type, default and help from the dataclass), so click itself rejects a bad value
   (``--warmup-steps 1.5``) and suggests the option a typo meant (``--max-step`` → ``--max-steps``).
@@ -157,17 +158,18 @@ def _load_config(ctx: typer.Context, param: typer.CallbackParam, value: Optional
     if not isinstance(doc, dict):
         raise typer.BadParameter(f"{value} must be a mapping of option names to values (max_steps: 100)")
     known: dict[str, str] = {}  # a key may be the option's flag (max-steps, json) or its parameter name
+    flags: set[str] = set()  # what a suggestion names
     for p in ctx.command.params:
         if p.expose_value and p.name:
             known[p.name] = p.name
             for opt in getattr(p, "opts", []):
                 if opt.startswith("--"):
                     known[opt[2:].replace("-", "_")] = p.name
+                    flags.add(opt[2:].replace("-", "_"))
     settings = {}
     for key, val in doc.items():
         name = str(key).replace("-", "_")
         if name not in known:
-            flags = {k for k, v in known.items() if k != v or k not in ("as_json",)}
             raise typer.BadParameter(f"{value}: unknown setting {key!r}{_did_you_mean(name, flags)}")
         settings[known[name]] = val
     ctx.default_map = {**(ctx.default_map or {}), **settings}
@@ -348,21 +350,38 @@ def with_field_options(options: list[FieldOption]) -> Callable:
             if o.param_name in taken:
                 raise TypeError(f"{fn.__name__}: option {o.flag} is declared twice")
             decl = f"{o.flag}/--no-{o.flag[2:]}" if o.kind is bool else o.flag
+            extra: dict[str, Any] = {}
+            if o.optional and o.kind is not bool:  # a nullable field also takes none/null (--max-bytes none)
+                extra = dict(parser=functools.partial(_parse_nullable, o), metavar=f"<{o.kind.__name__}|none>")
             params.append(inspect.Parameter(
                 o.param_name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[o.kind],
                 default=typer.Option(None, decl, help=o.help, show_default=False,
-                                     rich_help_panel=f"{o.section.capitalize()} settings")))
+                                     rich_help_panel=f"{o.section.capitalize()} settings", **extra)))
         fn.__signature__ = sig.replace(parameters=params)
         return fn
 
     return deco
 
 
+NULL = "none"  # an option explicitly set to none/null, as build_spec reads it (an unset option stays None)
+
+
+def _parse_nullable(option: FieldOption, value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        parsed = option.parse(value, option.flag)
+    except typer.BadParameter as exc:
+        raise ValueError(str(exc.message)) from None
+    return NULL if parsed is None else parsed
+
+
 def typed_settings(pairs: dict[str, str], options: list[FieldOption], *, own: list[str] = (),
-                   what: str = "setting") -> dict[str, Any]:
+                   what: str = "setting", null: Any = None) -> dict[str, Any]:
     """Check and type ``{field: string}`` settings (from ``--set`` or pass-through ``--field value``) against the
     field options: an unknown name fails with the closest option (``own``: the command's other flags, so a typo
-    of one of them is suggested too), a value of the wrong type fails naming the field."""
+    of one of them is suggested too), a value of the wrong type fails naming the field. A none/null value of a
+    nullable field becomes ``null`` (build_spec takes :data:`NULL`; a config takes None)."""
     by_field = {o.field: o for o in options}
     out: dict[str, Any] = {}
     for key, value in pairs.items():
@@ -372,7 +391,8 @@ def typed_settings(pairs: dict[str, str], options: list[FieldOption], *, own: li
             candidates = {o.param_name for o in options} | {f.lstrip("-").replace("-", "_") for f in own}
             raise typer.BadParameter(f"unknown {what} --{name.replace('_', '-')}{_did_you_mean(name, candidates)}; "
                                    f"see --help for the settings")
-        out[opt.field] = opt.parse(value, f"{key}={value!r}")
+        parsed = opt.parse(value, f"{key}={value!r}")
+        out[opt.field] = null if parsed is None else parsed
     return out
 
 

@@ -198,3 +198,21 @@ def test_train_without_out_keeps_the_run(tmp_path, monkeypatch, caplog):
 
 def test_resume_without_out_is_refused():
     assert "--resume auto continues the run in --out" in flat(cli("train", "--resume", "auto", code=2).output)
+
+
+def test_nullable_settings_take_none(monkeypatch):
+    """--max-bytes none (no cap) reaches build_spec as an explicit none, not as 'not given'."""
+    import morphlm.train.run as run
+
+    seen = {}
+
+    def fake_build_spec(preset, recipe, overrides):
+        seen.update(overrides)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(run, "build_spec", fake_build_spec)
+    cli("train", "--max-bytes", "none", "--set", "n_kv_heads=null", "--schedule-steps", 5)
+    assert seen["schedule_steps"] == 5
+    spec = run.DataSpec(**{"max_bytes": run.parse_value(seen["max_bytes"], 1, "max_bytes")})
+    assert spec.max_bytes is None and run.parse_value(seen["n_kv_heads"], 1, "n_kv_heads") is None
+    assert "not an integer" in flat(cli("train", "--max-bytes", "x", code=2).output)

@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 
 from ..cli import _TRAIN_FIELDS, _parse_extra, _setup_logging, app, friendly, search_app
-from ..cli_options import model_options, typed_settings, verb, with_config
+from ..cli_options import NULL, model_options, typed_settings, verb, with_config
 
 
 def _ints(text: Optional[str], what: str) -> Optional[tuple[int, ...]]:
@@ -149,7 +149,8 @@ def _train_supernet(ctx, supernet_dir, preset, config, corpus, max_steps, resume
     from ..train.run import build_data, build_spec
 
     own = [f for p in ctx.command.params for f in getattr(p, "opts", [])]
-    overrides = typed_settings(_parse_extra(ctx.args), _TRAIN_FIELDS, own=own, what="option or training setting")
+    overrides = typed_settings(_parse_extra(ctx.args), _TRAIN_FIELDS, own=own, what="option or training setting",
+                               null=NULL)
     overrides.update({k: v for k, v in dict(corpus=corpus, max_steps=max_steps, out_dir=str(supernet_dir),
                                             resume=resume).items() if v is not None})
     spec = build_spec(preset, config, overrides)
