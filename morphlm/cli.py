@@ -252,13 +252,14 @@ def train(
         typer.echo(msg)
 
 
-@app.command("eval", cls=verb())
+@app.command("eval", cls=verb({"--max-batches": "--eval-batches"}))
 @with_config
 @friendly
 def eval_cmd(
     run_dir: Path = typer.Argument(..., help="Checkpoint directory."),
     corpus: Optional[str] = typer.Option(None, help="Evaluate on this corpus instead of the run's own."),
-    max_batches: Optional[int] = typer.Option(None, help="Number of validation batches."),
+    max_batches: Optional[int] = typer.Option(None, "--eval-batches", help="Number of validation batches (default: "
+                                                                            "the run's own)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     latency: bool = typer.Option(False, "--latency/--no-latency",

@@ -15,7 +15,7 @@ from morphlm.model.config import ModelConfig
 
 # synonyms the vocabulary replaced (each may live on only as a hidden, deprecated alias)
 RETIRED = {"--steps", "--max-len", "--student", "--gd-steps", "--ft-steps", "--gd-lr", "--ft-lr", "--schedule",
-           "--schedule-opt", "--seq", "--batch", "--warmup"}
+           "--schedule-opt", "--seq", "--batch", "--warmup", "--max-batches"}
 # verbs that print results: each takes --json
 PRINTS_RESULTS = {"train", "eval", "generate", "convert", "grow", "distill", "extract", "quantize", "prompt-tune",
                   "search layermap"}
