@@ -148,9 +148,12 @@ def _train_supernet(ctx, supernet_dir, preset, config, corpus, max_steps, resume
     from ..train import checkpoint as ckpt
     from ..train.run import build_data, build_spec
 
-    own = [f for p in ctx.command.params for f in getattr(p, "opts", [])]
-    overrides = typed_settings(_parse_extra(ctx.args), _TRAIN_FIELDS, own=own, what="option or training setting",
-                               null=NULL)
+    own = [f for p in ctx.command.params for f in getattr(p, "opts", [])] + ["--init"]
+    extra = _parse_extra(ctx.args)
+    init = extra.pop("init", None)  # a same-shape start: a checkpoint dir, not a dataclass field
+    overrides = typed_settings(extra, _TRAIN_FIELDS, own=own, what="option or training setting", null=NULL)
+    if init is not None:
+        overrides["init"] = init
     overrides.update({k: v for k, v in dict(corpus=corpus, max_steps=max_steps, out_dir=str(supernet_dir),
                                             resume=resume).items() if v is not None})
     spec = build_spec(preset, config, overrides)
