@@ -7,18 +7,45 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
+from .cli_options import NULL, field_options, typed_settings, verb, with_config, with_field_options
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="morphlm: build, grow, shrink and reroute transformer language models, and measure them.")
-data_app = typer.Typer(no_args_is_help=True, help="Corpora and token stores: list, prepare, inspect.")
+data_app = typer.Typer(no_args_is_help=True, help="Corpora and token stores: list, prepare.")
 app.add_typer(data_app, name="data")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: each writes benchmarks/results/<name>.json (+ plot).")
 app.add_typer(bench_app, name="bench")
 search_app = typer.Typer(no_args_is_help=True, help="Searches over layer mappings and architectures.")
 app.add_typer(search_app, name="search")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("morphlm")
+    except PackageNotFoundError:  # a source checkout that was never installed: pyproject.toml's version
+        import re
+
+        text = (Path(__file__).resolve().parent.parent / "pyproject.toml").read_text(encoding="utf-8")
+        found = re.search(r'^version\s*=\s*"([^"]+)"', text, re.M)
+        return found.group(1) if found else "unknown"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"morphlm {_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                       help="Print morphlm's version and exit.")) -> None:
+    """morphlm: build, grow, shrink and reroute transformer language models, and measure them."""
 
 
 def _setup_logging(verbose: bool = False) -> None:
@@ -120,64 +147,99 @@ def _parse_extra(args: list[str]) -> dict[str, str]:
     return out
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def _parse_set(items: Optional[list[str]]) -> dict[str, str]:
+    """``--set field=value`` items → {field: value} (typed later, by the field's option)."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise typer.BadParameter(f"--set {item!r}: use --set field=value, e.g. --set d_model=128")
+        key, value = item.split("=", 1)
+        out[key.strip()] = value
+    return out
+
+
+_TRAIN_FIELDS = field_options()
+
+
+def _schedule_alias(value: Optional[str]) -> str:
+    """The old ``--schedule`` meant the growth schedule; an LR schedule's name goes to --lr-schedule."""
+    return "--lr-schedule" if value in ("cosine", "linear", "constant") else "--growth-schedule"
+
+
+def _default_run_dir(name: str) -> Path:
+    """runs/<preset>-<date>-<time> (a suffix when that folder exists): where `train` without --out writes."""
+    import time
+
+    base = Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, k = base, 1
+    while path.exists():
+        k += 1
+        path = base.with_name(f"{base.name}-{k}")
+    return path
+
+
+@app.command(cls=verb({"--schedule": _schedule_alias, "--schedule-opt": "--growth-opt"}))
+@with_field_options(_TRAIN_FIELDS)
 @friendly
 def train(
-    ctx: typer.Context,
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Recipe YAML with model/data/train sections."),
-    preset: Optional[str] = typer.Option(None, help="Model preset (tiny, small, gpt-20m, gpt2-small, bert-base, ...)."),
-    corpus: Optional[str] = typer.Option(None, help="Corpus name (stdlib, shakespeare) or a path/glob/JSONL."),
-    max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimizer steps."),
-    out: Optional[Path] = typer.Option(None, help="Checkpoint directory to write (and resume from)."),
-    resume: Optional[str] = typer.Option(None, help="'auto': continue the run in --out if there is one "
-                                                     "(default: never)."),
-    batch_size: Optional[int] = typer.Option(None, help="Global batch, sequences per optimizer step."),
-    seq_len: Optional[int] = typer.Option(None, help="Tokens per sequence."),
-    lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
-    schedule_steps: Optional[int] = typer.Option(
-        None, help="LR schedule horizon (warmup + cosine decay); default --max-steps. Recorded and reused on "
-                   "resume: give the final length here to extend a run later without changing its past."),
-    parallel: Optional[str] = typer.Option(None, help="none | ddp | fsdp (under torchrun)."),
-    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),
-    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Recipe YAML with model/data/train sections "
+                                                                        "(and optionally init, schedule)."),
+    preset: Optional[str] = typer.Option(None, help="Model preset (tiny, small, gpt-20m, gpt2-small, bert-base, ...); "
+                                                    "default tiny."),
     init: Optional[Path] = typer.Option(None, help="Start from this checkpoint's weights (fine-tuning)."),
-    schedule: Optional[str] = typer.Option(
-        None, help="Progressive schedule from growth's registry: two-stage (bert2BERT) | apollo | mslt | chain | any "
-                   "registered with morphlm.grow.register_schedule. --max-steps is the budget "
-                   "of all stages; stage checkpoints go to OUT/stage<k>-*/, the final model to OUT/."),
-    source: Optional[Path] = typer.Option(None, help="--schedule: checkpoint of the smaller model to grow from."),
-    schedule_opt: Optional[list[str]] = typer.Option(
-        None, "--schedule-opt", help="--schedule option KEY=VALUE (YAML value), repeatable: two-stage l_b=3 "
+    growth_schedule: Optional[str] = typer.Option(
+        None, "--growth-schedule", help="Progressive growth schedule from growth's registry: two-stage (bert2BERT) | "
+        "apollo | mslt | chain | any registered with morphlm.grow.register_schedule. --max-steps is the budget "
+        "of all stages; stage checkpoints go to OUT/stage<k>-*/, the final model to OUT/."),
+    source: Optional[Path] = typer.Option(None, help="--growth-schedule: checkpoint of the smaller model to grow "
+                                                     "from."),
+    growth_opt: Optional[list[str]] = typer.Option(
+        None, "--growth-opt", help="--growth-schedule option KEY=VALUE (YAML value), repeatable: two-stage l_b=3 "
         "stage1_fraction=0.125 method=aki; apollo unique=[1,3,6,12] switch=[0.05,0.1,0.25]; mslt depths=[2,4,8] "
         "final_fraction=0.5; chain stages=[{n_layers: 2}, {method: stack, n_layers: 4}]. A recipe's "
         "`schedule:` section (name: + options) does the same."),
+    settings: Optional[list[str]] = typer.Option(
+        None, "--set", help="FIELD=VALUE, repeatable: any setting below by its field name (--set d_model=128), "
+                            "checked like the option itself; the options win over --set."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
+    **fields: Any,
 ) -> None:
-    """Train (or resume) a model. Any config field can be overridden: --d-model 128, --n-layers 4,
-    --warmup-steps 50, --eval-every 100, --save-every 50, --precision bf16, --task-train F --task-val F, ...
-    (or --set field=value). With --schedule, the model settings describe the final (target) model. A training
-    setting given nowhere takes TrainArgs' default, so the same run from Python or a recipe trains identically."""
+    """Train (or resume) a model.
+
+    Every ModelConfig, data and TrainArgs field is an option (listed below by
+    section); a setting given nowhere takes the preset's or TrainArgs' default, so the same run from Python or
+    a recipe trains identically. Precedence: preset < --config recipe < --set < options. Derived model fields
+    (n_kv_heads, d_ff) follow a changed d_model/n_heads unless you set them. Without --out the run is written
+    to runs/<preset>-<date>-<time> (the path is printed). With --growth-schedule, the model settings describe
+    the final (target) model."""
     _setup_logging(verbose)
     from .train.run import build_spec, train_run
 
-    overrides = _parse_extra(ctx.args)
-    overrides.update({k: v for k, v in dict(
-        corpus=corpus, max_steps=max_steps, out_dir=str(out) if out else None, resume=resume,
-        batch_size=batch_size, seq_len=seq_len, lr=lr, schedule_steps=schedule_steps, parallel=parallel,
-        compile=compile, device=device, init=str(init) if init else None).items() if v is not None})
-    if schedule or source or schedule_opt:
+    overrides: dict[str, Any] = typed_settings(_parse_set(settings), _TRAIN_FIELDS, null=NULL)
+    overrides.update({o.field: fields[o.param_name] for o in _TRAIN_FIELDS if fields.get(o.param_name) is not None})
+    if init:
+        overrides["init"] = str(init)
+    if growth_schedule or source or growth_opt:
         import yaml
 
         sopts: dict = {}
-        for item in schedule_opt or []:
+        for item in growth_opt or []:
             if "=" not in item:
-                raise typer.BadParameter(f"--schedule-opt {item!r}: use KEY=VALUE, e.g. l_b=3")
+                raise typer.BadParameter(f"--growth-opt {item!r}: use KEY=VALUE, e.g. l_b=3")
             key, value = item.split("=", 1)
             sopts[key.strip().replace("-", "_")] = yaml.safe_load(value)
         if source:
             sopts["source"] = str(source)
-        overrides.update(schedule=schedule, schedule_opts=sopts)
+        overrides.update(growth_schedule=growth_schedule, growth_schedule_opts=sopts)
     spec = build_spec(preset, config, overrides)
+    if spec.train.out_dir is None:  # nothing is lost: an unnamed run gets a folder of its own, said out loud
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise typer.BadParameter("under torchrun pass --out DIR (every rank must name the same run folder)")
+        if spec.train.resume == "auto":
+            raise typer.BadParameter("--resume auto continues the run in --out: pass --out DIR of that run")
+        spec.train.out_dir = str(_default_run_dir(spec.model.name))
+        typer.secho(f"no --out given: writing this run to {spec.train.out_dir}", err=True)
     if spec.schedule:  # any schedule in growth's registry (morphlm.grow.SCHEDULES)
         from .grow.schedules import run_from_spec
 
@@ -185,6 +247,10 @@ def train(
     else:
         result = train_run(spec)
     if int(os.environ.get("RANK", "0")) == 0:
+        if as_json:
+            typer.echo(json.dumps({"steps": result.steps, "tokens": result.tokens, "flops": result.flops,
+                                   "val_loss": result.val_loss, "out_dir": result.out_dir}))
+            return
         msg = f"done: step {result.steps}, {result.tokens:,} tokens, {result.flops:.3g} FLOPs"
         if result.val_loss is not None:
             msg += f", val_loss {result.val_loss:.4f}"
@@ -193,7 +259,8 @@ def train(
         typer.echo(msg)
 
 
-@app.command("eval")
+@app.command("eval", cls=verb({"--max-batches": "--eval-batches"}))
+@with_config
 @friendly
 def eval_cmd(
     run_dir: Path = typer.Argument(..., help="Checkpoint directory."),
@@ -201,8 +268,9 @@ def eval_cmd(
                                                     "own (needed where the directory records none, e.g. converted)."),
     task_val: Optional[Path] = typer.Option(None, "--task-val", help="Evaluate a classifier on this labelled file "
                                                                      "(TSV/CSV/JSONL) instead of the run's own."),
-    max_batches: Optional[int] = typer.Option(None, help="Number of validation batches."),
-    device: str = typer.Option("auto"),
+    max_batches: Optional[int] = typer.Option(None, "--eval-batches", help="Number of validation batches (default: "
+                                                                            "the run's own)."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     latency: bool = typer.Option(False, "--latency/--no-latency",
                                  help="Also time the forward pass: batch 1 and 32, sequence 128, 1 thread, "
@@ -223,7 +291,8 @@ def eval_cmd(
         typer.echo("  ".join(f"{k} {v}" if isinstance(v, int) else f"{k} {v:.4f}" for k, v in metrics.items()))
 
 
-@app.command()
+@app.command(cls=verb())
+@with_config
 @friendly
 def plot(
     runs: list[Path] = typer.Argument(..., help="Run directories (each with a metrics.jsonl)."),
@@ -246,8 +315,9 @@ def generate(
     temperature: float = typer.Option(0.8, help="0 = greedy."),
     top_k: int = typer.Option(50),
     n: int = typer.Option(1, help="Number of samples."),
-    seed: int = typer.Option(0),
-    device: str = typer.Option("auto"),
+    seed: int = typer.Option(0, help="Seed of the sampling."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    as_json: bool = typer.Option(False, "--json", help="Print the samples as one JSON list of strings."),
 ) -> None:
     """Sample text from a trained causal LM."""
     _setup_logging()
@@ -262,18 +332,23 @@ def generate(
         if not ok:
             raise ConfigError(f"{flag} {value} is not allowed; use {want}")
 
-    for i, text in enumerate(sample_texts(run_dir, prompt, n=n, max_new_tokens=max_new_tokens,
-                                          temperature=temperature, top_k=top_k, seed=seed, device=device)):
+    texts = sample_texts(run_dir, prompt, n=n, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                         seed=seed, device=device)
+    if as_json:
+        typer.echo(json.dumps(texts))
+        return
+    for i, text in enumerate(texts):
         if n > 1:
             typer.secho(f"--- sample {i + 1}", fg="cyan")
         typer.echo(text)
 
 
-@app.command()
+@app.command(cls=verb())
 @friendly
 def convert(
     src: Path = typer.Argument(..., help="A Hugging Face model directory or a morphlm checkpoint directory."),
     out: Path = typer.Argument(..., help="Where to write the converted model."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
 ) -> None:
     """Hugging Face ↔ morphlm: a HF directory (GPT-2, LLaMA, BERT) becomes a morphlm checkpoint and a
     morphlm checkpoint becomes a HF directory (GPT2LMHeadModel, LlamaForCausalLM, BertForMaskedLM,
@@ -282,30 +357,57 @@ def convert(
     from .interop.convert import convert_dir
 
     kind = convert_dir(src, out)
+    if as_json:
+        typer.echo(json.dumps({"kind": kind, "out_dir": str(out)}))
+        return
     typer.echo(f"wrote {kind} → {out}")
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def _growth_methods_help() -> str:
+    """The growth registry's methods and the options each takes (shown by `grow --help`)."""
+    from .grow.api import METHODS
+
+    lines = ["Registered methods and their options (morphlm.grow.register_method adds more):"]
+    for name in sorted(METHODS):
+        opts = getattr(METHODS[name], "options", None)
+        shown = ", ".join("--" + {"steps": "max_steps"}.get(o, o).replace("_", "-") for o in opts) if opts else "none"
+        lines.append(f"  {name:12s} {shown}")
+    return "\n".join(lines)
+
+
+@app.command(cls=verb({"--steps": "--max-steps"}, extra_help=_growth_methods_help),
+             context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@with_config
 @friendly
 def grow(
     ctx: typer.Context,
     src: Path = typer.Argument(..., help="Checkpoint directory of the source (smaller) model."),
     to: str = typer.Option(..., "--to", help="Target: a preset name or a config .json/.yaml file."),
-    method: str = typer.Option("fpi", help="fpi | aki | stack | interpolate | msg (or a registered learned operator)."),
+    method: str = typer.Option("fpi", help="A registered growth method (listed below): fpi | aki | stack | "
+                                           "interpolate | msg | ligo | mango | ..."),
     out: Path = typer.Option(..., help="Checkpoint directory to write."),
     seed: int = typer.Option(0, help="Seed of the index maps and of new units' initialisation."),
     depth: Optional[str] = typer.Option(None, help="Layer map for a deeper target: stack | interpolate | 0,0,1,1."),
     ramp_steps: Optional[int] = typer.Option(None, help="msg: steps over which the mask ramps 0 → 1 (default 100)."),
+    max_steps: Optional[int] = typer.Option(None, help="ligo, mango: steps fitting the operator on the source's data "
+                                                       "(default 100)."),
+    rank: Optional[int] = typer.Option(None, help="mango: rank of the tensor-ring operator (default 2)."),
+    lr: Optional[float] = typer.Option(None, help="ligo, mango: learning rate of the operator fit (default 1e-3)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
 ) -> None:
     """Grow a trained model into a larger one (bert2BERT FPI/AKI, StackBERT, interpolation, MSG) and write a
     checkpoint directory that keeps the source's tokenizer; lineage.json records the source and the cost.
-    Method-specific options pass through: --layers random (msg), --set key=value."""
+    Other method-specific options pass through: --layers random (msg), --init stack (ligo, mango), --set key=value."""
     _setup_logging()
     from .grow.api import grow_checkpoint
     from .train.run import parse_value
 
     extra = {k: parse_value(v, None, k) for k, v in _parse_extra(ctx.args).items()}
+    extra.update({k: v for k, v in dict(steps=max_steps, rank=rank, lr=lr).items() if v is not None})
     info = grow_checkpoint(src, to, method, out, seed=seed, depth=depth, ramp_steps=ramp_steps, **extra)
+    if as_json:
+        typer.echo(json.dumps(info, default=str))
+        return
     typer.echo(f"grew {src} ({info['source_params']:,} params) → {info['out_dir']} ({info['target_params']:,} params) "
                f"by {info['method']}; operator FLOPs {info['flops']:.3g}, source FLOPs {info['parent_flops']:.3g}; "
                f"function-preserving: {info['function_preserving']}")
@@ -321,7 +423,8 @@ def data_list() -> None:
     typer.echo("(any file, folder, glob or .jsonl path works too; hf:NAME[:CONFIG][:SPLIT] with `datasets`)")
 
 
-@data_app.command("prepare")
+@data_app.command("prepare", cls=verb())
+@with_config
 @friendly
 def data_prepare(
     corpus: str = typer.Argument(..., help="Corpus name or path."),
@@ -338,11 +441,13 @@ def data_prepare(
                                                 "vocab_size")}, indent=1))
 
 
-@app.command()
+@app.command(cls=verb({"--steps": "--max-steps"}))
+@with_config
 @friendly
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="Where the demo writes its checkpoints, table and plot."),
-    steps: int = typer.Option(1500, help="Total optimizer steps of the three runs (source, grown, scratch)."),
+    steps: int = typer.Option(1500, "--max-steps", help="Total optimizer steps of the three runs (source, grown, "
+                                                        "scratch)."),
 ) -> None:
     """The growth story: pretrain a small GPT on the embedded stdlib corpus, grow it with the best growth
     method (from benchmarks/results/growth.json), train it and a scratch model of the target size for equal

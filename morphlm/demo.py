@@ -109,7 +109,7 @@ def run_demo(out: str | Path = "runs/demo", steps: int = 1500, method: str | Non
     try:
         return _run_demo(out, steps, method)
     except TrainingInterrupted as exc:
-        exc.resume_hint = (f"rerun `morphlm demo --out {out} --steps {steps}`: it resumes the cut run and reuses "
+        exc.resume_hint = (f"rerun `morphlm demo --out {out} --max-steps {steps}`: it resumes the cut run and reuses "
                            f"the finished ones")
         raise
 

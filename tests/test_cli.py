@@ -68,7 +68,7 @@ def test_overrides_and_recipe(tmp_path):
     (["--corpus", "/definitely/missing/file.txt"], "does not exist"),
     (["--d-model", "30"], "not divisible by n_heads"),
     (["--n-heads", "4", "--n-kv-heads", "3"], "n_kv_heads"),
-    (["--d-modle", "64"], "unknown setting 'd_modle'"),
+    (["--d-modle", "64"], "did you mean --d-model?"),
     (["--seq-len", "4096"], "max_seq_len"),
 ])
 def test_bad_input_messages(tmp_path, args, message):

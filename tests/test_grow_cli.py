@@ -130,7 +130,9 @@ def test_train_from_msg_growth_starts_at_the_sources_function(src, tmp_path):
     grown = tmp_path / "msg"
     cli("grow", src, "--to", to, "--method", "msg", "--out", grown, "--ramp-steps", 3)
     common = ["--corpus", "stdlib", "--max-bytes", 200000, "--seq-len", 64, "--batch-size", 8, "--max-steps", 4]
-    big = ["--preset", "tiny", "--n-layers", 4, "--d-model", 128, "--n-heads", 8]
+    # target_file writes tiny's resolved fields (n_kv_heads 4, d_ff 256) beside the new shape: name them here too,
+    # since train's derived fields now follow --d-model/--n-heads (n_kv_heads 8, d_ff 512) unless given
+    big = ["--preset", "tiny", "--n-layers", 4, "--d-model", 128, "--n-heads", 8, "--n-kv-heads", 4, "--d-ff", 256]
     cli("train", *big, "--init", grown, *common, "--out", tmp_path / "a")
     cli("train", "--preset", "tiny", "--init", src, *common, "--out", tmp_path / "b")
     a = [json.loads(x)["loss"] for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]

@@ -8,9 +8,11 @@ from typing import List, Optional
 import typer
 
 from ..cli import _setup_logging, bench_app, friendly
+from ..cli_options import verb, with_config
 
 
-@bench_app.command("compression")
+@bench_app.command("compression", cls=verb())
+@with_config
 @friendly
 def bench_compression(
     quick: bool = typer.Option(False, "--quick", help="Smoke test: tiny teacher, few steps, 1 seed, SST-2 subset "

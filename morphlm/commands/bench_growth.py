@@ -8,9 +8,11 @@ from typing import Optional
 import typer
 
 from ..cli import _setup_logging, bench_app, friendly
+from ..cli_options import verb, with_config
 
 
-@bench_app.command("growth")
+@bench_app.command("growth", cls=verb({"--steps": "--max-steps"}))
+@with_config
 @friendly
 def bench_growth(
     quick: bool = typer.Option(False, "--quick", help="One seed at a tiny size (< 90 s on 2 cores): a smoke test."),
@@ -25,7 +27,7 @@ def bench_growth(
         None, help="Comma-separated arms (default all): fpi,aki,stack,interpolate,msg,ligo,mango,two-stage,apollo,mslt. "
                    "scratch always runs."),
     steps: Optional[int] = typer.Option(
-        None, help="Training steps of every target run (scratch, grown, scheduled); sources train half as many."),
+        None, "--max-steps", help="Training steps of every target run (scratch, grown, scheduled); sources train half as many."),
     workers: Optional[int] = typer.Option(None, help="Parallel single-threaded runs (default min(cores, 2))."),
     out: Optional[Path] = typer.Option(
         None, help="Results JSON (default benchmarks/results/growth.json; growth-quick.json with --quick, "

@@ -8,12 +8,15 @@ from typing import Optional
 import typer
 
 from ..cli import _setup_logging, bench_app, friendly
+from ..cli_options import verb, with_config
 
 
-@bench_app.command("throughput")
+@bench_app.command("throughput", cls=verb({"--batch": "--batch-size", "--seq": "--seq-len",
+                                           "--warmup": "--warmup-steps", "--steps": "--timed-steps"}))
+@with_config
 @friendly
 def bench_throughput(
-    device: str = typer.Option("cpu", help="cpu | cuda."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda (a CPU and a GPU run fill their own sections)."),
     quick: bool = typer.Option(False, "--quick", help="Tiny sizes, one short round (smoke test); writes to a "
                                                       "temporary file unless --out is given, never to the "
                                                       "committed results."),
@@ -21,10 +24,10 @@ def bench_throughput(
                                                   "and a GPU run fill their own sections of it)."),
     presets: Optional[str] = typer.Option(None, help="Comma-separated model presets (default per device: "
                                                      "gpt-20m,llama-20m on CPU, gpt2-small on CUDA)."),
-    batch: Optional[int] = typer.Option(None, help="Sequences per optimizer step."),
-    seq: Optional[int] = typer.Option(None, help="Sequence length."),
-    warmup: Optional[int] = typer.Option(None, help="Discarded steps per measurement."),
-    steps: Optional[int] = typer.Option(None, help="Timed steps per measurement."),
+    batch: Optional[int] = typer.Option(None, "--batch-size", help="Sequences per optimizer step."),
+    seq: Optional[int] = typer.Option(None, "--seq-len", help="Sequence length."),
+    warmup: Optional[int] = typer.Option(None, "--warmup-steps", help="Discarded steps per measurement."),
+    steps: Optional[int] = typer.Option(None, "--timed-steps", help="Timed steps per measurement."),
     rounds: Optional[int] = typer.Option(None, help="Interleaved morphlm/HF rounds (the median is reported)."),
     modes: Optional[str] = typer.Option(None, help="Comma-separated: eager,compiled (default: eager on CPU, both "
                                                    "on CUDA)."),
@@ -46,6 +49,10 @@ def bench_throughput(
     if table:
         typer.echo(tp.table(out))
         return
+    if device == "auto":  # the profile is per device kind: pick the one this machine has
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     res = tp.run(device=device, quick=quick, out=out, presets=tp.csv_list(presets), batch=batch, seq=seq,
                  warmup=warmup, steps=steps, rounds=rounds, modes=tp.csv_list(modes), threads=threads, variants=variants,
                  grad_clip=tp.DEFAULT_GRAD_CLIP if grad_clip is None else grad_clip, seed=seed)

@@ -9,22 +9,27 @@ from typing import Optional
 import typer
 
 from ..cli import _parse_extra, _setup_logging, app, friendly, search_app
+from ..cli_options import model_options, typed_settings, verb, with_config
 
 
 def _overrides(ctx: typer.Context) -> dict:
-    from ..train.run import parse_value
+    """The student-shape settings passed through as --field value (ModelConfig fields), typed and checked: a typo
+    of one of them or of the command's own options is named with the closest flag."""
+    own = [f for p in ctx.command.params for f in getattr(p, "opts", [])]
+    return typed_settings(_parse_extra(ctx.args), model_options(), own=own, what="option or student setting")
 
-    return {k: parse_value(v, None, k) for k, v in _parse_extra(ctx.args).items()}
 
-
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command(cls=verb({"--student": "--to"}),
+             context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@with_config
 @friendly
 def distill(
     ctx: typer.Context,
     teacher: Path = typer.Option(..., help="Teacher: a morphlm checkpoint dir or a Hugging Face model dir."),
-    student: str = typer.Option(..., help="Student: a preset (tiny-bert, small-bert, ...), a config .json/.yaml, a "
-                                          "checkpoint dir, or 'teacher' (the teacher's config); change its shape with "
-                                          "--n-layers 2 --d-model 128 ..."),
+    student: str = typer.Option(..., "--to", help="Student: a preset (tiny-bert, small-bert, ...), a config "
+                                                  ".json/.yaml, a checkpoint dir, or 'teacher' (the teacher's config); "
+                                                  "change its shape with --n-layers 2 --d-model 128 ... (derived "
+                                                  "n_kv_heads/d_ff follow unless given)."),
     out: Path = typer.Option(..., help="Checkpoint directory to write (stage a of --stage task goes to OUT/stage_a)."),
     init: str = typer.Option("auto", help="auto (a student dir's weights, else random) | random | teacher-layers "
                                           "(copy the mapped teacher blocks) | lightmbert (bottom blocks, frozen "
@@ -61,6 +66,7 @@ def distill(
     resume: str = typer.Option("never", help="'auto': continue the run(s) in --out."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     max_bytes: int = typer.Option(4_000_000, help="Cap on corpus bytes (0 = none)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Distil a teacher into a student (TinyBERT losses over a layer map; LightMBERT with --init lightmbert;
@@ -81,6 +87,9 @@ def distill(
                        pred_steps=pred_steps, batch_size=batch_size, seq_len=seq_len, lr=lr, pred_lr=pred_lr,
                        warmup_steps=warmup_steps, eval_every=eval_every, save_every=save_every, seed=seed,
                        resume=resume, device=device, max_bytes=max_bytes or None, student_overrides=_overrides(ctx))
+    if as_json:
+        typer.echo(json.dumps(info, default=str))
+        return
     for st in info["stages"]:
         vals = "  ".join(f"{k} {v:.4f}" for k, v in st.items() if k.startswith("val_") and isinstance(v, float))
         typer.echo(f"{st['stage']}: {st['steps']} steps, {st['flops']:.3g} FLOPs  {vals} → {st['out_dir']}")
@@ -89,12 +98,17 @@ def distill(
                f"parents {info['total_flops']:.3g} → {info['out_dir']}")
 
 
-@search_app.command("layermap", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@search_app.command("layermap", cls=verb({"--student": "--to", "--gd-steps": "--max-steps",
+                                          "--ft-steps": "--finetune-steps", "--gd-lr": "--lr",
+                                          "--ft-lr": "--finetune-lr"}),
+                   context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@with_config
 @friendly
 def search_layermap(
     ctx: typer.Context,
     teacher: Path = typer.Option(..., help="Pretrained (lm/mlm) teacher: morphlm checkpoint or Hugging Face dir."),
-    student: str = typer.Option(..., help="Student preset / config / dir / 'teacher'; --n-layers 3 etc. change it."),
+    student: str = typer.Option(..., "--to", help="Student preset / config / dir / 'teacher'; --n-layers 3 etc. "
+                                                  "change it."),
     corpus: str = typer.Option(..., help="Unlabelled text for the proxy general distillation."),
     task_train: Path = typer.Option(..., help="Labelled training file of the proxy fine-tune."),
     task_val: Path = typer.Option(..., help="Labelled dev file: fitness = --metric on it."),
@@ -108,17 +122,19 @@ def search_layermap(
     monotone: bool = typer.Option(False, "--monotone/--free", help="Only non-decreasing maps."),
     allow_skip: bool = typer.Option(False, "--allow-skip", help="Genes may be - (student block unsupervised)."),
     exhaustive: bool = typer.Option(False, "--exhaustive", help="Also score every mapping (ground truth; small spaces)."),
-    gd_steps: int = typer.Option(100, help="Proxy general-distillation steps per candidate."),
-    ft_steps: int = typer.Option(100, help="Proxy fine-tuning steps per candidate."),
-    gd_lr: float = typer.Option(1e-3),
-    ft_lr: float = typer.Option(1e-3),
+    gd_steps: int = typer.Option(100, "--max-steps", help="Proxy general-distillation steps per candidate."),
+    ft_steps: int = typer.Option(100, "--finetune-steps", help="Proxy fine-tuning steps per candidate (after the "
+                                                                "distillation)."),
+    gd_lr: float = typer.Option(1e-3, "--lr", help="Learning rate of the proxy distillation."),
+    ft_lr: float = typer.Option(1e-3, "--finetune-lr", help="Learning rate of the proxy fine-tuning."),
     batch_size: int = typer.Option(16),
     seq_len: int = typer.Option(64),
     max_bytes: int = typer.Option(400_000, help="Size of the sampled proxy corpus (bytes)."),
     metric: str = typer.Option("accuracy", help="Fitness: accuracy (dev) | neg_loss (−dev cross entropy; use it when "
                                                  "short proxies leave every map at the majority rate)."),
     seed: int = typer.Option(0),
-    device: str = typer.Option("cpu"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    as_json: bool = typer.Option(False, "--json", help="Print only the report's summary as one JSON object."),
 ) -> None:
     """Genetic search over student→teacher layer maps in a proxy setting (short general distillation on a
     sampled corpus + short fine-tune, fitness = dev accuracy or −loss, cached), against random search at the same
@@ -135,6 +151,10 @@ def search_layermap(
                                  methods=[m.strip() for m in methods.split(",") if m.strip()], exhaustive=exhaustive,
                                  batch_size=batch_size, seq_len=seq_len, max_bytes=max_bytes or None,
                                  student_overrides=_overrides(ctx), out=str(out))
+    if as_json:
+        typer.echo(json.dumps({k: report[k] for k in ("best", "baselines", "ga", "random", "proxy_evaluations")
+                               if k in report}, default=str))
+        return
     from ..compress.layermap import layer_map_string
 
     for name, b in report["baselines"].items():

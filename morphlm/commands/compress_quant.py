@@ -9,19 +9,21 @@ from typing import Optional
 import typer
 
 from ..cli import _setup_logging, app, friendly
+from ..cli_options import verb, with_config
 
 
-@app.command()
+@app.command(cls=verb({"--steps": "--max-steps"}))
+@with_config
 @friendly
 def quantize(
-    src: Path = typer.Argument(..., help="Full-precision checkpoint directory (the teacher for --steps > 0)."),
+    src: Path = typer.Argument(..., help="Full-precision checkpoint directory (the teacher for --max-steps > 0)."),
     method: str = typer.Option("ternary", help="ternary (TernaryBERT, packed 2 bits/weight) | int8 (PyTorch "
                                                "dynamic int8 baseline)."),
     out: Path = typer.Option(..., help="Checkpoint directory to write (must be new or empty)."),
     weights: str = typer.Option("twn", help="ternary: twn (threshold 0.7·mean|w|) | lat (loss-aware, Adam's "
                                             "second moment as the diagonal)."),
-    steps: int = typer.Option(0, help="ternary: distillation-aware QAT steps from SRC (0 = post-training "
-                                      "ternarization only)."),
+    steps: int = typer.Option(0, "--max-steps", help="ternary: distillation-aware QAT steps from SRC (0 = "
+                                                      "post-training ternarization only)."),
     task_train: Optional[Path] = typer.Option(None, help="QAT data: labelled TSV/CSV/JSONL (default: SRC's own data)."),
     task_val: Optional[Path] = typer.Option(None, help="QAT validation file (with --task-train)."),
     lr: float = typer.Option(5e-5, help="QAT peak learning rate (linear warm-up over 10% of steps, then decay)."),

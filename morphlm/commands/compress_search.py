@@ -10,7 +10,8 @@ from typing import Optional
 
 import typer
 
-from ..cli import _parse_extra, _setup_logging, app, friendly, search_app
+from ..cli import _TRAIN_FIELDS, _parse_extra, _setup_logging, app, friendly, search_app
+from ..cli_options import NULL, model_options, typed_settings, verb, with_config
 
 
 def _ints(text: Optional[str], what: str) -> Optional[tuple[int, ...]]:
@@ -30,7 +31,8 @@ def _ints(text: Optional[str], what: str) -> Optional[tuple[int, ...]]:
     return vals
 
 
-@app.command("extract", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command("extract", cls=verb(), context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@with_config
 @friendly
 def extract_cmd(
     ctx: typer.Context,
@@ -47,6 +49,7 @@ def extract_cmd(
                                                "bottom | top | 0-based teacher layers, one per student layer, "
                                                "like 1,3,5."),
     seed: int = typer.Option(0, help="Seed of ETD-Rand's random subsets."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Extract a smaller student from a teacher (Extract-then-Distill): ONE hidden index set for the whole
@@ -56,30 +59,24 @@ def extract_cmd(
     _setup_logging(verbose)
     from ..compress.extract import extract_checkpoint
     from ..grow.api import resolve_target
-    from ..model.config import ModelConfig
     from ..train.checkpoint import read_config
-    from ..train.run import parse_value
 
     teacher_cfg, _ = read_config(teacher_dir)
     base = resolve_target(to) if to else teacher_cfg
-    fields = base.to_dict()
-    extra = _parse_extra(ctx.args)
-    for key, value in extra.items():
-        if key not in fields:
-            raise typer.BadParameter(f"--{key.replace('_', '-')}: not a model setting; use fields of ModelConfig "
-                                     f"such as --d-model, --n-layers, --n-heads, --n-kv-heads, --d-ff")
-        fields[key] = parse_value(value, fields[key], key)
-    if "n_heads" in extra and "n_kv_heads" not in extra and base.n_kv_heads == base.n_heads:
-        fields["n_kv_heads"] = fields["n_heads"]  # plain multi-head attention stays plain
-    student = ModelConfig.from_dict(fields)
+    own = [f for p in ctx.command.params for f in getattr(p, "opts", [])]
+    extra = typed_settings(_parse_extra(ctx.args), model_options(), own=own, what="option or student setting")
+    student = base.derive(**extra)  # derived fields (n_kv_heads, d_ff) follow the new shape unless given
     info = extract_checkpoint(teacher_dir, student, out, method=method, corpus=corpus, n_batches=n_batches,
                               seed=seed, layers=layers, target_name=to or "teacher-config")
+    if as_json:
+        typer.echo(json.dumps(info, default=str))
+        return
     typer.echo(f"extracted {teacher_dir} ({info['teacher_params']:,} params) → {info['out_dir']} "
                f"({info['student_params']:,} params) by {method}; teacher layers {info['layers']}; "
                f"function-preserving: {info['function_preserving']}")
 
 
-@search_app.command("arch", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@search_app.command("arch", cls=verb(), context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 @friendly
 def search_arch(
     ctx: typer.Context,
@@ -151,7 +148,12 @@ def _train_supernet(ctx, supernet_dir, preset, config, corpus, max_steps, resume
     from ..train import checkpoint as ckpt
     from ..train.run import build_data, build_spec
 
-    overrides = _parse_extra(ctx.args)
+    own = [f for p in ctx.command.params for f in getattr(p, "opts", [])] + ["--init"]
+    extra = _parse_extra(ctx.args)
+    init = extra.pop("init", None)  # a same-shape start: a checkpoint dir, not a dataclass field
+    overrides = typed_settings(extra, _TRAIN_FIELDS, own=own, what="option or training setting", null=NULL)
+    if init is not None:
+        overrides["init"] = init
     overrides.update({k: v for k, v in dict(corpus=corpus, max_steps=max_steps, out_dir=str(supernet_dir),
                                             resume=resume).items() if v is not None})
     spec = build_spec(preset, config, overrides)

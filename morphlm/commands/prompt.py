@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from ..cli import _setup_logging, app, bench_app, friendly
+from ..cli_options import verb, with_config
 
 
 def _fractions(text: str) -> tuple[float, ...]:
@@ -17,7 +18,8 @@ def _fractions(text: str) -> tuple[float, ...]:
         raise typer.BadParameter(f"--stages {text!r}: use comma-separated fractions such as 0.25,0.5,0.75") from None
 
 
-@app.command("prompt-tune")
+@app.command("prompt-tune", cls=verb({"--steps": "--max-steps", "--max-len": "--seq-len"}))
+@with_config
 @friendly
 def prompt_tune(
     model_dir: Path = typer.Argument(..., help="Checkpoint directory of a pretrained causal (lm) or masked-LM model."),
@@ -30,17 +32,19 @@ def prompt_tune(
     partial: str = typer.Option("compound", help="Partial models for --progressive: layers | ffn | compound."),
     stages: str = typer.Option("0.25,0.5,0.75", "--stages", help="Fractions of layers/FFN neurons kept per partial stage."),
     stage_steps: Optional[int] = typer.Option(None, "--stage-steps",
-                                              help="Steps per partial stage (default: 1/5 of --steps each)."),
-    steps: int = typer.Option(300, help="Total optimizer steps (all stages together)."),
+                                              help="Steps per partial stage (default: 1/5 of --max-steps each)."),
+    steps: int = typer.Option(300, "--max-steps", help="Total optimizer steps (all stages together)."),
     lr: float = typer.Option(3e-2, help="Constant learning rate of the prompt (AdamW, no weight decay)."),
     batch_size: int = typer.Option(32, "--batch-size"),
-    max_len: int = typer.Option(64, "--max-len", help="Tokens per example incl. [cls]/[sep] (prompt not included)."),
+    max_len: int = typer.Option(64, "--seq-len", help="Tokens per example incl. the cls/sep tokens (prompt not "
+                                                      "included)."),
     reading: str = typer.Option("auto", help="auto | mlm (verbalizer at a <mask>) | causal (next token after the text)."),
     verbalizer: Optional[str] = typer.Option(None, help="Comma-separated label word per class, in label order "
                                                         "(default: the label names, e.g. 0,1)."),
     eval_every: int = typer.Option(50, "--eval-every", help="Evaluate the full model with the prompt every N steps."),
     seed: int = typer.Option(0),
-    device: str = typer.Option("cpu", help="cpu | cuda | auto."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Tune a soft prompt (P x d_model vectors, nothing else) for a classification task on a FROZEN model.
@@ -56,11 +60,18 @@ def prompt_tune(
                            stage_steps=stage_steps, device=device)
     res = prompt_tune_checkpoint(model_dir, task_train, task_val, cfg, out)
     acc = res.final.get("val_accuracy")
+    if as_json:
+        import json
+
+        typer.echo(json.dumps({"stages": len(res.stages), "flops": res.flops, "train_time_s": res.train_time_s,
+                               "val_accuracy": acc, "final": res.final, "out_dir": str(out)}, default=str))
+        return
     typer.echo(f"done: {'FPT' if progressive else 'plain'} prompt tuning, {len(res.stages)} stage(s), "
                f"{res.flops:.3g} FLOPs, {res.train_time_s:.1f} s training, val accuracy {acc:.4f} → {out}")
 
 
-@bench_app.command("fpt")
+@bench_app.command("fpt", cls=verb())
+@with_config
 @friendly
 def bench_fpt(
     quick: bool = typer.Option(False, "--quick", help="Small sizes, 1 seed: runs in about a minute on 2 cores."),

@@ -96,7 +96,7 @@ def load_teacher(path: str | Path):
 
 def _student_config(student: str, teacher_cfg, overrides: dict[str, Any]):
     from ..model import ModelConfig
-    from ..model.config import PRESETS
+    from ..model.config import PRESETS, release_derived
 
     p = Path(student)
     if student in PRESETS:
@@ -118,12 +118,8 @@ def _student_config(student: str, teacher_cfg, overrides: dict[str, Any]):
         base["vocab_size"] = teacher_cfg.vocab_size  # one tokenizer for both: the teacher's
     if "max_seq_len" not in overrides:
         base["max_seq_len"] = min(base.get("max_seq_len", teacher_cfg.max_seq_len), teacher_cfg.max_seq_len)
-    # derived fields follow a changed shape unless they were set explicitly (or differ from the rule)
-    if "n_heads" in overrides and "n_kv_heads" not in overrides and base.get("n_kv_heads") == base.get("n_heads"):
-        base["n_kv_heads"] = None
-    if "d_model" in overrides and "d_ff" not in overrides and base.get("activation") != "swiglu" \
-            and base.get("d_ff") == 4 * base.get("d_model", 0):
-        base["d_ff"] = None
+    # derived fields follow a changed shape unless they were set explicitly (one rule with train's, model/config.py)
+    base = release_derived(base, overrides)
     base.update(overrides)
     return base
 

@@ -126,6 +126,7 @@ def _closed_form(width: str, fixed_depth: str | None = None) -> GrowthMethod:
             masks = MaskedGrowth(grown, plan, ramp_steps=options["ramp_steps"])
         return GrowOutput(grown, plan, 0.0, _claim(src, target, width), options, masks)
 
+    method.options = sorted(allowed)  # what `morphlm grow --help` lists for this method
     return method
 
 

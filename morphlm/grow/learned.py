@@ -40,6 +40,8 @@ Both are in ``info["flops"]`` for the lineage; the source's own pretraining is n
 
 from __future__ import annotations
 
+import inspect
+
 import abc
 
 import logging
@@ -461,6 +463,8 @@ def registry_method(grow_fn, name: str):
         return GrowOutput(grown, None, float(info["flops"]), _CLAIM, options)
 
     method.__name__ = method.__qualname__ = f"{name}_method"
+    method.options = [k for k in inspect.signature(grow_fn).parameters  # what `morphlm grow --help` lists
+                      if k not in ("src_model", "target_cfg", "data", "seed", "fit_args", "loss_fn")]
     return method
 
 

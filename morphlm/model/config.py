@@ -218,10 +218,8 @@ class ModelConfig:
                               f"({FORMAT_VERSION}); upgrade morphlm (pip install -U morphlm)")
         for key in CHECKPOINT_ONLY_KEYS:  # a checkpoint's config.json also carries these
             data.pop(key, None)
-        if "preset" in data:
-            base = cls.from_name(data.pop("preset")).to_dict()
-            base.update(data)
-            data = base
+        if "preset" in data:  # derived fields follow the file's overrides of the preset
+            return cls.from_name(data.pop("preset")).derive(**data)
         return cls.from_dict(data)
 
     @classmethod
@@ -237,6 +235,14 @@ class ModelConfig:
     def from_checkpoint(cls, path: str | Path) -> "ModelConfig":
         return cls.from_file(Path(path) / "config.json")
 
+    def derive(self, **changes: Any) -> "ModelConfig":
+        """A copy with ``changes`` in which derived fields follow the change (see :func:`release_derived`):
+        ``ModelConfig.from_name("tiny").derive(d_model=128, n_heads=8)`` has n_kv_heads 8 and d_ff 512, as the
+        same shape written from scratch has; a derived field the preset or ``changes`` set explicitly stays."""
+        data = self.to_dict()
+        data.pop("msg_ramp_steps", None)
+        return ModelConfig.from_dict({**release_derived(data, changes), **changes})
+
     def replace(self, **changes: Any) -> "ModelConfig":
         """A copy with ``changes``. Growth masks describe one set of weights, not an architecture, so a derived
         config does not inherit ``msg_ramp_steps`` unless ``changes`` names it."""
@@ -249,6 +255,31 @@ class ModelConfig:
     @property
     def kv_dim(self) -> int:
         return self.n_kv_heads * (self.d_model // self.n_heads)
+
+
+# fields derived in __post_init__ when None, and the fields each is derived from
+DERIVED_FIELDS: dict[str, tuple[str, ...]] = {
+    "n_kv_heads": ("n_heads",),
+    "d_ff": ("d_model", "activation"),
+    "final_norm": ("norm_placement",),
+}
+
+
+def release_derived(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``base`` (a resolved config's fields) with each derived field set back to None — so ``__post_init__``
+    derives it again — when ``changes`` alters a field it is derived from, does not name it itself, and
+    ``base`` holds exactly the derived value (not one a preset or user chose). One rule for every verb that
+    reshapes a config (train/recipes over a preset, distill's and extract's students, grow targets)."""
+    out = dict(base)
+    touched = {k for k, v in changes.items() if base.get(k) != v}
+    if not touched:
+        return out
+    rederived = ModelConfig.from_dict({**{k: v for k, v in base.items() if k not in ("head_dim",)},
+                                       **{k: None for k in DERIVED_FIELDS}})
+    for key, inputs in DERIVED_FIELDS.items():
+        if key not in changes and touched & set(inputs) and base.get(key) == getattr(rederived, key):
+            out[key] = None
+    return out
 
 
 # keys a checkpoint directory's config.json carries beside the ModelConfig fields (see train/checkpoint.py)

@@ -67,6 +67,18 @@ def training_flops(cfg: ModelConfig, tokens: int, seq_len: int | None = None) ->
     return training_flops_per_token(cfg, seq_len) * tokens
 
 
+def describe(cfg: ModelConfig, params: int, seq_len: int | None = None) -> str:
+    """One line naming the resolved shape of ``cfg`` (derived fields included), its parameter count and its
+    training FLOPs per token: what every training verb prints before its first step."""
+    T = cfg.max_seq_len if seq_len is None else seq_len
+    shape = (f"d_model {cfg.d_model}, n_layers {cfg.n_layers}, n_heads {cfg.n_heads}, n_kv_heads {cfg.n_kv_heads}"
+             f"{' (grouped-query)' if cfg.n_kv_heads != cfg.n_heads else ''}, head_dim {cfg.head_dim}, d_ff {cfg.d_ff}, "
+             f"{cfg.activation}, {cfg.norm}/{cfg.norm_placement}, {cfg.position} positions, head {cfg.head}, "
+             f"vocab {cfg.vocab_size}, max_seq_len {cfg.max_seq_len}")
+    return (f"model {cfg.name!r}: {shape}; {params:,} parameters, "
+            f"{training_flops_per_token(cfg, T):.4g} training FLOPs/token at seq_len {T}")
+
+
 def peak_flops(device_name: str | None) -> float | None:
     """Dense bf16 peak for a CUDA device name, or None when unknown (no MFU is reported then)."""
     if not device_name:

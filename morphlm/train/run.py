@@ -26,6 +26,8 @@ from .optim import LoadOptimizerState, _unflatten_optimizer
 
 log = logging.getLogger("morphlm.run")
 
+LR_SCHEDULES = ("cosine", "linear", "constant")  # TrainArgs.schedule
+
 @dataclass
 class DataSpec:
     corpus: str = "stdlib"
@@ -73,7 +75,10 @@ def parse_value(value: Any, like: Any, key: str) -> Any:
 
 def build_spec(preset: str | None = None, recipe: str | Path | None = None,
                overrides: dict[str, Any] | None = None) -> RunSpec:
-    """Preset < recipe < overrides. Override keys may name any ModelConfig, DataSpec or TrainArgs field."""
+    """Preset < recipe < overrides. Override keys may name any ModelConfig, DataSpec or TrainArgs field, and
+    ``init``, ``lr_schedule`` (TrainArgs.schedule), ``growth_schedule`` + ``growth_schedule_opts`` (a progressive
+    schedule from growth's registry). ``schedule`` is the LR schedule when it names one (cosine, linear,
+    constant), else the growth schedule (its older meaning). Derived model fields follow the overrides."""
     model_fields: dict[str, Any] = {}
     data_fields: dict[str, Any] = {}
     train_fields: dict[str, Any] = {}
@@ -118,9 +123,11 @@ def build_spec(preset: str | None = None, recipe: str | Path | None = None,
             continue
         if key == "init":
             init = value
-        elif key == "schedule":
+        elif key == "lr_schedule" or (key == "schedule" and value in LR_SCHEDULES):
+            train_fields["schedule"] = value  # TrainArgs.schedule, the LR schedule (`--lr-schedule`)
+        elif key in ("growth_schedule", "schedule"):  # `schedule` naming anything else: the growth schedule
             schedule = value
-        elif key == "schedule_opts":
+        elif key in ("growth_schedule_opts", "schedule_opts"):
             schedule_opts.update(value)
         elif key in model_names:
             model_fields[key] = value
@@ -134,7 +141,8 @@ def build_spec(preset: str | None = None, recipe: str | Path | None = None,
     base_cfg = ModelConfig.from_name(base or "tiny").to_dict()
     for key, value in model_fields.items():
         model_fields[key] = parse_value(value, base_cfg.get(key), key)
-    cfg = ModelConfig.from_dict({**base_cfg, **model_fields})
+    # derived fields (n_kv_heads, d_ff, ...) follow the overrides unless the preset or the overrides set them
+    cfg = ModelConfig.from_name(base or "tiny").derive(**model_fields)
     dspec_defaults = DataSpec()
     data_fields = {k: parse_value(v, getattr(dspec_defaults, k), k) for k, v in data_fields.items()}
     unknown = set(data_fields) - data_names
