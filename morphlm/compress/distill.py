@@ -201,7 +201,8 @@ def distill_run(teacher: str | Path, student: str, out: str | Path, *, init: str
                                     show_progress=progress)
         head, n_classes = tcfg.head, tcfg.n_classes
         if head == "mlm":
-            data = MLMBatches(store, batch_size, seq_len, mask_id=tok.mask_id, vocab_size=tok.vocab_size, seed=seed)
+            data = MLMBatches(store, batch_size, seq_len, mask_id=tok.mask_id, vocab_size=tok.vocab_size, seed=seed,
+                              special_ids=tok.special_ids)
         else:
             data = LMBatches(store, batch_size, seq_len, seed=seed)
         data_spec["corpus"] = corpus

@@ -191,6 +191,7 @@ def build_data(spec: RunSpec, tokenizer: Tokenizer | None = None):
     _check_vocab(tokenizer, cfg, f"corpus {d.corpus}")
     if cfg.head == "mlm":
         data = MLMBatches(store, d.batch_size, d.seq_len, mask_id=tokenizer.mask_id, vocab_size=tokenizer.vocab_size,
+                          special_ids=tokenizer.special_ids,
                           seed=seed, eval_batches=d.eval_batches)
     else:
         data = LMBatches(store, d.batch_size, d.seq_len, seed=seed, eval_batches=d.eval_batches)
