@@ -49,7 +49,7 @@ def bert_folder(path: Path, *, layers: int = 2, seed: int = 0) -> Path:
     tk = wordpiece()
     torch.manual_seed(seed)
     cfg = BertConfig(vocab_size=tk.get_vocab_size(), hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.0,
+                     intermediate_size=64, max_position_embeddings=128, hidden_dropout_prob=0.0,
                      attention_probs_dropout_prob=0.0)
     BertModel(cfg).save_pretrained(path)
     PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
@@ -64,6 +64,6 @@ def task_files(folder: Path) -> tuple[Path, Path, Path]:
     train, dev, corpus = folder / "train.tsv", folder / "dev.tsv", folder / "corpus.txt"
     train.write_text("label\tsentence\n" + "\n".join(rows) + "\n", encoding="utf-8")
     dev.write_text("label\tsentence\n" + "\n".join(rows[:8]) + "\n", encoding="utf-8")
-    corpus.write_text("\n\n".join(" ".join(SENTENCES[i:i + 4]) for i in range(0, len(SENTENCES), 4)) + "\n",
-                      encoding="utf-8")
+    docs = [" ".join(SENTENCES[(i + j) % len(SENTENCES)] for j in range(6)) for i in range(60)]
+    corpus.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
     return train, dev, corpus

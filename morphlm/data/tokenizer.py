@@ -188,6 +188,7 @@ class Tokenizer:
             raise TokenizerError(f"Tokenizer() wraps a tokenizers.Tokenizer, got {type(tk).__name__}; use "
                                  "Tokenizer.load(path) or train_tokenizer(texts, vocab_size) instead.")
         self._json: str | None = None
+        self._roles = infer_roles(tk)  # before padding is turned off: padding.pad_token records the pad role
         if tk.padding is not None or tk.truncation is not None:
             # a Hugging Face tokenizer.json may pad/truncate every encoding (MiniLM's: to 128 tokens); morphlm
             # batches do both themselves, so they are turned off here. The file text keeps them (exports too).
@@ -196,7 +197,6 @@ class Tokenizer:
             tk.no_truncation()
         tk.encode_special_tokens = True
         self._tk = tk
-        self._roles = infer_roles(tk)
         self._role_ids = {r: tk.token_to_id(t) for r, t in self._roles.items()}
         specials = {t.content for t in tk.get_added_tokens_decoder().values() if t.special}
         self._special_ids = {t: tk.token_to_id(t) for t in specials | set(self._roles.values())}
