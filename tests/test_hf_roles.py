@@ -204,3 +204,29 @@ def test_causal_export_has_bos_eos_pad(tmp_path):
     assert hf_tok(["a b", "the film is"], padding=True)["input_ids"][0][-1] == 0
     config = json.loads((tmp_path / "gpt" / "config.json").read_text())
     assert (config["bos_token_id"], config["eos_token_id"], config["pad_token_id"]) == (2, 3, 0)
+
+
+def test_llama_style_template_gives_bos_and_roberta_style_gives_cls_sep():
+    from tokenizers import Tokenizer as HFTok, models, processors
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "a": 3}
+    tk = HFTok(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    assert Tokenizer(tk).roles == {"bos": "<s>", "eos": "</s>", "unk": "<unk>"}
+    tk.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 1))
+    assert Tokenizer(tk).roles == {"cls": "<s>", "sep": "</s>", "bos": "<s>", "eos": "</s>", "unk": "<unk>"}
+
+
+def test_convert_records_the_roles_a_folder_declares(flow, tmp_path):
+    import shutil
+
+    _, hf, _ = flow
+    shutil.copytree(hf, tmp_path / "hf")
+    config = json.loads((tmp_path / "hf" / "tokenizer_config.json").read_text())
+    (tmp_path / "hf" / "tokenizer_config.json").write_text(json.dumps({**config, "pad_token": "[UNK]"}))
+    convert(tmp_path / "hf", tmp_path / "m")
+    tok = ckpt.open_tokenizer(tmp_path / "m")
+    assert tok.roles["pad"] == "[UNK]" and tok.pad_id == tok.unk_id  # read back from tokenizer.json's padding
+    assert (hf / "tokenizer.json").read_text() != (tmp_path / "m" / "tokenizer.json").read_text()
+    assert convert(hf, tmp_path / "same")[0] == "morphlm"  # declared == inferred: the file is kept verbatim
+    assert (hf / "tokenizer.json").read_text() == (tmp_path / "same" / "tokenizer.json").read_text()

@@ -96,7 +96,8 @@ def _template_ends(post: dict | None) -> tuple[str | None, str | None]:
 def infer_roles(tk: tokenizers.Tokenizer, *, causal: bool | None = None) -> dict[str, str]:
     """role -> token string of a ``tokenizers.Tokenizer`` (roles it has no token for are absent), read from
     its tokenizer.json as the module docstring describes. A template ``X $A Y`` gives cls/sep; for a causal
-    tokenizer (``causal=True``: GPT-2/LLaMA-style ``<s> $A </s>``) it gives bos/eos instead."""
+    tokenizer (``causal=True``: GPT-2/LLaMA-style ``<s> $A </s>``) it gives bos/eos instead, and a template
+    ``X $A`` with nothing after the sequence (LLaMA's ``<s> $A``) gives bos unless ``causal=False``."""
     doc = json.loads(tk.to_str())
     roles: dict[str, str] = {}
 
@@ -104,7 +105,8 @@ def infer_roles(tk: tokenizers.Tokenizer, *, causal: bool | None = None) -> dict
         return isinstance(token, str) and tk.token_to_id(token) is not None
 
     first, last = _template_ends(doc.get("post_processor"))
-    pair = ("bos", "eos") if causal else ("cls", "sep")
+    # "X $A Y" is cls/sep of an encoder (bos/eos when causal); "X $A" alone (LLaMA's "<s> $A") is a bos
+    pair = ("bos", "eos") if causal or (causal is None and last is None) else ("cls", "sep")
     for role, token in zip(pair, (first, last)):
         if has(token):
             roles[role] = token

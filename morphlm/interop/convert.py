@@ -42,15 +42,19 @@ def is_hf_dir(path: Path) -> bool:
 
 def _tokenizer_with_roles(src: Path) -> str | None:
     """The folder's tokenizer.json with the special-token roles it declares recorded in it (None: no file)."""
-    from ..data.tokenizer import TokenizerError, with_roles
+    from ..data.tokenizer import Tokenizer, TokenizerError, with_roles
 
     tok = src / "tokenizer.json"
     if not tok.exists():
         return None
     text = tok.read_text(encoding="utf-8")
     roles = hf_token_roles(src)
-    if not roles:
-        return text
+    try:
+        inferred = Tokenizer.from_json_str(text).roles
+    except TokenizerError as exc:
+        raise InteropError(f"{tok}: {exc}") from exc
+    if all(inferred.get(r) == t for r, t in roles.items()):
+        return text  # the file already records every declared role: kept byte for byte
     try:
         return with_roles(text, roles)
     except TokenizerError as exc:
