@@ -230,3 +230,10 @@ def test_convert_records_the_roles_a_folder_declares(flow, tmp_path):
     assert (hf / "tokenizer.json").read_text() != (tmp_path / "m" / "tokenizer.json").read_text()
     assert convert(hf, tmp_path / "same")[0] == "morphlm"  # declared == inferred: the file is kept verbatim
     assert (hf / "tokenizer.json").read_text() == (tmp_path / "same" / "tokenizer.json").read_text()
+
+
+def test_distill_from_a_bare_hf_encoder_folder(flow):
+    root, hf, corpus = flow
+    cli("distill", "--teacher", hf, "--student", "teacher", "--n-layers", 1, "--stage", "general", "--corpus", corpus,
+        "--max-steps", 2, "--batch-size", 4, "--seq-len", 32, "--out", root / "gd")
+    assert ckpt.open_tokenizer(root / "gd").mask_id == ckpt.open_tokenizer(root / "m").mask_id
