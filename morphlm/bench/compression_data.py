@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..compress.errors import CompressionError
+from ..data.tokenizer import Tokenizer
 from ..model.transformer import TransformerLM
 
 
@@ -45,34 +46,25 @@ class UnlabelledBatches:
         return [self.train_batch(10_000_000)]
 
 
-class WordPieceAdapter:
-    """The three ids and ``encode_batch`` that :class:`ClassificationBatches` needs, over a WordPiece
-    ``tokenizers.Tokenizer`` (MiniLM's ``tokenizer.json``): morphlm's :class:`Tokenizer` wraps byte-level BPE
-    with ``<cls>``-style specials and cannot hold a WordPiece vocabulary with ``[CLS]``-style ones."""
+class WordPieceAdapter(Tokenizer):
+    """morphlm's :class:`Tokenizer` over a BERT WordPiece ``tokenizer.json`` (MiniLM's), checked to have the
+    tokens ClassificationBatches and masking need, found by role (pad, unk, cls, sep, mask); its
+    ``to_json_str`` is the file's text verbatim."""
 
     def __init__(self, path: str | os.PathLike) -> None:
         import tokenizers
 
-        self.hf = tokenizers.Tokenizer.from_file(str(path))
-        self.hf.no_padding()  # MiniLM's tokenizer.json pads/truncates to 128; batching does both itself
-        self.hf.no_truncation()
-        ids = {t: self.hf.token_to_id(t) for t in ("[PAD]", "[CLS]", "[SEP]", "[MASK]", "[UNK]")}
-        missing = [t for t, i in ids.items() if i is None]
+        try:
+            tk = tokenizers.Tokenizer.from_file(str(path))
+        except Exception as exc:  # noqa: BLE001 -- the Rust side raises plain Exception
+            raise CompressionError(f"{path} is not a tokenizer.json ({exc}); pass the tokenizer.json of the MiniLM "
+                                   "directory") from exc
+        super().__init__(tk)  # turns off the file's padding/truncation to 128: batching does both itself
+        missing = [r for r in ("pad", "unk", "cls", "sep", "mask") if not self.has_role(r)]
         if missing:
-            raise CompressionError(f"{path} is not a BERT WordPiece tokenizer (no {missing}); "
+            raise CompressionError(f"{path} is not a BERT WordPiece tokenizer (it has no {missing} token); "
                                    "pass the tokenizer.json of the MiniLM directory")
-        self.pad_id, self.cls_id, self.sep_id, self.mask_id = ids["[PAD]"], ids["[CLS]"], ids["[SEP]"], ids["[MASK]"]
-        self.vocab_size = self.hf.get_vocab_size()
         self._json = Path(path).read_text(encoding="utf-8")
-
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self.hf.encode_batch(list(texts), add_special_tokens=False)]
-
-    def encode(self, text: str) -> list[int]:
-        return self.encode_batch([text])[0]
-
-    def to_json_str(self) -> str:
-        return self._json
 
 
 @dataclass

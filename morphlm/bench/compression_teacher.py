@@ -24,7 +24,7 @@ from ..train.loop import fit
 from ..train.optim import TrainArgs
 from .compression_context import (ArmUnavailable, Context, accuracy, cls_loss, param_count,
                                   train_args)
-from .compression_data import WordPieceAdapter, load_minilm_classifier, load_sst2
+from .compression_data import load_minilm_classifier, load_sst2
 from .compression_sizes import BenchSizes
 from .runner import interruptible
 
@@ -105,7 +105,9 @@ def build_context(sizes: BenchSizes, *, teacher_kind: str = "own", data_dir: Pat
         from ..data.remote import fetch_minilm
 
         mdir = fetch_minilm(cache)
-        tok = WordPieceAdapter(mdir / "tokenizer.json")
+        from ..data.tokenizer import Tokenizer
+
+        tok = Tokenizer.load(mdir)  # WordPiece: [CLS]/[SEP]/[PAD]/[MASK] found by role
         tokenizer_json = tok.to_json_str()
         task = load_sst2(data_dir, sizes, tok)
         from ..data import load_corpus

@@ -83,10 +83,16 @@ def load_teacher(path: str | Path):
         model, tokenizer, rec = ckpt.open_checkpoint(path, role="teacher", error=CompressionError,
                                                      need_tokenizer=need)
         return model.eval(), tokenizer, rec.parent("teacher")
+    from ..data.tokenizer import Tokenizer
+    from ..interop.convert import _tokenizer_with_roles
     from ..interop.hf import load_hf_model
 
-    tokenizer = ckpt.open_tokenizer(path, need, error=CompressionError)
-    model, _ = load_hf_model(path)
+    ckpt.open_tokenizer(path, need, error=CompressionError)  # the error when the folder has none
+    tokenizer = Tokenizer.from_json_str(_tokenizer_with_roles(path))  # with the roles the folder declares
+    notes: list[str] = []
+    model, _ = load_hf_model(path, notes=notes)
+    for note in notes:  # an encoder-only folder: its fresh head teaches nothing; hidden states and attention do
+        log.warning("teacher %s", note)
     weights = path / "model.safetensors"
     record = {"path": str(path.resolve()), "role": "teacher", "format": "huggingface", "flops": 0.0,
               "sha256": ckpt.sha256_file(weights) if weights.exists() else None}
@@ -200,7 +206,8 @@ def distill_run(teacher: str | Path, student: str, out: str | Path, *, init: str
                                     show_progress=progress)
         head, n_classes = tcfg.head, tcfg.n_classes
         if head == "mlm":
-            data = MLMBatches(store, batch_size, seq_len, mask_id=tok.mask_id, vocab_size=tok.vocab_size, seed=seed)
+            data = MLMBatches(store, batch_size, seq_len, mask_id=tok.mask_id, vocab_size=tok.vocab_size, seed=seed,
+                              special_ids=tok.special_ids)
         else:
             data = LMBatches(store, batch_size, seq_len, seed=seed)
         data_spec["corpus"] = corpus

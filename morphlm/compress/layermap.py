@@ -459,7 +459,8 @@ def layermap_search_run(teacher: str, student: str, *, corpus: str, task_train: 
     seq_len = min(seq_len, tcfg.max_seq_len, s_cfg.max_seq_len)
     _, store = prepare_lm_store(corpus, tcfg.vocab_size, tokenizer=tok, max_bytes=max_bytes, show_progress=progress)
     if tcfg.head == "mlm":
-        gd = MLMBatches(store, batch_size, seq_len, mask_id=tok.mask_id, vocab_size=tok.vocab_size, seed=setting.seed)
+        gd = MLMBatches(store, batch_size, seq_len, mask_id=tok.mask_id, vocab_size=tok.vocab_size, seed=setting.seed,
+                        special_ids=tok.special_ids)
     else:
         gd = LMBatches(store, batch_size, seq_len, seed=setting.seed)
     task = load_task(task_train, task_val)

@@ -139,11 +139,30 @@ class MLMBatches(LMBatches):
     the original id at chosen positions and -100 elsewhere. Positions holding special tokens (ids below
     ``n_special``, e.g. the <eos> between documents) are never chosen. Every row with at least one
     maskable token gets at least one chosen position, so the loss is never an average over nothing.
+
+    ``special_ids`` (a tokenizer's :attr:`~morphlm.data.Tokenizer.special_ids`) replaces ``n_special`` for
+    tokenizers whose special tokens are not the first ids (BERT's WordPiece: [CLS] is 101): those ids are never
+    chosen nor drawn as random replacements. Ids 0..k-1 given this way behave exactly as ``n_special=k``.
     """
 
     def __init__(self, store: TokenStore, batch_size: int, seq_len: int, *, mask_id: int, vocab_size: int,
-                 n_special: int = 7, mask_prob: float = 0.15, seed: int = 0, eval_batches: int = 8):
+                 n_special: int = 7, mask_prob: float = 0.15, seed: int = 0, eval_batches: int = 8,
+                 special_ids=None):
         super().__init__(store, batch_size, seq_len, seed=seed, eval_batches=eval_batches)
+        self._special = None  # (V,) bool: the special ids when they are not a prefix 0..k-1
+        if special_ids is not None:
+            ids = sorted({int(i) for i in special_ids})
+            if ids == list(range(len(ids))):
+                n_special = len(ids)
+            else:
+                bad = [i for i in ids if not 0 <= i < int(vocab_size)]
+                if bad:
+                    raise BatchError(f"special_ids {bad[:5]} lie outside vocab_size={vocab_size}; pass the "
+                                     "tokenizer's special_ids and vocab_size")
+                self._special = torch.zeros(int(vocab_size), dtype=torch.bool)
+                self._special[ids] = True
+                self._plain = (~self._special).nonzero(as_tuple=True)[0]  # ids a random replacement may take
+                n_special = 0
         self.n_special = _check_pos_int("n_special", n_special, minimum=0)
         self.mlm_vocab_size = _check_pos_int("vocab_size", vocab_size)
         if self.mlm_vocab_size <= self.n_special:
@@ -162,12 +181,18 @@ class MLMBatches(LMBatches):
 
     def _mask(self, ids: torch.Tensor, g: torch.Generator) -> dict:
         B, T = ids.shape
-        eligible = ids >= self.n_special  # (B, T) specials are never masked
+        if self._special is None:
+            eligible = ids >= self.n_special  # (B, T) specials are never masked
+        else:
+            eligible = ~self._special[ids.clamp(0, self.mlm_vocab_size - 1)]
         # All draws happen unconditionally and in a fixed order, so the stream is the same for every batch.
         chosen = (torch.rand(B, T, generator=g) < self.mask_prob) & eligible
         fallback_score = torch.rand(B, T, generator=g)
         action = torch.rand(B, T, generator=g)
-        random_tok = torch.randint(self.n_special, self.mlm_vocab_size, (B, T), generator=g)
+        if self._special is None:
+            random_tok = torch.randint(self.n_special, self.mlm_vocab_size, (B, T), generator=g)
+        else:
+            random_tok = self._plain[torch.randint(0, self._plain.numel(), (B, T), generator=g)]
 
         needs_one = ~chosen.any(dim=1) & eligible.any(dim=1)  # (B,)
         if bool(needs_one.any()):

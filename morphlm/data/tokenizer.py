@@ -5,11 +5,31 @@ The initial alphabet is all 256 byte symbols, so every string is encodable witho
 tokens come first, with ids 0..6 in the order of :data:`SPECIAL_TOKENS`; ``encode`` never adds them,
 and by default treats text such as ``"<eos>"`` as plain characters, so raw text can never inject a
 control token (use ``allow_special=True`` to opt in).
+
+**Special tokens by role.** :class:`Tokenizer` also wraps Hugging Face tokenizers (a ``tokenizer.json`` of the
+``tokenizers`` library: BERT WordPiece, GPT-2/RoBERTa byte-level BPE, SentencePiece-style BPE). Code asks for
+a token by its *role* (:data:`ROLES`: pad, unk, bos, eos, mask, cls, sep), never by its spelling. The roles
+are recorded in tokenizer.json itself, in the fields the format has for them, so they travel with the file
+through every verb (a checkpoint copies tokenizer.json verbatim) and a Hugging Face loader reads the same
+file. :func:`infer_roles` reads them in this order:
+
+1. ``post_processor``: a ``TemplateProcessing`` whose single-sequence template is ``X $A Y`` makes X the
+   cls and Y the sep token of an encoder (``BertProcessing`` / ``RobertaProcessing`` name them directly);
+2. ``padding.pad_token`` is the pad token, ``model.unk_token`` the unk token;
+3. every role still open is filled by the conventional spellings in :data:`ROLE_NAMES` (``<eos>``-style names
+   of our BPE and of old checkpoints, ``[CLS]``-style names of BERT, ``<s>``/``</s>`` of RoBERTa and
+   SentencePiece, ``<|endoftext|>`` of GPT-2).
+
+:func:`with_roles` writes given roles into those fields (convert does this with the roles a Hugging Face
+folder declares in tokenizer_config.json / special_tokens_map.json), so the stored file says what each
+token does; an export writes them again into tokenizer_config.json and special_tokens_map.json, where
+``transformers.AutoTokenizer`` reads them.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from collections.abc import Iterable
@@ -20,13 +40,138 @@ from ..io import write_atomic
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-__all__ = ["SPECIAL_TOKENS", "N_SPECIAL", "TokenizerError", "Tokenizer", "train_tokenizer"]
+__all__ = ["SPECIAL_TOKENS", "N_SPECIAL", "ROLES", "ROLE_NAMES", "TokenizerError", "Tokenizer", "infer_roles",
+           "with_roles", "train_tokenizer"]
 
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<bos>", "<eos>", "<mask>", "<cls>", "<sep>"]
 N_SPECIAL = len(SPECIAL_TOKENS)
 _N_BYTES = 256
 MIN_VOCAB_SIZE = _N_BYTES + N_SPECIAL
-_SPECIAL_RE = re.compile("(" + "|".join(re.escape(t) for t in SPECIAL_TOKENS) + ")")
+
+ROLES = ("pad", "unk", "bos", "eos", "mask", "cls", "sep")
+_ROLE_WORDS = {"pad": "padding", "unk": "unknown word", "bos": "beginning of sequence", "eos": "end of sequence",
+               "mask": "masked-LM mask", "cls": "classification ([CLS]-style)", "sep": "segment separator"}
+# conventional spellings per role, first match wins; our own names first (old checkpoints have only those)
+ROLE_NAMES: dict[str, tuple[str, ...]] = {
+    "pad": ("<pad>", "[PAD]", "<|pad|>", "<|padding|>"),
+    "unk": ("<unk>", "[UNK]", "<|unk|>"),
+    "bos": ("<bos>", "<s>", "[BOS]", "<|startoftext|>", "<|begin_of_text|>", "<|endoftext|>"),
+    "eos": ("<eos>", "</s>", "[EOS]", "<|endoftext|>", "<|end_of_text|>"),
+    "mask": ("<mask>", "[MASK]", "<|mask|>"),
+    "cls": ("<cls>", "[CLS]"),
+    "sep": ("<sep>", "[SEP]"),
+}
+
+
+def _template_ends(post: dict | None) -> tuple[str | None, str | None]:
+    """(first, last) special token of a post-processor's single-sequence template, e.g. ([CLS], [SEP])."""
+    if not isinstance(post, dict):
+        return None, None
+    kind = post.get("type")
+    if kind in ("BertProcessing", "RobertaProcessing"):
+        cls, sep = post.get("cls"), post.get("sep")
+        return (cls[0] if isinstance(cls, list) and cls else None), (sep[0] if isinstance(sep, list) and sep else None)
+    if kind == "Sequence":
+        for p in post.get("processors") or []:
+            ends = _template_ends(p)
+            if ends != (None, None):
+                return ends
+        return None, None
+    if kind != "TemplateProcessing":
+        return None, None
+    pieces = []
+    for item in post.get("single") or []:
+        if isinstance(item, dict) and "SpecialToken" in item:
+            pieces.append(("special", item["SpecialToken"].get("id")))
+        elif isinstance(item, dict) and "Sequence" in item:
+            pieces.append(("seq", None))
+    seq = next((i for i, (k, _) in enumerate(pieces) if k == "seq"), None)
+    if seq is None:
+        return None, None
+    first = pieces[seq - 1][1] if seq > 0 else None
+    last = pieces[seq + 1][1] if seq + 1 < len(pieces) else None
+    return first, last
+
+
+def infer_roles(tk: tokenizers.Tokenizer, *, causal: bool | None = None) -> dict[str, str]:
+    """role -> token string of a ``tokenizers.Tokenizer`` (roles it has no token for are absent), read from
+    its tokenizer.json as the module docstring describes. A template ``X $A Y`` gives cls/sep; for a causal
+    tokenizer (``causal=True``: GPT-2/LLaMA-style ``<s> $A </s>``) it gives bos/eos instead, and a template
+    ``X $A`` with nothing after the sequence (LLaMA's ``<s> $A``) gives bos unless ``causal=False``."""
+    doc = json.loads(tk.to_str())
+    roles: dict[str, str] = {}
+
+    def has(token) -> bool:
+        return isinstance(token, str) and tk.token_to_id(token) is not None
+
+    first, last = _template_ends(doc.get("post_processor"))
+    # "X $A Y" is cls/sep of an encoder (bos/eos when causal); "X $A" alone (LLaMA's "<s> $A") is a bos
+    pair = ("bos", "eos") if causal or (causal is None and last is None) else ("cls", "sep")
+    for role, token in zip(pair, (first, last)):
+        if has(token):
+            roles[role] = token
+    pad = (doc.get("padding") or {}).get("pad_token")
+    if has(pad):
+        roles["pad"] = pad
+    unk = (doc.get("model") or {}).get("unk_token")
+    if has(unk):
+        roles["unk"] = unk
+    for role in ROLES:
+        if role not in roles:
+            token = next((t for t in ROLE_NAMES[role] if has(t)), None)
+            if token is not None:
+                roles[role] = token
+    return roles
+
+
+def with_roles(tokenizer_json: str, roles: dict[str, str]) -> str:
+    """``tokenizer_json`` with ``roles`` (role -> token string) recorded in the fields tokenizer.json has for
+    them, so :func:`infer_roles` reads them back: every role token becomes a special added token, pad goes to
+    ``padding.pad_token``, unk to ``model.unk_token`` (WordPiece/BPE/WordLevel models), and cls+sep to the
+    ``post_processor`` template ``cls $A sep`` when the file has no post-processor of its own. A role that
+    the conventional names (:data:`ROLE_NAMES`) would give another token is refused with an error, since no
+    field of the format could record it."""
+    unknown = set(roles) - set(ROLES)
+    if unknown:
+        raise TokenizerError(f"unknown token role(s) {sorted(unknown)}; the roles are {list(ROLES)}")
+    try:
+        tk = tokenizers.Tokenizer.from_str(tokenizer_json)
+    except Exception as e:  # noqa: BLE001 -- the Rust side raises plain Exception
+        raise TokenizerError(f"not a valid tokenizer.json ({e})") from e
+    missing = {r: t for r, t in roles.items() if tk.token_to_id(t) is None}
+    if missing:
+        raise TokenizerError(f"the special tokens {missing} are not in the tokenizer's vocabulary; the "
+                             f"tokenizer_config.json does not belong to this tokenizer.json")
+    tk.add_special_tokens(sorted(set(roles.values())))  # already in the vocabulary: their ids do not change
+    doc = json.loads(tk.to_str())
+    if "pad" in roles:
+        pad = roles["pad"]
+        padding = doc.get("padding") or {"strategy": "BatchLongest", "direction": "Right", "pad_to_multiple_of": None,
+                                         "pad_type_id": 0}
+        doc["padding"] = {**padding, "pad_token": pad, "pad_id": tk.token_to_id(pad)}
+    if "unk" in roles and isinstance(doc.get("model"), dict) and doc["model"].get("type") in (
+            "WordPiece", "BPE", "WordLevel"):
+        doc["model"]["unk_token"] = roles["unk"]
+    if doc.get("post_processor") is None and "cls" in roles and "sep" in roles:
+        cls, sep = roles["cls"], roles["sep"]
+        doc["post_processor"] = {
+            "type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": cls, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                       {"SpecialToken": {"id": sep, "type_id": 0}}],
+            "pair": [{"SpecialToken": {"id": cls, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                     {"SpecialToken": {"id": sep, "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}},
+                     {"SpecialToken": {"id": sep, "type_id": 1}}],
+            "special_tokens": {t: {"id": t, "ids": [tk.token_to_id(t)], "tokens": [t]} for t in sorted({cls, sep})},
+        }
+    out = json.dumps(doc, ensure_ascii=False, indent=2)
+    got = infer_roles(tokenizers.Tokenizer.from_str(out), causal="cls" not in roles and "eos" in roles)
+    wrong = {r: (t, got.get(r)) for r, t in roles.items() if got.get(r) != t}
+    if wrong:
+        raise TokenizerError("tokenizer.json has no field to record these roles and their tokens do not have the "
+                             f"conventional names {', '.join(f'{r}: {ROLE_NAMES[r]}' for r in wrong)} "
+                             f"(declared vs read back: {wrong}); rename the tokens or use a tokenizer whose "
+                             "special tokens have conventional names")
+    return out
 
 
 class TokenizerError(ValueError):
@@ -44,10 +189,22 @@ class Tokenizer:
         if not isinstance(tk, tokenizers.Tokenizer):
             raise TokenizerError(f"Tokenizer() wraps a tokenizers.Tokenizer, got {type(tk).__name__}; use "
                                  "Tokenizer.load(path) or train_tokenizer(texts, vocab_size) instead.")
+        self._json: str | None = None
+        self._roles = infer_roles(tk)  # before padding is turned off: padding.pad_token records the pad role
+        if tk.padding is not None or tk.truncation is not None:
+            # a Hugging Face tokenizer.json may pad/truncate every encoding (MiniLM's: to 128 tokens); morphlm
+            # batches do both themselves, so they are turned off here. The file text keeps them (exports too).
+            self._json = tk.to_str(pretty=True)
+            tk.no_padding()
+            tk.no_truncation()
         tk.encode_special_tokens = True
         self._tk = tk
-        self._special_ids = {t: tk.token_to_id(t) for t in SPECIAL_TOKENS}
-        self._json: str | None = None
+        self._role_ids = {r: tk.token_to_id(t) for r, t in self._roles.items()}
+        specials = {t.content for t in tk.get_added_tokens_decoder().values() if t.special}
+        self._special_ids = {t: tk.token_to_id(t) for t in specials | set(self._roles.values())}
+        self._special_re = (re.compile("(" + "|".join(re.escape(t) for t in sorted(self._special_ids, key=len,
+                                                                                      reverse=True)) + ")")
+                            if self._special_ids else None)
 
     # ---- vocabulary -------------------------------------------------------------------------------
 
@@ -64,40 +221,65 @@ class Tokenizer:
     def __len__(self) -> int:
         return self.vocab_size
 
-    def _special(self, token: str) -> int:
-        i = self._special_ids[token]
+    @property
+    def roles(self) -> dict[str, str]:
+        """role -> token string for the roles this tokenizer has a token for (see :data:`ROLES`)."""
+        return dict(self._roles)
+
+    def has_role(self, role: str) -> bool:
+        return role in self._role_ids
+
+    def role_id(self, role: str) -> int:
+        """The id of the token that plays ``role`` (pad, unk, bos, eos, mask, cls, sep)."""
+        if role not in ROLES:
+            raise TokenizerError(f"unknown token role {role!r}; the roles are {list(ROLES)}")
+        i = self._role_ids.get(role)
         if i is None:
-            raise TokenizerError(f"this tokenizer has no {token} token; morphlm needs the special tokens "
-                                 f"{SPECIAL_TOKENS}. Train one with morphlm.data.train_tokenizer.")
+            raise TokenizerError(
+                f"this tokenizer has no {_ROLE_WORDS[role]} ({role}) token (its special tokens by role: "
+                f"{self._roles or 'none'}). Use a tokenizer that has one: morphlm.data.train_tokenizer gives all "
+                f"seven; a Hugging Face tokenizer.json records it in its post_processor/padding/model fields "
+                f"or by a conventional name {ROLE_NAMES[role]}")
         return i
 
     @property
+    def special_ids(self) -> list[int]:
+        """Sorted ids of every special token (the role tokens and the added tokens marked special)."""
+        return sorted(set(self._special_ids.values()))
+
+    @property
+    def boundary_id(self) -> int:
+        """The token written between documents in a token store: eos, or sep for an encoder tokenizer without
+        an end-of-sequence token (BERT's WordPiece)."""
+        return self.role_id("eos" if self.has_role("eos") or not self.has_role("sep") else "sep")
+
+    @property
     def pad_id(self) -> int:
-        return self._special("<pad>")
+        return self.role_id("pad")
 
     @property
     def unk_id(self) -> int:
-        return self._special("<unk>")
+        return self.role_id("unk")
 
     @property
     def bos_id(self) -> int:
-        return self._special("<bos>")
+        return self.role_id("bos")
 
     @property
     def eos_id(self) -> int:
-        return self._special("<eos>")
+        return self.role_id("eos")
 
     @property
     def mask_id(self) -> int:
-        return self._special("<mask>")
+        return self.role_id("mask")
 
     @property
     def cls_id(self) -> int:
-        return self._special("<cls>")
+        return self.role_id("cls")
 
     @property
     def sep_id(self) -> int:
-        return self._special("<sep>")
+        return self.role_id("sep")
 
     def token_to_id(self, token: str) -> int | None:
         return self._tk.token_to_id(token)
@@ -108,16 +290,16 @@ class Tokenizer:
     # ---- encode / decode --------------------------------------------------------------------------
 
     def encode(self, text: str, *, allow_special: bool = False) -> list[int]:
-        """Token ids of ``text`` (no BOS/EOS added). With ``allow_special`` the literal strings of
-        :data:`SPECIAL_TOKENS` in ``text`` become their special ids; otherwise they are plain text."""
+        """Token ids of ``text`` (no BOS/EOS added). With ``allow_special`` the literal strings of the special
+        tokens (:attr:`special_ids`) in ``text`` become their special ids; otherwise they are plain text."""
         if not isinstance(text, str):
             raise TokenizerError(f"encode() takes a str, got {type(text).__name__}; decode bytes first.")
-        if not allow_special:
+        if not allow_special or self._special_re is None:
             return self._tk.encode(text, add_special_tokens=False).ids
         ids: list[int] = []
-        for piece in _SPECIAL_RE.split(text):
+        for piece in self._special_re.split(text):
             if piece in self._special_ids:
-                ids.append(self._special(piece))
+                ids.append(self._special_ids[piece])
             elif piece:
                 ids.extend(self._tk.encode(piece, add_special_tokens=False).ids)
         return ids

@@ -150,7 +150,7 @@ class TokenStore:
             "val_fraction": float(val_fraction),
             "seed": int(seed),
             "split_mode": split_mode,
-            "eos_id": tokenizer.eos_id,
+            "eos_id": tokenizer.boundary_id,  # the document separator: eos, or sep for a BERT tokenizer
             "val_doc_names": [d.name for d in val_docs][:1000],
         }
         write_atomic(out / "meta.json", json.dumps(meta, indent=1))
@@ -160,7 +160,7 @@ class TokenStore:
 
     @staticmethod
     def _write_split(docs: list[Document], tokenizer: Tokenizer, path: Path, dtype: np.dtype, bar) -> int:
-        eos = tokenizer.eos_id
+        eos = tokenizer.boundary_id
         n = 0
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             i = 0

@@ -31,6 +31,7 @@ __all__ = [
     "state_dict_to_hf",
     "load_hf_model",
     "export_hf_model",
+    "hf_token_roles",
     "from_hf_module",
     "to_hf_module",
 ]
@@ -235,8 +236,8 @@ def _hf_config_dict(cfg: ModelConfig) -> tuple[dict[str, Any], str]:
             d["id2label"] = {str(i): f"LABEL_{i}" for i in range(cfg.n_classes)}
             d["label2id"] = {f"LABEL_{i}": i for i in range(cfg.n_classes)}
     if cfg.causal:
-        # the defaults (GPT-2: 50256, LLaMA: 1/2) belong to those models' tokenizers, not to ours; the
-        # tokenizer, when exported, carries its own special tokens
+        # the defaults (GPT-2: 50256, LLaMA: 1/2) belong to those models' tokenizers, not to ours;
+        # export_hf_model fills them from the tokenizer it exports (by role)
         d.update(bos_token_id=None, eos_token_id=None, pad_token_id=None)
     d["architectures"] = [target]
     return d, target
@@ -283,9 +284,33 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
                        f"pass a Hugging Face model directory")
 
 
-def load_hf_model(path: str | os.PathLike) -> tuple[TransformerLM, ModelConfig]:
+# encoder-only backbones (no task head in the checkpoint): the head morphlm adds -> the table that maps it
+_BACKBONES = {"BertModel": {"mlm": "BertForMaskedLM", "cls": "BertForSequenceClassification"}}
+
+
+def _with_fresh_head(hf_state: dict[str, torch.Tensor], cfg: ModelConfig, arch: str,
+                     seed: int) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """``hf_state`` of a bare backbone plus the head weights of ``arch`` the checkpoint lacks, freshly
+    initialised (TransformerLM's init, seeded by ``seed``); returns the state and the head keys added."""
+    from .hf_maps import _normalize_hf_keys
+
+    state = _normalize_hf_keys(hf_state, _arch(arch))
+    torch.manual_seed(seed)
+    fresh = state_dict_to_hf(TransformerLM(cfg).state_dict(), cfg, arch)
+    body = tuple(_arch(arch).base_prefix + part for part in ("embeddings.", "encoder."))
+    added = sorted(k for k in fresh if k not in state and not k.startswith(body))  # the head (and a missing pooler)
+    state.update({k: fresh[k] for k in added})
+    return state, added
+
+
+def load_hf_model(path: str | os.PathLike, *, head: str | None = None, n_classes: int = 2, seed: int = 0,
+                  notes: list[str] | None = None) -> tuple[TransformerLM, ModelConfig]:
     """Local HF directory (config.json + model.safetensors, or a sharded safetensors index) -> native
-    model in eval mode (float32) and its config. Needs no transformers: config.json is parsed as JSON."""
+    model in eval mode (float32) and its config. Needs no transformers: config.json is parsed as JSON.
+
+    An encoder-only ``BertModel`` folder (a sentence encoder such as MiniLM: no task head) gets a freshly
+    initialised head: ``head="mlm"`` (the default: a masked-LM head tied to the embeddings) or ``"cls"`` (the
+    checkpoint's pooler and a new ``n_classes``-way classifier); what was added is appended to ``notes``."""
     path = Path(path)
     if not path.is_dir():
         raise InteropError(f"{path} is not a directory; pass a local Hugging Face model directory "
@@ -297,9 +322,31 @@ def load_hf_model(path: str | os.PathLike) -> tuple[TransformerLM, ModelConfig]:
         d = json.loads(cfg_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise InteropError(f"could not parse {cfg_path}: {exc}") from exc
-    arch = _resolve_arch(d, None)
-    cfg = config_from_hf(d, arch)
-    state = state_dict_from_hf(_read_safetensors(path), cfg, arch)
+    archs = d.get("architectures") or []
+    if archs and archs[0] in _BACKBONES:
+        heads = _BACKBONES[archs[0]]
+        head = head or "mlm"
+        if head not in heads:
+            raise InteropError(f"head={head!r} cannot be added to {archs[0]}; choose one of {sorted(heads)}")
+        arch = heads[head]
+        d = {**d, "architectures": [arch], "num_labels": n_classes}
+        cfg = config_from_hf(d, arch)
+        hf_state, added = _with_fresh_head(_read_safetensors(path), cfg, arch, seed)
+        if notes is not None:
+            what = "masked-LM" if head == "mlm" else f"{n_classes}-class classification"
+            notes.append(f"{path.name} is an encoder-only {archs[0]} (no task head): added a fresh {what} head "
+                         f"({len(added)} tensors, seed {seed}: {', '.join(added)}); it is untrained until you "
+                         f"train or distil it")
+    else:
+        arch = _resolve_arch(d, None)
+        if head is not None and head != ("cls" if arch == "BertForSequenceClassification" else
+                                         "mlm" if arch == "BertForMaskedLM" else "lm"):
+            raise InteropError(f"{path} is a {arch} with its own head; --head {head} applies only to encoder-only "
+                               f"folders ({', '.join(_BACKBONES)}). Convert it without --head, then change the "
+                               f"head with `morphlm train --init OUT --head {head} ...`")
+        cfg = config_from_hf(d, arch)
+        hf_state = _read_safetensors(path)
+    state = state_dict_from_hf(hf_state, cfg, arch)
     model = TransformerLM(cfg)
     model.load_state_dict(state, strict=True)
     return model.eval(), cfg
@@ -315,15 +362,75 @@ def _exportable_state(model: TransformerLM) -> tuple[dict[str, torch.Tensor], Mo
                            f"so it would compute a different function. Train it until the ramp ends "
                            f"(`morphlm train --init DIR --max-steps {masks.ramp_steps}` or more), then convert")
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("growth_masks.")}
+    packed = {name: m for name, m in model.named_modules() if hasattr(m, "weight_packed") and hasattr(m, "dequantized")}
+    if packed:  # a ternary directory of `morphlm quantize`: HF holds its dequantized weights (the same function)
+        act = sorted({m.act_bits for m in packed.values() if getattr(m, "act_bits", None)})
+        if act:
+            raise InteropError(f"this ternary model quantizes activations to {act} bits, which a Hugging Face "
+                               f"model does not do, so the export would compute a different function. Quantize "
+                               f"with `morphlm quantize ... --act-bits 0` (weights-only ternary) to export it")
+        for name, m in packed.items():
+            state = {k: v for k, v in state.items() if not k.startswith(f"{name}.") or k == f"{name}.bias"}
+            state[f"{name}.weight"] = m.weight.detach()
+        state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     return state, model.config.replace()
+
+
+_HF_TOKEN_KEYS = {r: f"{r}_token" for r in ("pad", "unk", "bos", "eos", "mask", "cls", "sep")}
+
+
+def _tokenizer_text(tokenizer_json: str) -> str:
+    tok = tokenizer_json
+    if not tok.lstrip().startswith("{"):
+        tok_path = Path(tok)
+        if not tok_path.is_file():
+            raise InteropError(f"tokenizer_json={tokenizer_json!r} is neither JSON text nor an existing file")
+        tok = tok_path.read_text(encoding="utf-8")
+    try:
+        json.loads(tok)
+    except json.JSONDecodeError as exc:
+        raise InteropError(f"tokenizer_json is not valid JSON: {exc}") from exc
+    return tok
+
+
+def hf_token_roles(folder: str | os.PathLike) -> dict[str, str]:
+    """role -> token string that a Hugging Face folder declares in tokenizer_config.json (``cls_token`` ...,
+    a string or an AddedToken dict) and special_tokens_map.json; {} when it declares none."""
+    roles: dict[str, str] = {}
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):  # the latter wins
+        f = Path(folder) / name
+        if not f.is_file():
+            continue
+        try:
+            doc = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InteropError(f"cannot read {f} ({exc}); repair or delete it") from exc
+        for role, key in _HF_TOKEN_KEYS.items():
+            v = doc.get(key) if isinstance(doc, dict) else None
+            if isinstance(v, dict):
+                v = v.get("content")
+            if isinstance(v, str) and v:
+                roles[role] = v
+    return roles
+
+
+def _make_readable(paths) -> None:
+    """Exported files are for sharing: mode 0644 like any file a user writes (safetensors creates 0600)."""
+    for p in paths:
+        os.chmod(p, 0o644)
 
 
 def export_hf_model(model: TransformerLM, out_dir: str | os.PathLike, *, tokenizer_json: str | None = None) -> Path:
     """Write ``config.json`` (transformers format, with ``architectures``) and ``model.safetensors`` so that
     ``<Arch>.from_pretrained(out_dir)`` loads the model. ``tokenizer_json`` is a path to a tokenizer.json
-    file or its JSON text; it is written as ``tokenizer.json`` with a minimal ``tokenizer_config.json``
-    (PreTrainedTokenizerFast). Needs no transformers."""
+    file or its JSON text; it is written as ``tokenizer.json`` with ``tokenizer_config.json`` and
+    ``special_tokens_map.json`` naming its special tokens by role (pad/unk/bos/eos/mask/cls/sep, as
+    :class:`morphlm.data.Tokenizer` reads them), so ``AutoTokenizer.from_pretrained(out_dir)`` pads batches;
+    config.json gets the matching ``pad_token_id``/``bos_token_id``/``eos_token_id``. Every file is
+    world-readable (0644). Needs no transformers."""
     from safetensors.torch import save_file
+
+    from morphlm.data.tokenizer import Tokenizer, TokenizerError
 
     model = getattr(model, "_orig_mod", model)  # torch.compile wrapper
     native, cfg = _exportable_state(model)
@@ -332,28 +439,35 @@ def export_hf_model(model: TransformerLM, out_dir: str | os.PathLike, *, tokeniz
     dtype = next(iter(state.values())).dtype
     d["dtype"] = str(dtype).removeprefix("torch.")
     state = {k: v.cpu() for k, v in state.items()}
+    tok = roles = None
+    if tokenizer_json is not None:
+        tok = _tokenizer_text(tokenizer_json)
+        try:
+            tk = Tokenizer.from_json_str(tok)
+        except TokenizerError as exc:
+            raise InteropError(f"the tokenizer to export is not a valid tokenizer.json: {exc}") from exc
+        roles = tk.roles
+        for role in ("pad", "bos", "eos"):
+            if role in roles:
+                d[f"{role}_token_id"] = tk.role_id(role)
+        for role in ("cls", "sep", "mask"):
+            if role in roles and not cfg.causal:
+                d[f"{role}_token_id"] = tk.role_id(role)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "model.safetensors") as tmp:
         save_file(state, str(tmp), metadata={"format": "pt"})
-    text = json.dumps(d, indent=2, sort_keys=True) + "\n"
-    write_atomic(out / "config.json", text)
-    if tokenizer_json is not None:
-        tok = tokenizer_json
-        if not tok.lstrip().startswith("{"):
-            tok_path = Path(tok)
-            if not tok_path.is_file():
-                raise InteropError(f"tokenizer_json={tokenizer_json!r} is neither JSON text nor an existing file")
-            tok = tok_path.read_text(encoding="utf-8")
-        try:
-            json.loads(tok)
-        except json.JSONDecodeError as exc:
-            raise InteropError(f"tokenizer_json is not valid JSON: {exc}") from exc
+    written = [out / "model.safetensors", out / "config.json"]
+    write_atomic(out / "config.json", json.dumps(d, indent=2, sort_keys=True) + "\n")
+    if tok is not None:
         write_atomic(out / "tokenizer.json", tok)
-        meta = json.dumps({"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": cfg.max_seq_len},
-                          indent=2) + "\n"
-        write_atomic(out / "tokenizer_config.json", meta)
+        specials = {_HF_TOKEN_KEYS[r]: t for r, t in sorted(roles.items())}
+        meta = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": cfg.max_seq_len, **specials}
+        write_atomic(out / "tokenizer_config.json", json.dumps(meta, indent=2) + "\n")
+        write_atomic(out / "special_tokens_map.json", json.dumps(specials, indent=2) + "\n")
+        written += [out / "tokenizer.json", out / "tokenizer_config.json", out / "special_tokens_map.json"]
+    _make_readable(written)
     return out
 
 

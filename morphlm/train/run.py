@@ -138,7 +138,11 @@ def build_spec(preset: str | None = None, recipe: str | Path | None = None,
         else:
             raise ConfigError(f"unknown setting {key!r}; settable fields are model: {sorted(model_names)}, "
                               f"data: {sorted(data_names)}, train: {sorted(train_names)}")
-    base_cfg = ModelConfig.from_name(base or "tiny").to_dict()
+    if base is None and init is not None and ckpt.has_checkpoint(init):
+        # fine-tuning without a preset: the --init checkpoint's own model (a converted one's too, e.g. hf-bert)
+        base_cfg = ckpt.read_config(init)[0].to_dict()
+    else:
+        base_cfg = ModelConfig.from_name(base or "tiny").to_dict()
     for key, value in model_fields.items():
         model_fields[key] = parse_value(value, base_cfg.get(key), key)
     # derived fields (n_kv_heads, d_ff, ...) follow the overrides unless the preset or the overrides set them
@@ -199,6 +203,7 @@ def build_data(spec: RunSpec, tokenizer: Tokenizer | None = None):
     _check_vocab(tokenizer, cfg, f"corpus {d.corpus}")
     if cfg.head == "mlm":
         data = MLMBatches(store, d.batch_size, d.seq_len, mask_id=tokenizer.mask_id, vocab_size=tokenizer.vocab_size,
+                          special_ids=tokenizer.special_ids,
                           seed=seed, eval_batches=d.eval_batches)
     else:
         data = LMBatches(store, d.batch_size, d.seq_len, seed=seed, eval_batches=d.eval_batches)
@@ -226,7 +231,8 @@ def _load_init(model: TransformerLM, init_dir: str, state=None) -> Tokenizer | N
     body_missing = [k for k in own if k.startswith(("blocks.", "tok_emb")) and k not in fitting]
     if body_missing:
         raise ckpt.CheckpointError(f"--init {init_dir}: its weights do not fit this model ({body_missing[:3]} ...); "
-                                   f"use the same d_model/n_layers/n_heads as the checkpoint (preset {src_cfg.name!r})")
+                                   f"use the same d_model/n_layers/n_heads as the checkpoint ({src_cfg.name!r}; "
+                                   f"without --preset, --init takes the checkpoint's own config)")
     model.load_state_dict(fitting, strict=False)
     return ckpt.open_tokenizer(init_dir)
 
