@@ -32,11 +32,11 @@ $M convert minilm "$WORK/minilm"
 $M train --init "$WORK/minilm" --head cls --n-classes 2 "${TASK[@]}" "${SHAPE[@]}" \
   --max-steps "$STEPS" --lr 5e-5 --out "$WORK/finetuned"
 # 3. task distillation into a 4-layer student initialised from teacher layers (TinyBERT stages a + b)
-$M distill --teacher "$WORK/finetuned" --student teacher --n-layers 4 --init teacher-layers --stage task \
+$M distill --teacher "$WORK/finetuned" --to teacher --n-layers 4 --init teacher-layers --stage task \
   "${TASK[@]}" "${SHAPE[@]}" --max-steps "$STEPS" --out "$WORK/student"
 # 4. ternary weights (2 bits each) with distillation-aware QAT from the full-precision student;
 #    --act-bits 0 keeps activations in float so that a Hugging Face model computes the same function
-$M quantize "$WORK/student" --method ternary --steps "$STEPS" --act-bits 0 "${TASK[@]}" --out "$WORK/ternary"
+$M quantize "$WORK/student" --method ternary --max-steps "$STEPS" --act-bits 0 "${TASK[@]}" --out "$WORK/ternary"
 $M eval "$WORK/ternary"
 # 5. export to Hugging Face (dequantized weights, the tokenizer with its special tokens)
 $M convert "$WORK/ternary" "$WORK/hf"

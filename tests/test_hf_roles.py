@@ -99,9 +99,9 @@ def flow(tmp_path_factory):
     assert "encoder-only BertModel" in res.output and "fresh masked-LM head" in res.output
     cli("train", "--init", root / "m", "--head", "cls", "--n-classes", 2, *task, "--max-steps", 4,
         "--batch-size", 4, "--seq-len", 32, "--out", root / "ft")
-    cli("distill", "--teacher", root / "ft", "--student", "teacher", "--n-layers", 1, "--stage", "task", *task,
+    cli("distill", "--teacher", root / "ft", "--to", "teacher", "--n-layers", 1, "--stage", "task", *task,
         "--max-steps", 3, "--batch-size", 4, "--seq-len", 32, "--out", root / "st")
-    cli("quantize", root / "st", "--method", "ternary", "--steps", 3, "--act-bits", 0, *task,
+    cli("quantize", root / "st", "--method", "ternary", "--max-steps", 3, "--act-bits", 0, *task,
         "--out", root / "q")
     return root, hf, corpus
 
@@ -233,6 +233,6 @@ def test_convert_records_the_roles_a_folder_declares(flow, tmp_path):
 
 def test_distill_from_a_bare_hf_encoder_folder(flow):
     root, hf, corpus = flow
-    cli("distill", "--teacher", hf, "--student", "teacher", "--n-layers", 1, "--stage", "general", "--corpus", corpus,
+    cli("distill", "--teacher", hf, "--to", "teacher", "--n-layers", 1, "--stage", "general", "--corpus", corpus,
         "--max-steps", 2, "--batch-size", 4, "--seq-len", 32, "--out", root / "gd")
     assert ckpt.open_tokenizer(root / "gd").mask_id == ckpt.open_tokenizer(root / "m").mask_id
