@@ -306,7 +306,8 @@ def plot(
     typer.echo(f"{len(runs)} run{'s' if len(runs) != 1 else ''} → {plot_runs(runs, out, x=x, title=title)}")
 
 
-@app.command()
+@app.command(cls=verb())
+@with_config
 @friendly
 def generate(
     run_dir: Path = typer.Argument(..., help="Checkpoint directory of a causal LM."),

@@ -124,7 +124,7 @@ def test_read_only_output_folder_is_a_named_error(runs, tmp_path):
     (["generate", "A", "--temperature", -1], "--temperature -1"),
     (["grow", "I8", "--to", "tiny", "--out", "new"], "is a quantized model"),
     (["extract", "I8", "--n-layers", 1, "--out", "new"], "is a quantized model"),
-    (["eval", "PT"], "the output of `morphlm prompt-tune`"),
+    (["eval", "PT"], "written by `morphlm prompt-tune`"),
     (["eval", "HF"], "convert it first with `morphlm convert"),
     (["grow", "HF", "--to", "tiny", "--out", "new"], "a Hugging Face model"),
     (["generate", "PT"], "pass the model directory it was tuned on"),

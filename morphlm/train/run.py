@@ -140,13 +140,14 @@ def build_spec(preset: str | None = None, recipe: str | Path | None = None,
                               f"data: {sorted(data_names)}, train: {sorted(train_names)}")
     if base is None and init is not None and ckpt.has_checkpoint(init):
         # fine-tuning without a preset: the --init checkpoint's own model (a converted one's too, e.g. hf-bert)
-        base_cfg = ckpt.read_config(init)[0].to_dict()
+        base_model = ckpt.read_config(init)[0]
     else:
-        base_cfg = ModelConfig.from_name(base or "tiny").to_dict()
+        base_model = ModelConfig.from_name(base or "tiny")
+    base_cfg = base_model.to_dict()
     for key, value in model_fields.items():
         model_fields[key] = parse_value(value, base_cfg.get(key), key)
-    # derived fields (n_kv_heads, d_ff, ...) follow the overrides unless the preset or the overrides set them
-    cfg = ModelConfig.from_name(base or "tiny").derive(**model_fields)
+    # derived fields (n_kv_heads, d_ff, ...) follow the overrides unless the base or the overrides set them
+    cfg = base_model.derive(**model_fields)
     dspec_defaults = DataSpec()
     data_fields = {k: parse_value(v, getattr(dspec_defaults, k), k) for k, v in data_fields.items()}
     unknown = set(data_fields) - data_names
