@@ -144,6 +144,10 @@ def train(
         "stage1_fraction=0.125 method=aki; apollo unique=[1,3,6,12] switch=[0.05,0.1,0.25]; mslt depths=[2,4,8] "
         "final_fraction=0.5; chain stages=[{n_layers: 2}, {method: stack, n_layers: 4}]. A recipe's "
         "`schedule:` section (name: + options) does the same."),
+    override: bool = typer.Option(
+        False, "--override", help="With --resume auto: continue even though run-defining settings (batch, sequence "
+                                  "length, seed, data, LR schedule, precision) differ from the saved run's; each "
+                                  "change is recorded in metrics.jsonl and lineage.json."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Train (or resume) a model. Any config field can be overridden: --d-model 128, --n-layers 4,
@@ -157,7 +161,8 @@ def train(
     overrides.update({k: v for k, v in dict(
         corpus=corpus, max_steps=max_steps, out_dir=str(out) if out else None, resume=resume,
         batch_size=batch_size, seq_len=seq_len, lr=lr, schedule_steps=schedule_steps, parallel=parallel,
-        compile=compile, device=device, init=str(init) if init else None).items() if v is not None})
+        compile=compile, device=device, init=str(init) if init else None,
+        override=True if override else None).items() if v is not None})
     if schedule or source or schedule_opt:
         import yaml
 
