@@ -450,10 +450,15 @@ class _Run:
             model.train(was_training)
         return total / max(len(batches), 1)
 
-    def _save(self, step: int) -> None:
-        """Checkpoint (weights, optimizer, RNG, trainer state, lineage) at ``step``, atomically; all ranks call."""
+    def _save(self, step: int, next_batches: list[dict[str, torch.Tensor]] | None = None) -> None:
+        """Checkpoint (weights, optimizer, RNG, trainer state, lineage) at ``step``, atomically; all ranks call.
+        ``next_batches``: this rank's micro-batches of step ``step`` (the one a resume starts with), whose shape
+        the trainer state records (built here when not given)."""
         if self.out_dir is None:
             return
+        if next_batches is None:
+            next_batches = self._prepare(step)
+        next_len = int(next_batches[0]["input_ids"].shape[1])
         args, info, fstate = self.args, self.info, self.fstate
         model_state = full_model_state(self.wrapped)
         osd = full_optimizer_state(self.wrapped, self.optimizer)
@@ -466,7 +471,7 @@ class _Run:
                 "schedule_steps": args.schedule_steps, "param_groups": groups,
                 "args": {k: v for k, v in asdict(args).items()},
                 "world_size": info.world_size, "data_cursor": {"step": step, "seed": args.seed},
-                "geometry": {"batch_size": self.geo.global_batch, "seq_len": self.geo.seq_len},
+                "geometry": {"batch_size": self.geo.global_batch, "seq_len": next_len},
                 "torch": torch.__version__, **({"aux_param_groups": aux_groups} if aux_groups else {}),
                 **(self.extra_state or {}),
             }
@@ -700,7 +705,7 @@ class _Run:
                     # the probe batches: the next step's (already prepared), or this step's at the end
                     self._check_state(step + 1, micro_batches, evaluated)
                     with stop.saving():
-                        self._save(step + 1)
+                        self._save(step + 1, None if done else micro_batches)
                 t_last = time.perf_counter()
                 if stop_now or (stop.requested and not done and self.out_dir is not None):
                     # (a stop asked for during a periodic save: the state just saved is where it stops)

@@ -92,10 +92,11 @@ _GEOMETRY_KEYS = ("batch_size", "seq_len")
 def run_changes(saved: dict[str, Any], args: TrainArgs, extra_state: dict[str, Any] | None,
                 geometry: "Geometry") -> dict[str, tuple[Any, Any]]:
     """What a resume would change of the saved run: {setting: (saved, asked)} over the run-defining
-    arguments (optim.RUN_DEFINING; ``schedule_steps`` after it was filled from the saved run), the batch
-    geometry (sequences per step, tokens per sequence), and every ``extra_state`` entry the saved state has
-    too (data and tokenizer fingerprints, the data spec entry by entry, ...). Entries the saved run did not
-    record (older checkpoints) are not compared."""
+    arguments (optim.RUN_DEFINING; ``schedule_steps`` after it was filled from the saved run), every
+    ``extra_state`` entry the saved state has too (data and tokenizer fingerprints, the data spec entry by
+    entry, ...), and the shape of the batch of the saved step (``geometry``: sequences, tokens per sequence —
+    per step, since padded batches vary in length) against ``geometry``, the resume's first batch, which is
+    that same step's. Entries the saved run did not record (older checkpoints) are not compared."""
     changes: dict[str, tuple[Any, Any]] = {}
     saved_args = saved.get("args") if isinstance(saved.get("args"), dict) else {}
     for key in RUN_DEFINING:
@@ -115,15 +116,10 @@ def run_changes(saved: dict[str, Any], args: TrainArgs, extra_state: dict[str, A
             changes[key] = (old, new)
     geo_now = {"batch_size": geometry.global_batch, "seq_len": geometry.seq_len}
     geo_saved = saved.get("geometry")
-    if isinstance(geo_saved, dict):
+    if isinstance(geo_saved, dict):  # the shape of the batch of the saved step (which the resume starts with)
         for key in _GEOMETRY_KEYS:
-            if key in geo_saved and geo_saved[key] != geo_now[key]:
+            if key in geo_saved and geo_saved[key] != geo_now[key] and key not in changes:
                 changes[key] = (geo_saved[key], geo_now[key])
-    elif not any(k in changes for k in _GEOMETRY_KEYS):  # older checkpoints: tokens per step
-        step, tokens = saved.get("step"), saved.get("tokens")
-        if isinstance(step, int) and isinstance(tokens, int) and step > 0 and tokens % step == 0 \
-                and tokens // step != geometry.tokens_per_step:
-            changes["tokens_per_step"] = (tokens // step, geometry.tokens_per_step)
     return changes
 
 
