@@ -200,6 +200,7 @@ class _StopFlag:
         self._abort_sent = False
         self._signum: int | None = None
         self._main = threading.main_thread().ident
+        self._watchdog: threading.Thread | None = None
 
     def __enter__(self):
         try:
@@ -222,7 +223,8 @@ class _StopFlag:
             scope.requested = True
         log.warning("stop requested (signal %d): saving at the end of this step; press Ctrl-C again to abort "
                     "(a step still running %gs from now is aborted unsaved)", signum, self.grace_s)
-        threading.Thread(target=self._watch, name="morphlm-stop-watchdog", daemon=True).start()
+        self._watchdog = threading.Thread(target=self._watch, name="morphlm-stop-watchdog", daemon=True)
+        self._watchdog.start()
 
     @contextlib.contextmanager
     def saving(self):
@@ -271,6 +273,8 @@ class _StopFlag:
     def __exit__(self, *exc):
         with self._lock:  # the watchdog sends nothing after this
             self._done.set()
+        if self._watchdog is not None:  # it returns at once now; no thread of fit() outlives it
+            self._watchdog.join(timeout=5)
         for sig, old in self._old.items():
             signal.signal(sig, old)
         return False
