@@ -430,7 +430,7 @@ class _Run:
         loss_v, bad = values.tolist()
         if math.isfinite(loss_v) and bad == 0:
             return
-        problem = (f"its weights hold non-finite values" if bad else f"its {what} is {loss_v}")
+        problem = ("its weights hold non-finite values" if bad else f"its {what} is {loss_v}")
         raise TrainingDiverged(
             f"the state after step {step} diverged ({problem}); it was not saved{self._on_disk()}. Lower --lr "
             f"(now {self.args.lr:g}), raise --warmup-steps, or check the data for bad tokens, then resume with "
