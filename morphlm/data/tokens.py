@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ from .tokenizer import Tokenizer, TokenizerError, train_tokenizer
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TokenStore", "TokenStoreError", "prepare_lm_store"]
+__all__ = ["TokenStore", "TokenStoreError", "prepare_lm_store", "remove_stale_temp_files"]
 
 FORMAT_VERSION = 1
 _META_KEYS = ("format_version", "vocab_size", "tokenizer_fingerprint", "corpus_fingerprint", "n_train_docs",
@@ -42,6 +43,47 @@ _PROGRESS_MIN_CHARS = 2_000_000
 
 class TokenStoreError(ValueError):
     """A token store could not be built or opened; the message says why and what to do."""
+
+
+# io.temp_path's names: ".<target name>.<writer's PID>.tmp"
+_TEMP_NAME = re.compile(r"\..+\.(\d{1,10})\.tmp\Z")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:  # it exists (another user's process)
+        return True
+    return True
+
+
+def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files (io.temp_path's ``.NAME.PID.tmp``) a writer killed mid-write left in
+    ``folder``: those whose PID is no longer a running process. Files of live writers (this process
+    included) are kept. Returns the paths removed."""
+    folder = Path(folder)
+    removed: list[Path] = []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return removed
+    for path in entries:
+        m = _TEMP_NAME.match(path.name)
+        if m is None or _pid_alive(int(m.group(1))):
+            continue
+        try:
+            if path.is_file() and not path.is_symlink():
+                path.unlink()
+                removed.append(path)
+        except OSError:
+            continue
+    if removed:
+        log.info("removed %d temporary file(s) a killed build left in %s", len(removed), folder)
+    return removed
 
 
 def _dtype_for(vocab_size: int) -> np.dtype:
@@ -104,6 +146,7 @@ class TokenStore:
                                   "0.05 is a good default.")
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp_files(out)  # a killed earlier build's half-written splits
         # Remove the old meta first: from here until the new meta lands, the directory is not a store.
         (out / "meta.json").unlink(missing_ok=True)
 
@@ -242,6 +285,13 @@ def prepare_lm_store(spec: str, vocab_size: int, *, cache_dir: str | os.PathLike
     Under torchrun call it on one rank first (then barrier) so the others only open the cache.
     """
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    # temporary files of builds killed mid-write (tokenizers, token stores) would otherwise stay forever
+    remove_stale_temp_files(cache / "tokenizers")
+    stores = cache / "stores"
+    if stores.is_dir():
+        for folder in stores.iterdir():
+            if folder.is_dir() and not folder.is_symlink():
+                remove_stale_temp_files(folder)
     docs = load_corpus(spec, max_bytes=max_bytes, cache_dir=cache)
     cfp = corpus_fingerprint(docs)
 

@@ -22,7 +22,20 @@ The LR schedule runs over ``schedule_steps`` (not ``max_steps``), so extending a
 
 Stopping: the first SIGINT/SIGTERM makes fit() finish the step in flight, save its resumable state (where it
 has an ``out_dir``) and raise :class:`TrainingInterrupted`; a second Ctrl-C raises KeyboardInterrupt at once.
-An interrupted fit() never returns, so no caller can mistake a cut-short run for a finished one.
+An interrupted fit() never returns, so no caller can mistake a cut-short run for a finished one. A step still
+running ``stop_grace_s`` after the first signal is aborted (nothing of it is saved; the last checkpoint stays
+as it was): a watchdog thread re-signals the main thread, which interrupts any Python-level wait; after a
+SIGTERM, a main thread stuck that long again inside one native operation ends the process (exit 130).
+
+Divergence: a non-finite loss or gradient norm stops the run before that update is applied, and a state is
+saved only after its own loss was seen finite — a forward pass on the next batch (or the evaluation, when
+one just ran) and a check that every parameter is finite, just before the save — so a checkpoint on disk is
+always the last good state; :class:`TrainingDiverged` says which step it holds.
+
+The writer lock of ``out_dir`` (checkpoint.writer_lock) is held for the whole of fit() on the main rank, and
+before the first step the run's memory is estimated (train/memory.py) and a run that cannot fit refused.
+Resume = the same run: run-defining settings (optim.RUN_DEFINING, the batch geometry, ``extra_state``)
+that differ from the saved run are refused unless ``args.override``, which records them.
 """
 
 from __future__ import annotations
@@ -30,7 +43,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import signal
+import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,16 +57,29 @@ from torch import nn
 
 from . import checkpoint as ckpt
 from . import flops as flops_mod
+from . import memory as memory_mod
 from .optim import TrainArgs, _flatten_optimizer, _unflatten_optimizer, build_optimizer, lr_at, resolve_device  # noqa: F401
 from .parallel import (DistInfo, all_reduce_mean, barrier, full_model_state, full_optimizer_state,
                        init_distributed, load_full_optimizer_state, unwrap, wrap_model)
-from .steps import AuxOptimizer, Geometry, LossFn, MetricsWriter, autocast, evaluate, load_resume, split_loss  # noqa: F401
+from .steps import (AuxOptimizer, Geometry, LossFn, MetricsWriter, autocast, evaluate, load_resume,  # noqa: F401
+                    run_changes, split_loss)
 
 log = logging.getLogger("morphlm.train")
 
 
 class TrainingDiverged(RuntimeError):
-    """Loss became NaN/inf; the last good checkpoint is kept."""
+    """The loss, the gradient norm or the weights became NaN/inf. The offending update was not applied and the
+    state was not saved: ``saved_step`` is the step the checkpoint in ``out_dir`` holds (None: nothing saved)."""
+
+    def __init__(self, message: str, *, step: int | None = None, saved_step: int | None = None,
+                 out_dir: str | None = None) -> None:
+        super().__init__(message)
+        self.step, self.saved_step, self.out_dir = step, saved_step, out_dir
+
+
+def _brief(value: Any, limit: int = 70) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -144,13 +173,34 @@ class StopScope:
 _SCOPES: list[StopScope] = []
 
 
-class _StopFlag:
-    """First SIGINT/SIGTERM asks the loop to save and stop at the next step boundary; a second SIGINT aborts.
-    Inside a :class:`StopScope` whose stop was already requested, it starts out requested."""
+class _StepAborted(KeyboardInterrupt):
+    """Raised in the main thread when the step in flight outlived the stop grace period (see _StopFlag)."""
 
-    def __init__(self) -> None:
+
+class _StopFlag:
+    """First SIGINT/SIGTERM asks the loop to save and stop at the next step boundary; a second signal aborts.
+    Inside a :class:`StopScope` whose stop was already requested, it starts out requested.
+
+    The first signal also starts a watchdog: if the step in flight is still running ``grace_s`` later (the loop
+    has not reached the boundary where it saves and stops), the watchdog sends SIGINT to the main thread,
+    whose handler raises :class:`_StepAborted` there (a signal, unlike ``_thread.interrupt_main``, also breaks
+    a blocking wait such as a sleep or a lock). A save in progress is never aborted: the loop stops right after
+    it. Native code cannot be interrupted from Python; so after a SIGTERM — a request to end the process — a
+    main thread still inside the step ``grace_s`` after that second signal makes the watchdog end the process
+    (exit 130; the store is kill-safe: the last checkpoint is intact)."""
+
+    def __init__(self, grace_s: float = 10.0, saved: Callable[[], str] = lambda: "") -> None:
         self.requested = any(scope.requested for scope in _SCOPES)
+        self.grace_s = float(grace_s)
+        self._saved = saved  # what is on disk, for the abort messages
         self._old: dict[int, Any] = {}
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._saving = False
+        self._abort_sent = False
+        self._signum: int | None = None
+        self._main = threading.main_thread().ident
+        self._watchdog: threading.Thread | None = None
 
     def __enter__(self):
         try:
@@ -161,14 +211,70 @@ class _StopFlag:
         return self
 
     def _handle(self, signum, frame):
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+        if self._abort_sent and signum == signal.SIGINT:  # the watchdog's signal (or a second Ctrl-C after it)
+            if self._saving or self._done.is_set():
+                return  # the loop is saving (it stops right after) or has finished
+            raise _StepAborted
+        if self.requested and (signum == signal.SIGINT or self._signum is not None):
+            raise KeyboardInterrupt  # a second signal: abort at once
         self.requested = True
+        self._signum = signum
         for scope in _SCOPES:
             scope.requested = True
-        log.warning("stop requested (signal %d): saving at the end of this step; press Ctrl-C again to abort", signum)
+        log.warning("stop requested (signal %d): saving at the end of this step; press Ctrl-C again to abort "
+                    "(a step still running %gs from now is aborted unsaved)", signum, self.grace_s)
+        self._watchdog = threading.Thread(target=self._watch, name="morphlm-stop-watchdog", daemon=True)
+        self._watchdog.start()
+
+    @contextlib.contextmanager
+    def saving(self):
+        """The loop is writing a checkpoint: the watchdog leaves it alone."""
+        with self._lock:
+            self._saving = True
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._saving = False
+
+    def _wait_not_saving(self) -> bool:
+        """Wait until no save is in progress; False when the loop finished meanwhile."""
+        while True:
+            with self._lock:
+                if self._done.is_set():
+                    return False
+                if not self._saving:
+                    return True
+            self._done.wait(0.05)
+
+    def _watch(self) -> None:
+        if self._done.wait(self.grace_s) or not self._wait_not_saving():
+            return
+        with self._lock:
+            if self._saving or self._done.is_set():
+                return
+            self._abort_sent = True
+            log.warning("the step in flight is still running %gs after the stop request: aborting it (nothing of "
+                        "it is saved)%s", self.grace_s, self._saved())
+            signal.pthread_kill(self._main, signal.SIGINT)
+        if self._signum != signal.SIGTERM:
+            return
+        if self._done.wait(self.grace_s) or not self._wait_not_saving():
+            return
+        with self._lock:
+            if self._saving or self._done.is_set():
+                return
+            sys.stderr.write(f"interrupted: the step in flight ignored SIGTERM for {2 * self.grace_s:g}s (it is "
+                             f"inside native code): ending the process; nothing of that step was saved"
+                             f"{self._saved()}\n")
+            sys.stderr.flush()
+            os._exit(130)
 
     def __exit__(self, *exc):
+        with self._lock:  # the watchdog sends nothing after this
+            self._done.set()
+        if self._watchdog is not None:  # it returns at once now; no thread of fit() outlives it
+            self._watchdog.join(timeout=5)
         for sig, old in self._old.items():
             signal.signal(sig, old)
         return False
@@ -176,8 +282,9 @@ class _StopFlag:
 
 # ---------------------------------------------------------------------------------------------- the run
 class _Run:
-    """One fit() call: set up in ``__init__``; ``train()`` runs the steps (``_step`` computes one update,
-    ``_record`` logs and evaluates it, ``_save`` writes the checkpoint, ``_interrupted`` handles a stop)."""
+    """One fit() call: set up in ``__init__``; ``train()`` runs the steps (``_backward`` computes one step's
+    gradients, ``_read`` checks them, ``_update`` applies them, ``_record`` logs and evaluates, ``_check_state``
+    and ``_save`` write a checkpoint of a state seen finite, ``_interrupted`` handles a stop)."""
 
     def __init__(self, model: nn.Module, loss_fn: LossFn | None, data: BatchSource, args: TrainArgs,
                  callbacks: Iterable[Any], *, tokenizer_json: str | None, lineage: dict[str, Any] | None,
@@ -196,17 +303,27 @@ class _Run:
         self.out_dir = Path(args.out_dir) if args.out_dir else None
         self.cfg = unwrap(model).config
 
-        self.resume_state, optim_tensors = load_resume(self.out_dir, args, extra_state, model)
+        self.resume_state, optim_tensors = load_resume(self.out_dir, args, model)
         rs = self.resume_state
         self.start_step = int(rs["step"]) if rs else 0
+        self.saved_step: int | None = self.start_step if rs is not None else None  # what the checkpoint holds
         tokens, flops_done = (int(rs["tokens"]), float(rs["flops"])) if rs else (0, 0.0)
         if rs is not None and info.is_main:
             log.info("resuming %s at step %d", self.out_dir, self.start_step)
         if args.schedule_steps is None:
             args.schedule_steps = args.max_steps
+        if args.warmup_steps > args.schedule_steps and info.is_main:
+            log.warning("warmup_steps=%d is longer than the LR schedule (%d steps): the learning rate never reaches "
+                        "lr=%g", args.warmup_steps, args.schedule_steps, args.lr)
 
         # the data decides the global batch (sequences per optimizer step) and the sequence length
         self.geo = Geometry.of(data.train_batch(self.start_step + step_offset), info, args.micro_batch_size)
+        self.lineage = dict(lineage or {})
+        self.override: dict[str, dict[str, Any]] | None = None
+        if rs is not None:
+            self._same_run(rs)
+        if args.check_memory:
+            self._check_memory(model, aux_modules, device)
         self.flops_per_step = (args.flops_per_step or flops_mod.training_flops_per_token(self.cfg, self.geo.seq_len)
                                * self.geo.tokens_per_step)
 
@@ -225,6 +342,8 @@ class _Run:
 
         out_dir = self.out_dir
         self.writer = MetricsWriter(out_dir / ckpt.METRICS_FILE if out_dir else None, self.start_step, info.is_main)
+        if self.override is not None:
+            self.writer.write({"override": self.override, "step": self.start_step})
         if args.tensorboard and info.is_main and out_dir is not None:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -235,16 +354,115 @@ class _Run:
                             "continuing without it")
         self.fstate = FitState(step=self.start_step, tokens=tokens, flops=flops_done, model=self.runner,
                                raw_model=self.raw, optimizer=self.optimizer, dist=info)
-        self.lineage = dict(lineage or {})
         self.last_loss: float | None = None
         self.val_metrics: dict[str, float] = {}
         self.bar = None
 
+    # -- setup checks --------------------------------------------------------------------------------------
+    def _same_run(self, rs: dict[str, Any]) -> None:
+        """Resume = the same run: refuse changed run-defining settings unless ``args.override``, which records
+        them (a metrics.jsonl record, written once the writer is open, and lineage.json's ``overrides``)."""
+        if self.out_dir is not None:
+            saved_lineage = ckpt.read_lineage(self.out_dir) or {}
+            prior = saved_lineage.get("overrides")
+            if isinstance(prior, list) and "overrides" not in self.lineage:
+                self.lineage["overrides"] = list(prior)
+        changes = run_changes(rs, self.args, self.extra_state, self.geo)
+        if not changes:
+            return
+        listed = ", ".join(f"{k} {_brief(old)} vs {_brief(new)}" for k, (old, new) in changes.items())
+        if not self.args.override:
+            raise ckpt.CheckpointError(
+                f"{self.out_dir} holds a run with other settings (saved vs asked: {listed}); resuming would not "
+                f"continue the same run. Resume with the saved settings, pass --override to continue with the new "
+                f"ones (the change is recorded in metrics.jsonl and lineage.json), or start a new run in another --out")
+        self.override = {k: {"saved": old, "now": new} for k, (old, new) in changes.items()}
+        self.lineage["overrides"] = [*self.lineage.get("overrides", []),
+                                     {"step": self.start_step, "changes": self.override}]
+        if self.info.is_main:
+            log.warning("--override: resuming %s at step %d with changed settings (saved vs now: %s)", self.out_dir,
+                        self.start_step, listed)
+
+    def _check_memory(self, model: nn.Module, aux_modules: nn.Module | None, device: torch.device) -> None:
+        """Refuse a run whose estimated memory (train/memory.py) exceeds what ``device`` has available."""
+        from ..model.config import ModelConfig
+
+        if not isinstance(self.cfg, ModelConfig):
+            return
+        params = [p for p in unwrap(model).parameters()]
+        if aux_modules is not None:
+            params += list(aux_modules.parameters())
+        n_params = sum(p.numel() for p in params)
+        n_trainable = sum(p.numel() for p in params if p.requires_grad)
+        resident = sum(p.numel() * p.element_size() for p in params if p.device.type == device.type)
+        shards = self.info.world_size if self.args.parallel == "fsdp" and self.info.enabled else 1
+        memory_mod.check_fits(self.cfg, per_process_batch=self.geo.per_rank, seq_len=self.geo.seq_len,
+                              micro_batch=self.geo.micro, device=device, precision=self.args.precision,
+                              n_params=n_params, n_trainable=n_trainable, resident=resident, shards=shards,
+                              where="this training run")
+
     # -- saving ------------------------------------------------------------------------------------------
-    def _save(self, step: int) -> None:
-        """Checkpoint (weights, optimizer, RNG, trainer state, lineage) at ``step``, atomically; all ranks call."""
+    def _on_disk(self) -> str:
+        """What the checkpoint directory holds now, for error messages."""
+        if self.out_dir is None:
+            return ""
+        if self.saved_step is None:
+            return f"; nothing was saved to {self.out_dir}"
+        return f"; the checkpoint in {self.out_dir} holds step {self.saved_step}, the last good state"
+
+    def _check_state(self, step: int, batches: list[dict[str, torch.Tensor]], evaluated: bool) -> None:
+        """Before saving the state after ``step`` updates: its parameters are finite and so is its loss — the
+        evaluation's when one just ran, else a forward pass (no gradients, dropout off, RNG untouched) on
+        ``batches``. Raises TrainingDiverged, so a state that gives NaN/inf is never saved."""
+        nonfinite = torch.zeros((), device=self.device)
+        for p in [*self.wrapped.parameters(), *self.aux.params]:
+            local = p.to_local() if hasattr(p, "to_local") else p  # an FSDP2 shard
+            nonfinite += (~torch.isfinite(local.detach())).sum().float()
+        if evaluated and "val_loss" in self.val_metrics:
+            loss = torch.tensor(float(self.val_metrics["val_loss"]), device=self.device)
+            what = "validation loss"
+        else:
+            loss = self._probe(batches)
+            what = "loss on the next batch"
+        values = torch.stack([loss.float(), nonfinite])
+        if self.info.enabled:
+            values = all_reduce_mean(values, self.info)
+        loss_v, bad = values.tolist()
+        if math.isfinite(loss_v) and bad == 0:
+            return
+        problem = ("its weights hold non-finite values" if bad else f"its {what} is {loss_v}")
+        raise TrainingDiverged(
+            f"the state after step {step} diverged ({problem}); it was not saved{self._on_disk()}. Lower --lr "
+            f"(now {self.args.lr:g}), raise --warmup-steps, or check the data for bad tokens, then resume with "
+            f"--resume auto", step=step, saved_step=self.saved_step, out_dir=str(self.out_dir) if self.out_dir else None)
+
+    @torch.no_grad()
+    def _probe(self, batches: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+        """Mean loss of the current weights on ``batches`` (eval mode, no gradients; the RNG is restored)."""
+        model = self.wrapped
+        was_training = model.training
+        model.eval()
+        devices = [self.device] if self.device.type == "cuda" else []
+        total = torch.zeros((), device=self.device)
+        try:
+            with torch.random.fork_rng(devices=devices):
+                for mb in batches:
+                    with autocast(self.device, self.args.precision):
+                        loss, _ = split_loss(self.loss_fn(model, mb))
+                    total += loss.detach().float()
+        finally:
+            model.train(was_training)
+        return total / max(len(batches), 1)
+
+    def _save(self, step: int, next_batches: list[dict[str, torch.Tensor]] | None = None) -> None:
+        """Checkpoint (weights, optimizer, RNG, trainer state, lineage) at ``step``, atomically; all ranks call.
+        ``next_batches``: this rank's micro-batches of step ``step`` (the one a resume starts with), whose shape
+        the trainer state records (built here when not given)."""
         if self.out_dir is None:
             return
+        if next_batches is None:
+            next_batches = self._prepare(step)
+        next_len = int(next_batches[0]["input_ids"].shape[1])
         args, info, fstate = self.args, self.info, self.fstate
         model_state = full_model_state(self.wrapped)
         osd = full_optimizer_state(self.wrapped, self.optimizer)
@@ -257,6 +475,7 @@ class _Run:
                 "schedule_steps": args.schedule_steps, "param_groups": groups,
                 "args": {k: v for k, v in asdict(args).items()},
                 "world_size": info.world_size, "data_cursor": {"step": step, "seed": args.seed},
+                "geometry": {"batch_size": self.geo.global_batch, "seq_len": next_len},
                 "torch": torch.__version__, **({"aux_param_groups": aux_groups} if aux_groups else {}),
                 **(self.extra_state or {}),
             }
@@ -270,14 +489,17 @@ class _Run:
                 if hasattr(cb, "on_save"):
                     cb.on_save(fstate, self.out_dir)
         barrier(info)
+        self.saved_step = step
 
     # -- one step ----------------------------------------------------------------------------------------
     def _prepare(self, step: int) -> list[dict[str, torch.Tensor]]:
         return self.geo.micro_batches(self.data.train_batch(step + self.step_offset), self.info, self.device)
 
-    def _step(self, step: int, micro_batches: list[dict[str, torch.Tensor]]):
-        """Forward/backward over the micro-batches and the optimizer update of ``step``. Returns (lr, stats, the
-        extra metrics' names): stats = [mean loss, grad norm (if clipping), extras...] as device tensors."""
+    def _backward(self, step: int, micro_batches: list[dict[str, torch.Tensor]]):
+        """Forward/backward over the micro-batches of ``step`` and the gradient norm (clipped when grad_clip > 0);
+        the update itself is :meth:`_update`, applied only once :meth:`_read` saw the loss and norm finite.
+        Returns (lr, stats, the extra metrics' names): stats = [mean loss, grad norm, extras...] as device
+        tensors."""
         args, info, wrapped = self.args, self.info, self.wrapped
         if hasattr(self.raw, "on_train_step_begin"):  # state the model advances itself (growth mask ramps)
             self.raw.on_train_step_begin()
@@ -310,28 +532,29 @@ class _Run:
             for p in aux_params:
                 if p.grad is not None:
                     p.grad.copy_(all_reduce_mean(p.grad, info))
-        if args.grad_clip and args.grad_clip > 0:
-            clip_params = list(wrapped.parameters())
-            if args.parallel != "fsdp" or not info.enabled:
-                clip_params += aux_params  # FSDP2 norms are DTensors: aux is then clipped alone
-            elif aux_params:
-                torch.nn.utils.clip_grad_norm_(aux_params, args.grad_clip)
-            norm = torch.nn.utils.clip_grad_norm_(clip_params, args.grad_clip)
-            if hasattr(norm, "full_tensor"):  # FSDP2: a DTensor
-                norm = norm.full_tensor()
-            stats.append(norm.float())
+        # the global norm is always measured (a non-finite one stops the run); clipping at inf scales by 1
+        max_norm = args.grad_clip if args.grad_clip > 0 else math.inf
+        clip_params = list(wrapped.parameters())
+        if args.parallel != "fsdp" or not info.enabled:
+            clip_params += aux_params  # FSDP2 norms are DTensors: aux is then clipped alone
+        elif aux_params:
+            torch.nn.utils.clip_grad_norm_(aux_params, max_norm)
+        norm = torch.nn.utils.clip_grad_norm_(clip_params, max_norm)
+        if hasattr(norm, "full_tensor"):  # FSDP2: a DTensor
+            norm = norm.full_tensor()
+        stats.append(norm.float())
         stats.extend(extras.values())
-        # The update is dispatched before the loss is read: one host sync per step, at its end. A non-finite
-        # loss is caught right after (_read); the in-memory weights are then discarded (nothing is saved),
-        # so the last good checkpoint on disk is what remains.
+        return lr, stats, list(extras.keys())
+
+    def _update(self) -> None:
+        """The optimizer step of the gradients :meth:`_backward` left (the model's and the aux modules')."""
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.aux.step()
-        return lr, stats, list(extras.keys())
 
     def _read(self, step: int, stats: list[torch.Tensor], stop_requested: bool) -> tuple[list[float], bool]:
         """The step's statistics on the host (averaged over ranks) and whether any rank was asked to stop;
-        raises TrainingDiverged on a non-finite loss."""
+        raises TrainingDiverged on a non-finite loss or gradient norm — before the update is applied."""
         values = torch.stack([t.to(self.device) for t in stats])
         stop_now = stop_requested
         if self.info.enabled:
@@ -340,11 +563,14 @@ class _Run:
             stop_now = bool(values[-1] > 0)
             values = values[:-1]
         vals = values.tolist()
-        if not math.isfinite(vals[0]):
-            where = f"; the last good checkpoint in {self.out_dir} is kept" if self.out_dir else ""
+        if not (math.isfinite(vals[0]) and math.isfinite(vals[1])):
+            self.optimizer.zero_grad(set_to_none=True)
             raise TrainingDiverged(
-                f"loss became {vals[0]} at step {step + 1}{where}. Lower --lr (now {self.args.lr:g}), "
-                f"raise --warmup-steps, or check the data for bad tokens, then resume with --resume auto")
+                f"{'loss' if not math.isfinite(vals[0]) else 'gradient norm'} became "
+                f"{vals[0] if not math.isfinite(vals[0]) else vals[1]} at step {step + 1}; that update was not "
+                f"applied{self._on_disk()}. Lower --lr (now {self.args.lr:g}), raise --warmup-steps, or check the "
+                f"data for bad tokens, then resume with --resume auto",
+                step=step + 1, saved_step=self.saved_step, out_dir=str(self.out_dir) if self.out_dir else None)
         return vals, stop_now
 
     # -- logging and evaluation ----------------------------------------------------------------------------
@@ -362,9 +588,9 @@ class _Run:
             "step": step + 1, "tokens": fstate.tokens, "flops": fstate.flops, "loss": step_loss,
             "lr": lr, "tok_per_s": self.geo.tokens_per_step / dt, "elapsed_s": elapsed,
         }
-        rest = vals[1:]
-        if args.grad_clip and args.grad_clip > 0:
-            record["grad_norm"] = rest.pop(0)
+        rest = vals[2:]
+        if args.grad_clip > 0:
+            record["grad_norm"] = vals[1]
         record.update(zip(extra_names, rest))
         m = flops_mod.mfu(this_flops / dt, self.device_name)
         if m is not None:
@@ -402,6 +628,17 @@ class _Run:
     def _interrupted(self, step: int, saved: bool) -> TrainingInterrupted:
         return TrainingInterrupted(step, self.out_dir if saved and self.out_dir is not None else None)
 
+    def _aborted(self) -> TrainingInterrupted:
+        """The step in flight outlived the stop grace period and was aborted: nothing of it was saved."""
+        what = (f"the step in flight was still running {self.args.stop_grace_s:g}s after the stop request and was "
+                f"aborted, so nothing of it was saved")
+        if self.out_dir is not None and self.saved_step is not None:
+            return TrainingInterrupted(self.saved_step, self.out_dir,
+                                       f"{what}; the checkpoint there (step {self.saved_step}) is intact — continue "
+                                       f"it with the same command and --resume auto")
+        return TrainingInterrupted(self.fstate.step, None, f"{what}; nothing was saved: rerun the command to start "
+                                                           f"again")
+
     # -- the loop ----------------------------------------------------------------------------------------------
     def result(self) -> FitResult:
         return FitResult(self.fstate.step, self.fstate.tokens, self.fstate.flops, self.last_loss,
@@ -419,7 +656,7 @@ class _Run:
             return FitResult(start, self.fstate.tokens, self.fstate.flops, None,
                              rs.get("val_loss") if rs else None, {}, str(self.out_dir) if self.out_dir else None)
         try:
-            with _StopFlag() as stop:
+            with _StopFlag(args.stop_grace_s, self._on_disk) as stop:
                 if stop.requested:  # a StopScope whose stop was requested: nothing new is trained or written
                     raise self._interrupted(start, saved=start > 0)
                 if self.info.is_main:
@@ -432,7 +669,10 @@ class _Run:
                     from ..progress import progress_bar
 
                     self.bar = progress_bar(total=args.max_steps, initial=start, desc="train", unit="step")
-                self._steps(stop)
+                try:
+                    self._steps(stop)
+                except _StepAborted:
+                    raise self._aborted() from None
         finally:
             if self.bar is not None:
                 self.bar.close()
@@ -443,6 +683,9 @@ class _Run:
         return self.result()
 
     def _steps(self, stop: _StopFlag) -> None:
+        """Each step: forward/backward, read (a non-finite loss or gradient norm stops here, before the update),
+        update, record; a save is due at the end, every ``save_every`` steps or on a stop request, and goes
+        ahead only for a state whose own loss was seen finite (:meth:`_check_state`)."""
         args = self.args
         t_last = time.perf_counter()
         t_start = t_last
@@ -450,22 +693,28 @@ class _Run:
         micro_batches = self._prepare(self.start_step)
         for step in range(self.start_step, args.max_steps):
             self.fstate.step = step
-            lr, stats, extra_names = self._step(step, micro_batches)
+            lr, stats, extra_names = self._backward(step, micro_batches)
             done = step + 1 == args.max_steps
             if not done:
-                micro_batches = self._prepare(step + 1)  # CPU work overlaps the GPU finishing this step
+                micro_batches = self._prepare(step + 1)  # CPU work overlaps the device finishing this step
             vals, stop_now = self._read(step, stats, stop.requested)
+            self._update()
             now = time.perf_counter()
             dt = max(now - t_last, 1e-9)
             t_last = now
-            if self._record(step, lr, vals, extra_names, done, dt, now - t_start):
+            evaluated = self._record(step, lr, vals, extra_names, done, dt, now - t_start)
+            if evaluated:
                 t_last = time.perf_counter()  # evaluation time is not training throughput
-            if stop_now:
-                self._save(step + 1)
-                raise self._interrupted(step + 1, saved=True)
-            if done or (args.save_every and (step + 1) % args.save_every == 0):
-                self._save(step + 1)
+            if stop_now or done or (args.save_every and (step + 1) % args.save_every == 0):
+                if self.out_dir is not None:
+                    # the probe batches: the next step's (already prepared), or this step's at the end
+                    self._check_state(step + 1, micro_batches, evaluated)
+                    with stop.saving():
+                        self._save(step + 1, None if done else micro_batches)
                 t_last = time.perf_counter()
+                if stop_now or (stop.requested and not done and self.out_dir is not None):
+                    # (a stop asked for during a periodic save: the state just saved is where it stops)
+                    raise self._interrupted(step + 1, saved=True)
 
 
 def fit(
@@ -498,9 +747,18 @@ def fit(
     Callbacks may define ``on_step_begin(state)``, ``on_step_end(state, record)``, ``on_eval(state,
     metrics)``, ``on_save(state, out_dir)`` and ``on_train_end(state)`` (not called when the run is stopped).
 
-    Raises :class:`TrainingInterrupted` after a SIGINT/SIGTERM (having saved at the end of the step in
-    flight, where there is an ``out_dir``), and :class:`TrainingDiverged` on a non-finite loss.
+    ``extra_state``: entries of the trainer state that identify the run (data and tokenizer fingerprints, the
+    data spec, a search space): a resume compares them with the saved ones, like the run-defining arguments
+    (optim.RUN_DEFINING) and the batch geometry, and refuses a change unless ``args.override``.
+
+    Holds ``args.out_dir``'s writer lock for the whole run (main rank). Raises :class:`TrainingInterrupted`
+    after a SIGINT/SIGTERM (having saved at the end of the step in flight, where there is an ``out_dir``),
+    :class:`TrainingDiverged` on a non-finite loss, gradient norm or weights (nothing of the bad state saved),
+    and memory.InsufficientMemory when the estimated memory exceeds what the device has (``check_memory``).
     """
-    run = _Run(model, loss_fn, data, args, callbacks, tokenizer_json=tokenizer_json, lineage=lineage,
-               extra_state=extra_state, step_offset=step_offset, step_flops=step_flops, aux_modules=aux_modules)
-    return run.train()
+    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 writes
+    lock = ckpt.writer_lock(args.out_dir) if args.out_dir and main_rank else contextlib.nullcontext()
+    with lock:  # re-entrant: a verb that took it already (train_run) keeps it; each save re-enters it
+        run = _Run(model, loss_fn, data, args, callbacks, tokenizer_json=tokenizer_json, lineage=lineage,
+                   extra_state=extra_state, step_offset=step_offset, step_flops=step_flops, aux_modules=aux_modules)
+        return run.train()

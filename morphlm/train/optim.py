@@ -7,7 +7,8 @@ them for convenience).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import typing
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -28,7 +29,7 @@ class TrainArgs:
     beta1: float = 0.9
     beta2: float = 0.95
     adam_eps: float = 1e-8
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0  # clip the global gradient norm to this; 0 turns clipping off
     eval_every: int = 0  # 0 -> evaluate only at the end
     eval_at_end: bool = True
     save_every: int = 0  # 0 -> save only at the end
@@ -41,19 +42,86 @@ class TrainArgs:
     progress: bool = True
     tensorboard: bool = False
     flops_per_step: float | None = None  # override (e.g. distillation adds the teacher's forward)
+    override: bool = False  # resume even though run-defining settings changed (each change is recorded)
+    stop_grace_s: float = 10.0  # after a stop signal, a step still running this long is aborted unsaved
+    check_memory: bool = True  # refuse a run whose estimated memory exceeds the memory available
 
     def validate(self) -> None:
+        """Check every field's type and range; raises ValueError naming the field, its value and the fix."""
         def need(cond: bool, msg: str) -> None:
             if not cond:
                 raise ValueError(f"invalid training arguments: {msg}")
 
+        hints = typing.get_type_hints(TrainArgs)
+        for f in fields(self):
+            value = getattr(self, f.name)
+            need(_fits_type(value, hints[f.name]),
+                 f"{f.name}={_short(value)} must be {_describe_type(hints[f.name])}")
+        for name in ("lr", "min_lr_ratio", "weight_decay", "beta1", "beta2", "adam_eps", "grad_clip",
+                     "flops_per_step", "stop_grace_s"):
+            value = getattr(self, name)
+            need(value is None or math.isfinite(value), f"{name}={value} is not a finite number")
         need(self.max_steps > 0, f"max_steps={self.max_steps} must be > 0")
+        need(self.micro_batch_size is None or self.micro_batch_size > 0,
+             f"micro_batch_size={self.micro_batch_size} must be > 0 (or None: the whole per-process batch)")
         need(self.lr > 0, f"lr={self.lr} must be > 0")
+        need(0 <= self.min_lr_ratio <= 1, f"min_lr_ratio={self.min_lr_ratio} must be between 0 and 1")
+        need(self.warmup_steps >= 0, f"warmup_steps={self.warmup_steps} must be >= 0")
         need(self.schedule in ("cosine", "linear", "constant"), f"schedule={self.schedule!r}: cosine|linear|constant")
+        need(self.schedule_steps is None or self.schedule_steps > 0,
+             f"schedule_steps={self.schedule_steps} must be > 0 (or None: max_steps)")
+        need(self.weight_decay >= 0, f"weight_decay={self.weight_decay} must be >= 0")
+        need(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1,
+             f"beta1={self.beta1}, beta2={self.beta2}: AdamW's betas must be in [0, 1)")
+        need(self.adam_eps > 0, f"adam_eps={self.adam_eps} must be > 0")
+        need(self.grad_clip >= 0, f"grad_clip={self.grad_clip} must be >= 0 (0 turns clipping off)")
+        need(self.eval_every >= 0, f"eval_every={self.eval_every} must be >= 0 (0: only at the end)")
+        need(self.save_every >= 0, f"save_every={self.save_every} must be >= 0 (0: only at the end)")
         need(self.resume in ("never", "auto"), f"resume={self.resume!r}: never|auto")
+        need(0 <= self.seed < 2**62, f"seed={self.seed} must be between 0 and 2**62")
         need(self.parallel in ("none", "ddp", "fsdp"), f"parallel={self.parallel!r}: none|ddp|fsdp")
         need(self.precision in ("auto", "fp32", "bf16"), f"precision={self.precision!r}: auto|fp32|bf16")
-        need(self.warmup_steps >= 0, "warmup_steps must be >= 0")
+        need(self.flops_per_step is None or self.flops_per_step >= 0,
+             f"flops_per_step={self.flops_per_step} must be >= 0")
+        need(self.stop_grace_s > 0, f"stop_grace_s={self.stop_grace_s} must be > 0 seconds")
+
+    @property
+    def horizon(self) -> int:
+        """The steps the LR schedule spans: ``schedule_steps``, else ``max_steps``."""
+        return self.schedule_steps or self.max_steps
+
+
+# TrainArgs that define a run: a resume that changes one of them is no longer the same run (see the loop's
+# resume check); the others (max_steps, micro-batching, device, logging, ...) only say how it is carried out.
+RUN_DEFINING = ("seed", "lr", "min_lr_ratio", "warmup_steps", "schedule", "schedule_steps", "weight_decay",
+                "beta1", "beta2", "adam_eps", "grad_clip", "precision")
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _fits_type(value: Any, hint: Any) -> bool:
+    """Whether ``value`` has a type ``hint`` allows (int | None, float, str, bool): a bool is not a number,
+    an int is a float."""
+    for t in typing.get_args(hint) or (hint,):
+        if t is type(None) and value is None:
+            return True
+        if t is bool and isinstance(value, bool):
+            return True
+        if t is int and isinstance(value, int) and not isinstance(value, bool):
+            return True
+        if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True
+        if t is str and isinstance(value, str):
+            return True
+    return False
+
+
+def _describe_type(hint: Any) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", type(None): "None"}
+    return " or ".join(names.get(t, str(t)) for t in (typing.get_args(hint) or (hint,)))
 
 
 def lr_at(step: int, args: TrainArgs) -> float:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from ..model import ModelConfig, TransformerLM
 from ..model.config import ConfigError
 from . import checkpoint as ckpt
 from .loop import FitResult, TrainArgs, evaluate, fit, model_loss, resolve_device
+from .memory import check_fits
 from .optim import LoadOptimizerState, _unflatten_optimizer
 
 log = logging.getLogger("morphlm.run")
@@ -53,10 +55,11 @@ class RunSpec:
 
 def parse_value(value: Any, like: Any, key: str) -> Any:
     """Parse a command-line string to the type of the field it overrides (``like``: its current value;
-    None when unknown: then int, float, none/null or the string itself)."""
+    None when unknown: then int, float, none/null or the string itself). A numeric field takes only a finite
+    number (a whole one for an integer field); ``abc``, ``nan`` and ``inf`` are refused with a ConfigError."""
     if not isinstance(value, str) or isinstance(like, str):
         return value
-    low = value.lower()
+    low = value.strip().lower()
     if isinstance(like, bool):
         if low in ("1", "true", "yes", "on"):
             return True
@@ -65,12 +68,31 @@ def parse_value(value: Any, like: Any, key: str) -> Any:
         raise ConfigError(f"{key}={value!r} is not a boolean; use true or false")
     if low in ("none", "null"):
         return None
+    number: int | float | None = None
     for cast in (int, float):
         try:
-            return cast(value)
+            number = cast(value)
+            break
         except ValueError:
             continue
-    return value
+    if number is None:
+        if isinstance(like, (int, float)):
+            raise ConfigError(f"{key}={_clip(value)} is not a number; give {key} a number like {like!r}")
+        return value
+    if not math.isfinite(number):
+        raise ConfigError(f"{key}={_clip(value)} is not a finite number; give {key} a finite value"
+                          + (f" like {like!r}" if like is not None else ""))
+    if isinstance(like, float):
+        return float(number)
+    if isinstance(like, int) and isinstance(number, float):
+        if not number.is_integer():
+            raise ConfigError(f"{key}={_clip(value)} must be a whole number (like {like!r})")
+        return int(number)
+    return number
+
+
+def _clip(value: str, limit: int = 60) -> str:
+    return repr(value if len(value) <= limit else value[:limit] + "...")
 
 
 def build_spec(preset: str | None = None, recipe: str | Path | None = None,
@@ -162,8 +184,16 @@ def build_spec(preset: str | None = None, recipe: str | Path | None = None,
     if dspec.seq_len > cfg.max_seq_len:
         raise ConfigError(f"seq_len={dspec.seq_len} exceeds the model's max_seq_len={cfg.max_seq_len}; "
                           f"lower --seq-len or raise max_seq_len")
-    return RunSpec(model=cfg, data=dspec, train=TrainArgs(**train_fields), init=init, schedule=schedule,
-                   schedule_opts=schedule_opts)
+    targs = TrainArgs(**train_fields)
+    try:
+        targs.validate()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if "warmup_steps" in train_fields and targs.warmup_steps > targs.horizon:
+        raise ConfigError(f"warmup_steps={targs.warmup_steps} is longer than the LR schedule "
+                          f"({targs.horizon} steps: schedule_steps, else max_steps), so the learning rate would never "
+                          f"reach lr={targs.lr:g}; use warmup_steps <= {targs.horizon} or a longer --schedule-steps")
+    return RunSpec(model=cfg, data=dspec, train=targs, init=init, schedule=schedule, schedule_opts=schedule_opts)
 
 
 def saved_data_spec(run_dir: str | Path) -> DataSpec:
@@ -260,6 +290,12 @@ def _train_run(spec: RunSpec, callbacks) -> FitResult:
         raise ConfigError(f"train_run does not run progressive schedules ({spec.schedule!r}); run the spec with "
                           f"morphlm.grow.schedules.run_from_spec(spec), as `morphlm train --schedule` does")
     args = spec.train
+    if args.check_memory and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        # before the data and the model are built: a run that cannot fit fails in a moment, with the numbers
+        # (fit() checks again with the real model, on every rank)
+        check_fits(spec.model, per_process_batch=spec.data.batch_size, seq_len=spec.data.seq_len,
+                   micro_batch=args.micro_batch_size, device=resolve_device(args.device), precision=args.precision,
+                   where=f"training this {spec.model.name!r} model")
     out = Path(args.out_dir) if args.out_dir else None
     tokenizer = None
     resuming = out is not None and ckpt.has_trainer_state(out) and args.resume == "auto"

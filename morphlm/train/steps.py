@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
-from .optim import TrainArgs, build_optimizer
+from .optim import RUN_DEFINING, TrainArgs, build_optimizer
 from .parallel import DistInfo, unwrap
 
 LossFn = Callable[[nn.Module, dict[str, torch.Tensor]], Any]
@@ -67,9 +67,10 @@ def evaluate(model: nn.Module, loss_fn: LossFn, batches: Iterable[dict[str, torc
     return out
 
 
-def load_resume(out_dir: Path | None, args: TrainArgs, extra_state: dict[str, Any] | None, model: nn.Module):
+def load_resume(out_dir: Path | None, args: TrainArgs, model: nn.Module):
     """Load the run in ``out_dir`` into ``model`` (if there is one): (trainer state or None, optimizer tensors).
-    Fills ``args.schedule_steps`` from the saved run and refuses a resume that would change its past."""
+    Fills ``args.schedule_steps`` from the saved run when it is not given (extending a run keeps its
+    schedule); whether the rest is the same run is :func:`run_changes`' question."""
     if out_dir is None or not ckpt.has_trainer_state(out_dir):
         return None, {}
     if args.resume != "auto":
@@ -77,21 +78,49 @@ def load_resume(out_dir: Path | None, args: TrainArgs, extra_state: dict[str, An
             f"{out_dir} already holds a training run; pass --resume auto to continue it, "
             f"or choose another --out so nothing is overwritten")
     resume_state, optim_tensors = ckpt.load_trainer_state(out_dir)
-    saved_sched = resume_state.get("schedule_steps")
     if args.schedule_steps is None:
-        args.schedule_steps = saved_sched
-    elif saved_sched is not None and args.schedule_steps != saved_sched:
-        raise ValueError(f"this run's LR schedule spans {saved_sched} steps but --schedule-steps "
-                         f"{args.schedule_steps} was given; resume with the same schedule or start a new run")
-    for key in ("data_fingerprint", "tokenizer_fingerprint"):
-        saved, now = resume_state.get(key), (extra_state or {}).get(key)
-        if saved and now and saved != now:
-            raise ckpt.CheckpointError(
-                f"{out_dir} was trained on different data ({key} differs); resume with the same "
-                f"--corpus and tokenizer, or start a new run in another --out")
+        args.schedule_steps = resume_state.get("schedule_steps")
     state, _ = ckpt.load_state_dict(out_dir)
     unwrap(model).load_state_dict(state)
     return resume_state, optim_tensors
+
+
+# data-spec entries that the batch geometry also names (reported once, under these names)
+_GEOMETRY_KEYS = ("batch_size", "seq_len")
+
+
+def run_changes(saved: dict[str, Any], args: TrainArgs, extra_state: dict[str, Any] | None,
+                geometry: "Geometry") -> dict[str, tuple[Any, Any]]:
+    """What a resume would change of the saved run: {setting: (saved, asked)} over the run-defining
+    arguments (optim.RUN_DEFINING; ``schedule_steps`` after it was filled from the saved run), every
+    ``extra_state`` entry the saved state has too (data and tokenizer fingerprints, the data spec entry by
+    entry, ...), and the shape of the batch of the saved step (``geometry``: sequences, tokens per sequence —
+    per step, since padded batches vary in length) against ``geometry``, the resume's first batch, which is
+    that same step's. Entries the saved run did not record (older checkpoints) are not compared."""
+    changes: dict[str, tuple[Any, Any]] = {}
+    saved_args = saved.get("args") if isinstance(saved.get("args"), dict) else {}
+    for key in RUN_DEFINING:
+        old = saved.get("schedule_steps") if key == "schedule_steps" else saved_args.get(key)
+        new = getattr(args, key)
+        if old is not None and old != new:
+            changes[key] = (old, new)
+    for key, new in (extra_state or {}).items():
+        old = saved.get(key)
+        if old is None or new is None:
+            continue
+        if isinstance(old, dict) and isinstance(new, dict):
+            for sub in sorted(set(old) | set(new)):
+                if old.get(sub) != new.get(sub):
+                    changes[sub if key == "data_spec" else f"{key}.{sub}"] = (old.get(sub), new.get(sub))
+        elif old != new:
+            changes[key] = (old, new)
+    geo_now = {"batch_size": geometry.global_batch, "seq_len": geometry.seq_len}
+    geo_saved = saved.get("geometry")
+    if isinstance(geo_saved, dict):  # the shape of the batch of the saved step (which the resume starts with)
+        for key in _GEOMETRY_KEYS:
+            if key in geo_saved and geo_saved[key] != geo_now[key] and key not in changes:
+                changes[key] = (geo_saved[key], geo_now[key])
+    return changes
 
 
 @dataclass
