@@ -195,4 +195,4 @@ def check_fits(cfg: ModelConfig, *, per_process_batch: int, seq_len: int, micro_
     raise InsufficientMemory(
         f"{where} needs about {gib(needed)} more memory on {device.type} but only {gib(available)} is available "
         f"(estimate: {est.describe()}); {'; or '.join(fixes)}. The estimate is approximate: "
-        f"--check-memory false skips this check")
+        f"--no-check-memory skips this check")
