@@ -133,7 +133,7 @@ def test_grow_help_lists_the_registry():
 
 
 def test_deprecated_spellings_still_work_with_a_notice(tmp_path):
-    from morphlm.cli_options import rewrite_aliases
+    from morphlm.commands.options import rewrite_aliases
 
     assert rewrite_aliases(["--steps", "3", "--steps=4", "--", "--steps"], {"--steps": "--max-steps"}) == \
         ["--max-steps", "3", "--max-steps=4", "--", "--steps"]

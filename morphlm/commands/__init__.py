@@ -1,10 +1,8 @@
-"""Subcommands contributed by the method families (grow, compress, bench, ...).
-
-Each module here imports ``app`` (and the sub-apps ``bench_app``, ``search_app``) plus ``friendly`` and
-``_setup_logging`` from :mod:`morphlm.cli` and decorates its commands onto them; ``morphlm.cli`` imports every
-module of this package once its own table is built. This keeps cli.py a thin table while letting each
-method family own its commands' file.
-"""
+"""The CLI's commands. :mod:`.base` holds the typer apps and what every command shares (error handling,
+logging, ``--version``), :mod:`.options` the typed options generated from the dataclasses; :mod:`.core` declares
+the core verbs (train, eval, plot, generate, convert, grow, data, demo) and every other module one method
+family's commands. :func:`load_all` imports them all, the core verbs first (``morphlm --help`` lists them in
+that order); ``morphlm.cli`` calls it."""
 
 from __future__ import annotations
 
@@ -13,5 +11,6 @@ import pkgutil
 
 
 def load_all() -> None:
-    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        importlib.import_module(f"{__name__}.{info.name}")
+    names = sorted(m.name for m in pkgutil.iter_modules(__path__))
+    for name in ["core", *(n for n in names if n != "core")]:
+        importlib.import_module(f"{__name__}.{name}")

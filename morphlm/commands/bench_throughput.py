@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from ..cli import _setup_logging, bench_app, friendly
-from ..cli_options import verb, with_config
+from .base import _setup_logging, bench_app, friendly
+from .options import verb, with_config
 
 
 @bench_app.command("throughput", cls=verb({"--batch": "--batch-size", "--seq": "--seq-len",

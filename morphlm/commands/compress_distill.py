@@ -8,8 +8,8 @@ from typing import Optional
 
 import typer
 
-from ..cli import _parse_extra, _setup_logging, app, friendly, search_app
-from ..cli_options import model_options, typed_settings, verb, with_config
+from .base import _parse_extra, _setup_logging, app, friendly, search_app
+from .options import model_options, typed_settings, verb, with_config
 
 
 def _overrides(ctx: typer.Context) -> dict:

@@ -8,8 +8,8 @@ from typing import Optional
 
 import typer
 
-from ..cli import _setup_logging, app, friendly
-from ..cli_options import verb, with_config
+from .base import _setup_logging, app, friendly
+from .options import verb, with_config
 
 
 @app.command(cls=verb({"--steps": "--max-steps"}))

@@ -10,8 +10,9 @@ from typing import Optional
 
 import typer
 
-from ..cli import _TRAIN_FIELDS, _parse_extra, _setup_logging, app, friendly, search_app
-from ..cli_options import NULL, model_options, typed_settings, verb, with_config
+from .base import _parse_extra, _setup_logging, app, friendly, search_app
+from .core import _TRAIN_FIELDS
+from .options import NULL, model_options, typed_settings, verb, with_config
 
 
 def _ints(text: Optional[str], what: str) -> Optional[tuple[int, ...]]:

@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from ..cli import _setup_logging, app, bench_app, friendly
-from ..cli_options import verb, with_config
+from .base import _setup_logging, app, bench_app, friendly
+from .options import verb, with_config
 
 
 def _fractions(text: str) -> tuple[float, ...]:

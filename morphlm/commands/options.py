@@ -299,9 +299,9 @@ _HELP = {
 
 def field_options() -> list[FieldOption]:
     """Every settable ModelConfig, DataSpec and TrainArgs field as an option (train's generated options)."""
-    from .model.config import DERIVED_FIELDS, ModelConfig
-    from .train.optim import TrainArgs
-    from .train.run import DataSpec
+    from ..model.config import DERIVED_FIELDS, ModelConfig
+    from ..train.optim import TrainArgs
+    from ..train.run import DataSpec
 
     out: list[FieldOption] = []
     for section, cls in (("model", ModelConfig), ("data", DataSpec), ("train", TrainArgs)):
