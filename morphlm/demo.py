@@ -85,18 +85,18 @@ def saving_caveat(grown: list[dict], scratch: list[dict]) -> str | None:
     function-preserving method saves ~100%; and while scratch's loss is still falling steeply at its end it
     has not reached a stable loss, so the target is an early point of a short run."""
     if not grown or len(scratch) < 2:
-        return "too few evaluations to compare; run more --steps"
+        return "too few evaluations to compare; run more --max-steps"
     target = scratch[-1]["val_loss"]
     if grown[0]["val_loss"] <= target:
         return (f"not measurable at this length: the grown model matched scratch's final loss ({target:.3f}) before "
                 f"any training ({grown[0]['val_loss']:.3f}), so scratch never got past where the source already "
-                f"was; rerun with more --steps (default 1500)")
+                f"was; rerun with more --max-steps (default 1500)")
     losses = [p["val_loss"] for p in scratch]
     quarter = losses[-max(len(losses) // 4, 2)]  # the loss a quarter of the run before the end
     total_drop = losses[0] - losses[-1]
     if total_drop > 0 and quarter - losses[-1] > 0.25 * total_drop:
         return (f"scratch had not reached a stable loss (its last quarter still took {quarter - losses[-1]:.3f} of "
-                f"its {total_drop:.3f} drop), so its final loss is an early target; rerun with more --steps "
+                f"its {total_drop:.3f} drop), so its final loss is an early target; rerun with more --max-steps "
                 f"(default 1500)")
     return None
 

@@ -72,4 +72,4 @@ def quantize(
     if "drift" in summary:
         d = summary["drift"]
         msg += f"; drift: cosine {d['cosine']:.3f} with the float model ({d['batch']})"
-    typer.echo(msg)  # a ternary --steps 0 run's warning was logged (stderr) by quantize_checkpoint
+    typer.echo(msg)  # a ternary --max-steps 0 run's warning was logged (stderr) by quantize_checkpoint

@@ -118,7 +118,7 @@ def _student_config(student: str, teacher_cfg, overrides: dict[str, Any]):
     elif student == "teacher":
         base = teacher_cfg.to_dict()
     else:
-        raise CompressionError(f"--student {student!r} is neither a preset ({', '.join(sorted(PRESETS))}), a config "
+        raise CompressionError(f"--to {student!r} is neither a preset ({', '.join(sorted(PRESETS))}), a config "
                                f"file, a checkpoint directory nor 'teacher'")
     if "vocab_size" not in overrides and base.get("vocab_size") != teacher_cfg.vocab_size:
         base["vocab_size"] = teacher_cfg.vocab_size  # one tokenizer for both: the teacher's
@@ -222,13 +222,13 @@ def distill_run(teacher: str | Path, student: str, out: str | Path, *, init: str
     s_dir = Path(student)
     from_dir = s_dir.is_dir() and ckpt.has_checkpoint(s_dir)
     if s_dir.is_dir() and not from_dir:
-        raise CompressionError(f"--student {student} is a directory but not a morphlm checkpoint (config.json + "
+        raise CompressionError(f"--to {student} is a directory but not a morphlm checkpoint (config.json + "
                                f"model.safetensors missing)")
     if from_dir and init == "auto":  # the student keeps its own weights: they must speak the teacher's tokens
         s_tok = ckpt.open_tokenizer(s_dir, error=CompressionError)
         if s_tok is not None and s_tok.fingerprint() != tok.fingerprint():
             raise CompressionError(
-                f"--student {student} was trained with another tokenizer than the teacher {teacher} (their "
+                f"--to {student} was trained with another tokenizer than the teacher {teacher} (their "
                 f"tokenizer.json differ); distillation feeds both the teacher's token ids, so its weights would "
                 f"read them as other tokens — use a student trained with the teacher's tokenizer, or --init random")
     s_fields = _student_config(student, tcfg, overrides)
@@ -261,7 +261,7 @@ def distill_run(teacher: str | Path, student: str, out: str | Path, *, init: str
                 fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
                 missing = [k for k in own if k.startswith(("blocks.", "tok_emb")) and k not in fitting]
                 if missing:
-                    raise CompressionError(f"--student {student}: its weights do not fit the student config "
+                    raise CompressionError(f"--to {student}: its weights do not fit the student config "
                                            f"({missing[:3]} ...); drop the conflicting overrides")
                 s_model.load_state_dict(fitting, strict=False)
                 parents.append(ckpt.parent_record(s_dir, "student-init"))

@@ -51,7 +51,7 @@ def init_from_teacher(teacher: nn.Module, student_cfg: ModelConfig, layer_map: s
     if diff:
         raise CompressionError(
             f"cannot copy teacher layers into this student: {', '.join(f'{k} teacher {a} vs student {b}' for k, (a, b) in diff.items())}. "
-            f"Use a student of the teacher's width (e.g. --student with only n_layers changed), --init random, "
+            f"Use a student of the teacher's width (e.g. --to teacher with only --n-layers changed), --init random, "
             f"or extract a narrower student first (morphlm extract)")
     lm = teacher_layer_map(layer_map, tcfg.n_layers, student_cfg.n_layers)
     if lm.has_gaps:

@@ -426,7 +426,7 @@ def quantize_checkpoint(src_dir: str | Path, out_dir: str | Path, method: str | 
     if steps < 0:
         raise CompressionError(f"steps={steps} must be >= 0 (0 = no QAT, pack the post-training ternarization)")
     if method == "int8" and (steps or task_train or task_val):
-        raise CompressionError("the int8 baseline is post-training dynamic quantization: it takes no --steps or "
+        raise CompressionError("the int8 baseline is post-training dynamic quantization: it takes no --max-steps or "
                                "task files; drop them or use --method ternary")
     teacher, _, record = ckpt.open_checkpoint(src_dir, role="source", error=CompressionError)
     tokenizer_json = record.tokenizer_json
@@ -488,10 +488,10 @@ def quantize_checkpoint(src_dir: str | Path, out_dir: str | Path, method: str | 
         lineage["drift"] = summary["drift"] = drift
         if steps == 0:
             summary["warning"] = (
-                f"ternary without QAT (--steps 0): the packed model's outputs drifted from the float model's "
+                f"ternary without QAT (--max-steps 0): the packed model's outputs drifted from the float model's "
                 f"(cosine {drift['cosine']:.3f} of pooled final hidden states, logits cosine "
                 f"{drift['logits_cosine']:.3f} on a {what}); ternarization needs distillation-aware training "
-                f"to recover: pass --steps N (e.g. 200) with the source's data or --task-train/--task-val")
+                f"to recover: pass --max-steps N (e.g. 200) with the source's data or --task-train/--task-val")
             log.warning("%s", summary["warning"])
         save_packed(student, out_dir, tokenizer_json, lineage, scale_dtype=scale_dtype, rest_dtype=rest_dtype,
                     packing=packing)

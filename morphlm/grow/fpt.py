@@ -137,7 +137,7 @@ def plan_stages(cfg: ModelConfig, total_steps: int, progressive: bool = False, p
     per = stage_steps if stage_steps is not None else max(1, total_steps // 5)
     if per < 1 or per * len(fr) >= total_steps:
         raise GrowthError(f"{len(fr)} partial stages of {per} steps leave no steps for the full model out of "
-                          f"{total_steps}; lower --stage-steps or raise --steps")
+                          f"{total_steps}; lower --stage-steps or raise --max-steps")
     stages = []
     for f in fr:
         nl = max(1, round(f * cfg.n_layers)) if partial in ("layers", "compound") else cfg.n_layers

@@ -343,7 +343,7 @@ def prompt_tune(lm: TransformerLM, tokenizer: Tokenizer, task: Task, cfg: Prompt
     need = cfg.max_len + cfg.prompt_len
     if need > mcfg.max_seq_len:
         raise GrowthError(f"max_len {cfg.max_len} + prompt_len {cfg.prompt_len} = {need} exceeds the model's "
-                          f"max_seq_len={mcfg.max_seq_len}; shorten --prompt-len or --max-len")
+                          f"max_seq_len={mcfg.max_seq_len}; shorten --prompt-len or --seq-len")
     if tokenizer.vocab_size > mcfg.vocab_size:
         raise GrowthError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {mcfg.vocab_size}; "
                           "use the tokenizer the model was trained with")

@@ -412,9 +412,9 @@ def run_schedule(name: str, target: ModelConfig, data, args: TrainArgs, *, sourc
                       source_dir=src_dir, tokenizer_json=tokenizer_json, extra_state=extra_state)
 
 
-# ---------------------------------------------------------------------------- `morphlm train --schedule`
+# ---------------------------------------------------------------------------- `morphlm train --growth-schedule`
 def run_from_spec(spec, callbacks=()):
-    """``morphlm train --schedule NAME``: a RunSpec (train.run) whose ``schedule`` names any registered schedule
+    """``morphlm train --growth-schedule NAME``: a RunSpec (train.run) whose ``schedule`` names any registered schedule
     → a FitResult-like summary."""
     from ..model.config import ConfigError
     from ..train.loop import FitResult
@@ -424,7 +424,7 @@ def run_from_spec(spec, callbacks=()):
         raise ConfigError(f"unknown schedule {spec.schedule!r}; choose one of {', '.join(available_schedules())}")
 
     if spec.init:
-        raise GrowthError("--init does not combine with --schedule; pass the smaller model as --source DIR")
+        raise GrowthError("--init does not combine with --growth-schedule; pass the smaller model as --source DIR")
     opts = dict(spec.schedule_opts or {})
     source = opts.pop("source", None)
     tokenizer = None

@@ -44,7 +44,7 @@ def plot_runs(run_dirs: Sequence[str | Path], out_png: str | Path, *, x: str = "
             raise PlotError(f"{p} is not a directory; pass run directories written by a training verb (--out DIR)")
         if not (p / ckpt.METRICS_FILE).is_file():
             raise PlotError(f"{p} has no {ckpt.METRICS_FILE}; pass a run directory a training verb wrote (train, "
-                            f"distill, quantize --steps N, ...)")
+                            f"distill, quantize --max-steps N, ...)")
     return plot_curves(run_labels(run_dirs), out_png, x=x, title=title)
 
 

@@ -275,7 +275,7 @@ def train_run(spec: RunSpec, callbacks=()) -> FitResult:
     ``--init DIR`` copies DIR's weights, keeps the growth masks it carries (an MSG-grown directory: the new run
     continues their ramp) and, on a fresh start, loads the initial optimizer state DIR holds (the AdamW moments
     a growth verb carried over). A progressive ``spec.schedule`` is run by the growth package
-    (``morphlm.grow.schedules.run_from_spec``; ``morphlm train --schedule`` dispatches there), not here."""
+    (``morphlm.grow.schedules.run_from_spec``; ``morphlm train --growth-schedule`` dispatches there), not here."""
     out = spec.train.out_dir
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 writes
     if out and main_rank:
@@ -288,7 +288,7 @@ def _train_run(spec: RunSpec, callbacks) -> FitResult:
     """The body of :func:`train_run`, run while the writer lock is held."""
     if spec.schedule:
         raise ConfigError(f"train_run does not run progressive schedules ({spec.schedule!r}); run the spec with "
-                          f"morphlm.grow.schedules.run_from_spec(spec), as `morphlm train --schedule` does")
+                          f"morphlm.grow.schedules.run_from_spec(spec), as `morphlm train --growth-schedule` does")
     args = spec.train
     if args.check_memory and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         # before the data and the model are built: a run that cannot fit fails in a moment, with the numbers
