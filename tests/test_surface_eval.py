@@ -109,7 +109,7 @@ def test_ternary_without_qat_warns_with_measured_drift(run, tmp_path, caplog):
     drift = summary["drift"]
     assert -1.0 <= drift["cosine"] < 1.0 and -1.0 <= drift["logits_cosine"] < 1.0
     assert drift["batch"] == "held-out batch of stdlib"
-    assert "--steps 0" in summary["warning"] and f"cosine {drift['cosine']:.3f}" in summary["warning"]
+    assert "--max-steps 0" in summary["warning"] and f"cosine {drift['cosine']:.3f}" in summary["warning"]
     assert any("ternary without QAT" in r.getMessage() for r in caplog.records)
     assert ckpt.read_lineage(tmp_path / "q0")["drift"] == drift
     res = cli("quantize", run, "--out", tmp_path / "q1")
