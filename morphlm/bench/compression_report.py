@@ -174,12 +174,12 @@ def plot_tradeoffs(result: dict, out_png) -> "Path | None":
     """Dev accuracy against latency (batch 1, median ms) and against size (bytes) for the teacher and every
     arm that reports them (mean accuracy over seeds; latency and size of the first seed), two panels in one
     PNG. Returns the path, or None when no arm has accuracy and latency to draw."""
-    from pathlib import Path
-
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from ..train.metrics import save_figure
 
     points = []  # (label, acc, latency, size, measured)
     t = result.get("teacher") or {}
@@ -214,10 +214,6 @@ def plot_tradeoffs(result: dict, out_png) -> "Path | None":
             ax.grid(alpha=0.3)
         task = (result.get("task") or {}).get("name", "")
         fig.suptitle(f"compression benchmark ({result.get('profile', '?')} profile{', ' + task if task else ''})")
-        fig.tight_layout()
-        out_png = Path(out_png)
-        out_png.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out_png)
+        return save_figure(fig, out_png)
     finally:
         plt.close(fig)
-    return out_png

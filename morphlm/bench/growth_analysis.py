@@ -8,6 +8,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from ..train.metrics import save_figure
 from .growth_config import BenchError
 from .stats import mean_std
 
@@ -140,12 +141,10 @@ def plot_results(results: dict[str, Any], png: str | Path) -> Path:
     fig.suptitle(f"growth benchmark: {results['config']['target_config']['d_model']}d x "
                  f"{results['config']['target_config']['n_layers']}L target, {s['seeds']} seed(s), mean curves; "
                  f"dotted: scratch's final loss", fontsize=10)
-    fig.tight_layout()
-    png = Path(png)
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png)
-    plt.close(fig)
-    return png
+    try:
+        return save_figure(fig, png)
+    finally:
+        plt.close(fig)
 
 
 def _pct(v: float | None, sd: float | None = None) -> str:

@@ -406,11 +406,8 @@ def extract_checkpoint(teacher_dir: str | Path, student: ModelConfig, out_dir: s
     from ..train import checkpoint as ckpt
 
     teacher_dir, out_dir = Path(teacher_dir), Path(out_dir)
-    ckpt.check_derived_dirs(teacher_dir, out_dir, role="teacher", verb="extract", error=CompressionError)
-    quant = ckpt.read_record(teacher_dir, role="teacher", error=CompressionError).quantization
-    if quant is not None:
-        raise CompressionError(f"{teacher_dir} is a quantized model ({quant.get('method')}); extraction slices "
-                               f"full-precision weights — extract from the float checkpoint it was quantized from")
+    ckpt.check_derived_dirs(teacher_dir, out_dir, role="teacher", verb="extract", error=CompressionError,
+                            float_only="extraction slices full-precision weights")
     teacher, _, record = ckpt.open_checkpoint(teacher_dir, role="teacher", error=CompressionError)
     check_extractable(teacher.config, student)
     data = None

@@ -230,11 +230,8 @@ def grow_checkpoint(src_dir: str | Path, target: ModelConfig | dict | str | Path
 
     src_dir, out_dir = Path(src_dir), Path(out_dir)
     opts = {k: v for k, v in opts.items() if v is not None}
-    ckpt.check_derived_dirs(src_dir, out_dir, role="source", verb="grow", error=GrowthError)
-    quant = ckpt.read_record(src_dir, role="source", error=GrowthError).quantization
-    if quant is not None:
-        raise GrowthError(f"{src_dir} is a quantized model ({quant.get('method')}); growth maps full-precision "
-                          f"weights — grow the float checkpoint it was quantized from")
+    ckpt.check_derived_dirs(src_dir, out_dir, role="source", verb="grow", error=GrowthError,
+                            float_only="growth maps full-precision weights")
     source, _, record = ckpt.open_checkpoint(src_dir, role="source", error=GrowthError)
     if method in LEARNED_METHODS and opts.get("data") is None:
         opts["data"] = _source_batches(src_dir, resolve_target(target, source.config), seed)

@@ -686,15 +686,21 @@ def has_checkpoint(run_dir: str | Path) -> bool:
 
 
 def check_derived_dirs(src_dir: Path, out_dir: Path, *, role: str, verb: str,
-                       error: type[Exception] = CheckpointError) -> None:
+                       error: type[Exception] = CheckpointError, float_only: str | None = None) -> None:
     """The checks of every verb that reads one checkpoint directory and writes a new one (grow, extract):
-    the ``role`` directory (source, teacher) exists and ``out_dir`` may be written by the verb ``verb`` (its
-    lineage verb; :func:`claim_output_dir`: new or empty, not the input). Raises ``error`` naming the problem
-    and the fix."""
+    the ``role`` directory (source, teacher) exists, is not a quantized model when the verb needs full-precision
+    weights (``float_only``: what the verb does with them), and ``out_dir`` may be written by the verb ``verb``
+    (its lineage verb; :func:`claim_output_dir`: new or empty, not the input). Raises ``error`` naming the
+    problem and the fix."""
     if not src_dir.is_dir():
         raise error(f"{role} checkpoint directory {src_dir} does not exist; pass a directory written by "
                     f"`morphlm train --out DIR`")
     claim_output_dir(out_dir, verb, inputs=[(role, src_dir)], error=error)
+    if float_only is not None:
+        quant = read_record(src_dir, role=role, error=error).quantization
+        if quant is not None:
+            raise error(f"{src_dir} is a quantized model ({quant.get('method')}); {float_only} — use the float "
+                        f"checkpoint it was quantized from")
 
 
 def has_trainer_state(run_dir: str | Path) -> bool:

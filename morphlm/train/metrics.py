@@ -81,10 +81,15 @@ def plot_curves(runs: dict[str, str | Path], out_png: str | Path, *, x: str = "s
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         ax.set_title(title or f"loss of {drawn} run{'s' if drawn != 1 else ''}")
-        fig.tight_layout()
-        out_png = Path(out_png)
-        out_png.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out_png)
+        return save_figure(fig, out_png)
     finally:
         plt.close(fig)
+
+
+def save_figure(fig, out_png: str | Path, **savefig_kw) -> Path:
+    """Lay out ``fig`` and write it to ``out_png`` (creating its folder); every plot of the package ends here."""
+    fig.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, **savefig_kw)
     return out_png
