@@ -56,6 +56,7 @@ The orchestration (``distill()`` through fit, the ``morphlm distill`` stages) is
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -68,7 +69,9 @@ from .errors import CompressionError, StrictConfig
 
 __all__ = [
     "STAGES", "PROJECTIONS", "DistillConfig", "DistillLoss", "teacher_layer_map", "is_monotone", "attention_mse",
-    "hidden_mse", "soft_cross_entropy", "distill_flops_per_token", "check_compatible",
+    "hidden_mse", "soft_cross_entropy", "distill_flops_per_token", "check_compatible", "ATT_LOSSES", "HEAD_MAPS",
+    "HID_LOSSES", "HeadMatch", "resolve_head_map", "attention_centred_mse", "attention_kl", "attention_loss",
+    "hidden_normalized_mse", "hidden_cosine", "hidden_loss", "term_gradient_norms",
 ]
 
 STAGES = ("general", "intermediate", "prediction", "logit", "full")
@@ -80,6 +83,9 @@ _TERMS = {
     "full": ("emb", "att", "hid", "pred"),
 }
 PROJECTIONS = ("shared", "per_layer", "none")
+ATT_LOSSES = ("mse", "centred", "kl")
+HID_LOSSES = ("mse", "normalized", "cosine")
+HEAD_MAPS = ("auto", "mean", "subset")  # or an explicit list: one 0-based teacher head per student head
 
 
 # ---------------------------------------------------------------------------------------------- layer maps
@@ -108,10 +114,14 @@ class DistillConfig(StrictConfig):
     monotone: bool = False  # require a non-decreasing layer map
     freeze_embeddings: bool = False  # LightMBERT: the student's embedding layer is not trained
     teacher_path: str | None = None  # informational (lineage)
+    att_loss: str = "mse"  # mse (TinyBERT raw scores) | centred (row-centred scores) | kl (MiniLM distributions)
+    head_map: str | list[int] = "auto"  # auto | mean | subset | one 0-based teacher head per student head
+    hid_loss: str = "mse"  # mse (TinyBERT) | normalized (÷ teacher variance) | cosine (1 − cos)
 
     def __post_init__(self) -> None:
         if self.layer_map is not None and not isinstance(self.layer_map, str):
             self.layer_map = list(self.layer_map)  # a LayerMap / tuple → a plain list: to_dict() stays JSON-ready
+        self.head_map = _parse_head_map(self.head_map)
 
     def validate(self) -> None:
         if self.stage not in STAGES:
@@ -121,6 +131,14 @@ class DistillConfig(StrictConfig):
                                    f"Hinton-style logit distillation)")
         if self.projection not in PROJECTIONS:
             raise CompressionError(f"projection={self.projection!r}; choose one of {PROJECTIONS}")
+        if self.att_loss not in ATT_LOSSES:
+            raise CompressionError(f"att_loss={self.att_loss!r} is unknown; choose one of {ATT_LOSSES} (mse: "
+                                   f"TinyBERT's raw score MSE, centred: row-centred scores, kl: MiniLM's KL of "
+                                   f"attention distributions)")
+        if self.hid_loss not in HID_LOSSES:
+            raise CompressionError(f"hid_loss={self.hid_loss!r} is unknown; choose one of {HID_LOSSES} (mse: "
+                                   f"TinyBERT, normalized: MSE ÷ the teacher's variance, cosine: 1 − cos)")
+        _check_head_map_form(self.head_map)
         for name in ("emb", "att", "hid", "pred", "hard_label"):
             w = getattr(self, f"{name}_weight")
             if w is not None and (not isinstance(w, (int, float)) or w < 0):
@@ -147,27 +165,175 @@ def _valid_tokens(attention_mask: torch.Tensor | None, B: int, T: int, device) -
     return attention_mask.bool()
 
 
-def attention_mse(s: torch.Tensor, t: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                  causal: bool = False) -> torch.Tensor:
-    """MSE of pre-softmax attention scores, mean over valid (batch, head, query, key) entries.
+# ---------------------------------------------------------------------------------------------- head maps
+def _parse_head_map(spec):
+    """``head_map`` as stored: a name, or an explicit list of ints (``"0,4,8,11"`` and tuples become a list, so
+    ``to_dict()`` records a JSON list). Anything else is kept as given for :meth:`DistillConfig.validate` to name."""
+    if isinstance(spec, str):
+        text = spec.strip()
+        if text in HEAD_MAPS:
+            return text
+        parts = [p.strip() for p in text.split(",")]
+        if parts and all(p.lstrip("-").isdigit() for p in parts):
+            return [int(p) for p in parts]
+        return spec
+    if isinstance(spec, (list, tuple)) and all(isinstance(h, int) and not isinstance(h, bool) for h in spec):
+        return list(spec)
+    return spec
 
-    s: (B, Hs, T, T); t: (B, Ht, T, T). Head counts: equal → one to one; Ht = k·Hs → each student head
-    against the mean of k consecutive teacher heads; otherwise both averaged over heads (reconstruction)."""
+
+def _check_head_map_form(spec) -> None:
+    if isinstance(spec, str) and spec in HEAD_MAPS:
+        return
+    if isinstance(spec, list) and spec and all(isinstance(h, int) and not isinstance(h, bool) for h in spec):
+        bad = [h for h in spec if h < 0]
+        if bad:
+            raise CompressionError(f"head_map {spec} names negative teacher heads {bad}; teacher heads are 0-based")
+        return
+    raise CompressionError(f"head_map={spec!r} is unknown; choose one of {HEAD_MAPS} or one 0-based teacher head "
+                           f"per student head, e.g. '0,4,8,11'")
+
+
+@dataclass(frozen=True)
+class HeadMatch:
+    """How teacher heads meet student heads in one attention term (resolved for the actual head counts).
+
+    ``kind``: ``identity`` (equal counts, head i ↔ head i) | ``group`` (student head i ↔ the mean of teacher
+    heads i·k … i·k+k−1) | ``all`` (both sides averaged over all their heads: one comparison) | ``index``
+    (student head i ↔ teacher head ``index[i]``). Means are of raw scores for the score losses and of
+    probabilities for ``kl``."""
+
+    kind: str
+    group: int = 1
+    index: tuple[int, ...] = ()
+
+
+def resolve_head_map(spec, n_teacher: int, n_student: int) -> HeadMatch:
+    """The :class:`HeadMatch` of a ``head_map`` spec for ``n_teacher`` → ``n_student`` heads (clear errors)."""
+    spec = _parse_head_map(spec)
+    _check_head_map_form(spec)
+    if isinstance(spec, list):
+        if len(spec) != n_student:
+            raise CompressionError(f"head_map {spec} has {len(spec)} entries but the student has {n_student} heads; "
+                                   f"give one 0-based teacher head per student head")
+        bad = [h for h in spec if h >= n_teacher]
+        if bad:
+            raise CompressionError(f"head_map {spec} names teacher heads {bad}; the teacher has heads "
+                                   f"0..{n_teacher - 1}")
+        return HeadMatch("index", index=tuple(spec))
+    if spec == "subset":
+        if n_teacher < n_student:
+            raise CompressionError(f"head_map 'subset' picks one teacher head per student head, but the teacher has "
+                                   f"{n_teacher} heads and the student {n_student}; use 'auto' or an explicit list")
+        return HeadMatch("index", index=tuple(i * n_teacher // n_student for i in range(n_student)))
+    if n_teacher == n_student:
+        return HeadMatch("identity")
+    if n_teacher % n_student == 0:
+        return HeadMatch("group", group=n_teacher // n_student)
+    if spec == "mean":
+        raise CompressionError(f"head_map 'mean' averages groups of teacher heads, but {n_teacher} teacher heads do not "
+                               f"split into {n_student} equal groups; use 'auto' (all-heads mean), 'subset' or an "
+                               f"explicit list")
+    return HeadMatch("all")  # auto with non-divisible counts: a reconstruction (TinyBERT assumes equal counts)
+
+
+def _map_scores(s: torch.Tensor, t: torch.Tensor, match: HeadMatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(student, teacher) score tensors with equal head counts under ``match`` (means of scores)."""
     B, Hs, T, _ = s.shape
-    Ht = t.shape[1]
-    t = t.to(s.dtype)
-    if Ht != Hs:
-        if Ht % Hs == 0:
-            t = t.view(B, Hs, Ht // Hs, T, T).mean(dim=2)  # (B, Hs, T, T)
-        else:
-            s, t = s.mean(dim=1, keepdim=True), t.mean(dim=1, keepdim=True)  # (B, 1, T, T)
-    valid = _valid_tokens(attention_mask, B, T, s.device)
-    pair = valid[:, :, None] & valid[:, None, :]  # (B, T, T) query i valid & key j valid
+    if match.kind == "group":
+        t = t.view(B, Hs, match.group, T, T).mean(dim=2)
+    elif match.kind == "index":
+        t = t[:, list(match.index)]
+    elif match.kind == "all":
+        s, t = s.mean(dim=1, keepdim=True), t.mean(dim=1, keepdim=True)
+    return s, t
+
+
+def _pair_mask(attention_mask, B: int, T: int, causal: bool, device) -> torch.Tensor:
+    """(B, T, T): query i valid & key j valid (& j ≤ i for causal models)."""
+    valid = _valid_tokens(attention_mask, B, T, device)
+    pair = valid[:, :, None] & valid[:, None, :]
     if causal:
-        pair = pair & torch.ones(T, T, dtype=torch.bool, device=s.device).tril()
-    pair = pair[:, None].expand_as(s)  # (B, H, T, T)
+        pair = pair & torch.ones(T, T, dtype=torch.bool, device=device).tril()
+    return pair
+
+
+def _match(s: torch.Tensor, t: torch.Tensor, head_map) -> HeadMatch:
+    return head_map if isinstance(head_map, HeadMatch) else resolve_head_map(head_map, t.shape[1], s.shape[1])
+
+
+def attention_mse(s: torch.Tensor, t: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                  causal: bool = False, head_map="auto") -> torch.Tensor:
+    """MSE of pre-softmax attention scores, mean over valid (batch, head, query, key) entries (TinyBERT eq. 9).
+
+    s: (B, Hs, T, T); t: (B, Ht, T, T). Heads meet as ``head_map`` says (:func:`resolve_head_map`; ``auto``:
+    equal → one to one; Ht = k·Hs → each student head against the mean of k consecutive teacher heads;
+    otherwise both averaged over heads, a reconstruction)."""
+    B, _, T, _ = s.shape
+    s, t = _map_scores(s, t.to(s.dtype), _match(s, t, head_map))
+    pair = _pair_mask(attention_mask, B, T, causal, s.device)[:, None].expand_as(s)  # (B, H, T, T)
     diff = (s - t).masked_select(pair)
     return (diff * diff).mean() if diff.numel() else s.sum() * 0.0
+
+
+def attention_centred_mse(s: torch.Tensor, t: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                          causal: bool = False, head_map="auto") -> torch.Tensor:
+    """MSE of attention scores centred per query row: for each (batch, head, query i) the mean over the valid
+    keys j of that row (padding and, for causal models, future keys excluded) is subtracted from both score
+    rows before the squared error; mean over valid (batch, head, i, j) entries, like :func:`attention_mse`.
+
+    Softmax ignores a constant added to a score row, so a student that differs from the teacher by such an
+    offset has loss exactly 0 here (it would pay the offset² under raw MSE). Heads meet as in
+    :func:`attention_mse` (means of scores; centring commutes with those means)."""
+    B, _, T, _ = s.shape
+    s, t = _map_scores(s, t.to(s.dtype), _match(s, t, head_map))
+    pair = _pair_mask(attention_mask, B, T, causal, s.device)[:, None].expand_as(s)  # (B, H, T, T)
+    d = (s - t).masked_fill(~pair, 0.0)
+    n_keys = pair.sum(dim=-1, keepdim=True)  # valid keys per row (0 for padded queries)
+    d = d - d.sum(dim=-1, keepdim=True) / n_keys.clamp_min(1)
+    diff = d.masked_select(pair)
+    return (diff * diff).mean() if diff.numel() else s.sum() * 0.0
+
+
+_NEG = -1e9  # masked scores: exp underflows to exactly 0 in float32, and everything stays finite (no NaN grads)
+
+
+def attention_kl(s: torch.Tensor, t: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 causal: bool = False, head_map="auto") -> torch.Tensor:
+    """KL(A_T ‖ A_S) of attention distributions (MiniLM, Wang et al. 2020, arXiv 2002.10957, §3.1 eq. 1).
+
+    A = softmax of the scores over the valid keys of each query row (padding and, for causal models, future
+    keys excluded); KL = Σ_j A_T(j)·(log A_T(j) − log A_S(j)); mean over valid (batch, head, query) rows.
+    Heads meet as ``head_map`` says; a mean over teacher heads (``group``, ``all``) is the mean of their
+    PROBABILITIES (a distribution), and ``all`` averages the student's head probabilities too. MiniLM
+    transfers the last layer only with equal head counts; mapping layers and unequal head counts this way
+    is our reconstruction. Computed in float32."""
+    B, Hs, T, _ = s.shape
+    match = _match(s, t, head_map)
+    pair = _pair_mask(attention_mask, B, T, causal, s.device)  # (B, T, T)
+    query = pair.any(dim=-1)  # (B, T): rows with at least one valid key = valid queries
+    keys = (pair | ~query[:, :, None])[:, None]  # padded query rows softmax over all keys (finite), dropped below
+    log_s = s.float().masked_fill(~keys, _NEG).log_softmax(dim=-1)  # (B, Hs, T, T)
+    p_t = t.float().masked_fill(~keys, _NEG).softmax(dim=-1)  # (B, Ht, T, T)
+    if match.kind == "group":
+        p_t = p_t.view(B, Hs, match.group, T, T).mean(dim=2)
+    elif match.kind == "index":
+        p_t = p_t[:, list(match.index)]
+    elif match.kind == "all":
+        p_t = p_t.mean(dim=1, keepdim=True)
+        log_s = torch.logsumexp(log_s, dim=1, keepdim=True) - math.log(Hs)
+    kl = (torch.xlogy(p_t, p_t) - p_t * log_s).sum(dim=-1)  # (B, H, T); masked keys have p_t = 0 exactly
+    rows = kl.masked_select(query[:, None].expand_as(kl))
+    return rows.mean() if rows.numel() else s.sum() * 0.0
+
+
+def attention_loss(kind: str, s: torch.Tensor, t: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                   causal: bool = False, head_map="auto") -> torch.Tensor:
+    """The attention term named by ``kind`` (one of :data:`ATT_LOSSES`)."""
+    fn = {"mse": attention_mse, "centred": attention_centred_mse, "kl": attention_kl}.get(kind)
+    if fn is None:
+        raise CompressionError(f"att_loss={kind!r} is unknown; choose one of {ATT_LOSSES}")
+    return fn(s, t, attention_mask, causal, head_map)
 
 
 def hidden_mse(s: torch.Tensor, t: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -176,6 +342,42 @@ def hidden_mse(s: torch.Tensor, t: torch.Tensor, attention_mask: torch.Tensor | 
     valid = _valid_tokens(attention_mask, B, T, s.device)  # (B, T)
     diff = (s - t.to(s.dtype))[valid]  # (n_valid, D)
     return (diff * diff).mean() if diff.numel() else s.sum() * 0.0
+
+
+def hidden_normalized_mse(s: torch.Tensor, t: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                          eps: float = 1e-12) -> torch.Tensor:
+    """:func:`hidden_mse` divided by the variance of the teacher's hidden state over the valid tokens and all
+    features of this layer (one scalar, detached; floored at ``eps``). Scale-free: multiplying the teacher
+    and the (projected) student by the same factor leaves it unchanged; a student that outputs the teacher's
+    mean vector scores about 1."""
+    B, T, D = t.shape
+    valid = _valid_tokens(attention_mask, B, T, s.device)
+    tv = t.to(s.dtype)[valid]  # (n_valid, D)
+    if not tv.numel():
+        return s.sum() * 0.0
+    var = tv.detach().float().var(unbiased=False).clamp_min(eps)
+    diff = s[valid] - tv
+    return (diff * diff).mean() / var.to(diff.dtype)
+
+
+def hidden_cosine(s: torch.Tensor, t: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over valid tokens of 1 − cos(s_tok, t_tok) of (already projected) hidden states (B, T, D):
+    scale-free per token (the DistilBERT-style cosine alignment)."""
+    B, T, D = t.shape
+    valid = _valid_tokens(attention_mask, B, T, s.device)
+    sv, tv = s[valid], t.to(s.dtype)[valid]
+    if not sv.numel():
+        return s.sum() * 0.0
+    return (1.0 - F.cosine_similarity(sv, tv, dim=-1, eps=1e-8)).mean()
+
+
+def hidden_loss(kind: str, s: torch.Tensor, t: torch.Tensor,
+                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The hidden-state term named by ``kind`` (one of :data:`HID_LOSSES`)."""
+    fn = {"mse": hidden_mse, "normalized": hidden_normalized_mse, "cosine": hidden_cosine}.get(kind)
+    if fn is None:
+        raise CompressionError(f"hid_loss={kind!r} is unknown; choose one of {HID_LOSSES}")
+    return fn(s, t, attention_mask)
 
 
 def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0,
@@ -241,6 +443,11 @@ class DistillLoss(nn.Module):
         self.causal = bool(getattr(tcfg, "causal", False) or getattr(student_config, "causal", False))
         self.needs_hidden = self.w["emb"] > 0 or self.w["hid"] > 0
         self.needs_att = self.w["att"] > 0
+        self.head_match = None  # resolved from the configs' head counts (clear errors before any training)
+        if self.needs_att:
+            nt, ns = getattr(tcfg, "n_heads", None), getattr(student_config, "n_heads", None)
+            if isinstance(nt, int) and isinstance(ns, int):
+                self.head_match = resolve_head_map(cfg.head_map, nt, ns)
         ds, dt = student_config.d_model, tcfg.d_model
         self.proj = nn.ModuleDict()
         if self.needs_hidden:
@@ -283,8 +490,10 @@ class DistillLoss(nn.Module):
         with torch.no_grad():
             return teacher(**inputs, output_hidden_states=self.needs_hidden, output_attentions=self.needs_att)
 
-    def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]):
+    def terms(self, model: nn.Module, batch: dict[str, torch.Tensor]):
+        """(unweighted terms {emb, att, hid, pred, hard} with a positive weight, student output)."""
         w = self.w
+        cfg = self.cfg
         inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
         mask = batch.get("attention_mask")
         labels = batch.get("labels")
@@ -292,18 +501,21 @@ class DistillLoss(nn.Module):
         t_out = self._teacher_forward(inputs)
         terms: dict[str, torch.Tensor] = {}
         if w["emb"] > 0:
-            terms["emb"] = hidden_mse(self.project(s_out.hidden_states[0], "emb"), t_out.hidden_states[0], mask)
+            terms["emb"] = hidden_loss(cfg.hid_loss, self.project(s_out.hidden_states[0], "emb"),
+                                       t_out.hidden_states[0], mask)
         if w["att"] > 0 or w["hid"] > 0:
             att = hid = None
+            heads = self.head_match if self.head_match is not None else cfg.head_map
             for m, g in enumerate(self.layer_map):  # student block m ↔ teacher block g (0-based)
                 if g is None:
                     continue
                 if w["att"] > 0:
-                    a = attention_mse(s_out.attentions[m], t_out.attentions[g], mask, self.causal)
+                    a = attention_loss(cfg.att_loss, s_out.attentions[m], t_out.attentions[g], mask, self.causal,
+                                       heads)
                     att = a if att is None else att + a
                 if w["hid"] > 0:
-                    h = hidden_mse(self.project(s_out.hidden_states[m + 1], f"layer{m + 1}"),
-                                   t_out.hidden_states[g + 1], mask)
+                    h = hidden_loss(cfg.hid_loss, self.project(s_out.hidden_states[m + 1], f"layer{m + 1}"),
+                                    t_out.hidden_states[g + 1], mask)
                     hid = h if hid is None else hid + h
             zero = s_out.logits.sum() * 0.0
             if w["att"] > 0:
@@ -312,18 +524,49 @@ class DistillLoss(nn.Module):
                 terms["hid"] = hid if hid is not None else zero
         if w["pred"] > 0:
             pmask = mask if s_out.logits.dim() == 3 else None
-            terms["pred"] = soft_cross_entropy(s_out.logits, t_out.logits, self.cfg.temperature, pmask)
+            terms["pred"] = soft_cross_entropy(s_out.logits, t_out.logits, cfg.temperature, pmask)
         if w["hard"] > 0:
             if labels is None:
                 raise CompressionError("hard_label_weight > 0 needs batches with labels (a labelled task or an "
                                        "MLM/LM batch); set hard_label_weight=0 for unlabelled text")
             logits = s_out.logits.float()
             terms["hard"] = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100)
+        return terms, s_out
+
+    def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]):
+        w = self.w
+        labels = batch.get("labels")
+        terms, s_out = self.terms(model, batch)
         loss = sum(w[k] * v for k, v in terms.items())
         metrics = {f"loss_{k}": v.detach() for k, v in terms.items()}
         if labels is not None and s_out.logits.dim() == 2:
             metrics["accuracy"] = (s_out.logits.argmax(-1) == labels).float().mean()
         return loss, metrics
+
+
+def term_gradient_norms(loss_fn: DistillLoss, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+    """The L2 norm, over the student's trainable parameters, of the gradient of EACH unweighted term of
+    ``loss_fn`` on ``batch`` separately ({emb, att, hid, pred, hard} — the terms with a positive weight).
+
+    Uses :func:`torch.autograd.grad`, so no ``.grad`` is written or changed (on the student, the projections or
+    the teacher). The projections W_e/W_h are not student parameters and are left out; a parameter a term
+    does not reach contributes 0. This is the measurement that justifies per-term weights: with
+    total = Σ weight·term, weight_k·norm_k is term k's share of the update direction's size."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise CompressionError("the student has no trainable parameters; term gradient norms are undefined")
+    with torch.enable_grad():
+        terms, _ = loss_fn.terms(model, batch)
+        names = list(terms)
+        out: dict[str, float] = {}
+        for i, name in enumerate(names):
+            if not terms[name].requires_grad:  # a term no student parameter reaches (e.g. every block unmapped)
+                out[name] = 0.0
+                continue
+            grads = torch.autograd.grad(terms[name], params, retain_graph=i < len(names) - 1, allow_unused=True)
+            sq = sum((g.float() ** 2).sum() for g in grads if g is not None)
+            out[name] = float(torch.as_tensor(sq).sqrt())
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- flops
