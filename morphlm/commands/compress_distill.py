@@ -53,6 +53,18 @@ def distill(
     hard_label_weight: Optional[float] = typer.Option(None, help="Weight of CE on gold labels (default: 1 for "
                                                                  "--stage logit, else 0)."),
     projection: str = typer.Option("shared", help="shared | per_layer | none: hidden-state projection W_h."),
+    att_loss: str = typer.Option("mse", help="Attention term: mse (TinyBERT: raw pre-softmax score MSE) | centred "
+                                             "(scores centred per query row over its valid keys, then MSE: a "
+                                             "constant row offset costs nothing) | kl (MiniLM: KL of the attention "
+                                             "distributions, mean over valid query rows)."),
+    head_map: str = typer.Option("auto", help="How teacher heads meet student heads: auto (equal → one to one, "
+                                              "k·h → group mean, else all-heads mean) | mean (group mean; for kl "
+                                              "the mean of probabilities) | subset (evenly spaced teacher heads, "
+                                              "12→4: 0,3,6,9) | one 0-based teacher head per student head, e.g. "
+                                              "0,4,8,11."),
+    hid_loss: str = typer.Option("mse", help="Hidden-state terms (embeddings and blocks): mse (TinyBERT) | "
+                                             "normalized (MSE ÷ the teacher's variance over valid tokens: "
+                                             "scale-free) | cosine (mean over valid tokens of 1 − cos)."),
     max_steps: int = typer.Option(200, help="Optimizer steps (of stage a for --stage task)."),
     pred_steps: Optional[int] = typer.Option(None, help="Steps of stage b for --stage task (default: --max-steps)."),
     batch_size: int = typer.Option(16, help="Sequences per step."),
@@ -74,9 +86,11 @@ def distill(
     names the teacher and adds its cost. Extra --field value options change the student config."""
     _setup_logging(verbose)
     from ..compress.distill import distill_run
+    from ..compress.distill_loss import DistillConfig
     from ..compress.layermap import read_layer_map_arg
 
     layer_map = read_layer_map_arg(layer_map)
+    DistillConfig(att_loss=att_loss, head_map=head_map, hid_loss=hid_loss).validate()  # before any data is read
 
     info = distill_run(teacher, student, out, init=init, stage=stage, corpus=corpus,
                        task_train=str(task_train) if task_train else None,
@@ -86,7 +100,8 @@ def distill(
                        hard_label_weight=hard_label_weight, projection=projection, max_steps=max_steps,
                        pred_steps=pred_steps, batch_size=batch_size, seq_len=seq_len, lr=lr, pred_lr=pred_lr,
                        warmup_steps=warmup_steps, eval_every=eval_every, save_every=save_every, seed=seed,
-                       resume=resume, device=device, max_bytes=max_bytes or None, student_overrides=_overrides(ctx))
+                       resume=resume, device=device, max_bytes=max_bytes or None, student_overrides=_overrides(ctx),
+                       att_loss=att_loss, head_map=head_map, hid_loss=hid_loss)
     if as_json:
         typer.echo(json.dumps(info, default=str))
         return

@@ -138,7 +138,8 @@ def distill_run(teacher: str | Path, student: str, out: str | Path, *, init: str
                 batch_size: int = 16, seq_len: int = 128, lr: float = 5e-4, pred_lr: float | None = None,
                 warmup_steps: int = 10, eval_every: int = 0, save_every: int = 0, seed: int = 0,
                 resume: str = "never", device: str = "auto", max_bytes: int | None = 4_000_000,
-                student_overrides: dict[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
+                student_overrides: dict[str, Any] | None = None, progress: bool = True,
+                att_loss: str = "mse", head_map: str | list[int] = "auto", hid_loss: str = "mse") -> dict[str, Any]:
     """``morphlm distill``: teacher dir + student (preset | config | dir | 'teacher' + overrides) → checkpoint dir.
 
     ``stage``: general | intermediate | prediction | logit | full | task (= intermediate into OUT/stage_a,
@@ -279,10 +280,12 @@ def distill_run(teacher: str | Path, student: str, out: str | Path, *, init: str
             dcfg = lightmbert_config(tcfg, s_model.config, layer_map=layer_map, temperature=temperature,
                                      teacher_path=t_record["path"])
             dcfg.stage = st
+            dcfg = dataclasses.replace(dcfg, att_loss=att_loss, head_map=head_map, hid_loss=hid_loss)
         else:
             dcfg = DistillConfig(stage=st, layer_map=layer_map, temperature=temperature,
                                  hard_label_weight=hard_label_weight, projection=projection,
-                                 freeze_embeddings=init == "lightmbert", teacher_path=t_record["path"])
+                                 freeze_embeddings=init == "lightmbert", teacher_path=t_record["path"],
+                                 att_loss=att_loss, head_map=head_map, hid_loss=hid_loss)
         steps = max_steps if (st != "prediction" or pred_steps is None or len(stages) == 1) else pred_steps
         st_lr = lr if (st != "prediction" or pred_lr is None) else pred_lr
         args = TrainArgs(out_dir=str(st_out), max_steps=steps, lr=st_lr, warmup_steps=min(warmup_steps, steps - 1),

@@ -23,10 +23,10 @@ Reduction and temperature convention (ONE for every stage; differs from some too
   is causal, j ≤ i. Padded or future entries never enter a loss (no −inf, no zero-filled entries).
 * Every MSE term is the **mean over valid elements** of one mapped layer: attention over (batch, heads,
   valid i, valid j); hidden/embedding over (valid tokens, teacher width). Terms of different mapped layers
-  are **summed** (as in TinyBERT's code). Heads: equal head counts are matched one to one (the 1/h Σ_i of
-  eq. 9 is the mean over heads); if the teacher has k·h_S heads, each student head is matched to the mean
-  of k consecutive teacher heads; otherwise both sides are averaged over all heads (a reconstruction —
-  TinyBERT assumes equal head counts).
+  are **summed** (as in TinyBERT's code). Heads meet as ``head_map`` says (below); with the default
+  ``auto``, equal head counts are matched one to one (the 1/h Σ_i of eq. 9 is the mean over heads); if the
+  teacher has k·h_S heads, each student head is matched to the mean of k consecutive teacher heads;
+  otherwise both sides are averaged over all heads (a reconstruction — TinyBERT assumes equal head counts).
 * Prediction: ``L_pred = t² · mean_rows Σ_c −p_T(c)·log p_S(c)`` with p = softmax(z/t). Rows are
   examples (classification logits (B, C)) or valid token positions (LM logits (B, T, V)). The t² factor
   (Hinton et al. 2015) keeps gradient magnitudes independent of t; at t = 1 this is exactly the paper's
@@ -35,6 +35,44 @@ Reduction and temperature convention (ONE for every stage; differs from some too
 * Hard labels (``hard_label_weight``): plain cross entropy of the student on the gold labels, mean over
   labelled rows.
 * Total = Σ weight · term; the metrics report every term before weighting.
+
+Scale-aware variants (``DistillConfig.att_loss`` / ``head_map`` / ``hid_loss``)
+-------------------------------------------------------------------------------
+A real pretrained teacher has pre-softmax scores far larger than a fresh student's, so TinyBERT's raw
+score MSE can dominate the total and much of it is a per-query-row constant that softmax ignores. The
+variants below keep the masks and reductions above (the defaults reproduce TinyBERT exactly):
+
+* ``att_loss="mse"`` (default): TinyBERT's raw score MSE, mean over valid (batch, head, i, j).
+* ``att_loss="centred"``: each score row (batch, head, query i) of both models minus its mean over the valid
+  keys of that row (padding and future keys enter neither the mean nor the loss), then the same MSE. A
+  student equal to the teacher up to a constant per row — the same attention distribution — scores 0.
+* ``att_loss="kl"``: MiniLM (Wang et al. 2020, arXiv 2002.10957, §3.1): KL(A_T ‖ A_S) of the
+  attention distributions, A = softmax over the valid keys of each row (padding and, for causal models,
+  future keys get probability 0); Σ over keys, **mean over valid (batch, head, query) rows**. MiniLM
+  transfers one layer with equal head counts; per mapped layer and across head counts it is a
+  reconstruction. Computed in float32.
+* ``head_map`` — how teacher heads meet student heads, for every ``att_loss``: ``auto`` (above), ``mean``
+  (each student head ↔ the mean of its group of k = h_T/h_S consecutive teacher heads; an error when h_T is
+  not a multiple of h_S), ``subset`` (one teacher head per student head, evenly spaced: teacher head
+  ⌊i·h_T/h_S⌋, so 12 → 4 uses heads 0, 3, 6, 9; needs h_T ≥ h_S), or an explicit list of 0-based teacher
+  heads, one per student head (``"0,4,8,11"``; the same for every mapped layer). For ``mse``/``centred`` a
+  mean over heads is a mean of scores; for ``kl`` it is the mean of the heads' probabilities (a
+  distribution), and ``auto``'s all-heads fallback averages the student's head probabilities too.
+* ``hid_loss`` — every hidden-state term, i.e. the embedding term (emb) and the block outputs (hid):
+  ``mse`` (default, TinyBERT); ``normalized`` = that MSE divided by the variance of the teacher's hidden
+  state over the valid tokens and all features of that layer (one detached scalar per layer and batch):
+  scale-free, ≈ 1 for a student that outputs the teacher's mean vector; ``cosine`` = mean over valid
+  tokens of 1 − cos(W h_S, h_T) (scale-free per token; DistilBERT's alignment term).
+
+Weights
+-------
+The total is ``Σ weight · term`` over emb, att, hid, pred and hard, with the weights of
+:meth:`DistillConfig.weights` (1 for the stage's own terms unless given); the metrics ``loss_<term>`` are
+unweighted. A weight only means something relative to the term's gradient: terms on different scales
+(raw scores of RMS 3-4 against hidden states normalised to ≈ 1) pull with very different strength at the
+same weight. :func:`term_gradient_norms` measures, per term, the L2 norm of its unweighted gradient over the
+student's trainable parameters on one batch; ``weight · norm`` is that term's pull, which is how weights
+should be chosen and documented (the scale-free variants make the norms comparable across teachers).
 
 Stages (``DistillConfig.stage``)
 --------------------------------
@@ -231,9 +269,9 @@ def resolve_head_map(spec, n_teacher: int, n_student: int) -> HeadMatch:
     if n_teacher % n_student == 0:
         return HeadMatch("group", group=n_teacher // n_student)
     if spec == "mean":
-        raise CompressionError(f"head_map 'mean' averages groups of teacher heads, but {n_teacher} teacher heads do not "
-                               f"split into {n_student} equal groups; use 'auto' (all-heads mean), 'subset' or an "
-                               f"explicit list")
+        raise CompressionError(f"head_map 'mean' averages groups of teacher heads, but {n_teacher} teacher heads "
+                               f"do not split into {n_student} equal groups; use 'auto' (all-heads mean), 'subset' "
+                               f"or an explicit list")
     return HeadMatch("all")  # auto with non-divisible counts: a reconstruction (TinyBERT assumes equal counts)
 
 
@@ -300,7 +338,8 @@ _NEG = -1e9  # masked scores: exp underflows to exactly 0 in float32, and everyt
 
 def attention_kl(s: torch.Tensor, t: torch.Tensor, attention_mask: torch.Tensor | None = None,
                  causal: bool = False, head_map="auto") -> torch.Tensor:
-    """KL(A_T ‖ A_S) of attention distributions (MiniLM, Wang et al. 2020, arXiv 2002.10957, §3.1 eq. 1).
+    """KL(A_T ‖ A_S) of attention distributions (MiniLM, Wang et al. 2020, arXiv 2002.10957, §3.1, self-attention
+    distribution transfer; its value-relation term is not implemented here).
 
     A = softmax of the scores over the valid keys of each query row (padding and, for causal models, future
     keys excluded); KL = Σ_j A_T(j)·(log A_T(j) − log A_S(j)); mean over valid (batch, head, query) rows.
