@@ -590,7 +590,8 @@ def term_gradient_norms(loss_fn: DistillLoss, model: nn.Module, batch: dict[str,
     Uses :func:`torch.autograd.grad`, so no ``.grad`` is written or changed (on the student, the projections or
     the teacher). The projections W_e/W_h are not student parameters and are left out; a parameter a term
     does not reach contributes 0. This is the measurement that justifies per-term weights: with
-    total = Σ weight·term, weight_k·norm_k is term k's share of the update direction's size."""
+    total = Σ weight·term, weight_k·norm_k is the size of term k's pull on the student. The student runs in
+    its current mode (call ``model.eval()`` first for a measurement without dropout noise)."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise CompressionError("the student has no trainable parameters; term gradient norms are undefined")
