@@ -66,6 +66,9 @@ def distill(
     resume: str = typer.Option("never", help="'auto': continue the run(s) in --out."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     max_bytes: int = typer.Option(4_000_000, help="Cap on corpus bytes (0 = none)."),
+    fresh_projections: bool = typer.Option(False, "--fresh-projections",
+                                           help="Do not carry the W_e/W_h projections saved with a --to student "
+                                                "directory: start from fresh ones."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
@@ -86,7 +89,8 @@ def distill(
                        hard_label_weight=hard_label_weight, projection=projection, max_steps=max_steps,
                        pred_steps=pred_steps, batch_size=batch_size, seq_len=seq_len, lr=lr, pred_lr=pred_lr,
                        warmup_steps=warmup_steps, eval_every=eval_every, save_every=save_every, seed=seed,
-                       resume=resume, device=device, max_bytes=max_bytes or None, student_overrides=_overrides(ctx))
+                       resume=resume, device=device, max_bytes=max_bytes or None, student_overrides=_overrides(ctx),
+                       fresh_projections=fresh_projections)
     if as_json:
         typer.echo(json.dumps(info, default=str))
         return
