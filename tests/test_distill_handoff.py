@@ -149,3 +149,31 @@ def test_exported_student_holds_no_projections(dirs, tmp_path):
     cli("quantize", out, "--method", "int8", "--out", tmp_path / "q")
     assert not list((tmp_path / "q").rglob("*projection*"))
     assert not holds_projection(load_file(str(tmp_path / "q" / "model.safetensors")))
+
+
+def test_cli_general_windows_are_framed_for_a_bert_teacher_only(dirs, tmp_path, monkeypatch):
+    from morphlm.data import LMBatches
+
+    seen, real = [], loop.fit
+
+    def spy(model, loss_fn, data, args, callbacks=(), **kw):
+        seen.append(data)
+        return real(model, loss_fn, data, args, callbacks, **kw)
+
+    monkeypatch.setattr(loop, "fit", spy)
+    tok = ckpt.open_tokenizer(dirs / "pre")
+    cli("distill", "--teacher", dirs / "pre", "--to", "tiny-bert", "--n-layers", 1, "--stage", "general",
+        "--corpus", dirs / "corpus.txt", "--max-steps", 1, "--batch-size", 2, "--seq-len", 16, "--out", tmp_path / "g")
+    b = seen[0].train_batch(0)
+    assert b["input_ids"].shape == (2, 16) and b["attention_mask"].shape == (2, 16)
+    assert bool((b["input_ids"][:, 0] == tok.cls_id).all()) and bool((b["input_ids"][:, -1] == tok.sep_id).all())
+    assert bool((b["labels"][:, [0, -1]] == -100).all()) and bool((b["labels"][:, 1:-1] != -100).any())
+    assert torch.equal(seen[0].train_batch(0)["input_ids"], b["input_ids"])  # still a pure function of the step
+    # a causal LM teacher keeps its raw next-token windows
+    torch.manual_seed(0)
+    lm = TransformerLM(ModelConfig.from_name("tiny-bert", vocab_size=tok.vocab_size, n_layers=1, max_seq_len=32,
+                                             causal=True, head="lm"))
+    ckpt.save_checkpoint(tmp_path / "lm", lm.state_dict(), lm.config, tokenizer_json=tok.to_json_str())
+    cli("distill", "--teacher", tmp_path / "lm", "--to", "teacher", "--stage", "general", "--corpus",
+        dirs / "corpus.txt", "--max-steps", 1, "--batch-size", 2, "--seq-len", 16, "--out", tmp_path / "l")
+    assert isinstance(seen[1], LMBatches) and seen[1].train_batch(0)["input_ids"].shape == (2, 16)

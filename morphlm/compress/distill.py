@@ -23,7 +23,7 @@ from .lightmbert import freeze_embeddings, init_from_teacher, lightmbert_config,
 log = logging.getLogger("morphlm.compress.distill")
 
 __all__ = ["distill", "distill_run", "load_teacher", "load_projections", "read_projections", "projection_state",
-           "PROJECTIONS_FILE", "DistillConfig", "DistillLoss"]
+           "PROJECTIONS_FILE", "BertFramedBatches", "DistillConfig", "DistillLoss"]
 
 # The student's distillation state: the projections W_e/W_h (TinyBERT, Jiao et al. 2020, arXiv:1909.10351,
 # §3.1 eq. 8-9) that map its hidden states to the teacher's width. They belong to the student's training, not
@@ -173,6 +173,39 @@ def distill(teacher: nn.Module, student: nn.Module, data, args, cfg: DistillConf
                extra_state=extra_state, aux_modules=aux)
 
 
+class BertFramedBatches:
+    """Windows of another batch source framed as BERT's segments: ``[CLS] window [SEP]`` (two ids longer).
+
+    Used for general distillation of a bidirectional masked-LM teacher whose tokenizer has [CLS]/[SEP]: the
+    prepared store's windows (shared with training, which keeps them raw) start and end anywhere, while a BERT
+    teacher was pretrained on segments opened by [CLS] and closed by [SEP] (Devlin et al. 2019, arXiv:1810.04805,
+    §3). The added positions are attended to (``attention_mask`` 1) and never MLM targets (label -100).
+    ``train_batch(step)`` stays a pure function of the inner source's (seed, step)."""
+
+    def __init__(self, inner, cls_id: int, sep_id: int) -> None:
+        self.inner, self.cls_id, self.sep_id = inner, int(cls_id), int(sep_id)
+
+    def _frame(self, batch: dict) -> dict:
+        ids = batch["input_ids"]
+        B = ids.shape[0]
+
+        def around(t: torch.Tensor, first: int, last: int) -> torch.Tensor:
+            return torch.cat([torch.full((B, 1), first, dtype=t.dtype), t, torch.full((B, 1), last, dtype=t.dtype)], 1)
+
+        out = dict(batch)
+        out["input_ids"] = around(ids, self.cls_id, self.sep_id)
+        out["attention_mask"] = around(batch.get("attention_mask", torch.ones_like(ids)), 1, 1)
+        if "labels" in batch:
+            out["labels"] = around(batch["labels"], -100, -100)
+        return out
+
+    def train_batch(self, step: int) -> dict:
+        return self._frame(self.inner.train_batch(step))
+
+    def val_batches(self) -> list[dict]:
+        return [self._frame(b) for b in self.inner.val_batches()]
+
+
 # ---------------------------------------------------------------------------------------------- checkpoint-level verb
 def load_teacher(path: str | Path):
     """(model in eval mode, Tokenizer, lineage record) of a morphlm checkpoint or a Hugging Face directory
@@ -317,9 +350,13 @@ def distill_run(teacher: str | Path, student: str, out: str | Path, *, init: str
         _, store = prepare_lm_store(corpus, tcfg.vocab_size, tokenizer=tok, max_bytes=max_bytes,
                                     show_progress=progress)
         head, n_classes = tcfg.head, tcfg.n_classes
+        framed = head == "mlm" and not tcfg.causal and tok.has_role("cls") and tok.has_role("sep") and seq_len > 2
         if head == "mlm":
-            data = MLMBatches(store, batch_size, seq_len, mask_id=tok.mask_id, vocab_size=tok.vocab_size, seed=seed,
-                              special_ids=tok.special_ids)
+            data = MLMBatches(store, batch_size, seq_len - 2 if framed else seq_len, mask_id=tok.mask_id,
+                              vocab_size=tok.vocab_size, seed=seed, special_ids=tok.special_ids)
+            if framed:  # a bidirectional (BERT-style) teacher reads [CLS] text [SEP], as in its pretraining
+                data = BertFramedBatches(data, tok.cls_id, tok.sep_id)
+                data_spec["windows"] = "[CLS] text [SEP]"
         else:
             data = LMBatches(store, batch_size, seq_len, seed=seed)
         data_spec["corpus"] = corpus
