@@ -77,6 +77,8 @@ def test_cli_gd_projections_are_where_task_distillation_starts(dirs, tmp_path, s
     a, meta_b = load_projections(tmp_path / "td" / "stage_a"), read_projections(tmp_path / "td")[1]
     b = load_projections(tmp_path / "td")  # ... and carries stage a's into the final checkpoint unchanged
     assert meta_b["origin"] == "carried" and meta_b["stage"] == "prediction"
+    assert ckpt.read_lineage(tmp_path / "td" / "stage_a")["projections_from"] == str((dirs / "gd").resolve())
+    assert ckpt.read_lineage(tmp_path / "td")["projections_from"] == str((tmp_path / "td" / "stage_a").resolve())
     assert all(torch.equal(a[k], b[k]) for k in a) and not all(torch.equal(a[k], gd[k]) for k in a)
     # the old location is still read for runs saved before the file existed
     (tmp_path / "td" / "stage_a" / PROJECTIONS_FILE).unlink()
@@ -88,6 +90,7 @@ def test_cli_fresh_projections_opts_out(dirs, tmp_path, starts):
     gd = load_projections(dirs / "gd")
     task(dirs, tmp_path / "td", "--fresh-projections", "--stage", "intermediate")
     assert len(starts) == 1 and not torch.equal(starts[0]["proj.shared.weight"], gd["proj.shared.weight"])
+    assert ckpt.read_lineage(tmp_path / "td")["projections_from"] == "fresh"
 
 
 def test_projection_file_is_bound_to_its_weights(dirs, tmp_path):

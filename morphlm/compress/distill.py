@@ -420,12 +420,13 @@ def distill_run(teacher: str | Path, student: str, out: str | Path, *, init: str
 
     # ---- projections carried from the student's earlier distillation (TinyBERT keeps W_h with the student) --
     carried: dict[str, torch.Tensor] | None = None
+    carried_from = "fresh"  # recorded in each stage's lineage: where its initial W_e/W_h came from
     if from_dir and init == "auto" and not fresh_projections:
         found = read_projections(s_dir)
         if found and found[0]:
             widths = _projection_widths(found[0])
             if widths == (s_model.config.d_model, tcfg.d_model):
-                carried = found[0]
+                carried, carried_from = found[0], str(s_dir.resolve())
                 log.info("projections W_e/W_h (student %d -> teacher %d) carried from %s (--fresh-projections to "
                          "start from fresh ones)", widths[0], widths[1], s_dir)
             else:
@@ -453,14 +454,15 @@ def distill_run(teacher: str | Path, student: str, out: str | Path, *, init: str
                          weight_decay=0.01, eval_every=eval_every, save_every=save_every, seed=seed, resume=resume,
                          device=device, progress=progress)
         lineage = {"teacher": t_record["path"], "stage": st, "data": data_spec, "parents": stage_parents,
-                   "student": student, "init": init}
+                   "student": student, "init": init, "projections_from": carried_from}
         res = distill(t_model, s_model, data, args, dcfg, tokenizer_json=tok.to_json_str(), lineage=lineage,
                       extra_state={**fps, "data_spec": data_spec}, projections=carried)
         results.append({"stage": st, "out_dir": str(st_out), "steps": res.steps, "flops": res.flops,
                         **{k: v for k, v in res.metrics.items() if k.startswith("val_")}})
         stage_parents = [ckpt.parent_record(st_out, "stage-a")]
         found = read_projections(st_out) if not last else None  # stage a's projections go on to stage b
-        carried = found[0] if found and found[0] else carried
+        if found and found[0]:
+            carried, carried_from = found[0], str(Path(st_out).resolve())
     return {"out_dir": str(out), "teacher": t_record["path"], "stages": results,
             "teacher_params": sum(p.numel() for p in t_model.parameters()),
             "student_params": sum(p.numel() for p in s_model.parameters()),
