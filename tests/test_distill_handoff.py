@@ -96,12 +96,18 @@ def test_cli_fresh_projections_opts_out(dirs, tmp_path, starts):
 def test_projection_file_is_bound_to_its_weights(dirs, tmp_path):
     import shutil
 
-    d = tmp_path / "gd"
-    shutil.copytree(dirs / "gd", d)
-    tensors, meta = read_projections(d)
-    ckpt.write_tensors(d / PROJECTIONS_FILE, tensors, {**meta, "weights_sha256": "0" * 64})
+    gd, td = tmp_path / "gd", tmp_path / "td"
+    shutil.copytree(dirs / "gd", gd)
+    good, meta = read_projections(gd)
+    stale = {k: torch.zeros_like(v) for k, v in good.items()}
+    ckpt.write_tensors(gd / PROJECTIONS_FILE, stale, {**meta, "weights_sha256": "0" * 64})
+    back = load_projections(gd)  # a stale file: the projections committed with the weights (optimizer state)
+    assert all(torch.equal(back[k], good[k]) for k in good)
+    task(dirs, td, "--stage", "prediction")  # carried only: no optimizer copy to fall back on
+    carried, meta = read_projections(td)
+    ckpt.write_tensors(td / PROJECTIONS_FILE, carried, {**meta, "weights_sha256": "0" * 64})
     with pytest.raises(CompressionError, match="other weights.*--fresh-projections"):
-        load_projections(d)
+        load_projections(td)
 
 
 def test_python_api_handoff_and_width_errors(tmp_path, starts):

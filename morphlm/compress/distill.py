@@ -43,25 +43,33 @@ def projection_state(loss_fn: DistillLoss) -> dict[str, torch.Tensor]:
 def read_projections(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:
     """(projections, metadata) saved with a distillation checkpoint, or None when it holds none.
 
-    Reads :data:`PROJECTIONS_FILE` first (checked to belong to the directory's current weights); a run saved
-    before that file existed falls back to fit's aux state in state/optimizer.safetensors (``aux.param::``)."""
+    Reads :data:`PROJECTIONS_FILE` first, checked to belong to the directory's current weights. A run saved
+    before that file existed — or one killed between its save and the file's write, whose file is stale — falls
+    back to fit's aux state in state/optimizer.safetensors (``aux.param::``, committed with the weights); a
+    stale file without that fallback (a stage that only carried the projections) is a CompressionError."""
     from ..train import checkpoint as ckpt
 
     run_dir = Path(run_dir)
     path = run_dir / PROJECTIONS_FILE
+    stale = False
     if path.is_file():
         tensors, meta = ckpt.read_tensors(path, "distillation projections")
         weights = ckpt.read_config(run_dir)[1].get("weights_sha256")
-        if meta.get("weights_sha256") not in (None, weights):
-            raise CompressionError(f"{path} was saved with other weights than {run_dir}/{ckpt.MODEL_FILE} (a save "
-                                   f"was interrupted or the weights were replaced); rerun that distillation stage, "
-                                   f"or pass --fresh-projections to start from a fresh projection")
-        return tensors, meta
-    if not ckpt.has_trainer_state(run_dir):
-        return None
-    _, tensors = ckpt.load_trainer_state(run_dir)
-    out = {k.split("::", 1)[1]: v for k, v in tensors.items() if k.startswith("aux.param::")}
-    return (out, {"source": "state/optimizer.safetensors"}) if out else None
+        if meta.get("weights_sha256") in (None, weights):
+            return tensors, meta
+        stale = True
+    out: dict[str, torch.Tensor] = {}
+    if ckpt.has_trainer_state(run_dir):
+        _, tensors = ckpt.load_trainer_state(run_dir)
+        out = {k.split("::", 1)[1]: v for k, v in tensors.items() if k.startswith("aux.param::")}
+    if stale and not out:
+        raise CompressionError(f"{path} was saved with other weights than {run_dir}/{ckpt.MODEL_FILE} (a save "
+                               f"was interrupted or the weights were replaced); rerun that distillation stage, "
+                               f"or pass --fresh-projections to start from a fresh projection")
+    if stale:
+        log.warning("%s belongs to other weights than %s (an interrupted save): using the projections saved with "
+                    "the weights in %s instead", path, ckpt.MODEL_FILE, ckpt.OPTIM_FILE)
+    return (out, {"source": ckpt.OPTIM_FILE}) if out else None
 
 
 def load_projections(run_dir: str | Path) -> dict[str, torch.Tensor]:
