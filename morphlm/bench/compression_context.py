@@ -149,7 +149,8 @@ class Context:
 
     def gd_data(self, batch_size: int, seed: int) -> "UnlabelledBatches":
         return UnlabelledBatches(self.unlabelled, batch_size, self.sizes.max_len, seed=seed,
-                                 cls_id=getattr(self.task.tokenizer, "cls_id", None))
+                                 cls_id=getattr(self.task.tokenizer, "cls_id", None),
+                                 sep_id=getattr(self.task.tokenizer, "sep_id", None))
 
     def train_examples(self) -> list:
         return self.augmented if self.augmented is not None else self.task.train

@@ -22,28 +22,135 @@ from ..model.transformer import TransformerLM
 class UnlabelledBatches:
     """Windows of unlabelled token ids for general distillation: ``{"input_ids", "attention_mask"}``.
 
-    ``train_batch(step)`` is a pure function of (seed, step), as fit() requires."""
+    With ``cls_id`` and ``sep_id`` (a BERT-style teacher) every row is well-formed, ``[CLS] tokens [SEP]``,
+    ``seq_len`` ids in all (``seq_len - 2`` of text), as the teacher saw in pretraining; without them a row is
+    ``seq_len`` ids of text. ``train_batch(step)`` is a pure function of (seed, step), as fit() requires."""
 
     def __init__(self, ids: torch.Tensor, batch_size: int, seq_len: int, seed: int = 0,
-                 cls_id: int | None = None) -> None:
+                 cls_id: int | None = None, sep_id: int | None = None) -> None:
+        if (cls_id is None) != (sep_id is None):
+            raise CompressionError(f"UnlabelledBatches got cls_id={cls_id} and sep_id={sep_id}: a well-formed window "
+                                   f"is [CLS] tokens [SEP], so give both (tokenizer.cls_id, tokenizer.sep_id) or "
+                                   f"neither")
+        n_special = 0 if cls_id is None else 2
+        if seq_len <= n_special:
+            raise CompressionError(f"seq_len {seq_len} leaves no room for text between [CLS] and [SEP]; use a "
+                                   f"seq_len of at least {n_special + 1}")
         if ids.numel() < seq_len + 1:
             raise CompressionError(f"the unlabelled corpus has {ids.numel()} tokens, fewer than one window of "
                                    f"{seq_len}; use a bigger corpus or a shorter sequence")
-        self.ids, self.batch_size, self.seq_len, self.seed, self.cls_id = ids.long(), batch_size, seq_len, seed, cls_id
+        self.ids, self.batch_size, self.seq_len, self.seed = ids.long(), batch_size, seq_len, seed
+        self.cls_id, self.sep_id, self.body = cls_id, sep_id, seq_len - n_special
 
     def train_batch(self, step: int) -> dict:
         from ..data.batches import derive_seed
 
         g = torch.Generator().manual_seed(derive_seed("bench-gd", self.seed, int(step)))
-        body = self.seq_len - (1 if self.cls_id is not None else 0)
+        body = self.body
         starts = torch.randint(0, self.ids.numel() - body, (self.batch_size,), generator=g)
         win = self.ids[starts[:, None] + torch.arange(body)[None, :]]
-        if self.cls_id is not None:  # the fine-tuned models read the first position as [CLS]
-            win = torch.cat([torch.full((self.batch_size, 1), self.cls_id), win], 1)
+        if self.cls_id is not None:  # the BERT-style models read [CLS] first and a [SEP] closing the segment
+            win = torch.cat([torch.full((self.batch_size, 1), self.cls_id), win,
+                             torch.full((self.batch_size, 1), self.sep_id)], 1)
         return {"input_ids": win, "attention_mask": torch.ones_like(win)}
 
     def val_batches(self) -> list[dict]:
         return [self.train_batch(10_000_000)]
+
+
+GD_SOURCES = ("books", "wikitext-2", "sst2")
+# WikiText-2's tokenized spellings of in-word punctuation (its ``@-@`` etc.), undone so a real tokenizer sees text
+_WIKI_JOINS = ((" @-@ ", "-"), (" @,@ ", ","), (" @.@ ", "."))
+
+
+def _gd_documents(data_dir: Path, source: str, tokenizer) -> list[str]:
+    """The documents of one general-distillation source, in a fixed order (see :func:`gd_corpus`)."""
+    import re
+
+    from ..data.corpora import load_corpus
+
+    folders = {"books": "gutenberg", "wikitext-2": "wikitext-2", "sst2": "glue-sst2"}
+    if source not in folders:
+        raise CompressionError(f"unknown general-distillation source {source!r}; choose from {', '.join(GD_SOURCES)}")
+    root = Path(data_dir) / folders[source]
+    if not root.is_dir():
+        raise CompressionError(f"the {source} source folder {root} does not exist; pass the data folder that holds "
+                               f"{folders[source]}/ (see morphlm.data.paths), or leave {source!r} out of sources")
+    if source == "books":
+        if not sorted(root.glob("*.txt.gz")) and not sorted(root.glob("*.txt")):
+            raise CompressionError(f"{root} holds no books (*.txt.gz / *.txt); restore the Gutenberg folder")
+        docs = []
+        for pattern in ("*.txt.gz", "*.txt"):  # whole books, Project Gutenberg header/footer stripped
+            if sorted(root.glob(pattern)):
+                docs += [d.text for d in load_corpus(str(root / pattern))]
+        return docs
+    if source == "wikitext-2":
+        files = [root / f for f in ("valid.txt", "test.txt") if (root / f).is_file()]
+        if not files:
+            raise CompressionError(f"{root} has neither valid.txt nor test.txt; restore the WikiText-2 folder")
+        unk = tokenizer.id_to_token(tokenizer.unk_id) if tokenizer.has_role("unk") else "<unk>"
+        docs = []
+        for f in files:  # one document per article: a top-level heading " = Title = " starts the next one
+            text = load_corpus(str(f))[0].text
+            for a, b in _WIKI_JOINS:
+                text = text.replace(a, b)
+            text = text.replace("<unk>", unk)
+            parts = re.split(r"\n(?= = [^=\n][^\n]* = \n)", text)
+            docs += [p.strip() for p in parts if p.strip()]
+        return docs
+    train = root / "train.tsv"
+    if not train.is_file():
+        raise CompressionError(f"SST-2's training file {train} does not exist; restore the glue-sst2 folder")
+    from ..data.tasks import load_task_file
+
+    return [e.text for e in load_task_file(train)]  # TRAIN sentences only, labels dropped: never the dev set
+
+
+def gd_corpus(data_dir: str | os.PathLike, tokenizer, *, max_tokens: int | None = None,
+              sources=GD_SOURCES) -> tuple[torch.Tensor, dict[str, dict[str, int]]]:
+    """The unlabelled text of general distillation, as one 1-D tensor of token ids, and its stats
+    ``{source: {"tokens": n, "documents": d}}``.
+
+    Sources (folders of ``data_dir``): ``books`` — the Project Gutenberg books of ``gutenberg/`` (sorted by file
+    name, header/footer stripped, one document per book); ``wikitext-2`` — ``valid.txt`` then ``test.txt``,
+    one document per article, its ``@-@`` spellings joined and ``<unk>`` read as the tokenizer's unknown token;
+    ``sst2`` — the sentences of SST-2's ``glue-sst2/train.tsv`` in file order, labels dropped (the dev set is
+    never read). Sources follow ``sources``' order; each document is followed by the tokenizer's boundary token
+    (``[SEP]`` for a BERT WordPiece tokenizer), counted in its source's tokens.
+
+    ``max_tokens``: the cap is spread over the sources in proportion to their full size — source s keeps
+    ``floor(max_tokens * n_s / sum(n))`` tokens, its documents in order, the last one kept cut at the cap (so
+    the result may be a few tokens under the cap). A source's ``documents`` counts those it contributes to."""
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
+        raise CompressionError(f"max_tokens must be a positive integer or None, got {max_tokens!r}")
+    if not sources:
+        raise CompressionError(f"gd_corpus needs at least one source; choose from {', '.join(GD_SOURCES)}")
+    sep = tokenizer.boundary_id
+    per_source: dict[str, list[list[int]]] = {}
+    for src in sources:
+        docs = _gd_documents(Path(data_dir), src, tokenizer)
+        # WikiText's <unk> was rewritten to the tokenizer's own unknown token: read it as that token, not as text
+        encoded = ([tokenizer.encode(d, allow_special=True) for d in docs] if src == "wikitext-2"
+                   else tokenizer.encode_batch(docs))
+        per_source[src] = [ids + [sep] for ids in encoded if ids]
+    sizes = {src: sum(len(d) for d in docs) for src, docs in per_source.items()}
+    total = sum(sizes.values())
+    if total == 0:
+        raise CompressionError(f"the general-distillation sources {list(sources)} in {data_dir} hold no text")
+    chunks, stats = [], {}
+    for src, docs in per_source.items():
+        cap = sizes[src] if max_tokens is None else (max_tokens * sizes[src]) // total
+        taken, n_docs = 0, 0
+        for ids in docs:
+            if taken >= cap:
+                break
+            piece = ids[: cap - taken]
+            chunks.append(torch.tensor(piece, dtype=torch.long))
+            taken += len(piece)
+            n_docs += 1
+        stats[src] = {"tokens": taken, "documents": n_docs}
+    ids = torch.cat(chunks) if chunks else torch.zeros(0, dtype=torch.long)
+    return ids, stats
 
 
 class WordPieceAdapter(Tokenizer):

@@ -78,6 +78,9 @@ def distill(
     resume: str = typer.Option("never", help="'auto': continue the run(s) in --out."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     max_bytes: int = typer.Option(4_000_000, help="Cap on corpus bytes (0 = none)."),
+    fresh_projections: bool = typer.Option(False, "--fresh-projections",
+                                           help="Do not carry the W_e/W_h projections saved with a --to student "
+                                                "directory: start from fresh ones."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
@@ -101,7 +104,8 @@ def distill(
                        pred_steps=pred_steps, batch_size=batch_size, seq_len=seq_len, lr=lr, pred_lr=pred_lr,
                        warmup_steps=warmup_steps, eval_every=eval_every, save_every=save_every, seed=seed,
                        resume=resume, device=device, max_bytes=max_bytes or None, student_overrides=_overrides(ctx),
-                       att_loss=att_loss, head_map=head_map, hid_loss=hid_loss)
+                       att_loss=att_loss, head_map=head_map, hid_loss=hid_loss,
+                       fresh_projections=fresh_projections)
     if as_json:
         typer.echo(json.dumps(info, default=str))
         return
