@@ -3,8 +3,10 @@ and loader. Numbers are measured by the benchmark itself, never asserted here.""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -81,6 +83,7 @@ def test_markdown_table_lists_every_arm_and_misses():
 
 # ------------------------------------------------------------------------------------------ end to end
 def _tiny(tmp_path, shared_data, monkeypatch, arms, **kw):
+    kw.setdefault("teacher_kind", "own")
     return bc.run_benchmark(profile=bc.TEST, arms=arms, data_dir=shared_data, out=tmp_path / "res" / "c.json",
                             cache_dir=tmp_path / "cache", progress=False, **kw)
 
@@ -171,7 +174,7 @@ def test_bad_arguments_are_clear(tmp_path):
     with pytest.raises(CompressionError, match="seeds"):
         bc.run_benchmark(profile=bc.TEST, seeds=0, out=tmp_path / "x.json", cache_dir=tmp_path)
     with pytest.raises(CompressionError, match="glue-sst2"):
-        bc.run_benchmark(profile=bc.TEST, arms=["scratch"], data_dir=tmp_path, out=tmp_path / "x.json",
+        bc.run_benchmark(profile=bc.TEST, arms=["scratch"], data_dir=tmp_path, teacher_kind="own", out=tmp_path / "x.json",
                          cache_dir=tmp_path)
 
 
@@ -354,3 +357,37 @@ def test_ternary_reference_shape_size_is_measured_from_real_artifacts(tmp_path):
     assert bc.ternary_reference_size(ctx) == res  # cached
     ctx.sizes = dataclasses.replace(bc.TEST, ternary_reference_shape=None)
     assert bc.ternary_reference_size(ctx) is None
+
+
+# ------------------------------------------------------------------------------------------ fidelity (MiniLM issue)
+def test_every_distillation_arm_runs_with_the_scale_aware_losses(tmp_path, shared_data, monkeypatch):
+    """The TinyBERT-recipe arms (three initialisations), ETD, LightMBERT and both searches run end to end at the
+    test size with the profile's loss forms; GD's projections reach task distillation; curves and plots exist."""
+    sizes = dataclasses.replace(bc.TEST, att_loss="kl", hid_loss="normalized", head_map="subset",
+                                td_intermediate_frac=0.5)
+    seen = []
+    real = compression_context.distill_stage
+
+    def spy(ctx, teacher, student, data, steps, seed, stage, **kw):
+        seen.append((stage, kw.get("projections") is not None, kw.get("att_loss")))
+        return real(ctx, teacher, student, data, steps, seed, stage, **kw)
+
+    monkeypatch.setattr(compression_context, "distill_stage", spy)
+    from morphlm.bench import compression_arms_distill, compression_arms_search
+
+    for mod in (compression_arms_distill, compression_arms_search):
+        monkeypatch.setattr(mod, "distill_stage", spy)
+    arms = ["tinybert", "tinybert_tl", "tinybert_etd", "etd_impt", "lightmbert", "layermap", "autotinybert"]
+    res = bc.run_benchmark(profile=sizes, arms=arms, teacher_kind="own", data_dir=shared_data,
+                           out=tmp_path / "c.json", cache_dir=tmp_path / "cache", progress=False)
+    bad = {a: v.get("error") for a, v in res["arms"].items() if v["status"] != "ok"}
+    assert not bad, bad
+    assert ("general", False, "kl") in seen  # GD with the profile's attention loss, from fresh projections
+    assert ("intermediate", True, "kl") in seen  # TinyBERT's stage a starts from GD's projections
+    s = res["summary"]
+    assert s["student_arm"] in ("tinybert", "tinybert_tl", "tinybert_etd") and s["teacher"].startswith("our")
+    assert set(s["retention_by_arm"]) >= {"tinybert", "tinybert_tl", "tinybert_etd"}
+    run = res["arms"]["tinybert"]["runs"][0]
+    assert run["intermediate_steps"] == 2 and run["prediction_steps"] == 2 and run["gd_tokens"] > 0
+    assert res["teacher"]["gd_corpus"]["tokens"] > 0 and 0.4 < res["teacher"]["majority_rate"] < 0.7
+    assert Path(res["plot_curves"]).is_file()

@@ -162,7 +162,7 @@ def test_setting_morphlm_data_moves_where_the_benchmarks_look(tmp_path, monkeypa
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "glue-sst2" / "train.tsv")):
         fpt.run(size="tiny", out=tmp_path / "fpt.json", progress=False)
     with pytest.raises(CompressionError, match=rf"{tmp_path}/glue-sst2.*MORPHLM_DATA"):
-        bc.run_benchmark(profile=bc.TEST, arms=["scratch"], out=tmp_path / "c.json", cache_dir=tmp_path / "cache",
+        bc.run_benchmark(profile=bc.TEST, arms=["scratch"], teacher_kind="own", out=tmp_path / "c.json", cache_dir=tmp_path / "cache",
                          progress=False)
 
 

@@ -213,7 +213,7 @@ def test_bench_growth(tmp_path):
 @pytest.mark.slow
 def test_bench_compression(tmp_path, shared_data):
     cache, res = tmp_path / "cache", tmp_path / "compression.json"
-    run = Run("bench", "compression", "--quick", "--arms", "scratch", "--data-dir", shared_data, "--cache-dir",
+    run = Run("bench", "compression", "--quick", "--teacher", "own", "--arms", "scratch", "--data-dir", shared_data, "--cache-dir",
               cache, "--out", res, cwd=tmp_path)
     _stopped(run, signal.SIGINT, _metrics("**/metrics.jsonl", cache))
     assert not res.exists() and not list(cache.rglob("scratch-s0.json"))

