@@ -96,22 +96,22 @@ class ModelConfig:
     # UniPool: moe_pool = true shares one pool of moe_pool_size experts (None -> moe_experts × the MoE layers
     # of a group, i.e. M = 8L for 8 experts per layer and one group) among the MoE layers of each of
     # moe_pool_groups consecutive groups; each layer keeps its own router over its pool.
-    moe_experts: int = 0
-    moe_top_k: int = 1
-    moe_shared_experts: int = 0
-    moe_expert_d_ff: int | None = None
-    moe_router: str = "softmax"
-    moe_renormalize: bool = False
-    moe_balance: str = "aux"
-    moe_aux_coef: float = 1e-2
-    moe_z_coef: float = 0.0
-    moe_bias_update: float = 1e-3
-    moe_capacity_factor: float | None = None
-    moe_layers: str = "all"
-    moe_impl: str = "auto"
-    moe_pool: bool = False
-    moe_pool_size: int | None = None
-    moe_pool_groups: int = 1
+    moe_experts: int = 0  # Routed experts per MoE layer (0 = dense FFNs)
+    moe_top_k: int = 1  # Experts each token is routed to
+    moe_shared_experts: int = 0  # Always-on shared experts per MoE layer
+    moe_expert_d_ff: int | None = None  # Width of one expert (none = d_ff; smaller = fine-grained experts)
+    moe_router: str = "softmax"  # Router: softmax | sigmoid | norm (UniPool NormRouter)
+    moe_renormalize: bool = False  # Rescale the top-k gates to sum 1 (softmax/sigmoid routers)
+    moe_balance: str = "aux"  # Load balancing: aux | loss_free | pool | none
+    moe_aux_coef: float = 1e-2  # Coefficient of the Switch aux loss or UniPool pool loss
+    moe_z_coef: float = 0.0  # Router z-loss coefficient (0 = off; ST-MoE uses 1e-3)
+    moe_bias_update: float = 1e-3  # Loss-free balancing bias step u per optimizer step
+    moe_capacity_factor: float | None = None  # Expert capacity factor (none = dropless)
+    moe_layers: str = "all"  # MoE layers: all | every_other | a list like 0,2,3
+    moe_impl: str = "auto"  # Expert kernel: auto | grouped (grouped_mm) | loop
+    moe_pool: bool = False  # UniPool: share one expert pool across the MoE layers of a group
+    moe_pool_size: int | None = None  # Experts per shared pool (none = moe_experts x MoE layers per group)
+    moe_pool_groups: int = 1  # Groups of consecutive MoE layers, one shared pool each
     # derived
     head_dim: int = field(init=False, default=0)
 

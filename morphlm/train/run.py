@@ -22,6 +22,7 @@ from ..data import (ClassificationBatches, LMBatches, MLMBatches, Tokenizer, loa
 from ..model import ModelConfig, TransformerLM
 from ..model.config import ConfigError
 from . import checkpoint as ckpt
+from . import flops as flops_mod
 from .loop import FitResult, TrainArgs, evaluate, fit, model_loss, resolve_device
 from .memory import check_fits
 from .optim import LoadOptimizerState, _unflatten_optimizer
@@ -418,6 +419,8 @@ def eval_run(run_dir: str | Path, *, corpus: str | None = None, task_val: str | 
         out["perplexity"] = metrics["val_ppl"]
     with torch.device("meta"):  # the float model's parameter count: a packed model's codes are buffers
         out["params"] = TransformerLM(model.config).num_parameters()
+    if model.config.moe_experts:  # mixture of experts: the parameters one token uses, beside the total
+        out["active_params"] = out["params"] - flops_mod.inactive_params(model.config)
     out["bytes_on_disk"] = ckpt.shipped_bytes(run_dir)
     out["weights_bytes"] = (run_dir / ckpt.MODEL_FILE).stat().st_size
     out["dir_bytes"] = ckpt.total_bytes(run_dir)
