@@ -39,6 +39,11 @@ One layer, :class:`MoEFFN`, shaped by the ``moe_*`` fields of :class:`~morphlm.m
   its own router over the M experts. The model owns the pools (``TransformerLM.expert_pools``); a layer only
   refers to its pool (not a submodule of the layer, so the weights appear once in the state dict).
 
+Data parallelism: the routing state lives in buffers (the loss-free bias and its load count, a pool's f̄). DDP
+broadcasts buffers from rank 0 before every forward, so every rank routes with rank 0's bias and pool state, which
+follow rank 0's loads (a 1/world sample of the global batch; resume stays exact). FSDP2 broadcasts nothing: each
+rank then balances on its own loads.
+
 All-negative NormRouter logits (UniPool §3's pitfall: with few experts every ReLU score can be 0, probability
 2^−M): a reconstruction — for such a token the scores are taken from the logits shifted by their minimum,
 s_i = σ·c·(z_i − min_j z_j)/(‖z‖₂ + ε), so the token still reaches its best experts with a non-zero gate and the

@@ -171,7 +171,7 @@ class TransformerLM(nn.Module):
         for m in layers:
             for key, value in m.last_stats.items():
                 if key != "load":
-                    out[f"moe{m.layer_idx}_{key}"] = value
+                    out[f"moe{m.layer_idx}_{key}"] = torch.as_tensor(value, dtype=torch.float32)
         if layers:
             out["moe_cv"] = torch.stack([m.last_stats["cv"] for m in layers]).mean()
             out["moe_max_vio"] = torch.stack([m.last_stats["max_vio"] for m in layers]).mean()
