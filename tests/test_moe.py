@@ -335,3 +335,13 @@ def test_aux_loss_reaches_the_gradient(tmp_path):
 def test_dense_training_logs_no_routing_metrics(tmp_path):
     fit(_moe_model(), None, ToyData(seq_len=16), _args(tmp_path / "d", 1))
     assert not any(k.startswith(("loss_aux", "moe")) for k in _rows(tmp_path / "d")[0])
+
+
+def test_weights_kind_hint_names_moe_versus_dense():
+    from morphlm.model.moe import weights_kind_hint
+
+    dense, routed = ["blocks.0.mlp.fc1.weight"], ["blocks.0.mlp.router.weight", "blocks.0.mlp.experts.w1"]
+    assert "weights hold mixture-of-experts FFNs but the config is dense" in weights_kind_hint(dense, routed)
+    assert "weights hold dense FFNs but the config asks for mixture-of-experts" in weights_kind_hint(routed, dense)
+    assert "layout differs" in weights_kind_hint(["expert_pools.0.experts.w1"], routed)
+    assert weights_kind_hint(["blocks.0.attn.qkv.weight"], []) == ""

@@ -20,8 +20,9 @@ One layer, :class:`MoEFFN`, shaped by the ``moe_*`` fields of :class:`~morphlm.m
   calls it through ``TransformerLM.on_train_step_begin`` — the same moment as an optimizer pre-step hook of the
   previous step, and deterministic, so resume is bit-exact.
 * **Balancing losses**, set on each training forward as ``aux_loss``: Switch's α·E·Σ_i f_i·P_i (f_i the
-  fraction of the T·k assignments that went to expert i, P_i the mean router probability; for the sigmoid and
-  norm routers P is the mean of the scores normalised to sum 1 per token); the router z-loss
+  fraction of the T·k assignments that went to expert i, not differentiated; P_i the mean router probability —
+  for the sigmoid router the scores normalised to sum 1 per token, for the NormRouter its raw scores, as
+  UniPool's pool loss uses them); the router z-loss
   (ST-MoE, Zoph et al. 2022, arXiv 2202.08906, eq. 5) (1/T)·Σ_t logsumexp(z_t)²; UniPool's pool loss
   α_pool·M·Σ_i f̄_i·P̄_i with f̄, P̄ averaged over the layers sharing the pool, P from the NormRouter's raw
   scores, f̄ DETACHED and taken one micro-batch behind (kept on the :class:`ExpertPool`), no loss on the very
