@@ -154,10 +154,13 @@ class ExpertBank(nn.Module):
             w2 = self.w2.to(xs.dtype).transpose(-2, -1)  # (E, d_ff, d)
             h = F.grouped_mm(xs, w1, offs=offs)
             return F.grouped_mm(self._activate(h), w2, offs=offs)
-        out = []  # empty experts too: every weight takes part in the graph (DDP sees no unused parameter)
+        # one cast and one unbind for all experts: indexing w[e] per expert would make the backward allocate and
+        # add a full (E, ...) gradient per expert. Empty experts run too: every weight takes part in the graph
+        # (DDP sees no unused parameter).
+        w1s, w2s = self.w1.to(xs.dtype).unbind(0), self.w2.to(xs.dtype).unbind(0)
+        out = []
         for e, rows in enumerate(torch.split(xs, counts.tolist())):
-            h = self._activate(F.linear(rows, self.w1[e].to(rows.dtype)))
-            out.append(F.linear(h, self.w2[e].to(rows.dtype)))
+            out.append(F.linear(self._activate(F.linear(rows, w1s[e])), w2s[e]))
         return torch.cat(out, 0)
 
 
@@ -382,7 +385,8 @@ class MoEFFN(nn.Module):
             kept = counts.clamp(max=cap)
             token_of = token_of[keep_sorted]
         dtype = _as_autocast_dtype(x2)
-        xs = x2.index_select(0, token_of).to(dtype)
+        xc = x2.to(dtype)  # cast once, before the k-fold gather
+        xs = xc.index_select(0, token_of)
         ys = self.bank(xs, kept, self._kernel(x2, dtype))  # (S, d)
         # back to (token, slot) order: row r of the sorted list holds assignment order[r]
         inv_rows = torch.empty_like(order)
@@ -395,7 +399,7 @@ class MoEFFN(nn.Module):
         per_slot = ys.index_select(0, inv_rows).view(T, k, -1)
         y = (per_slot.float() * gates.unsqueeze(-1)).sum(1).to(ys.dtype)
         if self.n_shared:
-            y = y + self._shared(x2.to(dtype))
+            y = y + self._shared(xc)
         self._losses(counts, probs, logits, T)
         with torch.no_grad():
             stats = {"load": counts.detach().float(), **load_stats(counts)}
