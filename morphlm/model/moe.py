@@ -12,7 +12,8 @@ One layer, :class:`MoEFFN`, shaped by the ``moe_*`` fields of :class:`~morphlm.m
   gates from the sigmoid scores, renormalised over the chosen experts when ``moe_renormalize``); UniPool's
   NormRouter (Huang et al. 2026, §3): s_i = σ·c·ReLU(z_i / (‖z‖₂ + ε)), σ a learnable scalar (init 1), c =
   E[1/‖top-k(ReLU(x/‖x‖))‖₂] for x ~ N(0, I_M) estimated once by Monte Carlo with a fixed generator, gate =
-  the raw score (no renormalisation).
+  the raw score (no renormalisation). (UniPool zeroes the logits of masked experts before the norm; here every
+  expert of a layer's pool is always available, so no logit is masked.)
 * **Loss-free balancing** (Wang et al. 2024, arXiv 2408.15664, Alg. 1): a per-expert bias b (a buffer, outside
   autograd, saved in the state dict) is added to the scores for SELECTION only; gates come from the unbiased
   scores. Each optimizer step :meth:`Router.update_bias` applies b ← b + u·sign(c̄ − c_i) from the loads c_i
@@ -138,6 +139,8 @@ class ExpertBank(nn.Module):
                 return "grouped_mm on CUDA needs compute capability >= 8.0"
         elif x.device.type != "cpu":
             return f"grouped_mm is not used on {x.device.type}"
+        if dtype == torch.float32 and torch.compiler.is_compiling():
+            return "compiled grouped_mm takes bf16/fp16 only (its fp32 meta kernel fails)"
         mult = 16 // torch.empty((), dtype=dtype).element_size()
         dims = {"d_model": self.w2.shape[1], "expert d_ff": self.d_ff, "w1 rows": self.w1.shape[1]}
         bad = [f"{k}={v}" for k, v in dims.items() if v % mult]
