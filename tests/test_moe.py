@@ -345,3 +345,19 @@ def test_weights_kind_hint_names_moe_versus_dense():
     assert "weights hold dense FFNs but the config asks for mixture-of-experts" in weights_kind_hint(routed, dense)
     assert "layout differs" in weights_kind_hint(["expert_pools.0.experts.w1"], routed)
     assert weights_kind_hint(["blocks.0.attn.qkv.weight"], []) == ""
+
+
+def test_grouped_mm_is_refused_where_it_cannot_run(monkeypatch):
+    bank = MoEFFN(cfg(d_model=12, n_heads=2, moe_experts=2), 0).experts
+    x = torch.randn(4, 12)
+    assert bank.grouped_reason(x, torch.float32) is None
+    assert "16-byte" in bank.grouped_reason(x, torch.bfloat16)  # d_model 12: fine for fp32 rows, not for bf16
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert "fp32 meta kernel" in bank.grouped_reason(x, torch.float32)
+
+
+def test_describe_names_active_parameters():
+    c = ModelConfig.from_name("tiny-llama", moe_experts=4, moe_top_k=2)
+    total, active = flops.param_counts(c)
+    line = flops.describe(c, total, 32)
+    assert f"{total:,} parameters ({active:,} active per token)" in line and "MoE on 2 layers: 4 experts" in line
