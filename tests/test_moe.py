@@ -8,7 +8,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from morphlm.model import ConfigError, ModelConfig, TransformerLM
 from morphlm.model import moe as moe_mod
@@ -166,7 +165,8 @@ def test_switch_aux_loss_and_z_loss_by_hand():
     z = MoEFFN(cfg(moe_z_coef=1e-3), 0).train()
     identity_router(z.router)
     z(x)
-    lse = torch.tensor([torch.logsumexp(torch.tensor([1.0, 2.0, 0.0]), 0), torch.logsumexp(torch.tensor([3.0, 0, 0]), 0)])
+    lse = torch.stack([torch.logsumexp(torch.tensor([1.0, 2.0, 0.0]), 0),
+                       torch.logsumexp(torch.tensor([3.0, 0.0, 0.0]), 0)])
     assert z.aux_loss.item() == pytest.approx((1e-3 * (lse ** 2).mean()).item(), rel=1e-6)
     z.eval()
     z(x)

@@ -226,7 +226,8 @@ class ModelConfig:
         need(self.moe_capacity_factor is None or self.moe_capacity_factor > 0,
              f"moe_capacity_factor={self.moe_capacity_factor} must be > 0, or null for dropless routing")
         layers = self.moe_layer_ids  # raises ConfigError on a bad moe_layers
-        need(bool(layers), f"moe_layers={self.moe_layers!r} names no layer; name at least one of 0..{self.n_layers - 1}")
+        need(bool(layers),
+             f"moe_layers={self.moe_layers!r} names no layer; name at least one of 0..{self.n_layers - 1}")
         if self.moe_pool:
             groups = self.moe_pool_groups
             need(groups >= 1 and len(layers) % groups == 0,
