@@ -26,6 +26,16 @@ NORMS = ("layernorm", "rmsnorm")
 NORM_PLACEMENTS = ("pre", "post", "sandwich", "dssn")
 POSITIONS = ("learned", "rope", "none")
 HEADS = ("lm", "mlm", "cls")
+MOE_ROUTERS = ("softmax", "sigmoid", "norm")
+MOE_BALANCES = ("aux", "loss_free", "pool", "none")
+MOE_IMPLS = ("auto", "grouped", "loop")
+# the moe_* fields and their defaults: a dense config (moe_experts = 0) leaves every one of them at its default
+# and writes none of them to config.json, so dense configs and checkpoints read and hash as they always did
+MOE_DEFAULTS: dict[str, Any] = dict(
+    moe_experts=0, moe_top_k=1, moe_shared_experts=0, moe_expert_d_ff=None, moe_router="softmax",
+    moe_renormalize=False, moe_balance="aux", moe_aux_coef=1e-2, moe_z_coef=0.0, moe_bias_update=1e-3,
+    moe_capacity_factor=None, moe_layers="all", moe_impl="auto", moe_pool=False, moe_pool_size=None,
+    moe_pool_groups=1)
 
 # Depth-scaled sandwich norm constants (Pangu Ultra, Yin et al. 2025, arXiv 2504.07866, §2).
 DSSN_C_ATTN = 0.283
@@ -73,6 +83,35 @@ class ModelConfig:
     # were grown with masked structural growth and new structure is still multiplied by a mask that ramps 0 -> 1
     # over R training steps. Which units are new and the ramp position are buffers in model.safetensors.
     msg_ramp_steps: int | None = None
+    # Mixture of experts (morphlm/model/moe.py). moe_experts = 0: every FFN is dense (the default). Otherwise the
+    # FFN of each layer named by moe_layers ("all", "every_other" = layers 1, 3, 5, ..., or a comma-separated
+    # list such as "0,2,3") is a routed mixture of moe_experts experts of width moe_expert_d_ff (None -> d_ff;
+    # smaller widths make fine-grained experts), each token going to moe_top_k of them, plus moe_shared_experts
+    # always-on experts of the same width. Router: softmax (Switch/Mixtral; moe_renormalize rescales the top-k
+    # gates to sum 1), sigmoid (DeepSeek-V3) or norm (UniPool's NormRouter). Balancing: aux (Switch loss,
+    # coefficient moe_aux_coef), loss_free (selection bias updated by moe_bias_update per step), pool (UniPool's
+    # pool loss, coefficient moe_aux_coef; needs moe_pool) or none; moe_z_coef > 0 adds the router z-loss.
+    # moe_capacity_factor None: dropless; a number c: each expert takes at most ceil(c·k·T/E) tokens of a batch.
+    # moe_impl: the expert kernel (grouped_mm where it applies, or the per-expert loop).
+    # UniPool: moe_pool = true shares one pool of moe_pool_size experts (None -> moe_experts × the MoE layers
+    # of a group, i.e. M = 8L for 8 experts per layer and one group) among the MoE layers of each of
+    # moe_pool_groups consecutive groups; each layer keeps its own router over its pool.
+    moe_experts: int = 0  # Routed experts per MoE layer (0 = dense FFNs)
+    moe_top_k: int = 1  # Experts each token is routed to
+    moe_shared_experts: int = 0  # Always-on shared experts per MoE layer
+    moe_expert_d_ff: int | None = None  # Width of one expert (none = d_ff; smaller = fine-grained experts)
+    moe_router: str = "softmax"  # Router: softmax | sigmoid | norm (UniPool NormRouter)
+    moe_renormalize: bool = False  # Rescale the top-k gates to sum 1 (softmax/sigmoid routers)
+    moe_balance: str = "aux"  # Load balancing: aux | loss_free | pool | none
+    moe_aux_coef: float = 1e-2  # Coefficient of the Switch aux loss or UniPool pool loss
+    moe_z_coef: float = 0.0  # Router z-loss coefficient (0 = off; ST-MoE uses 1e-3)
+    moe_bias_update: float = 1e-3  # Loss-free balancing bias step u per optimizer step
+    moe_capacity_factor: float | None = None  # Expert capacity factor (none = dropless)
+    moe_layers: str = "all"  # MoE layers: all | every_other | a list like 0,2,3
+    moe_impl: str = "auto"  # Expert kernel: auto | grouped (grouped_mm) | loop
+    moe_pool: bool = False  # UniPool: share one expert pool across the MoE layers of a group
+    moe_pool_size: int | None = None  # Experts per shared pool (none = moe_experts x MoE layers per group)
+    moe_pool_groups: int = 1  # Groups of consecutive MoE layers, one shared pool each
     # derived
     head_dim: int = field(init=False, default=0)
 
@@ -161,12 +200,63 @@ class ModelConfig:
             need(isinstance(self.msg_ramp_steps, int) and not isinstance(self.msg_ramp_steps, bool)
                  and self.msg_ramp_steps >= 0, f"msg_ramp_steps={self.msg_ramp_steps!r} must be None (no growth "
                  f"masks) or an integer >= 0 (steps over which the MSG mask ramps to 1)")
+        self._validate_moe(need)
+
+    def _validate_moe(self, need) -> None:
+        if self.moe_experts == 0:
+            set_fields = [k for k, v in MOE_DEFAULTS.items() if k != "moe_experts" and getattr(self, k) != v]
+            need(not set_fields, f"{', '.join(f'{k}={getattr(self, k)!r}' for k in set_fields)} configure a mixture of "
+                                 f"experts but moe_experts=0 (dense FFNs); set moe_experts > 0 or drop those fields")
+            return
+        need(self.moe_experts > 0, f"moe_experts={self.moe_experts} must be 0 (dense) or a positive expert count")
+        need(self.msg_ramp_steps is None, "MSG growth masks (msg_ramp_steps) are not supported on mixture-of-experts "
+                                          "FFNs; grow a dense model, or drop msg_ramp_steps")
+        need(self.moe_router in MOE_ROUTERS, f"moe_router={self.moe_router!r}; choose one of {MOE_ROUTERS}")
+        need(self.moe_balance in MOE_BALANCES, f"moe_balance={self.moe_balance!r}; choose one of {MOE_BALANCES}")
+        need(self.moe_impl in MOE_IMPLS, f"moe_impl={self.moe_impl!r}; choose one of {MOE_IMPLS}")
+        need(self.moe_top_k >= 1, f"moe_top_k={self.moe_top_k} must be >= 1")
+        need(not (self.moe_renormalize and self.moe_router == "norm"),
+             "moe_renormalize=true does not apply to moe_router='norm' (the NormRouter's gate is its raw score); "
+             "drop moe_renormalize or pick the softmax/sigmoid router")
+        need(self.moe_shared_experts >= 0, f"moe_shared_experts={self.moe_shared_experts} must be >= 0")
+        need(self.moe_expert_d_ff is None or self.moe_expert_d_ff > 0,
+             f"moe_expert_d_ff={self.moe_expert_d_ff} must be a positive width or null (= d_ff)")
+        for key in ("moe_aux_coef", "moe_z_coef", "moe_bias_update"):
+            need(getattr(self, key) >= 0, f"{key}={getattr(self, key)} must be >= 0")
+        need(self.moe_capacity_factor is None or self.moe_capacity_factor > 0,
+             f"moe_capacity_factor={self.moe_capacity_factor} must be > 0, or null for dropless routing")
+        layers = self.moe_layer_ids  # raises ConfigError on a bad moe_layers
+        need(bool(layers),
+             f"moe_layers={self.moe_layers!r} names no layer; name at least one of 0..{self.n_layers - 1}")
+        if self.moe_pool:
+            groups = self.moe_pool_groups
+            need(groups >= 1 and len(layers) % groups == 0,
+                 f"moe_pool_groups={groups} must divide the {len(layers)} MoE layers into equal groups; pick one of "
+                 f"{_divisors(len(layers))}")
+            need(self.moe_pool_size is None or self.moe_pool_size >= 1,
+                 f"moe_pool_size={self.moe_pool_size} must be a positive expert count, or null (moe_experts × the "
+                 f"MoE layers per group)")
+            need(self.moe_top_k <= self.pool_size,
+                 f"moe_top_k={self.moe_top_k} is larger than the pool of moe_pool_size={self.pool_size} experts; "
+                 f"lower moe_top_k or enlarge the pool")
+        else:
+            need(self.moe_pool_size is None and self.moe_pool_groups == 1,
+                 f"moe_pool_size={self.moe_pool_size!r} / moe_pool_groups={self.moe_pool_groups} describe a shared "
+                 f"expert pool but moe_pool=false; set moe_pool=true or drop them")
+            need(self.moe_balance != "pool", "moe_balance='pool' (UniPool's pool loss) needs a shared pool; set "
+                                             "moe_pool=true, or use moe_balance='aux'")
+            need(self.moe_top_k <= self.moe_experts,
+                 f"moe_top_k={self.moe_top_k} is larger than moe_experts={self.moe_experts}; lower moe_top_k "
+                 f"or raise moe_experts")
 
     # ------------------------------------------------------------------ (de)serialization
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
         if out["msg_ramp_steps"] is None:  # a plain model's config.json stays as it always was
             del out["msg_ramp_steps"]
+        if out["moe_experts"] == 0:  # so does a dense model's (validate() keeps the moe_* fields at defaults)
+            for key in MOE_DEFAULTS:
+                del out[key]
         return out
 
     @classmethod
@@ -241,6 +331,8 @@ class ModelConfig:
         same shape written from scratch has; a derived field the preset or ``changes`` set explicitly stays."""
         data = self.to_dict()
         data.pop("msg_ramp_steps", None)
+        if changes.get("moe_experts") == 0:  # back to dense: the routing fields go with the experts
+            data = {k: v for k, v in data.items() if k not in MOE_DEFAULTS}
         return ModelConfig.from_dict({**release_derived(data, changes), **changes})
 
     def replace(self, **changes: Any) -> "ModelConfig":
@@ -248,6 +340,8 @@ class ModelConfig:
         config does not inherit ``msg_ramp_steps`` unless ``changes`` names it."""
         data = self.to_dict()
         data.pop("msg_ramp_steps", None)
+        if changes.get("moe_experts") == 0:  # back to dense: the routing fields go with the experts
+            data = {k: v for k, v in data.items() if k not in MOE_DEFAULTS}
         data.update(changes)
         return ModelConfig.from_dict(data)
 
@@ -255,6 +349,56 @@ class ModelConfig:
     @property
     def kv_dim(self) -> int:
         return self.n_kv_heads * (self.d_model // self.n_heads)
+
+    @property
+    def is_moe(self) -> bool:
+        return self.moe_experts > 0
+
+    @property
+    def expert_d_ff(self) -> int:
+        """Width of one routed (or shared) expert."""
+        return self.moe_expert_d_ff if self.moe_expert_d_ff is not None else self.d_ff
+
+    @property
+    def moe_layer_ids(self) -> tuple[int, ...]:
+        """The layers whose FFN is a mixture of experts (none for a dense config)."""
+        if self.moe_experts == 0:
+            return ()
+        spec = self.moe_layers.strip()
+        if spec == "all":
+            return tuple(range(self.n_layers))
+        if spec == "every_other":
+            return tuple(range(1, self.n_layers, 2))
+        try:
+            ids = sorted({int(part) for part in spec.split(",") if part.strip()})
+        except ValueError:
+            ids = None
+        if ids is None or any(not 0 <= i < self.n_layers for i in ids):
+            raise ConfigError(f"invalid ModelConfig '{self.name}': moe_layers={self.moe_layers!r}; use 'all', "
+                              f"'every_other' or a comma-separated list of layer indices in 0..{self.n_layers - 1}")
+        return tuple(ids)
+
+    @property
+    def pool_groups(self) -> tuple[tuple[int, ...], ...]:
+        """UniPool: the MoE layers of each pool group (consecutive layers), one group per shared pool."""
+        if not self.moe_pool:
+            return ()
+        layers = self.moe_layer_ids
+        size = len(layers) // self.moe_pool_groups
+        return tuple(layers[g * size:(g + 1) * size] for g in range(self.moe_pool_groups))
+
+    @property
+    def pool_size(self) -> int:
+        """Experts in each shared pool: moe_pool_size, or moe_experts × the MoE layers of a group (M = 8L for
+        eight experts per layer in one group)."""
+        if self.moe_pool_size is not None:
+            return self.moe_pool_size
+        return self.moe_experts * (len(self.moe_layer_ids) // max(self.moe_pool_groups, 1))
+
+    @property
+    def router_experts(self) -> int:
+        """How many experts each MoE layer's router chooses among (the pool's size under UniPool)."""
+        return self.pool_size if self.moe_pool else self.moe_experts
 
 
 # fields derived in __post_init__ when None, and the fields each is derived from

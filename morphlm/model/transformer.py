@@ -28,8 +28,9 @@ from torch import nn
 
 from .attention import Attention, rope_tables
 from .config import DSSN_C_ATTN, DSSN_C_MLP, ModelConfig
-from .ffn import MLP, activation_fn
+from .ffn import activation_fn
 from .growth_masks import GrowthMasks
+from .moe import ExpertPool, MoEFFN, build_pools, load_stats, make_ffn, pool_of
 from .norms import make_norm
 
 IGNORE_INDEX = -100
@@ -44,11 +45,11 @@ class ModelOutput:
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, layer_idx: int = 0, pool: ExpertPool | None = None) -> None:
         super().__init__()
         self.placement = cfg.norm_placement
         self.attn = Attention(cfg)
-        self.mlp = MLP(cfg)
+        self.mlp = make_ffn(cfg, layer_idx, pool)  # dense MLP, or MoEFFN where the config routes this layer
         self.norm1 = make_norm(cfg)
         self.norm2 = make_norm(cfg)
         if self.placement in ("sandwich", "dssn"):
@@ -81,7 +82,9 @@ class TransformerLM(nn.Module):
         self.seg_emb = nn.Embedding(cfg.n_segments, cfg.d_model) if cfg.n_segments > 0 else None
         self.emb_norm = make_norm(cfg) if cfg.embed_norm else None
         self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        # UniPool's shared expert pools belong to the model (one per group); MoE layers only refer to theirs
+        self.expert_pools = build_pools(cfg)
+        self.blocks = nn.ModuleList(Block(cfg, i, pool_of(cfg, self.expert_pools, i)) for i in range(cfg.n_layers))
         self.final_norm = make_norm(cfg) if cfg.final_norm else None
         if cfg.position == "rope":
             cos, sin = rope_tables(cfg)
@@ -121,7 +124,7 @@ class TransformerLM(nn.Module):
                     p.fill_(1.0)
             elif "emb" in name.split(".")[0]:
                 p.normal_(0.0, 0.5 if dssn else cfg.init_std)
-            elif name.endswith(("attn.proj.weight", "mlp.fc2.weight")) and not dssn:
+            elif name.endswith(("attn.proj.weight", "mlp.fc2.weight", "experts.w2", "mlp.shared_w2")) and not dssn:
                 # GPT-2 scaled init for the projections that write into the residual stream
                 p.normal_(0.0, std / math.sqrt(2 * cfg.n_layers))
             else:
@@ -146,6 +149,39 @@ class TransformerLM(nn.Module):
         (a no-op for a plain model)."""
         if self.growth_masks is not None:
             self.growth_masks.advance()
+        for layer in self.moe_layers():  # loss-free balancing: the selection bias follows last step's loads
+            layer.update_bias()
+
+    # ------------------------------------------------------------------ mixture of experts
+    def moe_layers(self) -> list[MoEFFN]:
+        return [m for m in self.modules() if isinstance(m, MoEFFN)]
+
+    def moe_aux_loss(self) -> torch.Tensor | None:
+        """The sum of the MoE layers' balancing and z losses of the last training forward (None when none)."""
+        terms = [m.aux_loss for m in self.moe_layers() if m.aux_loss is not None]
+        return torch.stack(terms).sum() if terms else None
+
+    def moe_metrics(self) -> dict[str, torch.Tensor]:
+        """Detached load statistics of the last forward, for metrics.jsonl: per MoE layer ``moe{l}_cv``,
+        ``moe{l}_max_vio``, ``moe{l}_dead`` (and ``_dropped``, ``_norm_fallback`` where they apply), the means
+        ``moe_cv``/``moe_max_vio`` and total ``moe_dead`` over layers, and per UniPool pool ``pool{g}_cv``,
+        ``pool{g}_max_vio``, ``pool{g}_dead`` over the layer-averaged load."""
+        out: dict[str, torch.Tensor] = {}
+        layers = [m for m in self.moe_layers() if m.last_stats]
+        for m in layers:
+            for key, value in m.last_stats.items():
+                if key != "load":
+                    out[f"moe{m.layer_idx}_{key}"] = torch.as_tensor(value, dtype=torch.float32)
+        if layers:
+            out["moe_cv"] = torch.stack([m.last_stats["cv"] for m in layers]).mean()
+            out["moe_max_vio"] = torch.stack([m.last_stats["max_vio"] for m in layers]).mean()
+            out["moe_dead"] = torch.stack([m.last_stats["dead"] for m in layers]).sum()
+        for g, pool in enumerate(self.expert_pools or []):
+            loads = [m.last_stats["load"] for m in layers if m.pool is pool]
+            if loads:
+                for key, value in load_stats(torch.stack(loads).sum(0)).items():
+                    out[f"pool{g}_{key}"] = value
+        return out
 
     def add_growth_masks(self, ramp_steps: int, **flags: torch.Tensor) -> GrowthMasks:
         """Put MSG masks (at m = 0) on this model: ``flags`` are :meth:`GrowthMasks.set_flags`'s. The config
@@ -202,6 +238,9 @@ class TransformerLM(nn.Module):
         cfg = self.config
         if self.growth_masks is not None:
             self.growth_masks.sync()  # buffers a loader wrote directly: refresh the masks' hooks
+        if self.expert_pools is not None and self.training and torch.is_grad_enabled():
+            for pool in self.expert_pools:  # a new training micro-batch: its pool loss uses the last one's load
+                pool.begin_forward()
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids (B, T) or inputs_embeds (B, T, d_model)")
         if inputs_embeds is not None:

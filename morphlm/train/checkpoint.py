@@ -54,6 +54,7 @@ from safetensors.torch import save as st_save
 from ..io import fsync_dir, json_text, short_repr
 from ..io import write_atomic  # noqa: F401  (re-exported: loop.py and tests use ckpt.write_atomic)
 from ..model.config import CHECKPOINT_ONLY_KEYS, FORMAT_VERSION, ConfigError, ModelConfig
+from ..model.moe import weights_kind_hint
 from ..model.transformer import TransformerLM
 
 STAGING = ".staging"
@@ -773,6 +774,12 @@ def _estimate_bytes(cfg: ModelConfig) -> int:
         n += cfg.vocab_size * d
     if cfg.head == "cls":
         n += cfg.n_classes * d + d * d
+    if cfg.moe_experts:  # routed layers: router, shared and routed experts (a pool's once) instead of the FFN
+        e_ff, n_moe = cfg.expert_d_ff, len(cfg.moe_layer_ids)
+        expert = d * e_ff * (2 if cfg.activation == "swiglu" else 1) + e_ff * d
+        routed = cfg.moe_pool_groups * cfg.pool_size if cfg.moe_pool else n_moe * cfg.moe_experts
+        n += n_moe * (d * cfg.router_experts + cfg.moe_shared_experts * expert - (per_block - d * (d + 2 * kv) - d * d))
+        n += routed * expert
     return 4 * n
 
 
@@ -809,7 +816,7 @@ def _check_sizes(run_dir: Path, cfg: ModelConfig, header: dict[str, dict], file_
         if missing or unexpected:
             raise CheckpointError(f"{run_dir}: weights do not fit config.json (missing {missing[:5]}, "
                                   f"unexpected {_short(unexpected[:5], 200)}); the config and weights come from "
-                                  f"different runs")
+                                  f"different runs{weights_kind_hint(missing, unexpected)}")
     for name in sorted(set(expected) & set(header)):
         if tuple(header[name]["shape"]) != expected[name]:
             raise CheckpointError(f"{run_dir}: tensor {name} has shape {tuple(header[name]['shape'])} but "
@@ -864,7 +871,8 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu", verify: 
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
         raise CheckpointError(f"{run_dir}: weights do not fit config.json (missing {missing[:5]}, "
-                              f"unexpected {unexpected[:5]}); the config and weights come from different runs")
+                              f"unexpected {unexpected[:5]}); the config and weights come from different runs"
+                              f"{weights_kind_hint(missing, unexpected)}")
     for name, tensor in state.items():
         if tensor.shape != expected[name].shape:
             raise CheckpointError(f"{run_dir}: tensor {name} has shape {tuple(tensor.shape)} but config.json "

@@ -12,6 +12,9 @@ one scale. Conventions (DESIGN.md, "Things that are easy to get wrong"):
   for training, counted over the full T×T square also for causal models (the PaLM/Chinchilla
   convention; a causal kernel does about half of that work).
 * A classification head runs once per sequence: its cost is spread over the T tokens.
+* Mixture of experts: FLOPs follow the ACTIVE weights of a token — attention, the router (d·E), the top-k
+  routed experts and the shared experts of each MoE layer; the experts a token does not visit cost nothing.
+  :func:`param_counts` gives total vs active parameters (UniPool's shared pools counted once in the total).
 """
 
 from __future__ import annotations
@@ -29,12 +32,34 @@ PEAK_BF16_FLOPS = {
 }
 
 
-def layer_matmul_params(cfg: ModelConfig) -> int:
+def attention_matmul_params(cfg: ModelConfig) -> int:
     d = cfg.d_model
-    attn = d * (d + 2 * cfg.kv_dim) + d * d
-    ffn_in = 2 * cfg.d_ff if cfg.activation == "swiglu" else cfg.d_ff
-    ffn = d * ffn_in + cfg.d_ff * d
-    return attn + ffn
+    return d * (d + 2 * cfg.kv_dim) + d * d
+
+
+def ffn_matmul_params(cfg: ModelConfig, d_ff: int) -> int:
+    """Weights of one FFN (or expert) of width ``d_ff``."""
+    ffn_in = 2 * d_ff if cfg.activation == "swiglu" else d_ff
+    return cfg.d_model * ffn_in + d_ff * cfg.d_model
+
+
+def moe_ffn_matmul_params(cfg: ModelConfig) -> int:
+    """Active weights of one MoE FFN per token: router (d × experts it chooses among), top-k routed experts and
+    the always-on shared experts."""
+    expert = ffn_matmul_params(cfg, cfg.expert_d_ff)
+    return cfg.d_model * cfg.router_experts + (cfg.moe_top_k + cfg.moe_shared_experts) * expert
+
+
+def layer_matmul_params(cfg: ModelConfig, layer_idx: int | None = None) -> float:
+    """Active matmul weights of layer ``layer_idx`` per token; ``None``: the mean over the layers (every layer
+    for a dense config)."""
+    if layer_idx is None:
+        if not cfg.moe_experts:
+            return attention_matmul_params(cfg) + ffn_matmul_params(cfg, cfg.d_ff)
+        return sum(layer_matmul_params(cfg, i) for i in range(cfg.n_layers)) / cfg.n_layers
+    if layer_idx in cfg.moe_layer_ids:
+        return attention_matmul_params(cfg) + moe_ffn_matmul_params(cfg)
+    return attention_matmul_params(cfg) + ffn_matmul_params(cfg, cfg.d_ff)
 
 
 def head_matmul_params(cfg: ModelConfig, seq_len: int) -> float:
@@ -49,7 +74,33 @@ def head_matmul_params(cfg: ModelConfig, seq_len: int) -> float:
 def matmul_params(cfg: ModelConfig, seq_len: int | None = None) -> float:
     """Weights taking part in a matmul for each token (the N of 6·N)."""
     T = cfg.max_seq_len if seq_len is None else seq_len
+    if cfg.moe_experts:
+        return sum(layer_matmul_params(cfg, i) for i in range(cfg.n_layers)) + head_matmul_params(cfg, T)
     return cfg.n_layers * layer_matmul_params(cfg) + head_matmul_params(cfg, T)
+
+
+def inactive_params(cfg: ModelConfig) -> int:
+    """Parameters a token does not use: the routed experts beyond its top-k in each MoE layer (0 when dense).
+    With UniPool pools a token uses k experts per layer of the group's pool: the pool's M experts count once."""
+    if not cfg.moe_experts:
+        return 0
+    expert = ffn_matmul_params(cfg, cfg.expert_d_ff)
+    n_moe = len(cfg.moe_layer_ids)
+    stored = (cfg.moe_pool_groups * cfg.pool_size if cfg.moe_pool else n_moe * cfg.moe_experts) * expert
+    return stored - n_moe * cfg.moe_top_k * expert
+
+
+def param_counts(cfg: ModelConfig) -> tuple[int, int]:
+    """(total, active) parameters of the model ``cfg`` describes: total counts every parameter (built on the
+    meta device, nothing allocated), active those one token uses (total less :func:`inactive_params`). Equal
+    for a dense model."""
+    import torch
+
+    from ..model.transformer import TransformerLM
+
+    with torch.device("meta"):
+        total = TransformerLM(cfg).num_parameters()
+    return total, total - inactive_params(cfg)
 
 
 def forward_flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> float:
@@ -75,6 +126,14 @@ def describe(cfg: ModelConfig, params: int, seq_len: int | None = None) -> str:
              f"{' (grouped-query)' if cfg.n_kv_heads != cfg.n_heads else ''}, head_dim {cfg.head_dim}, d_ff {cfg.d_ff}, "
              f"{cfg.activation}, {cfg.norm}/{cfg.norm_placement}, {cfg.position} positions, head {cfg.head}, "
              f"vocab {cfg.vocab_size}, max_seq_len {cfg.max_seq_len}")
+    if cfg.moe_experts:
+        pool = (f", UniPool {cfg.moe_pool_groups} pool(s) of {cfg.pool_size}" if cfg.moe_pool else "")
+        shape += (f"; MoE on {len(cfg.moe_layer_ids)} layers: {cfg.moe_experts} experts{pool}, top-{cfg.moe_top_k}, "
+                  f"{cfg.moe_shared_experts} shared, expert d_ff {cfg.expert_d_ff}, {cfg.moe_router} router, "
+                  f"{cfg.moe_balance} balancing")
+        active = params - inactive_params(cfg)
+        return (f"model {cfg.name!r}: {shape}; {params:,} parameters ({active:,} active per token), "
+                f"{training_flops_per_token(cfg, T):.4g} training FLOPs/token at seq_len {T}")
     return (f"model {cfg.name!r}: {shape}; {params:,} parameters, "
             f"{training_flops_per_token(cfg, T):.4g} training FLOPs/token at seq_len {T}")
 

@@ -13,7 +13,9 @@ process. ``data.val_batches() -> list[dict]`` gives the fixed evaluation set.
 
 ``loss_fn(model, batch) -> loss`` or ``(loss, {name: scalar tensor})``: a mean over the batch. Micro-
 batch losses are averaged with equal weights (mean of means), and DDP averages across ranks, so the
-update equals the single-process update on the same global batch.
+update equals the single-process update on the same global batch. A mixture-of-experts model's balancing and z
+losses of each micro-batch (steps.routing_terms) are added to the loss that is differentiated and logged apart as
+``loss_aux``, with the routing load statistics.
 
 Resume is bit-exact on CPU: weights and AdamW state are saved in float32 safetensors, the schedule is a
 function of the step, dropout is reseeded from (seed, rank, step), and batches from (seed, step).
@@ -62,7 +64,7 @@ from .optim import TrainArgs, _flatten_optimizer, _unflatten_optimizer, build_op
 from .parallel import (DistInfo, all_reduce_mean, barrier, full_model_state, full_optimizer_state,
                        init_distributed, load_full_optimizer_state, unwrap, wrap_model)
 from .steps import (AuxOptimizer, Geometry, LossFn, MetricsWriter, autocast, evaluate, load_resume,  # noqa: F401
-                    run_changes, split_loss)
+                    routing_terms, run_changes, split_loss)
 
 log = logging.getLogger("morphlm.train")
 
@@ -522,8 +524,10 @@ class _Run:
                 wrapped.set_requires_gradient_sync(last)
             with sync, autocast(self.device, args.precision):
                 loss, extra = split_loss(self.loss_fn(self.runner, mb))
-            (loss / n_micro).backward()
+            aux, routing = routing_terms(self.raw, self.device)  # MoE balancing losses (logged as loss_aux)
+            ((loss if aux is None else loss + aux) / n_micro).backward()
             loss_sum += loss.detach().float()
+            extra = {**extra, **routing}
             for k, v in extra.items():
                 extras[k] = extras.get(k, 0.0) + v.detach().float() / n_micro
         stats = [loss_sum / n_micro]

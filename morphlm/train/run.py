@@ -21,7 +21,9 @@ import torch
 from ..data import (ClassificationBatches, LMBatches, MLMBatches, Tokenizer, load_task, prepare_lm_store)
 from ..model import ModelConfig, TransformerLM
 from ..model.config import ConfigError
+from ..model.moe import weights_kind_hint
 from . import checkpoint as ckpt
+from . import flops as flops_mod
 from .loop import FitResult, TrainArgs, evaluate, fit, model_loss, resolve_device
 from .memory import check_fits
 from .optim import LoadOptimizerState, _unflatten_optimizer
@@ -259,11 +261,12 @@ def _load_init(model: TransformerLM, init_dir: str, state=None) -> Tokenizer | N
         src_cfg = ckpt.read_config(init_dir)[0]
     own = model.state_dict()
     fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    body_missing = [k for k in own if k.startswith(("blocks.", "tok_emb")) and k not in fitting]
+    body_missing = [k for k in own if k.startswith(("blocks.", "tok_emb", "expert_pools.")) and k not in fitting]
     if body_missing:
+        hint = weights_kind_hint(body_missing, [k for k in state if k not in own])
         raise ckpt.CheckpointError(f"--init {init_dir}: its weights do not fit this model ({body_missing[:3]} ...); "
                                    f"use the same d_model/n_layers/n_heads as the checkpoint ({src_cfg.name!r}; "
-                                   f"without --preset, --init takes the checkpoint's own config)")
+                                   f"without --preset, --init takes the checkpoint's own config){hint}")
     model.load_state_dict(fitting, strict=False)
     return ckpt.open_tokenizer(init_dir)
 
@@ -308,8 +311,9 @@ def _train_run(spec: RunSpec, callbacks) -> FitResult:
         saved_cfg, _ = ckpt.read_config(out)
         spec = dataclasses.replace(spec, model=_with_growth_masks(spec.model, saved_cfg))
         if saved_cfg.to_dict() != spec.model.to_dict():
-            diff = {k: (v, spec.model.to_dict().get(k)) for k, v in saved_cfg.to_dict().items()
-                    if spec.model.to_dict().get(k) != v}
+            saved, asked = saved_cfg.to_dict(), spec.model.to_dict()  # a dense config.json has no moe_* keys
+            diff = {k: (saved.get(k), asked.get(k)) for k in sorted(set(saved) | set(asked))
+                    if saved.get(k) != asked.get(k)}
             raise ckpt.CheckpointError(f"{out} holds a run of a different model (saved vs asked: {diff}); "
                                        f"resume with the same settings or choose another --out")
     torch.manual_seed(args.seed)
@@ -418,6 +422,8 @@ def eval_run(run_dir: str | Path, *, corpus: str | None = None, task_val: str | 
         out["perplexity"] = metrics["val_ppl"]
     with torch.device("meta"):  # the float model's parameter count: a packed model's codes are buffers
         out["params"] = TransformerLM(model.config).num_parameters()
+    if model.config.moe_experts:  # mixture of experts: the parameters one token uses, beside the total
+        out["active_params"] = out["params"] - flops_mod.inactive_params(model.config)
     out["bytes_on_disk"] = ckpt.shipped_bytes(run_dir)
     out["weights_bytes"] = (run_dir / ckpt.MODEL_FILE).stat().st_size
     out["dir_bytes"] = ckpt.total_bytes(run_dir)

@@ -43,6 +43,20 @@ def split_loss(result) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     return result, {}
 
 
+def routing_terms(model: nn.Module, device: torch.device) -> tuple[torch.Tensor | None,
+                                                                  dict[str, torch.Tensor]]:
+    """A mixture-of-experts model's routing losses of its last forward — the sum fit() adds to the loss it
+    differentiates (None when there are none) — and its routing metrics for metrics.jsonl: ``loss_aux`` (0 when
+    no loss applied to this micro-batch) and the per-layer load statistics (``TransformerLM.moe_metrics``).
+    (None, {}) for a dense model."""
+    if not getattr(getattr(model, "config", None), "moe_experts", 0) or not hasattr(model, "moe_aux_loss"):
+        return None, {}
+    aux = model.moe_aux_loss()
+    metrics = {"loss_aux": aux.detach().float() if aux is not None else torch.zeros((), device=device)}
+    metrics.update(model.moe_metrics())
+    return aux, metrics
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loss_fn: LossFn, batches: Iterable[dict[str, torch.Tensor]],
              device: torch.device, precision: str = "auto") -> dict[str, float]:
