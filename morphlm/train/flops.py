@@ -12,6 +12,10 @@ one scale. Conventions (DESIGN.md, "Things that are easy to get wrong"):
   for training, counted over the full T×T square also for causal models (the PaLM/Chinchilla
   convention; a causal kernel does about half of that work).
 * A classification head runs once per sequence: its cost is spread over the T tokens.
+* Looping (LoopMoE, model/loop.py): the n_layers unique blocks run loop_repeats = R times, so their matmuls and
+  attention count R times per token (parameters count once). Each looped block also multiplies by IterAdaLN's
+  W_mod (d × 6d) per token; the iteration MLP runs once per iteration per sequence, not per token, and is not
+  counted (like the embedding look-ups).
 """
 
 from __future__ import annotations
@@ -37,6 +41,12 @@ def layer_matmul_params(cfg: ModelConfig) -> int:
     return attn + ffn
 
 
+def loop_matmul_params(cfg: ModelConfig) -> int:
+    """Per-token matmul weights a looped block adds to ``layer_matmul_params``: IterAdaLN's W_mod (d × 6d);
+    0 for an unlooped model."""
+    return 0 if cfg.loop_repeats is None else 6 * cfg.d_model * cfg.d_model
+
+
 def head_matmul_params(cfg: ModelConfig, seq_len: int) -> float:
     d = cfg.d_model
     if cfg.head == "lm":
@@ -49,12 +59,13 @@ def head_matmul_params(cfg: ModelConfig, seq_len: int) -> float:
 def matmul_params(cfg: ModelConfig, seq_len: int | None = None) -> float:
     """Weights taking part in a matmul for each token (the N of 6·N)."""
     T = cfg.max_seq_len if seq_len is None else seq_len
-    return cfg.n_layers * layer_matmul_params(cfg) + head_matmul_params(cfg, T)
+    blocks = cfg.n_layers * (layer_matmul_params(cfg) + loop_matmul_params(cfg))  # one pass over the unique blocks
+    return (cfg.loop_repeats or 1) * blocks + head_matmul_params(cfg, T)
 
 
 def forward_flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> float:
     T = cfg.max_seq_len if seq_len is None else seq_len
-    attention = 4 * cfg.n_layers * cfg.d_model * T
+    attention = 4 * cfg.depth * cfg.d_model * T  # depth: n_layers, × loop_repeats when looped
     return 2 * matmul_params(cfg, T) + attention
 
 
@@ -74,7 +85,8 @@ def describe(cfg: ModelConfig, params: int, seq_len: int | None = None) -> str:
     shape = (f"d_model {cfg.d_model}, n_layers {cfg.n_layers}, n_heads {cfg.n_heads}, n_kv_heads {cfg.n_kv_heads}"
              f"{' (grouped-query)' if cfg.n_kv_heads != cfg.n_heads else ''}, head_dim {cfg.head_dim}, d_ff {cfg.d_ff}, "
              f"{cfg.activation}, {cfg.norm}/{cfg.norm_placement}, {cfg.position} positions, head {cfg.head}, "
-             f"vocab {cfg.vocab_size}, max_seq_len {cfg.max_seq_len}")
+             f"vocab {cfg.vocab_size}, max_seq_len {cfg.max_seq_len}"
+             + (f", looped ×{cfg.loop_repeats} (depth {cfg.depth}, IterAdaLN)" if cfg.loop_repeats is not None else ""))
     return (f"model {cfg.name!r}: {shape}; {params:,} parameters, "
             f"{training_flops_per_token(cfg, T):.4g} training FLOPs/token at seq_len {T}")
 
