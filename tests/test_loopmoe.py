@@ -149,6 +149,10 @@ def test_per_iteration_stats_and_summed_aux_loss():
     assert "cos_prev" not in stats["iter0"] and -1 <= stats["iter2"]["cos_prev"] <= 1
     for block in model.blocks:
         assert float(block.mlp.aux_loss) == 1 + 2 + 3
+    # the FFN's own last_stats (what a metrics writer reads) carries every iteration, not just the last call's
+    assert {k: float(v) for k, v in model.blocks[0].mlp.last_stats.items()} == {
+        "iter0_calls": 1, "iter1_calls": 2, "iter2_calls": 3, "iter0_max_vio": 0.5, "iter1_max_vio": 1.0,
+        "iter2_max_vio": 1.5}
     flat = model.loop.flat_stats()
     assert flat["iter1/layer0/calls"] == 2 and flat["iter2/layer1/max_vio"] == 1.5 and "iter1/cos_prev" in flat
 

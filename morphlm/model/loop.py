@@ -18,16 +18,18 @@ W_mod the same way but put the gates on ``1 + g``: at initialisation the modulat
 is exactly the unlooped model with the same weights. The consequence: a new looped model starts as the plain
 weight-tied looped transformer (depth n_layers·R, blind to the iteration index) rather than as the identity; the
 iteration signal enters as W_mod learns (W_mod has a gradient from the first step, since SiLU(c) ≠ 0; MLP_iter
-from the second, once W_mod ≠ 0). Pre-norm residual blocks with GPT-2's depth-scaled output init (scaled by the
-looped depth n_layers·R here) already start close to the identity, so nothing is lost in stability, and a trained
-dense/MoE block can be looped without changing its function at the start.
+from the second, once W_mod ≠ 0). Pre-norm residual blocks with GPT-2's scaled output init already start close to
+the identity, so nothing is lost in stability, and a trained dense/MoE block can be looped without changing its
+function at the start. (That init keeps counting the n_layers unique blocks, as for any weight-tied model.)
 
 The FFN is whatever the configuration builds for a block (:func:`make_ffn` of moe.py when the MoE layer is
-present, the dense MLP otherwise). A reused block's FFN sets its ``aux_loss`` and ``last_stats`` on every call,
-and forward hooks on a reused block fire once per call, so :class:`Loop` reads them after each iteration: the
-auxiliary losses of the R calls are summed back onto the FFN's ``aux_loss`` (R looped layers contribute as R
-vanilla layers would), and routing statistics are kept per iteration in :attr:`Loop.iter_stats` (``iter{k}``),
-with cos(h_k, h_{k+1}) between successive iterations' outputs.
+present, the dense MLP otherwise; UniPool pools are passed through, and a pool's loss averages over the R·L
+layer calls). A reused block's FFN sets its ``aux_loss`` and ``last_stats`` on every call, and forward hooks on a
+reused block fire once per call, so :class:`Loop` reads them after each iteration: the auxiliary losses of the R
+calls are summed back onto the FFN's ``aux_loss`` (R looped layers contribute as R vanilla layers would); routing
+statistics are kept per iteration in :attr:`Loop.iter_stats` (``iter{k}``, with cos(h_{k-1}, h_k) between
+successive iterations' outputs), and the FFN's ``last_stats`` becomes the statistics of its load summed over the R
+calls plus ``iter{k}_{stat}`` per iteration (so a metrics writer that reads ``last_stats`` logs them per iteration).
 
 The capacity-balancing rule (:func:`balance_loop_capacity`, a reconstruction of the paper's matching): a vanilla
 MoE of L layers with attention parameters A, E experts of size s and top-k becomes L_b = L/R unique layers run R
@@ -53,16 +55,17 @@ from .ffn import MLP
 from .norms import RMSNorm, make_norm
 
 try:  # the MoE layer builds dense or routed FFNs from the config; without it, every FFN is the dense MLP
+    from .moe import load_stats as _load_stats
     from .moe import make_ffn as _moe_make_ffn
 except ModuleNotFoundError as exc:  # only a missing moe.py, never an error inside it
     if exc.name != f"{__package__}.moe":
         raise
-    _moe_make_ffn = None
+    _moe_make_ffn = _load_stats = None
 
 
-def make_ffn(cfg: ModelConfig, layer_idx: int) -> nn.Module:
+def make_ffn(cfg: ModelConfig, layer_idx: int, pool: nn.Module | None = None) -> nn.Module:
     """The FFN of looped block ``layer_idx``: moe.py's factory when present (dense or MoE by the config)."""
-    return MLP(cfg) if _moe_make_ffn is None else _moe_make_ffn(cfg, layer_idx)
+    return MLP(cfg) if _moe_make_ffn is None else _moe_make_ffn(cfg, layer_idx, pool)
 
 
 def iteration_encoding(k: int, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -93,11 +96,11 @@ class IterAdaLNBlock(nn.Module):
     Parameter names of the plain block are kept (``attn``, ``mlp``, ``norm1``, ``norm2``), plus ``cond_norm``
     (the RMSNorm of the conditioning) and ``mod`` (W_mod, d → 6d, zero-initialised)."""
 
-    def __init__(self, cfg: ModelConfig, layer_idx: int) -> None:
+    def __init__(self, cfg: ModelConfig, layer_idx: int, pool: nn.Module | None = None) -> None:
         super().__init__()
         self.layer_idx = layer_idx
         self.attn = Attention(cfg)
-        self.mlp = make_ffn(cfg, layer_idx)
+        self.mlp = make_ffn(cfg, layer_idx, pool)
         self.norm1 = make_norm(cfg)
         self.norm2 = make_norm(cfg)
         self.cond_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
@@ -138,8 +141,16 @@ class Loop(nn.Module):
         self.iter_stats: dict[str, dict[str, Any]] = {}
 
     @staticmethod
-    def make_blocks(cfg: ModelConfig) -> nn.ModuleList:
-        return nn.ModuleList(IterAdaLNBlock(cfg, i) for i in range(cfg.n_layers))
+    def make_blocks(cfg: ModelConfig, pools: nn.ModuleList | None = None) -> nn.ModuleList:
+        """The n_layers unique IterAdaLN blocks; ``pools`` (UniPool's shared expert pools, each with the
+        ``layers`` it serves) are handed to the blocks of their layers, and each pool's loss, averaged over the
+        layer calls of a forward, counts R calls per layer."""
+        def pool_of(i):
+            return next((p for p in pools if i in p.layers), None) if pools is not None else None
+
+        for pool in pools if pools is not None else ():
+            pool.layers_per_forward = len(pool.layers) * cfg.loop_repeats
+        return nn.ModuleList(IterAdaLNBlock(cfg, i, pool_of(i)) for i in range(cfg.n_layers))
 
     def forward(self, blocks: nn.ModuleList, h: torch.Tensor, rope=None, mask=None,
                 hidden: list | None = None, scores: list | None = None) -> torch.Tensor:
@@ -171,8 +182,26 @@ class Loop(nn.Module):
             stats[f"iter{k}"] = record
         for i, loss in aux.items():  # the R calls' auxiliary losses, summed: R looped layers count as R layers
             blocks[i].mlp.aux_loss = loss
+        for i, block in enumerate(blocks):
+            per_iter = [stats[f"iter{k}"].get(f"layer{i}") for k in range(self.repeats)]
+            if all(per_iter):
+                block.mlp.last_stats = self._combined(per_iter)
         self.iter_stats = stats
         return h
+
+    @staticmethod
+    def _combined(per_iter: list[dict[str, Any]]) -> dict[str, Any]:
+        """One FFN's statistics over its R calls: those of the load summed over the calls (when the FFN reports
+        a ``load`` vector and moe.py's ``load_stats`` is there), and every scalar per iteration as ``iter{k}_NAME``."""
+        out: dict[str, Any] = {}
+        if _load_stats is not None and all(torch.is_tensor(s.get("load")) for s in per_iter):
+            load = torch.stack([s["load"] for s in per_iter]).sum(0)
+            out.update({"load": load, **_load_stats(load)})
+        for k, record in enumerate(per_iter):
+            for name, value in record.items():
+                if name != "load":
+                    out[f"iter{k}_{name}"] = value
+        return out
 
     def flat_stats(self) -> dict[str, float]:
         """:attr:`iter_stats` as flat ``iter{k}/layer{i}/{stat}`` and ``iter{k}/cos_prev`` scalars (metrics)."""

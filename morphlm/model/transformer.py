@@ -30,8 +30,8 @@ from .attention import Attention, rope_tables
 from .config import DSSN_C_ATTN, DSSN_C_MLP, ModelConfig
 from .ffn import MLP, activation_fn
 from .growth_masks import GrowthMasks
-from .loop import Loop
 from .norms import make_norm
+from .loop import Loop  # noqa: I001  (LoopMoE: the looped blocks and their iteration signal)
 
 IGNORE_INDEX = -100
 
@@ -127,7 +127,7 @@ class TransformerLM(nn.Module):
                 p.normal_(0.0, 0.5 if dssn else cfg.init_std)
             elif name.endswith(("attn.proj.weight", "mlp.fc2.weight")) and not dssn:
                 # GPT-2 scaled init for the projections that write into the residual stream
-                p.normal_(0.0, std / math.sqrt(2 * cfg.depth))  # depth: n_layers, × loop_repeats when looped
+                p.normal_(0.0, std / math.sqrt(2 * cfg.n_layers))
             else:
                 p.normal_(0.0, std)
         if self.loop is not None:  # IterAdaLN's W_mod starts at zero (adaLN-Zero): the plain block's function

@@ -57,10 +57,13 @@ def head_matmul_params(cfg: ModelConfig, seq_len: int) -> float:
 
 
 def matmul_params(cfg: ModelConfig, seq_len: int | None = None) -> float:
-    """Weights taking part in a matmul for each token (the N of 6·N)."""
+    """Weights taking part in a matmul for each token (the N of 6·N); a looped model's blocks count R times."""
+    if cfg.loop_repeats is not None:  # LoopMoE: one pass over the unique blocks and their W_mod, R times; the head once
+        head = head_matmul_params(cfg, seq_len if seq_len is not None else cfg.max_seq_len)
+        one_pass = matmul_params(cfg.replace(loop_repeats=None, loop_iter_dim=64), seq_len) - head
+        return cfg.loop_repeats * (one_pass + cfg.n_layers * loop_matmul_params(cfg)) + head
     T = cfg.max_seq_len if seq_len is None else seq_len
-    blocks = cfg.n_layers * (layer_matmul_params(cfg) + loop_matmul_params(cfg))  # one pass over the unique blocks
-    return (cfg.loop_repeats or 1) * blocks + head_matmul_params(cfg, T)
+    return cfg.n_layers * layer_matmul_params(cfg) + head_matmul_params(cfg, T)
 
 
 def forward_flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> float:
@@ -82,11 +85,11 @@ def describe(cfg: ModelConfig, params: int, seq_len: int | None = None) -> str:
     """One line naming the resolved shape of ``cfg`` (derived fields included), its parameter count and its
     training FLOPs per token: what every training verb prints before its first step."""
     T = cfg.max_seq_len if seq_len is None else seq_len
-    shape = (f"d_model {cfg.d_model}, n_layers {cfg.n_layers}, n_heads {cfg.n_heads}, n_kv_heads {cfg.n_kv_heads}"
+    loop = f" (looped ×{cfg.loop_repeats}: depth {cfg.depth}, IterAdaLN)" if cfg.loop_repeats is not None else ""
+    shape = (f"d_model {cfg.d_model}, n_layers {cfg.n_layers}{loop}, n_heads {cfg.n_heads}, n_kv_heads {cfg.n_kv_heads}"
              f"{' (grouped-query)' if cfg.n_kv_heads != cfg.n_heads else ''}, head_dim {cfg.head_dim}, d_ff {cfg.d_ff}, "
              f"{cfg.activation}, {cfg.norm}/{cfg.norm_placement}, {cfg.position} positions, head {cfg.head}, "
-             f"vocab {cfg.vocab_size}, max_seq_len {cfg.max_seq_len}"
-             + (f", looped ×{cfg.loop_repeats} (depth {cfg.depth}, IterAdaLN)" if cfg.loop_repeats is not None else ""))
+             f"vocab {cfg.vocab_size}, max_seq_len {cfg.max_seq_len}")
     return (f"model {cfg.name!r}: {shape}; {params:,} parameters, "
             f"{training_flops_per_token(cfg, T):.4g} training FLOPs/token at seq_len {T}")
 
