@@ -11,11 +11,11 @@ one scale. Conventions (DESIGN.md, "Things that are easy to get wrong"):
 * Attention adds ``2·2·T·d_attn`` per layer per token forward (QKᵀ and AV), i.e. ``12·L·d·T`` per token
   for training, counted over the full T×T square also for causal models (the PaLM/Chinchilla
   convention; a causal kernel does about half of that work).
-* A classification head runs once per sequence: its cost is spread over the T tokens.
 * Looping (LoopMoE, model/loop.py): the n_layers unique blocks run loop_repeats = R times, so their matmuls and
   attention count R times per token (parameters count once). Each looped block also multiplies by IterAdaLN's
   W_mod (d × 6d) per token; the iteration MLP runs once per iteration per sequence, not per token, and is not
   counted (like the embedding look-ups).
+* A classification head runs once per sequence: its cost is spread over the T tokens.
 """
 
 from __future__ import annotations
