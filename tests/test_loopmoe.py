@@ -251,3 +251,99 @@ def test_train_resume_bit_exact_and_generate(tmp_path):
     assert "different model" in res.output and "loop_repeats" in res.output
     res = cli("train", *BASE, "--loop-repeats", 0, "--max-steps", 2, "--out", tmp_path / "bad", code=2)
     assert "loop_repeats=0" in res.output and not (tmp_path / "bad").exists()
+
+
+# ------------------------------------------------------------------ with the MoE layer (model/moe.py)
+def moe_cfg(**kw):
+    pytest.importorskip("morphlm.model.moe", reason="the MoE layer (model/moe.py) is not in this checkout")
+    base = dict(d_model=64, n_layers=4, n_heads=4, max_seq_len=16, vocab_size=97, moe_experts=8, moe_top_k=1,
+                moe_expert_d_ff=64)
+    base.update(kw)
+    return ModelConfig.from_name("tiny", **base)
+
+
+def test_capacity_balancing_on_an_moe_config():
+    """Vanilla 4 layers × 8 experts (s = 2·64·64), top-1, R = 2 → 2 unique layers × 18 experts: stored attention +
+    expert weights equal, and the ruler's FLOPs differ by exactly the routers and W_mod (outside the rule)."""
+    from morphlm.model.loop import balance_loop_capacity
+
+    vanilla = moe_cfg()
+    looped, cap = balance_loop_capacity(vanilla, 2)
+    assert (looped.n_layers, looped.loop_repeats, looped.moe_experts, looped.moe_top_k) == (2, 2, 18, 1)
+    assert (looped.expert_d_ff, looped.d_model) == (64, 64)
+
+    def matched(model):  # attention projections and routed/shared experts, as the rule counts them
+        return sum(p.numel() for n, p in model.named_parameters()
+                   if (".attn." in n and n.endswith("weight")) or ".experts." in n or "shared_w" in n)
+
+    assert matched(TransformerLM(vanilla)) == matched(TransformerLM(looped)) == cap.total == 4 * (16384 + 8 * 8192)
+    T, d = 16, 64
+    router = 2 * 2 * d * 18 - 4 * d * 8  # R·L_b·d·E' − L·d·E
+    w_mod = 2 * 2 * 6 * d * d
+    assert flops.training_flops_per_token(looped, T) - flops.training_flops_per_token(vanilla, T) == 6 * (router + w_mod)
+    with pytest.raises(ConfigError, match=r"moe_experts cannot match exactly.*moe_experts=18 .*moe_experts=19"):
+        balance_loop_capacity(moe_cfg(moe_expert_d_ff=48), 2)
+    with pytest.raises(ConfigError, match=r"dense FFNs \(moe_experts=0\)"):
+        balance_loop_capacity(tiny(), 2)
+    with pytest.raises(ConfigError, match=r"already has loop_repeats=2"):
+        balance_loop_capacity(looped, 2)
+    with pytest.raises(ConfigError, match=r"moe_layers='every_other'"):
+        balance_loop_capacity(moe_cfg(moe_layers="every_other"), 2)
+
+
+def test_loop_r1_zero_modulation_equals_unlooped_moe_model():
+    torch.manual_seed(0)
+    plain = TransformerLM(moe_cfg(n_layers=2, moe_top_k=2))
+    looped = TransformerLM(moe_cfg(n_layers=2, moe_top_k=2, loop_repeats=1))
+    missing, unexpected = looped.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and all(".mod." in k or ".cond_norm." in k or k.startswith("loop.") for k in missing)
+    x = ids()
+    assert torch.equal(looped(x).logits, plain(x).logits)
+
+
+def test_moe_loop_sums_aux_losses_and_logs_routing_per_iteration():
+    """A routed block run R = 2 times: the model's aux loss is the sum of both calls' (replayed by hand), and the
+    layer's stats — what metrics.jsonl logs — hold each iteration and the load summed over the calls."""
+    torch.manual_seed(0)
+    model = TransformerLM(moe_cfg(n_layers=1, loop_repeats=2))
+    randomize_modulation(model)
+    model.train()
+    x = ids()
+    model(x)
+    total = model.moe_aux_loss()
+    blk = model.blocks[0]
+    iter_stats = model.loop.iter_stats
+    h = model.tok_emb(x) + model.pos_emb(torch.arange(x.shape[1]))
+    parts, loads = [], []
+    for k in range(2):
+        h = blk(h, model.loop.iter_mlp(k))[0]
+        parts.append(blk.mlp.aux_loss)
+        loads.append(blk.mlp.last_stats["load"])
+    assert torch.allclose(total, parts[0] + parts[1]) and not torch.allclose(parts[0], parts[1])
+    for k in range(2):
+        assert torch.equal(iter_stats[f"iter{k}"]["layer0"]["load"], loads[k])
+    model(x)
+    metrics = model.moe_metrics()
+    assert {"moe0_iter0_max_vio", "moe0_iter1_max_vio", "moe0_iter1_cv", "moe_cv"} <= set(metrics)
+    assert torch.equal(model.blocks[0].mlp.last_stats["load"], loads[0] + loads[1])
+    assert float(metrics["moe0_iter1_max_vio"]) == float(iter_stats["iter1"]["layer0"]["max_vio"])
+
+
+def test_unipool_loop_pool_loss_counts_every_call():
+    model = TransformerLM(moe_cfg(n_layers=2, loop_repeats=3, moe_pool=True, moe_balance="pool"))
+    assert [p.layers_per_forward for p in model.expert_pools] == [2 * 3]
+    model.train()
+    model(ids())
+    assert float(model.expert_pools[0].cur_calls) == 6  # every call of every looped layer recorded its load
+
+
+def test_moe_loop_cli_run_resumes_bit_exactly(tmp_path):
+    moe_cfg()  # skips without the MoE layer
+    flags = SMALL + ["--moe-experts", "4", "--moe-top-k", "2"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    cli("train", *flags, "--max-steps", 2, "--schedule-steps", 4, "--out", a)
+    cli("train", *flags, "--max-steps", 4, "--out", a, "--resume", "auto")
+    cli("train", *flags, "--max-steps", 4, "--out", b)
+    assert losses(a) == losses(b)
+    rows = [json.loads(line) for line in (a / "metrics.jsonl").read_text().splitlines()]
+    assert all("loss_aux" in r and "moe0_iter1_max_vio" in r for r in rows if "loss" in r)

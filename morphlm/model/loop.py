@@ -270,3 +270,31 @@ def loop_capacity(layers: int, attention: int, experts: int, expert: int, top_k:
                           f"explicitly, or change the expert size (moe_expert_d_ff) or loop_repeats so it divides")
     return LoopCapacity(layers=layers, repeats=repeats, attention=attention, expert=expert, experts=experts,
                         top_k=top_k, loop_layers=layers // repeats, loop_experts=pool // expert)
+
+
+def balance_loop_capacity(cfg: ModelConfig, repeats: int) -> tuple[ModelConfig, LoopCapacity]:
+    """The LoopMoE config matched to the vanilla MoE ``cfg`` by the capacity-balancing rule: n_layers L/R,
+    loop_repeats R, the same attention, top-k, expert width and shared experts, and E' = (R(A + Es) − A)/s routed
+    experts per layer, so total and active (attention + shared + routed) parameters, per-token FLOPs and the
+    active attention-to-FFN ratio match. A counts the attention projections and the always-on shared experts; the
+    routers (d·E per layer), norms and IterAdaLN's own weights (W_mod, the iteration MLP) are outside the rule —
+    the FLOPs ruler (train/flops.py) counts them, so the looped model's ruler FLOPs differ from the vanilla ones by
+    exactly the router difference and W_mod. A :class:`ConfigError` names the field when the match is impossible."""
+    if not getattr(cfg, "moe_experts", 0):
+        raise ConfigError(f"capacity balancing matches a looped model to a vanilla mixture of experts; "
+                          f"{cfg.name!r} has dense FFNs (moe_experts=0): set moe_experts (and moe_top_k)")
+    if cfg.loop_repeats is not None:
+        raise ConfigError(f"capacity balancing starts from an unlooped (vanilla) config; {cfg.name!r} already has "
+                          f"loop_repeats={cfg.loop_repeats}: pass the vanilla config")
+    if cfg.moe_pool:
+        raise ConfigError("capacity balancing is defined for per-layer experts; moe_pool=true (UniPool's shared "
+                          "pool) has no per-layer expert count to rebalance: use moe_pool=false")
+    if len(cfg.moe_layer_ids) != cfg.n_layers:
+        raise ConfigError(f"capacity balancing needs every layer to be an MoE layer (moe_layers='all'), got "
+                          f"moe_layers={cfg.moe_layers!r}: looping mixed dense/MoE layers has no single E' to solve for")
+    d, width = cfg.d_model, cfg.expert_d_ff
+    expert = (3 if cfg.activation == "swiglu" else 2) * d * width  # in (2·width for SwiGLU) and out projections
+    attention = d * (d + 2 * cfg.kv_dim) + d * d + cfg.moe_shared_experts * expert  # q, k, v, o + always-on experts
+    cap = loop_capacity(cfg.n_layers, attention, cfg.moe_experts, expert, cfg.moe_top_k, repeats)
+    looped = cfg.replace(n_layers=cap.loop_layers, loop_repeats=repeats, moe_experts=cap.loop_experts)
+    return looped, cap
