@@ -347,3 +347,15 @@ def test_moe_loop_cli_run_resumes_bit_exactly(tmp_path):
     assert losses(a) == losses(b)
     rows = [json.loads(line) for line in (a / "metrics.jsonl").read_text().splitlines()]
     assert all("loss_aux" in r and "moe0_iter1_max_vio" in r for r in rows if "loss" in r)
+
+
+def test_memory_estimate_grows_with_the_loop():
+    """Activation memory grows linearly with R (each block run keeps its activations for the backward)."""
+    from morphlm.train.memory import estimate_training_memory
+
+    d, d_ff, tokens = 32, 128, 4 * 16
+    est = {R: estimate_training_memory(tiny(loop_repeats=R), 4, 16) for R in (1, 3)}
+    per_run = tokens * (12 * d + 2 * d_ff + 7 * d) * 4  # fp32; gelu FFN; IterAdaLN's c and six modulations
+    assert est[3].activations - est[1].activations == 2 * 2 * per_run  # 2 unique blocks, 2 more runs each
+    plain = estimate_training_memory(tiny(), 4, 16)
+    assert est[1].activations - plain.activations == 2 * tokens * 7 * d * 4

@@ -137,7 +137,7 @@ class Loop(nn.Module):
             raise ConfigError("Loop needs a looped config (loop_repeats >= 1)")
         self.repeats = cfg.loop_repeats
         self.iter_mlp = IterationMLP(cfg)
-        #: per-iteration statistics of the last forward: {"iter{k}": {"layer{i}": {stat: float}, "cos_prev": float}}
+        #: per-iteration statistics of the last forward: {"iter{k}": {"layer{i}": {stat: value}, "cos_prev": tensor}}
         self.iter_stats: dict[str, dict[str, Any]] = {}
 
     @staticmethod
@@ -174,10 +174,10 @@ class Loop(nn.Module):
                     hidden.append(h)
                 if scores is not None:
                     scores.append(s)
-            with torch.no_grad():
+            with torch.no_grad():  # a detached tensor: no host sync inside the forward
                 out = h.detach().float()
                 if prev is not None:  # cos(h_{k-1}, h_k), mean over tokens
-                    record["cos_prev"] = float(F.cosine_similarity(prev, out, dim=-1).mean())
+                    record["cos_prev"] = F.cosine_similarity(prev, out, dim=-1).mean()
                 prev = out
             stats[f"iter{k}"] = record
         for i, loss in aux.items():  # the R calls' auxiliary losses, summed: R looped layers count as R layers
