@@ -251,6 +251,12 @@ def test_train_resume_bit_exact_and_generate(tmp_path):
     assert "different model" in res.output and "loop_repeats" in res.output
     res = cli("train", *BASE, "--loop-repeats", 0, "--max-steps", 2, "--out", tmp_path / "bad", code=2)
     assert "loop_repeats=0" in res.output and not (tmp_path / "bad").exists()
+    # verbs that map plain blocks one to one refuse a looped source, writing nothing
+    target = tmp_path / "target.json"
+    target.write_text(json.dumps({"preset": "tiny", "d_model": 64, "n_heads": 8, "n_layers": 2}))
+    res = cli("grow", a, "--to", target, "--out", tmp_path / "grown", code=None)
+    assert res.exit_code != 0 and "looped model (LoopMoE, loop_repeats=2)" in res.output
+    assert not (tmp_path / "grown").exists()
 
 
 # ------------------------------------------------------------------ with the MoE layer (model/moe.py)
