@@ -31,7 +31,7 @@ from .config import DSSN_C_ATTN, DSSN_C_MLP, ModelConfig
 from .ffn import MLP, activation_fn
 from .growth_masks import GrowthMasks
 from .norms import make_norm
-from .loop import Loop  # noqa: I001  (LoopMoE: the looped blocks and their iteration signal)
+from .loop import Loop  # LoopMoE: the looped IterAdaLN blocks and their iteration signal
 
 IGNORE_INDEX = -100
 
