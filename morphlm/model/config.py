@@ -79,6 +79,9 @@ class ModelConfig:
     head: str = "lm"
     n_classes: int = 2
     init_std: float = 0.02
+    # LoopMoE (morphlm/model/loop.py): None for a plain model
+    loop_repeats: int | None = None  # LoopMoE: run the n_layers unique blocks R times with IterAdaLN (depth n_layers·R)
+    loop_iter_dim: int = 64  # LoopMoE: width of the sinusoidal iteration-index encoding fed to the iteration MLP (even)
     # MSG growth masks (morphlm/model/growth_masks.py): None for a plain model; an int R >= 0 when the weights
     # were grown with masked structural growth and new structure is still multiplied by a mask that ramps 0 -> 1
     # over R training steps. Which units are new and the ramp position are buffers in model.safetensors.
@@ -162,6 +165,25 @@ class ModelConfig:
                         str: "a string"}[kind] + (" or null" if optional else "")
                 raise ConfigError(f"invalid ModelConfig: {f.name}={_short(value)} must be {want}")
 
+    def _validate_loop(self, need) -> None:
+        """LoopMoE fields (morphlm/model/loop.py): ``loop_repeats`` None (plain model) or R >= 1; the looped
+        block is a pre-norm causal block, and the iteration encoding has an even width."""
+        if self.loop_repeats is None:
+            need(self.loop_iter_dim == 64, f"loop_iter_dim={self.loop_iter_dim} only applies to a looped model; "
+                                           f"set loop_repeats (R >= 1) or leave loop_iter_dim at its default 64")
+            return
+        need(self.loop_repeats >= 1, f"loop_repeats={self.loop_repeats} must be an integer >= 1 (the times the "
+                                     f"n_layers unique blocks run) or null for a plain model")
+        need(self.loop_iter_dim >= 2 and self.loop_iter_dim % 2 == 0,
+             f"loop_iter_dim={self.loop_iter_dim} must be an even integer >= 2 (sine and cosine halves of the "
+             f"iteration encoding); e.g. 64")
+        need(self.norm_placement == "pre", f"loop_repeats needs norm_placement='pre' (IterAdaLN modulates the "
+                                           f"pre-norm inputs), got {self.norm_placement!r}; set norm_placement=pre")
+        need(self.head == "lm", f"loop_repeats is built for causal language models (head='lm'), got "
+                                f"head={self.head!r}; set head=lm or drop loop_repeats")
+        need(self.msg_ramp_steps is None, "loop_repeats cannot be combined with MSG growth masks "
+                                          "(msg_ramp_steps); remove one of them")
+
     def validate(self) -> None:
         def need(cond: bool, msg: str) -> None:
             if not cond:
@@ -196,6 +218,7 @@ class ModelConfig:
                               "(use head='mlm' for a bidirectional encoder)")
         if self.head == "cls":
             need(self.n_classes >= 2, f"n_classes={self.n_classes} must be >= 2 for head='cls'")
+        self._validate_loop(need)
         if self.msg_ramp_steps is not None:
             need(isinstance(self.msg_ramp_steps, int) and not isinstance(self.msg_ramp_steps, bool)
                  and self.msg_ramp_steps >= 0, f"msg_ramp_steps={self.msg_ramp_steps!r} must be None (no growth "
@@ -252,6 +275,8 @@ class ModelConfig:
     # ------------------------------------------------------------------ (de)serialization
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+        if out["loop_repeats"] is None:  # an unlooped model's config.json stays as it always was
+            del out["loop_repeats"], out["loop_iter_dim"]
         if out["msg_ramp_steps"] is None:  # a plain model's config.json stays as it always was
             del out["msg_ramp_steps"]
         if out["moe_experts"] == 0:  # so does a dense model's (validate() keeps the moe_* fields at defaults)
@@ -346,6 +371,11 @@ class ModelConfig:
         return ModelConfig.from_dict(data)
 
     # ------------------------------------------------------------------ sizes
+    @property
+    def depth(self) -> int:
+        """Blocks a token passes through: n_layers, times loop_repeats for a looped (LoopMoE) model."""
+        return self.n_layers * (self.loop_repeats or 1)
+
     @property
     def kv_dim(self) -> int:
         return self.n_kv_heads * (self.d_model // self.n_heads)

@@ -30,6 +30,7 @@ from .attention import Attention, rope_tables
 from .config import DSSN_C_ATTN, DSSN_C_MLP, ModelConfig
 from .ffn import activation_fn
 from .growth_masks import GrowthMasks
+from .loop import Loop  # LoopMoE: the looped IterAdaLN blocks and their iteration signal
 from .moe import ExpertPool, MoEFFN, build_pools, load_stats, make_ffn, pool_of
 from .norms import make_norm
 
@@ -40,8 +41,8 @@ IGNORE_INDEX = -100
 class ModelOutput:
     logits: torch.Tensor  # (B, T, V) for lm/mlm, (B, n_classes) for cls
     loss: torch.Tensor | None = None
-    hidden_states: tuple[torch.Tensor, ...] | None = None  # L+1 tensors (B, T, D): embeddings, then each block
-    attentions: tuple[torch.Tensor, ...] | None = None  # L tensors (B, H, T, T): raw pre-softmax scores
+    hidden_states: tuple[torch.Tensor, ...] | None = None  # depth+1 tensors (B, T, D): embeddings, then each block (run)
+    attentions: tuple[torch.Tensor, ...] | None = None  # depth tensors (B, H, T, T): raw pre-softmax scores
 
 
 class Block(nn.Module):
@@ -82,9 +83,12 @@ class TransformerLM(nn.Module):
         self.seg_emb = nn.Embedding(cfg.n_segments, cfg.d_model) if cfg.n_segments > 0 else None
         self.emb_norm = make_norm(cfg) if cfg.embed_norm else None
         self.drop = nn.Dropout(cfg.dropout)
-        # UniPool's shared expert pools belong to the model (one per group); MoE layers only refer to theirs
+        # UniPool's shared expert pools belong to the model (one per group); MoE layers only refer to theirs.
+        # LoopMoE (loop.py): the n_layers unique blocks are IterAdaLN blocks that ``loop`` runs loop_repeats times
         self.expert_pools = build_pools(cfg)
-        self.blocks = nn.ModuleList(Block(cfg, i, pool_of(cfg, self.expert_pools, i)) for i in range(cfg.n_layers))
+        self.loop = Loop(cfg) if cfg.loop_repeats is not None else None
+        self.blocks = (Loop.make_blocks(cfg, self.expert_pools) if self.loop is not None
+                       else nn.ModuleList(Block(cfg, i, pool_of(cfg, self.expert_pools, i)) for i in range(cfg.n_layers)))
         self.final_norm = make_norm(cfg) if cfg.final_norm else None
         if cfg.position == "rope":
             cos, sin = rope_tables(cfg)
@@ -129,6 +133,9 @@ class TransformerLM(nn.Module):
                 p.normal_(0.0, std / math.sqrt(2 * cfg.n_layers))
             else:
                 p.normal_(0.0, std)
+        if self.loop is not None:  # IterAdaLN's W_mod starts at zero (adaLN-Zero): the plain block's function
+            for block in self.blocks:
+                block.reset_modulation()
         if dssn:
             for block in self.blocks:
                 block.norm1_out.weight.fill_(DSSN_C_ATTN / math.sqrt(cfg.n_layers))
@@ -278,12 +285,15 @@ class TransformerLM(nn.Module):
 
         hidden = [h] if output_hidden_states else None
         scores = [] if output_attentions else None
-        for block in self.blocks:
-            h, s = block(h, rope, mask, output_attentions)
-            if hidden is not None:
-                hidden.append(h)
-            if scores is not None:
-                scores.append(s)
+        if self.loop is not None:  # LoopMoE: every block output of every iteration (n_layers·R entries)
+            h = self.loop(self.blocks, h, rope, mask, hidden, scores)
+        else:
+            for block in self.blocks:
+                h, s = block(h, rope, mask, output_attentions)
+                if hidden is not None:
+                    hidden.append(h)
+                if scores is not None:
+                    scores.append(s)
         if self.final_norm is not None:
             h = self.final_norm(h)
 

@@ -691,17 +691,22 @@ def check_derived_dirs(src_dir: Path, out_dir: Path, *, role: str, verb: str,
     """The checks of every verb that reads one checkpoint directory and writes a new one (grow, extract):
     the ``role`` directory (source, teacher) exists, is not a quantized model when the verb needs full-precision
     weights (``float_only``: what the verb does with them), and ``out_dir`` may be written by the verb ``verb``
-    (its lineage verb; :func:`claim_output_dir`: new or empty, not the input). Raises ``error`` naming the
-    problem and the fix."""
+    (its lineage verb; :func:`claim_output_dir`: new or empty, not the input); with ``float_only``, a looped
+    (LoopMoE) source is refused too. Raises ``error`` naming the problem and the fix."""
     if not src_dir.is_dir():
         raise error(f"{role} checkpoint directory {src_dir} does not exist; pass a directory written by "
                     f"`morphlm train --out DIR`")
     claim_output_dir(out_dir, verb, inputs=[(role, src_dir)], error=error)
     if float_only is not None:
-        quant = read_record(src_dir, role=role, error=error).quantization
+        record = read_record(src_dir, role=role, error=error)
+        quant = record.quantization
         if quant is not None:
             raise error(f"{src_dir} is a quantized model ({quant.get('method')}); {float_only} — use the float "
                         f"checkpoint it was quantized from")
+        if record.config.loop_repeats is not None:  # LoopMoE (model/loop.py): blocks run R times, IterAdaLN
+            raise error(f"{src_dir} is a looped model (LoopMoE, loop_repeats={record.config.loop_repeats}); "
+                        f"{verb} maps the weights of plain blocks one to one and knows neither the loop nor "
+                        f"IterAdaLN's modulation — {verb} an unlooped checkpoint")
 
 
 def has_trainer_state(run_dir: str | Path) -> bool:

@@ -11,6 +11,10 @@ one scale. Conventions (DESIGN.md, "Things that are easy to get wrong"):
 * Attention adds ``2·2·T·d_attn`` per layer per token forward (QKᵀ and AV), i.e. ``12·L·d·T`` per token
   for training, counted over the full T×T square also for causal models (the PaLM/Chinchilla
   convention; a causal kernel does about half of that work).
+* Looping (LoopMoE, model/loop.py): the n_layers unique blocks run loop_repeats = R times, so their matmuls and
+  attention count R times per token (parameters count once). Each looped block also multiplies by IterAdaLN's
+  W_mod (d × 6d) per token; the iteration MLP runs once per iteration per sequence, not per token, and is not
+  counted (like the embedding look-ups).
 * A classification head runs once per sequence: its cost is spread over the T tokens.
 * Mixture of experts: FLOPs follow the ACTIVE weights of a token — attention, the router (d·E), the top-k
   routed experts and the shared experts of each MoE layer; the experts a token does not visit cost nothing.
@@ -62,6 +66,12 @@ def layer_matmul_params(cfg: ModelConfig, layer_idx: int | None = None) -> float
     return attention_matmul_params(cfg) + ffn_matmul_params(cfg, cfg.d_ff)
 
 
+def loop_matmul_params(cfg: ModelConfig) -> int:
+    """Per-token matmul weights a looped block adds to ``layer_matmul_params``: IterAdaLN's W_mod (d × 6d);
+    0 for an unlooped model."""
+    return 0 if cfg.loop_repeats is None else 6 * cfg.d_model * cfg.d_model
+
+
 def head_matmul_params(cfg: ModelConfig, seq_len: int) -> float:
     d = cfg.d_model
     if cfg.head == "lm":
@@ -72,7 +82,11 @@ def head_matmul_params(cfg: ModelConfig, seq_len: int) -> float:
 
 
 def matmul_params(cfg: ModelConfig, seq_len: int | None = None) -> float:
-    """Weights taking part in a matmul for each token (the N of 6·N)."""
+    """Weights taking part in a matmul for each token (the N of 6·N); a looped model's blocks count R times."""
+    if cfg.loop_repeats is not None:  # LoopMoE: one pass over the unique blocks and their W_mod, R times; the head once
+        head = head_matmul_params(cfg, seq_len if seq_len is not None else cfg.max_seq_len)
+        one_pass = matmul_params(cfg.replace(loop_repeats=None, loop_iter_dim=64), seq_len) - head
+        return cfg.loop_repeats * (one_pass + cfg.n_layers * loop_matmul_params(cfg)) + head
     T = cfg.max_seq_len if seq_len is None else seq_len
     if cfg.moe_experts:
         return sum(layer_matmul_params(cfg, i) for i in range(cfg.n_layers)) + head_matmul_params(cfg, T)
@@ -105,7 +119,7 @@ def param_counts(cfg: ModelConfig) -> tuple[int, int]:
 
 def forward_flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> float:
     T = cfg.max_seq_len if seq_len is None else seq_len
-    attention = 4 * cfg.n_layers * cfg.d_model * T
+    attention = 4 * cfg.depth * cfg.d_model * T  # depth: n_layers, × loop_repeats when looped
     return 2 * matmul_params(cfg, T) + attention
 
 
@@ -122,7 +136,8 @@ def describe(cfg: ModelConfig, params: int, seq_len: int | None = None) -> str:
     """One line naming the resolved shape of ``cfg`` (derived fields included), its parameter count and its
     training FLOPs per token: what every training verb prints before its first step."""
     T = cfg.max_seq_len if seq_len is None else seq_len
-    shape = (f"d_model {cfg.d_model}, n_layers {cfg.n_layers}, n_heads {cfg.n_heads}, n_kv_heads {cfg.n_kv_heads}"
+    loop = f" (looped ×{cfg.loop_repeats}: depth {cfg.depth}, IterAdaLN)" if cfg.loop_repeats is not None else ""
+    shape = (f"d_model {cfg.d_model}, n_layers {cfg.n_layers}{loop}, n_heads {cfg.n_heads}, n_kv_heads {cfg.n_kv_heads}"
              f"{' (grouped-query)' if cfg.n_kv_heads != cfg.n_heads else ''}, head_dim {cfg.head_dim}, d_ff {cfg.d_ff}, "
              f"{cfg.activation}, {cfg.norm}/{cfg.norm_placement}, {cfg.position} positions, head {cfg.head}, "
              f"vocab {cfg.vocab_size}, max_seq_len {cfg.max_seq_len}")

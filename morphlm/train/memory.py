@@ -91,10 +91,11 @@ def estimate_training_memory(cfg: ModelConfig, batch: int, seq_len: int, *, n_pa
     params = 4 * n_params // shards
     grads = 4 * n_trainable // shards
     optimizer = 8 * n_trainable // shards
-    d, d_ff, L, H = cfg.d_model, cfg.d_ff, cfg.n_layers, cfg.n_heads
+    d, d_ff, L, H = cfg.d_model, cfg.d_ff, cfg.depth, cfg.n_heads  # depth: every looped run
     k_ff = 4 if cfg.activation == "swiglu" else 2
     tokens = int(batch) * int(seq_len)
-    layers = tokens * L * (12 * d + k_ff * d_ff) * precision_bytes
+    iter_adaln = 7 * d if cfg.loop_repeats is not None else 0  # IterAdaLN's conditioning c and six modulations
+    layers = tokens * L * (12 * d + k_ff * d_ff + iter_adaln) * precision_bytes
     head_width = cfg.vocab_size if cfg.head in ("lm", "mlm") else 0
     head = tokens * (4 * head_width * 4 + 3 * d * precision_bytes)
     attention = 0
