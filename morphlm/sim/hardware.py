@@ -1,0 +1,307 @@
+"""Hardware profiles for the cost simulator: what one device can do, per dtype, and how devices talk.
+
+A profile holds, per dtype, a **matmul efficiency curve** and the machine's memory and interconnect figures:
+
+* matmul time ``t(m, k, n) = 2mkn / (peak · eff) + t0`` with ``eff = e_max · x / (x + x_half)`` and
+  ``x = 3 / (1/m + 1/k + 1/n)`` (the harmonic mean of the three dimensions: the smallest one starves the
+  kernel). On a measured profile ``peak``, ``x_half`` and ``t0`` are fitted by linear least squares to
+  micro-benchmarks (the per-FLOP time is linear in ``1/x``: ``t/F = 1/peak + (x_half/peak)/x + t0/F``) and
+  ``e_max = 1``; a spec profile takes the data-sheet peak and states its derating.
+* memory-bound work (norms, activations, softmax, the optimizer) moves bytes at ``elementwise_bw``; a large copy
+  into an existing tensor gives ``mem_bw``; every framework operator pays ``op_overhead_s`` (dispatch, autograd bookkeeping, kernel
+  launch) — on a CPU in eager mode that is what dominates tiny models.
+* attention (the fused SDPA kernel) runs at ``attention_factor[dtype]`` × the time the matmul curve predicts for
+  its FLOPs (causal: half the T×T square), measured on the CPU.
+* interconnect: bandwidth per direction per device and a per-message latency (None on a one-device profile).
+
+``cpu-local`` is measured on the machine by :func:`calibrate` (``morphlm simulate --calibrate``), written to the
+cache; the committed ``profiles/cpu-local.json`` is one such run with its date and torch version. ``h100`` and
+``h200`` come from NVIDIA's data sheets (stated in their ``source`` field).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
+DTYPES = ("fp32", "bf16")
+
+
+class SimError(ValueError):
+    """Bad input to the simulator; the message names the field and the fix."""
+
+
+@dataclass
+class MatmulCurve:
+    """``t(m,k,n) = 2mkn / (peak_flops · e_max · x/(x+half_dim)) + m·n·bytes / write_bw + overhead_s``, x the
+    harmonic-mean dimension; ``write_bw`` prices the fresh output (on a CPU a large new tensor is paid in page
+    faults), None when not measured."""
+
+    peak_flops: float
+    half_dim: float
+    overhead_s: float
+    e_max: float = 1.0
+    write_bw: float | None = None
+    dtype_bytes: int = 2
+
+    def efficiency(self, m: float, k: float, n: float) -> float:
+        x = harmonic_dim(m, k, n)
+        return self.e_max * x / (x + self.half_dim)
+
+    def time(self, m: float, k: float, n: float, count: float = 1.0) -> float:
+        """Seconds for ``count`` matmuls of (m×k)·(k×n)."""
+        if min(m, k, n) <= 0 or count <= 0:
+            return 0.0
+        flops = 2.0 * m * k * n
+        out = m * n * self.dtype_bytes / self.write_bw if self.write_bw else 0.0
+        return count * (flops / (self.peak_flops * self.efficiency(m, k, n)) + out + self.overhead_s)
+
+
+def harmonic_dim(m: float, k: float, n: float) -> float:
+    return 3.0 / (1.0 / m + 1.0 / k + 1.0 / n)
+
+
+@dataclass
+class HardwareProfile:
+    name: str
+    source: str  # "measured ..." or "spec sheet ..."
+    memory_bytes: float  # capacity per device
+    mem_bw: float  # bytes/s, a large device-to-device-memory copy (read + write counted)
+    elementwise_bw: float  # bytes/s achieved by elementwise operators (read + write counted)
+    op_overhead_s: float  # fixed seconds per framework operator
+    matmul: dict[str, MatmulCurve]  # per dtype
+    attention_factor: dict[str, float]  # SDPA time / matmul-curve time at the same FLOPs
+    interconnect_bw: float | None = None  # bytes/s per direction per device; None: one device only
+    interconnect_latency_s: float | None = None
+    devices_per_node: int = 1
+    date: str | None = None
+    torch: str | None = None
+    threads: int | None = None  # CPU threads the measurements used
+    measurements: list[dict[str, Any]] = field(default_factory=list)
+
+    def peak(self, dtype: str) -> float:
+        return self.curve(dtype).peak_flops
+
+    def curve(self, dtype: str) -> MatmulCurve:
+        if dtype not in self.matmul:
+            raise SimError(f"dtype {dtype!r}: profile {self.name!r} has {sorted(self.matmul)}; pick one of those")
+        return self.matmul[dtype]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "profile") -> "HardwareProfile":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SimError(f"{where}: unknown field(s) {unknown}; known: {sorted(known)}")
+        missing = [f.name for f in dataclasses.fields(cls)
+                   if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+                   and f.name not in data]
+        if missing:
+            raise SimError(f"{where}: missing field(s) {missing}")
+        try:
+            curves = {k: MatmulCurve(**v) for k, v in data["matmul"].items()}
+        except TypeError as exc:
+            raise SimError(f"{where}: bad matmul curve ({exc}); each dtype needs peak_flops, half_dim, "
+                           "overhead_s (and optionally e_max)") from None
+        prof = cls(**{**data, "matmul": curves})
+        for name in ("memory_bytes", "mem_bw", "elementwise_bw"):
+            if not (isinstance(getattr(prof, name), (int, float)) and getattr(prof, name) > 0):
+                raise SimError(f"{where}: {name} must be a positive number")
+        return prof
+
+
+def builtin_names() -> list[str]:
+    return sorted(p.stem for p in PROFILE_DIR.glob("*.json"))
+
+
+def cache_path(name: str = "cpu-local") -> Path:
+    env = os.environ.get("MORPHLM_CACHE")
+    root = Path(env).expanduser() if env else Path.home() / ".cache" / "morphlm"
+    return root / "sim" / f"{name}.json"
+
+
+def load_profile(name_or_path: str | Path) -> HardwareProfile:
+    """A profile by name (``cpu-local``: the cache's calibration when there is one, else the committed one;
+    ``h100``, ``h200``) or from a JSON file."""
+    text = str(name_or_path)
+    path = Path(text)
+    if text.endswith(".json"):
+        if not path.is_file():
+            raise SimError(f"hardware profile {text} does not exist; give a JSON file or one of {builtin_names()}")
+    elif text == "cpu-local" and cache_path().is_file():
+        path = cache_path()
+    else:
+        path = PROFILE_DIR / f"{text}.json"
+        if not path.is_file():
+            raise SimError(f"unknown hardware {text!r}; use one of {builtin_names()} or a profile JSON file "
+                           "(morphlm simulate --calibrate writes cpu-local)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise SimError(f"hardware profile {path} is not valid JSON: {exc}") from None
+    return HardwareProfile.from_dict(data, where=str(path))
+
+
+# ---------------------------------------------------------------------------------------------- calibration
+CAL_SHAPES = [(64, 64, 64), (128, 128, 128), (512, 128, 128), (512, 256, 256), (1024, 128, 512),
+              (1024, 512, 128), (2048, 256, 256), (2048, 256, 1024), (1024, 1024, 1024), (4096, 128, 2048),
+              (2048, 64, 2048), (4096, 256, 1024), (256, 2048, 256)]
+QUICK_SHAPES = [(64, 64, 64), (256, 128, 128), (1024, 256, 256), (1024, 512, 512)]
+
+
+def clock(device_type: str, threads: int | None):
+    """The timer: on a CPU with one thread, the thread's CPU time (``time.thread_time``: user + system, page
+    faults included), which other processes sharing the cores do not inflate — it equals wall time when the thread
+    owns its core; otherwise wall time."""
+    return time.thread_time if device_type == "cpu" and threads == 1 else time.perf_counter
+
+
+def _best(fn, repeats: int, sync, timer=time.perf_counter) -> float:
+    fn()
+    sync()
+    best = math.inf
+    for _ in range(repeats):
+        t0 = timer()
+        fn()
+        sync()
+        best = min(best, timer() - t0)
+    return best
+
+
+def fit_curve(points: list[tuple[int, int, int, float]], dtype_bytes: int) -> MatmulCurve:
+    """Least-squares fit of (1/peak, half_dim/peak, 1/write_bw, overhead) to measured ``(m, k, n, seconds)`` — the
+    time is linear in them — with relative residuals (each row divided by its time); a coefficient that comes out
+    negative is dropped and the rest refitted (1/peak always stays)."""
+    import numpy as np
+
+    feats = [(2.0 * m * k * n, 2.0 * m * k * n / harmonic_dim(m, k, n), m * n * dtype_bytes, 1.0)
+             for m, k, n, _ in points]
+    times = np.array([t for *_, t in points])
+    A = np.array(feats) / times[:, None]
+    y = np.ones(len(points))
+    active = [0, 1, 2, 3]
+    while True:
+        coef, *_ = np.linalg.lstsq(A[:, active], y, rcond=None)
+        if (coef > 0).all() or len(active) == 1:
+            break
+        worst = min((c, a) for a, c in zip(active, coef) if a != 0)[1]
+        active = [a for a in active if a != worst]
+    full = dict(zip(active, coef))
+    inv_peak = max(full.get(0, 0.0), 1e-30)
+    return MatmulCurve(peak_flops=1.0 / inv_peak, half_dim=max(full.get(1, 0.0), 0.0) / inv_peak,
+                       overhead_s=max(full.get(3, 0.0), 0.0),
+                       write_bw=1.0 / full[2] if full.get(2, 0.0) > 0 else None, dtype_bytes=dtype_bytes)
+
+
+def calibrate(device: str = "cpu", threads: int | None = 1, quick: bool = False, repeats: int = 5,
+              write: Path | None = None) -> HardwareProfile:
+    """Measure this machine: matmul time over several shapes per dtype (fp32, bf16) → efficiency curves;
+    memory bandwidth by a large copy; elementwise bandwidth (an add of two large tensors into a fresh one); the per-operator overhead
+    (a tiny add, forward + backward through autograd, per operator); SDPA forward+backward at one causal shape →
+    the attention factor. Best of ``repeats`` everywhere. Writes the profile JSON to ``write`` when given."""
+    import torch
+    import torch.nn.functional as F
+
+    from ..provenance import memory_gib, utc_timestamp
+
+    dev = torch.device(device)
+    if threads is not None and dev.type == "cpu":
+        torch.set_num_threads(int(threads))
+    sync = (lambda: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda: None)
+    timer = clock(dev.type, threads)
+    best = lambda fn: _best(fn, repeats, sync, timer)  # noqa: E731
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    shapes = QUICK_SHAPES if quick else CAL_SHAPES
+    if dev.type == "cuda" and not quick:
+        shapes = shapes + [(4096, 4096, 4096), (8192, 8192, 8192)]
+    measurements: list[dict[str, Any]] = []
+    curves: dict[str, MatmulCurve] = {}
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    for name, dt in dtypes.items():
+        points = []
+        for m, k, n in shapes:
+            a = torch.randn(m, k, generator=gen).to(dev, dt)
+            b = torch.randn(k, n, generator=gen).to(dev, dt)
+            t = best(lambda: a @ b)
+            points.append((m, k, n, t))
+            measurements.append({"op": "matmul", "dtype": name, "m": m, "k": k, "n": n, "seconds": t,
+                                 "flops_per_s": 2 * m * k * n / t})
+        curves[name] = fit_curve(points, 4 if name == "fp32" else 2)
+    numel = (1 << 22) if quick else (1 << 24)
+    src = torch.randn(numel, generator=gen).to(dev)
+    dst = torch.empty_like(src)
+    t_copy = best(lambda: dst.copy_(src))
+    mem_bw = 2 * 4 * numel / t_copy
+    t_add = best(lambda: torch.add(src, dst))  # a fresh output, as a model's operators make
+    elementwise_bw = 3 * 4 * numel / t_add
+    measurements += [{"op": "copy", "bytes": 2 * 4 * numel, "seconds": t_copy},
+                     {"op": "add", "bytes": 3 * 4 * numel, "seconds": t_add}]
+    x = torch.randn(8, device=dev, requires_grad=True)
+    n_ops = 32
+
+    def chain():
+        h = x
+        for _ in range(n_ops):
+            h = h + 1.0
+        h.sum().backward()
+
+    t_chain = best(chain)
+    op_overhead = t_chain / (3 * n_ops)  # forward + a backward counted as 2 operators, as the cost model does
+    measurements.append({"op": "tiny-add chain fwd+bwd", "operators": n_ops, "seconds": t_chain})
+    attention_factor: dict[str, float] = {}
+    B, H, T, Dh = (2, 4, 128, 32) if quick else (4, 4, 256, 32)
+    for name, dt in dtypes.items():
+        q, k, v = (torch.randn(B, H, T, Dh, generator=gen).to(dev, dt).requires_grad_() for _ in range(3))
+
+        def sdpa():
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            y.sum().backward()
+
+        t = best(sdpa)
+        model = attention_time(curves[name], B * H, T, Dh, causal=True, backward=True) + 3 * op_overhead
+        attention_factor[name] = t / model
+        measurements.append({"op": "sdpa causal fwd+bwd", "dtype": name, "shape": [B, H, T, Dh], "seconds": t})
+    if dev.type == "cuda":
+        memory = float(torch.cuda.get_device_properties(dev).total_memory)
+        label = torch.cuda.get_device_name(dev)
+    else:
+        memory = float((memory_gib() or 0.0) * 2**30) or 1.0
+        from ..provenance import cpu_model
+
+        label = cpu_model()
+    prof = HardwareProfile(
+        name="cpu-local" if dev.type == "cpu" else "cuda-local",
+        source=f"measured by morphlm.sim.hardware.calibrate on {label}"
+               f"{f' with {threads} thread(s)' if dev.type == 'cpu' else ''}{' (quick)' if quick else ''}",
+        memory_bytes=memory, mem_bw=mem_bw, elementwise_bw=elementwise_bw, op_overhead_s=op_overhead,
+        matmul=curves, attention_factor=attention_factor, interconnect_bw=None, interconnect_latency_s=None,
+        date=utc_timestamp(), torch=torch.__version__, threads=threads if dev.type == "cpu" else None,
+        measurements=measurements)
+    if write is not None:
+        from ..io import write_json
+
+        Path(write).parent.mkdir(parents=True, exist_ok=True)
+        write_json(write, prof.to_dict())
+    return prof
+
+
+def attention_time(curve: MatmulCurve, heads: float, T: float, Dh: float, *, causal: bool = True,
+                   backward: bool = True) -> float:
+    """Matmul-curve time of attention's two batched products (scores QKᵀ and context PV) for ``heads`` (B·H)
+    independent heads in one fused kernel; causal counts half the T×T square; backward = 2× forward. Without the
+    attention factor."""
+    frac = 0.5 if causal else 1.0
+    flops = 2 * (2.0 * T * T * frac * Dh) * heads  # QKᵀ and PV over the kept part of the square
+    eff = curve.efficiency(T, Dh, T * frac)
+    one = flops / (curve.peak_flops * eff) + curve.overhead_s
+    return one * (3.0 if backward else 1.0)
