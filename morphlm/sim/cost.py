@@ -9,15 +9,16 @@ memory-bound operators (read the saved input and the incoming gradient, write th
 
 One micro-batch on one pipeline stage (per device; ``b`` sequences of ``s`` tokens, ``n = b·s``):
 
-* per block: two norms; QKV (n×d·(d+2·kv)/tp); attention (fused SDPA; causal, half the T×T square, at the
-  profile's attention factor); output projection; residual adds; then either the dense FFN (fc1, activation,
+* per block: two norms; QKV (n×d·(d+2·kv)/tp); attention (fused SDPA, causal, from the profile's attention
+  coefficients: per call, per head, per row and per FLOP); output projection; residual adds; then either the dense FFN (fc1, activation,
   fc2 — SwiGLU: gate and up) or the MoE FFN: router (n×d·E, fp32), softmax/top-k, dispatch permutation, the
   local experts (E/ep of them; each computes n·k·ep/E rows — dropless: the mean load; with a capacity factor
   cf: cf × the mean, the padded capacity), combine, and the shared experts as a dense FFN of width
   shared·expert_d_ff;
 * embedding gather (+ learned positions) on the first stage; final norm, LM head (vocab-parallel under tp) and
   the cross entropy over the vocabulary (fp32) on the last;
-* under bf16 autocast every weight is cast to bf16 once per forward and its gradient back to fp32.
+* under bf16 autocast every weight is cast to bf16 once per forward and its gradient back to fp32, and so is
+  every matmul input that comes from an fp32 norm (QKV, the FFN's first matmul, the LM head).
 
 Communication (ring algorithms, bandwidth ``bw`` per direction per device, latency ``α`` per message):
 
@@ -84,13 +85,19 @@ class _Acc:
     def add(self, kind: str, seconds: float) -> None:
         self.kinds[kind] = self.kinds.get(kind, 0.0) + seconds
 
-    def matmul(self, kind: str, m: float, k: float, n: float, count: float = 1.0, dtype: str | None = None) -> None:
-        """Forward (m×k)·(k×n) and its backward (dX: m×n·n×k, dW: k×m·m×n)."""
+    def matmul(self, kind: str, m: float, k: float, n: float, count: float = 1.0, dtype: str | None = None,
+               cast_input: bool = False) -> None:
+        """Forward (m×k)·(k×n) and its backward (dX: m×n·n×k, dW: k×m·m×n). ``cast_input``: under bf16 autocast
+        the input arrives in fp32 (a norm's output) and is cast to bf16 (4 + 2 bytes per element), and its
+        gradient back (2 + 4)."""
         if count <= 0 or min(m, k, n) <= 0:
             return
-        curve = self.prof.curve(dtype or self.dtype)
+        dtype = dtype or self.dtype
+        curve = self.prof.curve(dtype)
         t = curve.time(m, k, n, count) + curve.time(m, n, k, count) + curve.time(k, m, n, count)
         self.add(kind, t + 3 * count * self.prof.op_overhead_s)
+        if cast_input and dtype == "bf16":
+            self.add("casts", count * (12 * m * k / self.prof.elementwise_bw + 2 * self.prof.op_overhead_s))
 
     def memory(self, kind: str, nbytes: float, ops: float = 1.0) -> None:
         """A memory-bound operator moving ``nbytes`` forward; backward moves 2× and runs 2× the operators."""
@@ -139,10 +146,13 @@ def block_time(model: SimModel, layout: Layout, prof: HardwareProfile, dtype: st
     n = b * s
     p = BYTES[dtype]
     acc.memory("norm", 2 * 2 * n * d * p, ops=2)
-    acc.matmul("qkv", n, d, (d + 2 * model.kv_dim) / tp)
+    acc.matmul("qkv", n, d, (d + 2 * model.kv_dim) / tp, cast_input=True)
     acc.overhead("views", 6)  # split, 3 view+transpose, transpose+reshape back
-    t_attn = attention_time(acc.curve, b * model.n_heads / tp, s, model.head_dim, causal=True, backward=True)
-    acc.add("attention", t_attn * prof.attention_factor.get(dtype, 1.0) + 3 * prof.op_overhead_s)
+    coef = prof.attention.get(dtype)
+    if coef is None:
+        raise SimError(f"hardware {prof.name!r} has no attention coefficients for {dtype}; recalibrate or use "
+                       f"one of {sorted(prof.attention)}")
+    acc.add("attention", attention_time(coef, b * model.n_heads / tp, s, model.head_dim) + 3 * prof.op_overhead_s)
     acc.matmul("attn_out", n, d / tp, d)
     acc.memory("residual", 2 * 3 * n * d * p, ops=2)
     if model.moe:
@@ -164,7 +174,7 @@ def _ffn(acc: _Acc, kind: str, rows: float, d: float, width: float, activation: 
     if rows <= 0:
         return
     gates = 2 if activation == "swiglu" else 1
-    acc.matmul(kind, rows, d, gates * width, count=count)
+    acc.matmul(kind, rows, d, gates * width, count=count, cast_input=True)
     acc.memory(kind, count * rows * width * p * (gates + 1), ops=count * (2 if gates == 2 else 1))
     acc.matmul(kind, rows, width, d, count=count)
 
@@ -241,7 +251,7 @@ def step_cost(model: SimModel, layout: Layout, prof: HardwareProfile, dtype: str
     emb.memory("embedding", 2 * n * d * p * (2 if model.learned_positions else 1), ops=3)
     head = _Acc(prof, dtype)
     head.memory("final_norm", 2 * n * d * p, ops=1)
-    head.matmul("lm_head", n, d, model.vocab_size / tp)
+    head.matmul("lm_head", n, d, model.vocab_size / tp, cast_input=True)
     head.memory("cross_entropy", n * model.vocab_size / tp * 4 * 3, ops=4)
     for part in (head, emb) if pp == 1 else (head,):
         for kind, t in part.kinds.items():

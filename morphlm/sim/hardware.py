@@ -10,8 +10,10 @@ A profile holds, per dtype, a **matmul efficiency curve** and the machine's memo
 * memory-bound work (norms, activations, softmax, the optimizer) moves bytes at ``elementwise_bw``; a large copy
   into an existing tensor gives ``mem_bw``; every framework operator pays ``op_overhead_s`` (dispatch, autograd bookkeeping, kernel
   launch) — on a CPU in eager mode that is what dominates tiny models.
-* attention (the fused SDPA kernel) runs at ``attention_factor[dtype]`` × the time the matmul curve predicts for
-  its FLOPs (causal: half the T×T square), measured on the CPU.
+* attention (the fused SDPA kernel, forward + backward, causal) costs ``call_s + head_s·BH + row_s·BH·T +
+  flop_s·F`` per call, BH the (batch × heads) it runs, F = 6·BH·T²·Dh/2 its FLOPs (half the T×T square) — on a
+  CPU all four fitted to SDPA micro-benchmarks (the bf16 CPU backward is far from FLOP-bound: its per-head and
+  per-row terms dominate at small T); on a spec profile derived from the GEMM rate.
 * interconnect: bandwidth per direction per device and a per-message latency (None on a one-device profile).
 
 ``cpu-local`` is measured on the machine by :func:`calibrate` (``morphlm simulate --calibrate``), written to the
@@ -32,6 +34,7 @@ from typing import Any
 
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 DTYPES = ("fp32", "bf16")
+ATTENTION_TERMS = ("call_s", "head_s", "row_s", "flop_s")
 
 
 class SimError(ValueError):
@@ -77,7 +80,7 @@ class HardwareProfile:
     elementwise_bw: float  # bytes/s achieved by elementwise operators (read + write counted)
     op_overhead_s: float  # fixed seconds per framework operator
     matmul: dict[str, MatmulCurve]  # per dtype
-    attention_factor: dict[str, float]  # SDPA time / matmul-curve time at the same FLOPs
+    attention: dict[str, dict[str, float]]  # per dtype: call_s, head_s, row_s, flop_s (fwd + bwd, causal)
     interconnect_bw: float | None = None  # bytes/s per direction per device; None: one device only
     interconnect_latency_s: float | None = None
     devices_per_node: int = 1
@@ -113,6 +116,9 @@ class HardwareProfile:
         except TypeError as exc:
             raise SimError(f"{where}: bad matmul curve ({exc}); each dtype needs peak_flops, half_dim, "
                            "overhead_s (and optionally e_max)") from None
+        for dt, coef in data.get("attention", {}).items():
+            if not isinstance(coef, dict) or set(coef) != set(ATTENTION_TERMS):
+                raise SimError(f"{where}: attention[{dt!r}] needs exactly {list(ATTENTION_TERMS)}")
         prof = cls(**{**data, "matmul": curves})
         for name in ("memory_bytes", "mem_bw", "elementwise_bw"):
             if not (isinstance(getattr(prof, name), (int, float)) and getattr(prof, name) > 0):
@@ -178,37 +184,58 @@ def _best(fn, repeats: int, sync, timer=time.perf_counter) -> float:
     return best
 
 
-def fit_curve(points: list[tuple[int, int, int, float]], dtype_bytes: int) -> MatmulCurve:
-    """Least-squares fit of (1/peak, half_dim/peak, 1/write_bw, overhead) to measured ``(m, k, n, seconds)`` — the
-    time is linear in them — with relative residuals (each row divided by its time); a coefficient that comes out
-    negative is dropped and the rest refitted (1/peak always stays)."""
+def relative_lstsq(features: list[tuple[float, ...]], times: list[float], keep: int = 0) -> list[float]:
+    """Non-negative coefficients c with ``times ≈ features · c``, least squares on relative residuals (each row
+    divided by its time, so small and large measurements weigh alike); a coefficient that comes out negative is
+    dropped and the rest refitted (column ``keep`` always stays)."""
     import numpy as np
 
-    feats = [(2.0 * m * k * n, 2.0 * m * k * n / harmonic_dim(m, k, n), m * n * dtype_bytes, 1.0)
-             for m, k, n, _ in points]
-    times = np.array([t for *_, t in points])
-    A = np.array(feats) / times[:, None]
-    y = np.ones(len(points))
-    active = [0, 1, 2, 3]
+    t = np.asarray(times, dtype=float)
+    A = np.asarray(features, dtype=float) / t[:, None]
+    scale = np.maximum(np.abs(A).max(axis=0), 1e-300)
+    A = A / scale
+    y = np.ones(len(t))
+    active = list(range(A.shape[1]))
     while True:
         coef, *_ = np.linalg.lstsq(A[:, active], y, rcond=None)
         if (coef > 0).all() or len(active) == 1:
             break
-        worst = min((c, a) for a, c in zip(active, coef) if a != 0)[1]
+        worst = min((c, a) for a, c in zip(active, coef) if a != keep)[1]
         active = [a for a in active if a != worst]
-    full = dict(zip(active, coef))
-    inv_peak = max(full.get(0, 0.0), 1e-30)
-    return MatmulCurve(peak_flops=1.0 / inv_peak, half_dim=max(full.get(1, 0.0), 0.0) / inv_peak,
-                       overhead_s=max(full.get(3, 0.0), 0.0),
-                       write_bw=1.0 / full[2] if full.get(2, 0.0) > 0 else None, dtype_bytes=dtype_bytes)
+    out = [0.0] * A.shape[1]
+    for a, c in zip(active, coef):
+        out[a] = max(float(c), 0.0) / float(scale[a])
+    return out
+
+
+def fit_curve(points: list[tuple[int, int, int, float]], dtype_bytes: int) -> MatmulCurve:
+    """Fit (1/peak, half_dim/peak, 1/write_bw, overhead) to measured ``(m, k, n, seconds)`` — the time is linear in
+    them (:func:`relative_lstsq`)."""
+    feats = [(2.0 * m * k * n, 2.0 * m * k * n / harmonic_dim(m, k, n), m * n * dtype_bytes, 1.0)
+             for m, k, n, _ in points]
+    inv_peak, half_over_peak, inv_write, overhead = relative_lstsq(feats, [p[3] for p in points])
+    inv_peak = max(inv_peak, 1e-30)
+    return MatmulCurve(peak_flops=1.0 / inv_peak, half_dim=half_over_peak / inv_peak, overhead_s=overhead,
+                       write_bw=1.0 / inv_write if inv_write > 0 else None, dtype_bytes=dtype_bytes)
+
+
+def attention_features(heads: float, T: float, Dh: float) -> tuple[float, float, float, float]:
+    """(1, BH, BH·T, FLOPs) of a causal SDPA forward + backward — what the attention coefficients multiply."""
+    return (1.0, heads, heads * T, 6.0 * heads * T * T * Dh / 2)
+
+
+def attention_time(coef: dict[str, float], heads: float, T: float, Dh: float) -> float:
+    """Seconds of one causal SDPA forward + backward over ``heads`` (batch × heads) of T tokens, head size Dh."""
+    f = attention_features(heads, T, Dh)
+    return sum(coef[name] * x for name, x in zip(ATTENTION_TERMS, f))
 
 
 def calibrate(device: str = "cpu", threads: int | None = 1, quick: bool = False, repeats: int = 5,
               write: Path | None = None) -> HardwareProfile:
     """Measure this machine: matmul time over several shapes per dtype (fp32, bf16) → efficiency curves;
     memory bandwidth by a large copy; elementwise bandwidth (an add of two large tensors into a fresh one); the per-operator overhead
-    (a tiny add, forward + backward through autograd, per operator); SDPA forward+backward at one causal shape →
-    the attention factor. Best of ``repeats`` everywhere. Writes the profile JSON to ``write`` when given."""
+    (a tiny add, forward + backward through autograd, per operator); SDPA forward+backward at a few causal
+    shapes → the attention coefficients. Best of ``repeats`` everywhere. Writes the profile JSON to ``write`` when given."""
     import torch
     import torch.nn.functional as F
 
@@ -258,19 +285,24 @@ def calibrate(device: str = "cpu", threads: int | None = 1, quick: bool = False,
     t_chain = best(chain)
     op_overhead = t_chain / (3 * n_ops)  # forward + a backward counted as 2 operators, as the cost model does
     measurements.append({"op": "tiny-add chain fwd+bwd", "operators": n_ops, "seconds": t_chain})
-    attention_factor: dict[str, float] = {}
-    B, H, T, Dh = (2, 4, 128, 32) if quick else (4, 4, 256, 32)
+    attention: dict[str, dict[str, float]] = {}
+    att_shapes = [(2, 4, 128, 32), (8, 2, 128, 32), (2, 4, 256, 32), (1, 4, 512, 32), (4, 4, 64, 64)]
+    if quick:
+        att_shapes = att_shapes[:4]
     for name, dt in dtypes.items():
-        q, k, v = (torch.randn(B, H, T, Dh, generator=gen).to(dev, dt).requires_grad_() for _ in range(3))
+        feats, times = [], []
+        for B, H, T, Dh in att_shapes:
+            q, k, v = (torch.randn(B, H, T, Dh, generator=gen).to(dev, dt).requires_grad_() for _ in range(3))
 
-        def sdpa():
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-            y.sum().backward()
+            def sdpa():
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+                y.sum().backward()
 
-        t = best(sdpa)
-        model = attention_time(curves[name], B * H, T, Dh, causal=True, backward=True) + 3 * op_overhead
-        attention_factor[name] = t / model
-        measurements.append({"op": "sdpa causal fwd+bwd", "dtype": name, "shape": [B, H, T, Dh], "seconds": t})
+            t = best(sdpa)
+            feats.append(attention_features(B * H, T, Dh))
+            times.append(t)
+            measurements.append({"op": "sdpa causal fwd+bwd", "dtype": name, "shape": [B, H, T, Dh], "seconds": t})
+        attention[name] = dict(zip(ATTENTION_TERMS, relative_lstsq(feats, times, keep=3)))
     if dev.type == "cuda":
         memory = float(torch.cuda.get_device_properties(dev).total_memory)
         label = torch.cuda.get_device_name(dev)
@@ -284,7 +316,7 @@ def calibrate(device: str = "cpu", threads: int | None = 1, quick: bool = False,
         source=f"measured by morphlm.sim.hardware.calibrate on {label}"
                f"{f' with {threads} thread(s)' if dev.type == 'cpu' else ''}{' (quick)' if quick else ''}",
         memory_bytes=memory, mem_bw=mem_bw, elementwise_bw=elementwise_bw, op_overhead_s=op_overhead,
-        matmul=curves, attention_factor=attention_factor, interconnect_bw=None, interconnect_latency_s=None,
+        matmul=curves, attention=attention, interconnect_bw=None, interconnect_latency_s=None,
         date=utc_timestamp(), torch=torch.__version__, threads=threads if dev.type == "cpu" else None,
         measurements=measurements)
     if write is not None:
@@ -294,14 +326,3 @@ def calibrate(device: str = "cpu", threads: int | None = 1, quick: bool = False,
         write_json(write, prof.to_dict())
     return prof
 
-
-def attention_time(curve: MatmulCurve, heads: float, T: float, Dh: float, *, causal: bool = True,
-                   backward: bool = True) -> float:
-    """Matmul-curve time of attention's two batched products (scores QKᵀ and context PV) for ``heads`` (B·H)
-    independent heads in one fused kernel; causal counts half the T×T square; backward = 2× forward. Without the
-    attention factor."""
-    frac = 0.5 if causal else 1.0
-    flops = 2 * (2.0 * T * T * frac * Dh) * heads  # QKᵀ and PV over the kept part of the square
-    eff = curve.efficiency(T, Dh, T * frac)
-    one = flops / (curve.peak_flops * eff) + curve.overhead_s
-    return one * (3.0 if backward else 1.0)
