@@ -71,8 +71,8 @@ def simulate(
         if hardware != "cpu-local":
             raise ValueError(f"--calibrate measures this CPU (cpu-local), not {hardware!r}; drop --hardware")
         prof = hw.calibrate(threads=1, quick=quick, write=hw.cache_path())
-        typer.echo(f"calibrated cpu-local: fp32 {prof.peak('fp32') / 1e9:.4g} GFLOP/s, bf16 "
-                   f"{prof.peak('bf16') / 1e9:.4g} GFLOP/s peak; wrote {hw.cache_path()}")
+        typer.echo(f"calibrated cpu-local: best matmul fp32 {prof.peak('fp32') / 1e9:.4g} GFLOP/s, bf16 "
+                   f"{prof.peak('bf16') / 1e9:.4g} GFLOP/s; wrote {hw.cache_path()}")
     prof = hw.load_profile(hardware)
     if validate:
         from ..sim.validate import HELD_OUT, QUICK, validate as run_validation
@@ -118,9 +118,11 @@ def simulate(
     law = scaling.scaling_law(results=results, runs=runs or [])
     res = search.search(spc, layouts, prof, law, dtype=dtype, budget_s=hours * 3600.0, devices=devices)
     if not res["results"]:
+        why = f" (first: {res['first_incompatible']})" if res.get("first_incompatible") else ""
         raise ValueError(f"no config of the space fits: {res['over_memory']} over the "
                          f"{res['memory_limit_gib']:.3g} GiB per device, {res['incompatible']} incompatible with "
-                         f"the layouts, {res['invalid_models']} invalid; widen the space or add devices")
+                         f"the layouts{why}, {res['invalid_models']} invalid; widen the space, change the layout "
+                         "or add devices")
     doc = json_safe({"hardware": prof.to_dict(), "space": spc, "top": res["results"][:top], **res})
     out.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(out, json_text(doc))

@@ -2,11 +2,13 @@
 
 A profile holds, per dtype, a **matmul efficiency curve** and the machine's memory and interconnect figures:
 
+* ``peak_flops`` per dtype, the MFU denominator: the best matmul rate measured (CPU) or the data-sheet peak.
 * matmul time ``t(m, k, n) = 2mkn / (peak · eff) + t0`` with ``eff = e_max · x / (x + x_half)`` and
   ``x = 3 / (1/m + 1/k + 1/n)`` (the harmonic mean of the three dimensions: the smallest one starves the
   kernel). On a measured profile ``peak``, ``x_half`` and ``t0`` are fitted by linear least squares to
-  micro-benchmarks (the per-FLOP time is linear in ``1/x``: ``t/F = 1/peak + (x_half/peak)/x + t0/F``) and
-  ``e_max = 1``; a spec profile takes the data-sheet peak and states its derating.
+  micro-benchmarks (the per-FLOP time is linear in ``1/x``: ``t/F = 1/peak + (x_half/peak)/x + t0/F``; a fresh
+  output's bytes add ``m·n·bytes/write_bw``) and ``e_max = 1`` — the fitted ``peak`` is the curve's asymptote,
+  trustworthy only over the measured shapes; a spec profile takes the data-sheet peak and states its derating.
 * memory-bound work (norms, activations, softmax, the optimizer) moves bytes at ``elementwise_bw``; a large copy
   into an existing tensor gives ``mem_bw``; every framework operator pays ``op_overhead_s`` (dispatch, autograd bookkeeping, kernel
   launch) — on a CPU in eager mode that is what dominates tiny models.
@@ -79,6 +81,7 @@ class HardwareProfile:
     mem_bw: float  # bytes/s, a large device-to-device-memory copy (read + write counted)
     elementwise_bw: float  # bytes/s achieved by elementwise operators (read + write counted)
     op_overhead_s: float  # fixed seconds per framework operator
+    peak_flops: dict[str, float]  # per dtype: the MFU denominator (best measured matmul rate, or the spec peak)
     matmul: dict[str, MatmulCurve]  # per dtype
     attention: dict[str, dict[str, float]]  # per dtype: call_s, head_s, row_s, flop_s (fwd + bwd, causal)
     interconnect_bw: float | None = None  # bytes/s per direction per device; None: one device only
@@ -90,7 +93,9 @@ class HardwareProfile:
     measurements: list[dict[str, Any]] = field(default_factory=list)
 
     def peak(self, dtype: str) -> float:
-        return self.curve(dtype).peak_flops
+        if dtype not in self.peak_flops:
+            raise SimError(f"dtype {dtype!r}: profile {self.name!r} has peaks for {sorted(self.peak_flops)}")
+        return self.peak_flops[dtype]
 
     def curve(self, dtype: str) -> MatmulCurve:
         if dtype not in self.matmul:
@@ -230,7 +235,7 @@ def attention_time(coef: dict[str, float], heads: float, T: float, Dh: float) ->
     return sum(coef[name] * x for name, x in zip(ATTENTION_TERMS, f))
 
 
-def calibrate(device: str = "cpu", threads: int | None = 1, quick: bool = False, repeats: int = 5,
+def calibrate(device: str = "cpu", threads: int | None = 1, quick: bool = False, repeats: int = 7,
               write: Path | None = None) -> HardwareProfile:
     """Measure this machine: matmul time over several shapes per dtype (fp32, bf16) → efficiency curves;
     memory bandwidth by a large copy; elementwise bandwidth (an add of two large tensors into a fresh one); the per-operator overhead
@@ -315,6 +320,8 @@ def calibrate(device: str = "cpu", threads: int | None = 1, quick: bool = False,
         name="cpu-local" if dev.type == "cpu" else "cuda-local",
         source=f"measured by morphlm.sim.hardware.calibrate on {label}"
                f"{f' with {threads} thread(s)' if dev.type == 'cpu' else ''}{' (quick)' if quick else ''}",
+        peak_flops={name: max(m["flops_per_s"] for m in measurements if m.get("dtype") == name
+                              and m["op"] == "matmul") for name in dtypes},
         memory_bytes=memory, mem_bw=mem_bw, elementwise_bw=elementwise_bw, op_overhead_s=op_overhead,
         matmul=curves, attention=attention, interconnect_bw=None, interconnect_latency_s=None,
         date=utc_timestamp(), torch=torch.__version__, threads=threads if dev.type == "cpu" else None,

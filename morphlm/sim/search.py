@@ -90,12 +90,14 @@ def search(space: dict[str, Any], layouts: list[Layout], profile: HardwareProfil
     models, invalid = expand_space(space)
     rows: list[dict[str, Any]] = []
     unfit = incompatible = 0
+    first_incompatible = None
     for model in models:
         for layout in layouts:
             try:
                 layout.check(model, devices)
-            except SimError:
+            except SimError as exc:
                 incompatible += 1
+                first_incompatible = first_incompatible or f"{layout.describe()}: {exc}"
                 continue
             cost = step_cost(model, layout, profile, dtype, devices)
             if not cost.fits:
@@ -110,7 +112,7 @@ def search(space: dict[str, Any], layouts: list[Layout], profile: HardwareProfil
                          "bubble_s": cost.bubble_s, "comm_s": cost.comm_s})
     rows.sort(key=lambda r: (r["predicted_loss"], r["step_time_s"]))
     return {"results": rows, "models": len(models), "layouts": len(layouts), "invalid_models": invalid,
-            "incompatible": incompatible, "over_memory": unfit, "budget_s": budget_s, "dtype": dtype,
+            "incompatible": incompatible, "first_incompatible": first_incompatible, "over_memory": unfit, "budget_s": budget_s, "dtype": dtype,
             "memory_limit_gib": profile.memory_bytes / 2**30, "scaling_law": law.to_dict()}
 
 
