@@ -74,6 +74,9 @@ def simulate(
         typer.echo(f"calibrated cpu-local: best matmul fp32 {prof.peak('fp32') / 1e9:.4g} GFLOP/s, bf16 "
                    f"{prof.peak('bf16') / 1e9:.4g} GFLOP/s; wrote {hw.cache_path()}")
     prof = hw.load_profile(hardware)
+    if hardware == "cpu-local" and not hw.cache_path().is_file():
+        typer.secho(f"note: cpu-local is the committed profile ({prof.source}, {prof.date}); run morphlm simulate "
+                    "--calibrate to measure this machine", fg="yellow", err=True)
     if validate:
         from ..sim.validate import HELD_OUT, QUICK, validate as run_validation
 

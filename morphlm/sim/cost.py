@@ -181,8 +181,8 @@ def _ffn(acc: _Acc, kind: str, rows: float, d: float, width: float, activation: 
 
 def local_params(model: SimModel, layout: Layout) -> dict[str, float]:
     """Parameters on the busiest device: the first pipeline stage's blocks (non-expert weights / tp; routed
-    experts / (ep·tp); a UniPool pool is held whole on every stage) and the embeddings / tp (the LM head too
-    when untied or when there is one stage)."""
+    experts / (ep·tp); a UniPool pool, used by every layer, is held by every stage — its gradient all-reduce across
+    stages is not modelled) and the embeddings / tp (the LM head too when untied or when there is one stage)."""
     tp, ep, pp = layout.tp, layout.ep, layout.pp
     blocks = model.n_layers // pp
     norms = model.norm_params()
@@ -243,7 +243,7 @@ def step_cost(model: SimModel, layout: Layout, prof: HardwareProfile, dtype: str
     params = local_params(model, layout)
     n_local = sum(params.values())
     if dtype == "bf16":  # autocast: weights cast to bf16 in the forward, weight gradients back to fp32
-        mats = (params["dense"] + params["experts"] + model.vocab_size * d / tp) / 1.0
+        mats = params["dense"] + params["experts"] + model.vocab_size * d / tp  # the weights cast
         acc.add("casts", 2 * 6 * mats / prof.elementwise_bw + 2 * _tensors(model, layout) * prof.op_overhead_s)
     # first stage: embedding gather (+ positions); last stage: final norm, head, cross entropy. The slowest stage
     # is the last one when pp > 1 (the head outweighs the gather); with one stage both are on it.

@@ -237,6 +237,17 @@ def attention_time(coef: dict[str, float], heads: float, T: float, Dh: float) ->
 
 def calibrate(device: str = "cpu", threads: int | None = 1, quick: bool = False, repeats: int = 7,
               write: Path | None = None) -> HardwareProfile:
+    """See :func:`_calibrate`; the caller's torch thread count is restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        return _calibrate(device, threads, quick, repeats, write)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _calibrate(device: str, threads: int | None, quick: bool, repeats: int, write: Path | None) -> HardwareProfile:
     """Measure this machine: matmul time over several shapes per dtype (fp32, bf16) → efficiency curves;
     memory bandwidth by a large copy; elementwise bandwidth (an add of two large tensors into a fresh one); the per-operator overhead
     (a tiny add, forward + backward through autograd, per operator); SDPA forward+backward at a few causal

@@ -7,11 +7,12 @@ validation curve, tokens = FLOPs / the arm's FLOPs per token) and from run folde
 
 The fit (:func:`fit_scaling_law`): for fixed (α, β) the law is linear in (E, A, B), so a grid over (α, β) with a
 non-negative least-squares solve of (E, A, B) at each point, refined on a finer grid around the best, minimises
-the squared error of the loss (variable projection; Hoffmann et al. minimise a Huber loss of log-loss with
-L-BFGS — with few, clean points the plain least squares is the more defensible choice, a reconstruction). It
+the squared error of the loss (variable projection, as Czech et al. 2026, arXiv 2603.22339, propose for this fit;
+Hoffmann et al. minimise a Huber loss of log-loss with L-BFGS from a grid of starts — with few, clean points the
+plain least squares over an exhaustive exponent grid is the more defensible choice, a reconstruction). It
 needs ≥ 2 distinct N, ≥ 2 distinct D and ≥ 8 points; otherwise :func:`scaling_law` says so and returns the
-published Chinchilla constants (E 1.69, A 406.4, B 410.7, α 0.34, β 0.28; Hoffmann et al. 2022 §D.2), stated in
-the result.
+published Chinchilla constants (E 1.69, A 406.4, B 410.7, α 0.34, β 0.28; Hoffmann et al. 2022 §3.3, Approach
+3), stated in the result.
 """
 
 from __future__ import annotations

@@ -58,7 +58,7 @@ def expand_space(space: dict[str, Any]) -> tuple[list[SimModel], int]:
     if unknown:
         raise SimError(f"space: unknown field(s) {unknown}; known: {sorted(known)}")
     keys = sorted(space)
-    values = [v if isinstance(v, list) else [v] for v in (space[k] for k in keys)]
+    values = [_values(k, space[k]) for k in keys]
     if any(not v for v in values):
         raise SimError("space: every field needs at least one value")
     seen: set[tuple] = set()
@@ -78,6 +78,37 @@ def expand_space(space: dict[str, Any]) -> tuple[list[SimModel], int]:
             seen.add(key)
             models.append(model)
     return models, invalid
+
+
+def _values(key: str, spec: Any) -> list[Any]:
+    """A field's values: a list, one value, or a range ``{"from": a, "to": b, "step": s}`` (arithmetic) /
+    ``{"from": a, "to": b, "times": r}`` (geometric), both ends included."""
+    if isinstance(spec, list):
+        return spec
+    if not isinstance(spec, dict):
+        return [spec]
+    if set(spec) not in ({"from", "to", "step"}, {"from", "to", "times"}):
+        raise SimError(f"space field {key}: a range is {{\"from\": a, \"to\": b, \"step\": s}} or "
+                       f"{{\"from\": a, \"to\": b, \"times\": r}}; got keys {sorted(spec)}")
+    lo, hi = spec["from"], spec["to"]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in spec.values()) or lo > hi:
+        raise SimError(f"space field {key}: range {spec} needs numbers with from <= to")
+    out = []
+    if "step" in spec:
+        if spec["step"] <= 0:
+            raise SimError(f"space field {key}: step {spec['step']} must be positive")
+        v = lo
+        while v <= hi:
+            out.append(v)
+            v += spec["step"]
+    else:
+        if spec["times"] <= 1:
+            raise SimError(f"space field {key}: times {spec['times']} must be greater than 1")
+        v = lo
+        while v <= hi:
+            out.append(v)
+            v *= spec["times"]
+    return out
 
 
 def search(space: dict[str, Any], layouts: list[Layout], profile: HardwareProfile, law: ScalingLaw, *,
@@ -117,12 +148,16 @@ def search(space: dict[str, Any], layouts: list[Layout], profile: HardwareProfil
 
 
 def render_table(res: dict[str, Any], top: int) -> str:
-    head = (f"{'#':>3} {'L':>3} {'d':>5} {'E':>4} {'k':>2} {'f_e':>5} {'sh':>2} {'layout':<24} {'active':>9} "
+    """The top rows: L blocks, R loop repeats, d width, E experts per layer (``Mp``: a UniPool pool of M), k top-k,
+    f_e expert width, sh shared experts, the layout, parameters, predicted step time, tokens/s, MFU, memory per
+    device and the predicted loss after the budget."""
+    head = (f"{'#':>3} {'L':>3} {'R':>2} {'d':>5} {'E':>4} {'k':>2} {'f_e':>5} {'sh':>2} {'layout':<24} {'active':>9} "
             f"{'total':>9} {'step s':>9} {'tok/s':>10} {'MFU':>6} {'GiB':>7} {'loss':>7}")
     lines = [head, "-" * len(head)]
     for i, r in enumerate(res["results"][:top], 1):
         m = r["model"]
-        lines.append(f"{i:>3} {m['n_layers']:>3} {m['d_model']:>5} {m['pool_size'] or m['experts']:>4} "
+        lines.append(f"{i:>3} {m['n_layers']:>3} {m['loop_repeats']:>2} {m['d_model']:>5} "
+                     f"{(str(m['pool_size']) + 'p') if m['pool_size'] else m['experts']:>4} "
                      f"{m['top_k']:>2} {m['expert_d_ff'] or '-':>5} {m['shared_experts']:>2} "
                      f"{r['layout_name']:<24} {r['active_params'] / 1e6:>8.2f}M {r['total_params'] / 1e6:>8.2f}M "
                      f"{r['step_time_s']:>9.4g} {r['tokens_per_s']:>10.4g} {r['mfu']:>6.1%} "

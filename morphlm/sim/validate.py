@@ -4,13 +4,15 @@
 autocast, the model's own loss, backward, gradient clipping, fused AdamW, zero_grad — on this CPU, takes the best
 of a few timed steps (as the calibration takes the best of its micro-benchmarks: on a shared machine the minimum
 is the least disturbed figure), and compares it with :func:`.cost.step_cost` for the same shape on one device.
-The calibration only ever saw single operators (matmuls, a copy, GELU, a tiny-add chain, one SDPA shape), never a
-model, so every config here is held out.
+The calibration only ever saw single operators (matmuls, a copy, an add, a tiny-add chain, a few SDPA shapes), never
+a model, so every config here is held out. The result records the load average: on a machine shared with other
+work the measured steps (thread CPU time, not wall time) still vary by ~10–30% from run to run.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 from .cost import step_cost
@@ -68,7 +70,7 @@ def measure_step(fields: dict[str, Any], batch: int, dtype: str, steps: int = 3,
 
 
 def validate(profile: HardwareProfile, configs: list[tuple[str, dict[str, Any], int]] | None = None,
-             dtypes: tuple[str, ...] = ("fp32", "bf16"), steps: int = 3) -> dict[str, Any]:
+             dtypes: tuple[str, ...] = ("fp32", "bf16"), steps: int = 5) -> dict[str, Any]:
     """Measured vs predicted step time of each held-out config and dtype; returns the rows and the MAPE (mean
     absolute percentage error, in %)."""
     import torch
@@ -92,6 +94,8 @@ def validate(profile: HardwareProfile, configs: list[tuple[str, dict[str, Any], 
     finally:
         torch.set_num_threads(threads)
     mape = 100.0 * sum(abs(r["error"]) for r in rows) / len(rows)
-    return {"profile": profile.name, "threads": profile.threads, "rows": rows, "mape": mape,
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    return {"profile": profile.name, "profile_date": profile.date, "threads": profile.threads, "rows": rows,
+            "mape": mape, "load_average_1min": load, "cores": os.cpu_count(),
             "protocol": "best of %d timed steps after one warm-up; fit()'s step (autocast, loss, backward, "
                         "clip, fused AdamW, zero_grad); configs never used for calibration" % steps}
