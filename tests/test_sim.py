@@ -237,7 +237,7 @@ def test_simulate_writes_ranked_json(tmp_path):
                                             for r in doc["results"])
     js = cli("simulate", "--hardware", "cpu-local", "--space", space, "--top", 2, "--json", "--out",
              tmp_path / "cpu.json")
-    assert len(json.loads(js.output)["top"]) == 2
+    assert len(json.loads(js.stdout)["top"]) == 2  # the committed-profile note goes to stderr
 
 
 @pytest.mark.parametrize("args, message", [
