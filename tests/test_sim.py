@@ -253,3 +253,76 @@ def test_simulate_bad_input_errors_and_writes_nothing(tmp_path, args, message):
     res = cli("simulate", "--space", space, "--out", out, *args, code=2)
     assert message in " ".join(res.output.split())
     assert not out.exists()
+
+
+def test_simulate_validate_quick_writes_the_error(tmp_path):
+    out = tmp_path / "val.json"
+    res = cli("simulate", "--validate", "--quick", "--out", out)
+    assert "MAPE" in res.stdout
+    doc = json.loads(out.read_text())["validation"]
+    assert len(doc["rows"]) == 4 and math.isfinite(doc["mape"]) and doc["mape"] >= 0
+    assert all(r["measured_s"] > 0 and r["predicted_s"] > 0 for r in doc["rows"])
+    res = cli("simulate", "--validate", "--hardware", "h100", "--out", tmp_path / "no.json", code=2)
+    assert "--hardware cpu-local" in res.output and not (tmp_path / "no.json").exists()
+
+
+# ------------------------------------------------------------------ routed shapes, layouts, records
+def test_routed_costs_move_the_right_way():
+    prof = load_profile("h100")
+    base = SimModel(n_layers=4, d_model=512, n_heads=8, experts=8, top_k=1, expert_d_ff=1024, seq_len=512,
+                    vocab_size=4096)
+    lay = Layout(dp=8, micro_batch_size=4)
+    t1 = step_cost(base, lay, prof).breakdown["experts"]
+    t2 = step_cost(dataclasses.replace(base, top_k=2), lay, prof).breakdown["experts"]
+    tc = step_cost(dataclasses.replace(base, capacity_factor=1.25), lay, prof).breakdown["experts"]
+    assert t2 > t1 and tc > t1
+    ep = step_cost(base, dataclasses.replace(lay, ep=8), prof)
+    assert ep.comm_s["ep"] > 0 and step_cost(base, lay, prof).comm_s["ep"] == 0
+    assert ep.memory["local_params"] < step_cost(base, lay, prof).memory["local_params"]
+    tp = step_cost(base, dataclasses.replace(lay, dp=4, tp=2), prof)
+    assert tp.comm_s["tp"] > 0
+    pooled = dataclasses.replace(base, experts=0, pool_size=16)
+    assert pooled.total_params() < base.total_params()  # 16 pooled experts instead of 4·8
+    with pytest.raises(SimError, match="looped stack"):
+        Layout(pp=2).check(dataclasses.replace(base, loop_repeats=2))
+    with pytest.raises(SimError, match="needs routed experts"):
+        Layout(dp=2, ep=2).check(SimModel())
+
+
+def test_enumerated_layouts_use_every_device_and_the_global_batch():
+    lays = enumerate_layouts(8, global_batch=32, micro_batch_size=2)
+    assert lays and {(x.dp, x.tp, x.pp) for x in lays} >= {(8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 1, 8)}
+    for x in lays:
+        assert x.devices == 8 and x.dp % x.ep == 0 and x.global_batch == 32
+
+
+def test_space_ranges_expand():
+    models, _ = expand_space({"n_layers": {"from": 2, "to": 8, "times": 2}, "d_model": {"from": 64, "to": 192,
+                                                                                          "step": 64}})
+    assert sorted({m.n_layers for m in models}) == [2, 4, 8] and sorted({m.d_model for m in models}) == [64, 128, 192]
+    with pytest.raises(SimError, match="a range is"):
+        expand_space({"n_layers": {"from": 2, "upto": 8}})
+
+
+def test_scaling_law_fits_records_of_run_folders(tmp_path):
+    from morphlm.model import TransformerLM
+
+    true = dict(E=2.0, A=50.0, B=200.0, alpha=0.3, beta=0.3)
+    runs = []
+    for i, d in enumerate((32, 64, 128)):
+        cfg = ModelConfig(d_model=d, n_layers=2, n_heads=2, vocab_size=256, max_seq_len=32)
+        with torch.device("meta"):
+            n = TransformerLM(cfg).num_parameters()
+        run = tmp_path / f"run{i}"
+        run.mkdir()
+        (run / "config.json").write_text(cfg.to_json())
+        lines = [json.dumps({"step": s, "tokens": s * 4096, "loss": 9.0}) for s in (10, 20)]  # train lines: skipped
+        lines += [json.dumps({"step": s, "tokens": s * 4096, "val_loss": true["E"] + true["A"] / n ** 0.3
+                              + true["B"] / (s * 4096) ** 0.3}) for s in (10, 40, 160, 640)]
+        (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+        runs.append(run)
+    law = scaling_law(runs=runs)
+    assert law.source.startswith("fitted to 12") and law.n_points == 12
+    assert law.beta == pytest.approx(0.3, abs=0.03)
+    with pytest.raises(SimError, match="metrics.jsonl and config.json"):
+        scaling_law(runs=[tmp_path])
