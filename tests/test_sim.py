@@ -99,6 +99,21 @@ def test_validation_measures_held_out_steps_and_reports_the_error(measured):
     assert 1 / 10 < row["predicted_s"] / row["measured_s"] < 10
 
 
+def test_moe_layer_validation_prices_new_expert_shapes(measured):
+    from morphlm.sim.cost import ffn_step_time
+    from morphlm.sim.validate import validate_moe_layer
+
+    res = validate_moe_layer(measured, [("tiny-moe", 32, 4, 2, 64, 256)], dtypes=("fp32",), steps=2)
+    (row,) = res["rows"]
+    assert row["measured_s"] > 0 and 1 / 10 < row["predicted_s"] / row["measured_s"] < 10
+    sim = SimModel(n_layers=1, d_model=32, n_heads=1, experts=4, top_k=2, expert_d_ff=64, seq_len=256)
+    hot, cold = (ffn_step_time(sim, measured, "bf16", 256, shape_miss_rate=r) for r in (0.0, 1.0))
+    assert cold - hot == pytest.approx(measured.new_shape_s["bf16"] * 4 * 6)
+    capped = dataclasses.replace(sim, capacity_factor=1.0)  # fixed shapes: no new-shape cost
+    assert ffn_step_time(capped, measured, "bf16", 256, 1.0) == pytest.approx(ffn_step_time(capped, measured,
+                                                                                              "bf16", 256, 0.0))
+
+
 def test_committed_profiles_load_and_state_their_source():
     cpu = load_profile(ROOT / "morphlm" / "sim" / "profiles" / "cpu-local.json")
     assert cpu.source.startswith("measured") and cpu.date and cpu.torch and cpu.measurements
@@ -259,9 +274,12 @@ def test_simulate_validate_quick_writes_the_error(tmp_path):
     out = tmp_path / "val.json"
     res = cli("simulate", "--validate", "--quick", "--out", out)
     assert "MAPE" in res.stdout
-    doc = json.loads(out.read_text())["validation"]
+    full = json.loads(out.read_text())
+    doc, moe = full["validation"], full["moe_layer_validation"]
     assert len(doc["rows"]) == 4 and math.isfinite(doc["mape"]) and doc["mape"] >= 0
-    assert all(r["measured_s"] > 0 and r["predicted_s"] > 0 for r in doc["rows"])
+    assert len(moe["rows"]) == 4 and math.isfinite(moe["mape"])
+    assert all(r["measured_s"] > 0 and r["predicted_s"] > 0 for r in doc["rows"] + moe["rows"])
+    assert all(0 <= r["new_shape_rate"] <= 1 for r in moe["rows"])
     res = cli("simulate", "--validate", "--hardware", "h100", "--out", tmp_path / "no.json", code=2)
     assert "--hardware cpu-local" in res.output and not (tmp_path / "no.json").exists()
 

@@ -46,8 +46,8 @@ def simulate(
                                                               "operator overhead, attention; ~10 s) and save it as "
                                                               "the cpu-local profile in the cache."),
     validate: bool = typer.Option(False, "--validate", help="Measure training steps of held-out small dense "
-                                                            "configs on this CPU and report the simulator's error "
-                                                            "(MAPE; < 1 min); no search."),
+                                                            "models and routed FFN layers on this CPU and report "
+                                                            "the simulator's error (MAPE; < 1 min); no search."),
     quick: bool = typer.Option(False, "--quick", help="With --calibrate/--validate: fewer shapes and configs."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
@@ -78,22 +78,25 @@ def simulate(
         typer.secho(f"note: cpu-local is the committed profile ({prof.source}, {prof.date}); run morphlm simulate "
                     "--calibrate to measure this machine", fg="yellow", err=True)
     if validate:
-        from ..sim.validate import HELD_OUT, QUICK, validate as run_validation
+        from ..sim.validate import HELD_OUT, MOE_LAYERS, QUICK, validate as run_validation, validate_moe_layer
 
         if prof.interconnect_bw is not None or not prof.name.startswith("cpu"):
             raise ValueError(f"--validate measures this CPU: use --hardware cpu-local (not {hardware!r})")
         res = run_validation(prof, QUICK if quick else HELD_OUT)
-        doc = json_safe({"validation": res, "profile": prof.to_dict()})
+        moe = validate_moe_layer(prof, MOE_LAYERS[:2] if quick else MOE_LAYERS, steps=3 if quick else 5)
+        doc = json_safe({"validation": res, "moe_layer_validation": moe, "profile": prof.to_dict()})
         text = json_text(doc)
         out.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(out, text)
         if as_json:
             typer.echo(text)
         else:
-            for r in res["rows"]:
-                typer.echo(f"{r['config']:<14} {r['dtype']:<5} measured {r['measured_s'] * 1e3:8.2f} ms  "
+            for r in res["rows"] + moe["rows"]:
+                typer.echo(f"{r['config']:<16} {r['dtype']:<5} measured {r['measured_s'] * 1e3:8.2f} ms  "
                            f"predicted {r['predicted_s'] * 1e3:8.2f} ms  error {r['error']:+.1%}")
-            typer.echo(f"MAPE {res['mape']:.1f}% over {len(res['rows'])} held-out runs; wrote {out}")
+            typer.echo(f"MAPE {res['mape']:.1f}% over {len(res['rows'])} held-out training steps (dense models, "
+                       f"best of the timed steps), {moe['mape']:.1f}% over {len(moe['rows'])} routed FFN layers "
+                       f"(mean of the steps); wrote {out}")
         return
     spc = search.load_space(space, prof)
     if layout:

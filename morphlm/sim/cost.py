@@ -12,8 +12,9 @@ One micro-batch on one pipeline stage (per device; ``b`` sequences of ``s`` toke
 * per block: two norms; QKV (n×d·(d+2·kv)/tp); attention (fused SDPA, causal, from the profile's attention
   coefficients: per call, per head, per row and per FLOP); output projection; residual adds; then either the dense FFN (fc1, activation,
   fc2 — SwiGLU: gate and up) or the MoE FFN: router (n×d·E, fp32), softmax/top-k, dispatch permutation, the
-  local experts (E/ep of them; each computes n·k·ep/E rows — dropless: the mean load; with a capacity factor
-  cf: cf × the mean, the padded capacity), combine, and the shared experts as a dense FFN of width
+  local experts (E/ep of them; each computes n·k·ep/E rows — dropless: the mean load, plus the profile's
+  new-shape cost for row counts the kernel library has not seen; with a capacity factor cf: cf × the mean, the
+  padded capacity), combine, and the shared experts as a dense FFN of width
   shared·expert_d_ff;
 * embedding gather (+ learned positions) on the first stage; final norm, LM head (vocab-parallel under tp) and
   the cross entropy over the vocabulary (fp32) on the last;
@@ -47,6 +48,7 @@ MFU = model FLOPs per step (6·N + 12·L·d·T per token, the toolkit's conventi
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,8 +80,9 @@ class StepCost:
 class _Acc:
     """Adds up operator times per kind for one micro-batch on one stage (forward and backward)."""
 
-    def __init__(self, prof: HardwareProfile, dtype: str) -> None:
+    def __init__(self, prof: HardwareProfile, dtype: str, shape_miss_rate: float = 1.0) -> None:
         self.prof, self.dtype, self.curve = prof, dtype, prof.curve(dtype)
+        self.shape_miss_rate = shape_miss_rate
         self.kinds: dict[str, float] = {}
 
     def add(self, kind: str, seconds: float) -> None:
@@ -155,6 +158,14 @@ def block_time(model: SimModel, layout: Layout, prof: HardwareProfile, dtype: st
     acc.add("attention", attention_time(coef, b * model.n_heads / tp, s, model.head_dim) + 3 * prof.op_overhead_s)
     acc.matmul("attn_out", n, d / tp, d)
     acc.memory("residual", 2 * 3 * n * d * p, ops=2)
+    ffn_time(model, layout, dtype, acc)
+
+
+def ffn_time(model: SimModel, layout: Layout, dtype: str, acc: _Acc) -> None:
+    """The block's FFN, one micro-batch, forward + backward: dense, or routed (router in fp32, routing, dispatch
+    and combine, the local experts at the mean load — or the capacity — and the shared experts)."""
+    b, s, d, tp, ep = layout.micro_batch_size, model.seq_len, model.d_model, layout.tp, layout.ep
+    n, p = b * s, BYTES[dtype]
     if model.moe:
         E, k, f = model.routed, model.top_k, model.expert_width
         acc.matmul("router", n, d, E, dtype="fp32")
@@ -163,10 +174,28 @@ def block_time(model: SimModel, layout: Layout, prof: HardwareProfile, dtype: st
         local = E // ep
         rows = n * k * ep / E * (model.capacity_factor or 1.0)
         _ffn(acc, "experts", rows, d, f / tp, model.activation, p, count=local)
+        if model.capacity_factor is None:  # dropless: row counts change with the loads (capacity: fixed shapes)
+            miss = acc.prof.new_shape_s.get(dtype, 0.0) * acc.shape_miss_rate
+            acc.add("expert_new_shapes", miss * local * 2 * 3)  # two matmuls per expert, forward, dX, dW
         if model.shared_experts:
             _ffn(acc, "shared_experts", n, d, model.shared_experts * f / tp, model.activation, p)
     else:
         _ffn(acc, "ffn", n, d, model.ffn_width / tp, model.activation, p)
+
+
+def ffn_step_time(model: SimModel, prof: HardwareProfile, dtype: str, tokens: int,
+                  shape_miss_rate: float = 1.0) -> float:
+    """One device, one FFN layer alone: forward + backward over ``tokens`` tokens and the AdamW step of its
+    parameters (what :func:`morphlm.sim.validate.validate_moe_layer` measures)."""
+    acc = _Acc(prof, dtype, shape_miss_rate)
+    ffn_time(dataclasses.replace(model, seq_len=tokens), Layout(micro_batch_size=1), dtype, acc)
+    n_params = (model.router_params() + (model.routed + model.shared_experts) * model.expert_params()
+                if model.moe else model.dense_ffn_params())
+    tensors = (1 + (model.routed + model.shared_experts) * model.ffn_mats) if model.moe else model.ffn_mats
+    if dtype == "bf16":
+        acc.add("casts", 2 * 6 * n_params / prof.elementwise_bw + 2 * tensors * prof.op_overhead_s)
+    optimizer = 40 * n_params / prof.mem_bw + 3 * tensors * prof.op_overhead_s
+    return sum(acc.kinds.values()) + optimizer
 
 
 def _ffn(acc: _Acc, kind: str, rows: float, d: float, width: float, activation: str, p: int,
@@ -225,18 +254,22 @@ def memory_per_device(model: SimModel, layout: Layout, dtype: str) -> dict[str, 
 
 
 def step_cost(model: SimModel, layout: Layout, prof: HardwareProfile, dtype: str = "bf16",
-              devices: int | None = None) -> StepCost:
-    """Predicted time, memory and MFU of one optimizer step of ``model`` under ``layout`` on ``prof``."""
+              devices: int | None = None, shape_miss_rate: float = 1.0) -> StepCost:
+    """Predicted time, memory and MFU of one optimizer step of ``model`` under ``layout`` on ``prof``.
+    ``shape_miss_rate``: the fraction of dropless expert matmuls that meet a row count the kernel library has not
+    seen (1: every step, the start of a run; it falls as a long run has seen the common loads)."""
+    if not 0.0 <= shape_miss_rate <= 1.0:
+        raise SimError(f"shape_miss_rate={shape_miss_rate} must lie in [0, 1]")
     if dtype not in BYTES:
         raise SimError(f"dtype {dtype!r}; use fp32 or bf16")
     layout.check(model, devices)
     if layout.devices > 1:
         _link(prof)  # a one-device profile cannot run a multi-device layout
-    acc = _Acc(prof, dtype)
+    acc = _Acc(prof, dtype, shape_miss_rate)
     b, s, d, tp, pp = layout.micro_batch_size, model.seq_len, model.d_model, layout.tp, layout.pp
     n, p = b * s, BYTES[dtype]
     stage_blocks = model.n_layers // pp * model.loop_repeats
-    one = _Acc(prof, dtype)
+    one = _Acc(prof, dtype, shape_miss_rate)
     block_time(model, layout, prof, dtype, one)
     for kind, t in one.kinds.items():
         acc.add(kind, t * stage_blocks)

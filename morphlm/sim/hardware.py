@@ -17,6 +17,9 @@ A profile holds, per dtype, a **matmul efficiency curve** and the machine's memo
   CPU all four fitted to SDPA micro-benchmarks (the bf16 CPU backward is far from FLOP-bound: its per-head and
   per-row terms dominate at small T); on a spec profile derived from the GEMM rate.
 * interconnect: bandwidth per direction per device and a per-message latency (None on a one-device profile).
+* ``new_shape_s``: the extra cost of a matmul at a shape not seen before (a matmul's forward + backward at fresh
+  row counts minus the same shapes again, per each of its three matmuls; the median over the row counts). On this CPU oneDNN builds a bf16 kernel per shape (~1 ms); routed experts meet new row counts
+  whenever their loads change, which :mod:`.cost` charges through ``shape_miss_rate``.
 
 ``cpu-local`` is measured on the machine by :func:`calibrate` (``morphlm simulate --calibrate``), written to the
 cache; the committed ``profiles/cpu-local.json`` is one such run with its date and torch version. ``h100`` and
@@ -85,11 +88,15 @@ class HardwareProfile:
     matmul: dict[str, MatmulCurve]  # per dtype
     attention: dict[str, dict[str, float]]  # per dtype: call_s, head_s, row_s, flop_s (fwd + bwd, causal)
     interconnect_bw: float | None = None  # bytes/s per direction per device; None: one device only
+    # per dtype: extra seconds of a matmul whose shape the library has not seen (oneDNN builds a bf16 kernel per
+    # shape on a CPU); routed experts meet new row counts as their loads change
+    new_shape_s: dict[str, float] = field(default_factory=dict)
     interconnect_latency_s: float | None = None
     devices_per_node: int = 1
     date: str | None = None
     torch: str | None = None
     threads: int | None = None  # CPU threads the measurements used
+    load_average: float | None = None  # the machine's 1-minute load average when measured (shared machines vary)
     measurements: list[dict[str, Any]] = field(default_factory=list)
 
     def peak(self, dtype: str) -> float:
@@ -235,7 +242,7 @@ def attention_time(coef: dict[str, float], heads: float, T: float, Dh: float) ->
     return sum(coef[name] * x for name, x in zip(ATTENTION_TERMS, f))
 
 
-def calibrate(device: str = "cpu", threads: int | None = 1, quick: bool = False, repeats: int = 7,
+def calibrate(device: str = "cpu", threads: int | None = 1, quick: bool = False, repeats: int = 15,
               write: Path | None = None) -> HardwareProfile:
     """See :func:`_calibrate`; the caller's torch thread count is restored afterwards."""
     import torch
@@ -301,6 +308,26 @@ def _calibrate(device: str, threads: int | None, quick: bool, repeats: int, writ
     t_chain = best(chain)
     op_overhead = t_chain / (3 * n_ops)  # forward + a backward counted as 2 operators, as the cost model does
     measurements.append({"op": "tiny-add chain fwd+bwd", "operators": n_ops, "seconds": t_chain})
+    new_shape: dict[str, float] = {}
+    for name, dt in dtypes.items():  # a matmul forward + backward at fresh row counts vs the same shapes again
+        w = torch.randn(256, 128, generator=gen).to(dev, dt).requires_grad_()
+        xs = [torch.randn(200 + 3 * i, 128, generator=gen).to(dev, dt).requires_grad_()
+              for i in range(8 if quick else 16)]
+
+        def fwd_bwd(x):
+            (x @ w.t()).sum().backward()
+
+        fresh = []
+        for x in xs:
+            t0 = timer()
+            fwd_bwd(x)
+            sync()
+            fresh.append(timer() - t0)
+        again = [best(lambda x=x: fwd_bwd(x)) for x in xs]
+        # per matmul (forward, dX, dW: three shapes each time), the median over the fresh row counts
+        new_shape[name] = max(sorted(f - a for f, a in zip(fresh, again))[len(xs) // 2], 0.0) / 3
+        measurements.append({"op": "matmul fwd+bwd at new shapes", "dtype": name, "calls": len(xs),
+                             "fresh_s": sum(fresh), "cached_s": sum(again)})
     attention: dict[str, dict[str, float]] = {}
     att_shapes = [(2, 4, 128, 32), (8, 2, 128, 32), (2, 4, 256, 32), (1, 4, 512, 32), (4, 4, 64, 64)]
     if quick:
@@ -334,8 +361,10 @@ def _calibrate(device: str, threads: int | None, quick: bool, repeats: int, writ
         peak_flops={name: max(m["flops_per_s"] for m in measurements if m.get("dtype") == name
                               and m["op"] == "matmul") for name in dtypes},
         memory_bytes=memory, mem_bw=mem_bw, elementwise_bw=elementwise_bw, op_overhead_s=op_overhead,
-        matmul=curves, attention=attention, interconnect_bw=None, interconnect_latency_s=None,
-        date=utc_timestamp(), torch=torch.__version__, threads=threads if dev.type == "cpu" else None,
+        matmul=curves, attention=attention, new_shape_s=new_shape, interconnect_bw=None,
+        interconnect_latency_s=None,
+        date=utc_timestamp(), torch=torch.__version__,
+        load_average=os.getloadavg()[0] if hasattr(os, "getloadavg") else None, threads=threads if dev.type == "cpu" else None,
         measurements=measurements)
     if write is not None:
         from ..io import write_json
