@@ -28,10 +28,9 @@ def simulate(
                                                           "every layout of --devices."),
     devices: Optional[int] = typer.Option(None, help="Device count: every layout's dp·tp·pp must equal it; "
                                                      "without --layout, all its factorisations are searched."),
-    global_batch: int = typer.Option(64, "--global-batch", help="Sequences per step when layouts are enumerated "
-                                                                "(and on one device without --layout)."),
-    micro_batch_size: int = typer.Option(8, "--micro-batch-size", help="Sequences per micro-batch when layouts "
-                                                                       "are enumerated."),
+    global_batch: int = typer.Option(64, "--global-batch", help="Sequences per step (without --layout)."),
+    micro_batch_size: int = typer.Option(8, "--micro-batch-size", help="Sequences per micro-batch (without "
+                                                                       "--layout)."),
     dtype: str = typer.Option("bf16", help="bf16 | fp32."),
     hours: float = typer.Option(1.0, help="Wall-clock budget: configs are ranked by the loss predicted after it."),
     top: int = typer.Option(10, help="Rows of the table."),
@@ -67,6 +66,8 @@ def simulate(
         raise ValueError(f"--top {top}: must be at least 1")
     if devices is not None and devices < 1:
         raise ValueError(f"--devices {devices}: must be at least 1")
+    if global_batch < 1 or micro_batch_size < 1 or hours <= 0:
+        raise ValueError("--global-batch and --micro-batch-size must be at least 1 and --hours positive")
     if calibrate:
         if hardware != "cpu-local":
             raise ValueError(f"--calibrate measures this CPU (cpu-local), not {hardware!r}; drop --hardware")
@@ -106,8 +107,11 @@ def simulate(
         if not layouts:
             raise ValueError(f"--global-batch {global_batch} cannot be split into micro-batches of "
                              f"{micro_batch_size} over any data-parallel size of {devices} devices; change one")
-    else:
-        layouts = [sp.Layout(micro_batch_size=global_batch)]
+    else:  # one device: the global batch in micro-batches (gradient accumulation)
+        if global_batch % micro_batch_size:
+            raise ValueError(f"--global-batch {global_batch} is not a multiple of --micro-batch-size "
+                             f"{micro_batch_size}; make it one")
+        layouts = [sp.Layout(micro_batches=global_batch // micro_batch_size, micro_batch_size=micro_batch_size)]
     for lay in layouts:
         if devices is not None and lay.devices != devices:
             raise ValueError(f"layout {lay.describe()} uses dp·tp·pp = {lay.devices} devices, not --devices "

@@ -23,10 +23,10 @@ from .space import Layout, SimModel
 # A small routed space for a CPU, and a ~1B-active one for a GPU.
 DEFAULT_SPACES: dict[str, dict[str, Any]] = {
     "cpu": {"n_layers": [4, 8], "d_model": [128, 256], "n_heads": 4, "experts": [0, 8], "top_k": [1, 2],
-            "expert_d_ff": [None, 256], "shared_experts": [0, 1], "seq_len": 256, "vocab_size": 2048,
+            "expert_d_ff": [256, 512], "shared_experts": [0, 1], "seq_len": 256, "vocab_size": 2048,
             "activation": "swiglu"},
     "gpu": {"n_layers": [16, 24], "d_model": [1024, 2048], "n_heads": 16, "experts": [0, 16, 64], "top_k": [1, 2, 8],
-            "expert_d_ff": [None, 1024], "shared_experts": [0, 1], "seq_len": 4096, "vocab_size": 50304,
+            "expert_d_ff": [1024, 2048], "shared_experts": [0, 1], "seq_len": 4096, "vocab_size": 50304,
             "activation": "swiglu"},
 }
 
