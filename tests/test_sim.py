@@ -344,3 +344,28 @@ def test_scaling_law_fits_records_of_run_folders(tmp_path):
     assert law.beta == pytest.approx(0.3, abs=0.03)
     with pytest.raises(SimError, match="metrics.jsonl and config.json"):
         scaling_law(runs=[tmp_path])
+
+
+def test_activation_memory_matches_korthikanti_without_dropout_masks():
+    """Korthikanti et al. 2022 eq. (2)/(4) at 16 bits, fused attention (no a·s² term) and no dropout (their two
+    1-byte s·b·h masks gone): 32·sbh per layer, and (8 + 24/t)·sbh under tensor parallelism without SP."""
+    m = SimModel(n_layers=1, d_model=64, n_heads=4, seq_len=32, vocab_size=8)
+    b, sbh = 2, 2 * 32 * 64
+    head = b * 32 * (3 * 8 * 4 + 64 * 2)
+    assert memory_per_device(m, Layout(micro_batch_size=b), "bf16")["activations"] == 32 * sbh + head
+    head2 = b * 32 * (3 * 8 / 2 * 4 + 64 * 2)
+    assert memory_per_device(m, Layout(micro_batch_size=b, tp=2), "bf16")["activations"] == (8 + 24 / 2) * sbh + head2
+
+
+def test_tensor_and_expert_parallel_communication_by_hand():
+    from morphlm.sim.cost import alltoall_s
+
+    prof = dataclasses.replace(load_profile("h100"), interconnect_bw=100e9, interconnect_latency_s=2e-6)
+    assert alltoall_s(8e6, 4, prof) == pytest.approx(3 / 4 * 8e6 / 100e9 + 3 * 2e-6)
+    m = SimModel(n_layers=2, d_model=128, n_heads=4, experts=8, top_k=2, expert_d_ff=256, seq_len=64,
+                 vocab_size=512)
+    n_bytes = 4 * 64 * 128 * 2  # b·s·d activations in bf16
+    tp = step_cost(m, Layout(dp=2, tp=2, micro_batch_size=4), prof)
+    assert tp.comm_s["tp"] == pytest.approx((4 * 2 + 2) * allreduce_s(n_bytes, 2, prof))
+    ep = step_cost(m, Layout(dp=4, ep=4, micro_batch_size=4), prof)
+    assert ep.comm_s["ep"] == pytest.approx(4 * 2 * alltoall_s(n_bytes * 2, 4, prof))
