@@ -150,7 +150,8 @@ def test_memory_per_device_by_hand():
     mem = memory_per_device(m, Layout(micro_batch_size=1), "fp32")
     assert mem["local_params"] == params == 1320
     assert (mem["params"], mem["grads"], mem["optimizer"]) == (4 * params, 4 * params, 8 * params)
-    # activations: per layer p·(4·sbh + 4·sbh + 2·s·b·d_ff) = 4·(128 + 128 + 128); two layers; head s·b·(3·V·4 + d·p)
+    # activations: per layer p·(4·sbh + 4·sbh + 2·s·b·d_ff) = 4·(128 + 128 + 128); two layers;
+    # head s·b·(3·V·4 + d·p)
     assert mem["activations"] == 2 * 4 * (128 + 128 + 128) + 4 * (3 * 32 * 4 + 8 * 4)
     assert mem["total"] == 16 * params + mem["activations"]
     tp2 = memory_per_device(m, Layout(micro_batch_size=1, tp=2), "fp32")

@@ -10,11 +10,11 @@ memory-bound operators (read the saved input and the incoming gradient, write th
 One micro-batch on one pipeline stage (per device; ``b`` sequences of ``s`` tokens, ``n = b·s``):
 
 * per block: two norms; QKV (n×d·(d+2·kv)/tp); attention (fused SDPA, causal, from the profile's attention
-  coefficients: per call, per head, per row and per FLOP); output projection; residual adds; then either the dense FFN (fc1, activation,
-  fc2 — SwiGLU: gate and up) or the MoE FFN: router (n×d·E, fp32), softmax/top-k, dispatch permutation, the
-  local experts (E/ep of them; each computes n·k·ep/E rows — dropless: the mean load, plus the profile's
-  new-shape cost for row counts the kernel library has not seen; with a capacity factor cf: cf × the mean, the
-  padded capacity), combine, and the shared experts as a dense FFN of width
+  coefficients: per call, per head, per row and per FLOP); output projection; residual adds; then either the
+  dense FFN (fc1, activation, fc2 — SwiGLU: gate and up) or the MoE FFN: router (n×d·E, fp32), softmax/top-k,
+  dispatch permutation, the local experts (E/ep of them; each computes n·k·ep/E rows — dropless: the mean load,
+  plus the profile's new-shape cost for row counts the kernel library has not seen; with a capacity factor cf:
+  cf × the mean, the padded capacity), combine, and the shared experts as a dense FFN of width
   shared·expert_d_ff;
 * embedding gather (+ learned positions) on the first stage; final norm, LM head (vocab-parallel under tp) and
   the cross entropy over the vocabulary (fp32) on the last;
@@ -237,7 +237,7 @@ def memory_per_device(model: SimModel, layout: Layout, dtype: str) -> dict[str, 
     replicated = 4 * sbh  # two norm inputs and the two blocks' (QKV, FFN) inputs
     attn = 4 * sbh  # Q, K, V and the attention output (the projection's input)
     if model.moe:
-        k, f = model.top_k, model.expert_width
+        k, f = model.top_k * (model.capacity_factor or 1.0), model.expert_width  # rows per token (padded)
         mlp = 2 * k * sbh + ff * k * b * s * f + model.shared_experts * ff * b * s * f
         router = b * s * model.routed * 4 / p  # fp32 logits (expressed in elements of p bytes)
         mlp += router

@@ -10,16 +10,17 @@ A profile holds, per dtype, a **matmul efficiency curve** and the machine's memo
   output's bytes add ``m·n·bytes/write_bw``) and ``e_max = 1`` — the fitted ``peak`` is the curve's asymptote,
   trustworthy only over the measured shapes; a spec profile takes the data-sheet peak and states its derating.
 * memory-bound work (norms, activations, softmax, the optimizer) moves bytes at ``elementwise_bw``; a large copy
-  into an existing tensor gives ``mem_bw``; every framework operator pays ``op_overhead_s`` (dispatch, autograd bookkeeping, kernel
-  launch) — on a CPU in eager mode that is what dominates tiny models.
+  into an existing tensor gives ``mem_bw``; every framework operator pays ``op_overhead_s`` (dispatch, autograd
+  bookkeeping, kernel launch) — on a CPU in eager mode that is what dominates tiny models.
 * attention (the fused SDPA kernel, forward + backward, causal) costs ``call_s + head_s·BH + row_s·BH·T +
   flop_s·F`` per call, BH the (batch × heads) it runs, F = 6·BH·T²·Dh/2 its FLOPs (half the T×T square) — on a
   CPU all four fitted to SDPA micro-benchmarks (the bf16 CPU backward is far from FLOP-bound: its per-head and
   per-row terms dominate at small T); on a spec profile derived from the GEMM rate.
 * interconnect: bandwidth per direction per device and a per-message latency (None on a one-device profile).
 * ``new_shape_s``: the extra cost of a matmul at a shape not seen before (a matmul's forward + backward at fresh
-  row counts minus the same shapes again, per each of its three matmuls; the median over the row counts). On this CPU oneDNN builds a bf16 kernel per shape (~1 ms); routed experts meet new row counts
-  whenever their loads change, which :mod:`.cost` charges through ``shape_miss_rate``.
+  row counts minus the same shapes again, per each of its three matmuls; the median over the row counts). On this
+  CPU oneDNN builds a bf16 kernel per shape (~1 ms); routed experts meet new row counts whenever their loads
+  change, which :mod:`.cost` charges through ``shape_miss_rate``.
 
 ``cpu-local`` is measured on the machine by :func:`calibrate` (``morphlm simulate --calibrate``), written to the
 cache; the committed ``profiles/cpu-local.json`` is one such run with its date and torch version. ``h100`` and
@@ -255,10 +256,11 @@ def calibrate(device: str = "cpu", threads: int | None = 1, quick: bool = False,
 
 
 def _calibrate(device: str, threads: int | None, quick: bool, repeats: int, write: Path | None) -> HardwareProfile:
-    """Measure this machine: matmul time over several shapes per dtype (fp32, bf16) → efficiency curves;
-    memory bandwidth by a large copy; elementwise bandwidth (an add of two large tensors into a fresh one); the per-operator overhead
-    (a tiny add, forward + backward through autograd, per operator); SDPA forward+backward at a few causal
-    shapes → the attention coefficients. Best of ``repeats`` everywhere. Writes the profile JSON to ``write`` when given."""
+    """Measure this machine: matmul time over several shapes per dtype (fp32, bf16) → efficiency curves; memory
+    bandwidth by a large copy; elementwise bandwidth (an add of two large tensors into a fresh one); the
+    per-operator overhead (a tiny add, forward + backward through autograd, per operator); matmuls at fresh shapes
+    → the new-shape cost; SDPA forward+backward at a few causal shapes → the attention coefficients. Best of
+    ``repeats`` everywhere. Writes the profile JSON to ``write`` when given."""
     import torch
     import torch.nn.functional as F
 
@@ -364,7 +366,8 @@ def _calibrate(device: str, threads: int | None, quick: bool, repeats: int, writ
         matmul=curves, attention=attention, new_shape_s=new_shape, interconnect_bw=None,
         interconnect_latency_s=None,
         date=utc_timestamp(), torch=torch.__version__,
-        load_average=os.getloadavg()[0] if hasattr(os, "getloadavg") else None, threads=threads if dev.type == "cpu" else None,
+        load_average=os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        threads=threads if dev.type == "cpu" else None,
         measurements=measurements)
     if write is not None:
         from ..io import write_json

@@ -143,7 +143,8 @@ def search(space: dict[str, Any], layouts: list[Layout], profile: HardwareProfil
                          "bubble_s": cost.bubble_s, "comm_s": cost.comm_s})
     rows.sort(key=lambda r: (r["predicted_loss"], r["step_time_s"]))
     return {"results": rows, "models": len(models), "layouts": len(layouts), "invalid_models": invalid,
-            "incompatible": incompatible, "first_incompatible": first_incompatible, "over_memory": unfit, "budget_s": budget_s, "dtype": dtype,
+            "incompatible": incompatible, "first_incompatible": first_incompatible, "over_memory": unfit,
+            "budget_s": budget_s, "dtype": dtype,
             "memory_limit_gib": profile.memory_bytes / 2**30, "scaling_law": law.to_dict()}
 
 
