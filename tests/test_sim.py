@@ -323,6 +323,18 @@ def test_space_ranges_expand():
         expand_space({"n_layers": {"from": 2, "upto": 8}})
 
 
+def test_scaling_records_of_any_results_file_are_read(tmp_path):
+    pts = [{"params": n, "tokens": d, "loss": 2 + 100 / n ** 0.3 + 300 / d ** 0.3}
+           for n in (1e5, 1e6, 1e7) for d in (1e6, 1e7, 1e8)]
+    path = tmp_path / "moe.json"
+    path.write_text(json.dumps({"benchmark": "moe", "scaling_records": pts}))
+    law = scaling_law(results=[path])
+    assert law.source.startswith("fitted to 9") and law.alpha == pytest.approx(0.3, abs=0.02)
+    path.write_text(json.dumps({"scaling_records": [{"params": 1}]}))
+    with pytest.raises(SimError, match=r"scaling_records\[0\] needs numeric params, tokens and loss"):
+        records_from_results(path)
+
+
 def test_scaling_law_fits_records_of_run_folders(tmp_path):
     from morphlm.model import TransformerLM
 

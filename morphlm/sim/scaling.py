@@ -1,8 +1,9 @@
 """The loss the search ranks by: ``L(N, D) = E + A/N^α + B/D^β`` (Hoffmann et al. 2022, arXiv 2203.15556,
 §3.3 eq. (2)), N the active parameters, D the training tokens, fitted to our own runs.
 
-Records ``(params, tokens, loss)`` come from benchmark results (``benchmarks/results/growth.json``: every run's
-validation curve, tokens = FLOPs / the arm's FLOPs per token) and from run folders (``metrics.jsonl`` lines with
+Records ``(params, tokens, loss)`` come from benchmark results (a ``scaling_records`` list in any results JSON;
+``benchmarks/results/growth.json``: every from-scratch run's validation curve, tokens = FLOPs / FLOPs per token)
+and from run folders (``metrics.jsonl`` lines with
 ``tokens`` and ``val_loss``; N counted from the folder's ``config.json``).
 
 The fit (:func:`fit_scaling_law`): for fixed (α, β) the law is linear in (E, A, B), so a grid over (α, β) with a
@@ -106,11 +107,22 @@ def fit_scaling_law(records: Iterable[tuple[float, float, float]], source: str =
 
 
 def records_from_results(path: str | Path) -> list[tuple[float, float, float]]:
-    """(params, tokens, val_loss) of every from-scratch validation curve in a benchmark results JSON that carries
-    them (growth.json: the scratch arm's runs, N = target_parameters; grown arms are left out — their loss owes
-    to a source model's training the tokens do not count). Step-0 points are skipped."""
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    """(params, tokens, val_loss) records of a benchmark results JSON: its ``scaling_records`` list
+    (``{"params", "tokens", "loss"}`` objects — the schema any benchmark can write for this fit; params = active
+    parameters), and every from-scratch validation curve of a growth-style file (growth.json: the scratch arm's
+    runs, N = target_parameters; grown arms are left out — their loss owes to a source model's training the
+    tokens do not count). Step-0 points are skipped."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise SimError(f"results {path} is not valid JSON: {exc}") from None
     out: list[tuple[float, float, float]] = []
+    if isinstance(data, dict) and isinstance(data.get("scaling_records"), list):
+        for i, rec in enumerate(data["scaling_records"]):
+            try:
+                out.append((float(rec["params"]), float(rec["tokens"]), float(rec["loss"])))
+            except (KeyError, TypeError, ValueError):
+                raise SimError(f"results {path}: scaling_records[{i}] needs numeric params, tokens and loss") from None
     cfg = data.get("config", {}) if isinstance(data, dict) else {}
     n_params, fpt = cfg.get("target_parameters"), cfg.get("target_flops_per_token")
     runs = data.get("runs", {}) if isinstance(data, dict) else {}
