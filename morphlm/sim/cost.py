@@ -176,7 +176,7 @@ def ffn_time(model: SimModel, layout: Layout, dtype: str, acc: _Acc) -> None:
         _ffn(acc, "experts", rows, d, f / tp, model.activation, p, count=local)
         if model.capacity_factor is None:  # dropless: row counts change with the loads (capacity: fixed shapes)
             miss = acc.prof.new_shape_s.get(dtype, 0.0) * acc.shape_miss_rate
-            acc.add("expert_new_shapes", miss * local * 2 * 3)  # two matmuls per expert, forward, dX, dW
+            acc.add("expert_new_shapes", miss * local)
         if model.shared_experts:
             _ffn(acc, "shared_experts", n, d, model.shared_experts * f / tp, model.activation, p)
     else:

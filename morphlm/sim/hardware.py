@@ -17,10 +17,10 @@ A profile holds, per dtype, a **matmul efficiency curve** and the machine's memo
   CPU all four fitted to SDPA micro-benchmarks (the bf16 CPU backward is far from FLOP-bound: its per-head and
   per-row terms dominate at small T); on a spec profile derived from the GEMM rate.
 * interconnect: bandwidth per direction per device and a per-message latency (None on a one-device profile).
-* ``new_shape_s``: the extra cost of a matmul at a shape not seen before (a matmul's forward + backward at fresh
-  row counts minus the same shapes again, per each of its three matmuls; the median over the row counts). On this
-  CPU oneDNN builds a bf16 kernel per shape (~1 ms); routed experts meet new row counts whenever their loads
-  change, which :mod:`.cost` charges through ``shape_miss_rate``.
+* ``new_shape_s``: the extra cost of an expert (a GELU FFN: two matmuls and the activation, forward + backward)
+  at a row count not seen before — fresh row counts minus the same shapes again, the lower quartile. On this CPU
+  oneDNN builds a bf16 kernel per shape (~1 ms per matmul, ~6–8 per expert step); routed experts meet new row
+  counts whenever their loads change, which :mod:`.cost` charges through ``shape_miss_rate``.
 
 ``cpu-local`` is measured on the machine by :func:`calibrate` (``morphlm simulate --calibrate``), written to the
 cache; the committed ``profiles/cpu-local.json`` is one such run with its date and torch version. ``h100`` and
@@ -89,8 +89,8 @@ class HardwareProfile:
     matmul: dict[str, MatmulCurve]  # per dtype
     attention: dict[str, dict[str, float]]  # per dtype: call_s, head_s, row_s, flop_s (fwd + bwd, causal)
     interconnect_bw: float | None = None  # bytes/s per direction per device; None: one device only
-    # per dtype: extra seconds of a matmul whose shape the library has not seen (oneDNN builds a bf16 kernel per
-    # shape on a CPU); routed experts meet new row counts as their loads change
+    # per dtype: extra seconds of an expert FFN step (forward + backward) at a row count the kernel library has not
+    # seen (oneDNN builds a bf16 kernel per shape on a CPU); routed experts meet new row counts as loads change
     new_shape_s: dict[str, float] = field(default_factory=dict)
     interconnect_latency_s: float | None = None
     devices_per_node: int = 1
@@ -258,8 +258,8 @@ def calibrate(device: str = "cpu", threads: int | None = 1, quick: bool = False,
 def _calibrate(device: str, threads: int | None, quick: bool, repeats: int, write: Path | None) -> HardwareProfile:
     """Measure this machine: matmul time over several shapes per dtype (fp32, bf16) → efficiency curves; memory
     bandwidth by a large copy; elementwise bandwidth (an add of two large tensors into a fresh one); the
-    per-operator overhead (a tiny add, forward + backward through autograd, per operator); matmuls at fresh shapes
-    → the new-shape cost; SDPA forward+backward at a few causal shapes → the attention coefficients. Best of
+    per-operator overhead (a tiny add, forward + backward through autograd, per operator); an expert FFN at fresh
+    row counts → the new-shape cost; SDPA forward+backward at a few causal shapes → the attention coefficients. Best of
     ``repeats`` everywhere. Writes the profile JSON to ``write`` when given."""
     import torch
     import torch.nn.functional as F
@@ -311,13 +311,14 @@ def _calibrate(device: str, threads: int | None, quick: bool, repeats: int, writ
     op_overhead = t_chain / (3 * n_ops)  # forward + a backward counted as 2 operators, as the cost model does
     measurements.append({"op": "tiny-add chain fwd+bwd", "operators": n_ops, "seconds": t_chain})
     new_shape: dict[str, float] = {}
-    for name, dt in dtypes.items():  # a matmul forward + backward at fresh row counts vs the same shapes again
-        w = torch.randn(256, 128, generator=gen).to(dev, dt).requires_grad_()
+    for name, dt in dtypes.items():  # an expert (GELU FFN) forward + backward at fresh row counts vs again
+        w1 = torch.randn(256, 128, generator=gen).to(dev, dt).requires_grad_()
+        w2 = torch.randn(128, 256, generator=gen).to(dev, dt).requires_grad_()
         xs = [torch.randn(200 + 3 * i, 128, generator=gen).to(dev, dt).requires_grad_()
               for i in range(8 if quick else 16)]
 
         def fwd_bwd(x):
-            (x @ w.t()).sum().backward()
+            F.linear(F.gelu(F.linear(x, w1)), w2).sum().backward()
 
         fresh = []
         for x in xs:
@@ -326,9 +327,9 @@ def _calibrate(device: str, threads: int | None, quick: bool, repeats: int, writ
             sync()
             fresh.append(timer() - t0)
         again = [best(lambda x=x: fwd_bwd(x)) for x in xs]
-        # per matmul (forward, dX, dW: three shapes each time), the median over the fresh row counts
-        new_shape[name] = max(sorted(f - a for f, a in zip(fresh, again))[len(xs) // 2], 0.0) / 3
-        measurements.append({"op": "matmul fwd+bwd at new shapes", "dtype": name, "calls": len(xs),
+        # per expert: the lower quartile over the fresh row counts (other work on the machine only adds time)
+        new_shape[name] = max(sorted(f - a for f, a in zip(fresh, again))[len(xs) // 4], 0.0)
+        measurements.append({"op": "expert FFN fwd+bwd at new shapes", "dtype": name, "calls": len(xs),
                              "fresh_s": sum(fresh), "cached_s": sum(again)})
     attention: dict[str, dict[str, float]] = {}
     att_shapes = [(2, 4, 128, 32), (8, 2, 128, 32), (2, 4, 256, 32), (1, 4, 512, 32), (4, 4, 64, 64)]
