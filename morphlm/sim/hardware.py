@@ -259,8 +259,8 @@ def _calibrate(device: str, threads: int | None, quick: bool, repeats: int, writ
     """Measure this machine: matmul time over several shapes per dtype (fp32, bf16) → efficiency curves; memory
     bandwidth by a large copy; elementwise bandwidth (an add of two large tensors into a fresh one); the
     per-operator overhead (a tiny add, forward + backward through autograd, per operator); an expert FFN at fresh
-    row counts → the new-shape cost; SDPA forward+backward at a few causal shapes → the attention coefficients. Best of
-    ``repeats`` everywhere. Writes the profile JSON to ``write`` when given."""
+    row counts → the new-shape cost; SDPA forward+backward at a few causal shapes → the attention coefficients.
+    Best of ``repeats`` everywhere. Writes the profile JSON to ``write`` when given."""
     import torch
     import torch.nn.functional as F
 
