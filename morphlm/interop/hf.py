@@ -19,8 +19,11 @@ from morphlm.io import atomic_path, write_atomic
 from morphlm.model.config import ConfigError, ModelConfig
 from morphlm.model.transformer import TransformerLM
 
-from .hf_maps import (_ARCHS, _DEFAULT_ARCH, SUPPORTED_ARCHITECTURES, InteropError, _arch, _build_map, _list,
-                      state_dict_from_hf, state_dict_to_hf)
+from .hf_maps import (_ARCHS, _DEFAULT_ARCH, InteropError, _arch, _build_map, _list, state_dict_from_hf,
+                      state_dict_to_hf)
+from .hf_moe import MOE_MODEL_TYPES, config_from_hf_moe, hf_config_dict_moe
+
+SUPPORTED_ARCHITECTURES = tuple(_ARCHS)  # the dense tables of hf_maps and the MoE families of hf_moe
 
 __all__ = [
     "SUPPORTED_ARCHITECTURES",
@@ -93,13 +96,16 @@ def _activation(d: dict[str, Any], key: str) -> str:
 
 
 def config_from_hf(hf_config: Any, arch: str | None = None) -> ModelConfig:
-    """A GPT2Config / LlamaConfig / BertConfig (object or config.json dict) -> ModelConfig.
+    """A GPT2Config / LlamaConfig / BertConfig, or a Mixtral / Qwen2-MoE / Qwen3-MoE / OLMoE config (object or
+    config.json dict) -> ModelConfig.
 
     ``arch`` (a transformers class name) is read from ``architectures`` when not given; in-memory configs
     often have none, so :func:`from_hf_module` passes the model's class name."""
     d = _as_dict(hf_config)
     arch = _resolve_arch(d, arch)
     model_type = _arch(arch).model_type
+    if model_type in MOE_MODEL_TYPES:
+        return config_from_hf_moe(d, arch)
     if model_type == "gpt2":
         _need(d.get("scale_attn_weights", True), "scale_attn_weights", d.get("scale_attn_weights"),
               "the native attention always scales scores by 1/sqrt(head_dim)")
@@ -176,6 +182,14 @@ def _hf_config_dict(cfg: ModelConfig) -> tuple[dict[str, Any], str]:
             raise InteropError(f"cannot export ModelConfig field {field}={getattr(cfg, field)!r} to Hugging Face: "
                                f"{target} needs {want}. Export a model whose config has {want}, or keep it native")
 
+    if cfg.moe_experts:  # routed FFNs: one of the mixture-of-experts classes, never a dense one
+        return hf_config_dict_moe(cfg)
+    if cfg.loop_repeats is not None:
+        raise InteropError("cannot export a looped model (loop_repeats) to Hugging Face: no Hugging Face class runs "
+                           "weight-shared blocks R times with IterAdaLN; keep it native")
+    if cfg.qk_norm != "none":
+        raise InteropError(f"cannot export ModelConfig field qk_norm={cfg.qk_norm!r} to Hugging Face: the mapped dense "
+                           f"classes (LlamaForCausalLM, GPT2LMHeadModel, BERT) have no QK-norm; keep it native")
     if cfg.causal:
         llama = cfg.position == "rope" or cfg.norm == "rmsnorm" or cfg.activation == "swiglu"
         target = "LlamaForCausalLM" if llama else "GPT2LMHeadModel"
@@ -247,7 +261,8 @@ def config_to_hf(cfg: ModelConfig):
     """ModelConfig -> (transformers config object, architecture class name). Needs transformers."""
     d, arch = _hf_config_dict(cfg)
     transformers = _transformers()
-    kwargs = {k: v for k, v in d.items() if k not in ("model_type", "id2label", "label2id", "rope_parameters")}
+    drop = ("model_type", "id2label", "label2id") + (() if cfg.moe_experts else ("rope_parameters",))
+    kwargs = {k: v for k, v in d.items() if k not in drop}
     return getattr(transformers, _arch(arch).config_class)(**kwargs), arch
 
 

@@ -1,4 +1,4 @@
-"""Hugging Face <-> native weight name maps (GPT-2, LLaMA, BERT), both directions.
+"""Hugging Face <-> native weight name maps (GPT-2, LLaMA, BERT; the MoE families in hf_moe.py), both directions.
 
 DESIGN.md principle 7: foreign weights load through explicit, templated name maps with shape asserts
 both ways, and the maps are tested by comparing logits with the transformers implementation on tiny
@@ -45,8 +45,10 @@ class InteropError(ValueError):
 
 # ---------------------------------------------------------------------------------------------- tables
 COPY, TRANSPOSE, CONCAT = "copy", "transpose", "concat"
-# Row conditions: a row exists only when its condition holds for the native config.
+# Row conditions: a row exists only when its condition holds for the native config (and, for block rows, the
+# layer: MOE / DENSE rows exist in the routed / dense FFN layers of a mixture-of-experts model).
 ALWAYS, BIAS, UNTIED, LEARNED = "always", "bias", "untied", "learned"
+MOE, DENSE, DENSE_BIAS, SHARED, SHARED_GATE = "moe", "dense", "dense_bias", "shared", "shared_gate"
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,7 @@ class _Row:
     hf: tuple[str, ...]  # one template, or several for CONCAT (in stacking order)
     op: str = COPY
     when: str = ALWAYS
-    split: str = ""  # CONCAT only: "qkv" or "gate_up" (how many rows each HF tensor holds)
+    split: str = ""  # CONCAT only: "qkv", "gate_up" or "shared_gate_up" (how many rows each HF tensor holds)
 
 
 def _r(native: str, hf: str | tuple[str, ...], op: str = COPY, when: str = ALWAYS, split: str = "") -> _Row:
@@ -74,6 +76,9 @@ class _Arch:
     tied_aliases: tuple[tuple[str, str], ...]  # (alias, primary): only present when embeddings are tied
     aliases: tuple[tuple[str, str], ...]  # (alias, primary): always the same tensor in HF
     ignored: tuple[str, ...]  # regexes of HF keys that carry no weights we need
+    # MoE families: how checkpoints written by save_pretrained lay out the experts (one tensor per expert and
+    # projection), read and stacked into the fused 3-D tensors (hf_moe.py); None for dense architectures
+    legacy_experts: object = None
 
 
 _GPT2_BLOCK = (
@@ -225,20 +230,40 @@ class _Map:
 
 def _build_map(cfg: ModelConfig, arch: str) -> _Map:
     a = _arch(arch)
-    sizes = {"qkv": (cfg.d_model, cfg.kv_dim, cfg.kv_dim), "gate_up": (cfg.d_ff, cfg.d_ff)}
+    routed = a.legacy_experts is not None
+    if cfg.moe_experts and not routed:
+        raise InteropError(f"ModelConfig {cfg.name!r} routes its FFNs through {cfg.moe_experts} experts "
+                           f"(moe_experts={cfg.moe_experts}) but {arch} is a dense Hugging Face class with one FFN per "
+                           f"layer; export a routed model to a mixture-of-experts class "
+                           f"({', '.join(n for n, x in _ARCHS.items() if x.legacy_experts is not None)}), or "
+                           f"convert a dense model (moe_experts=0) to {arch}")
+    if routed and not cfg.moe_experts:
+        raise InteropError(f"{arch} is a mixture-of-experts class but ModelConfig {cfg.name!r} is dense "
+                           f"(moe_experts=0); use the config of a routed model (moe_experts > 0), or a dense class")
+    shared = cfg.moe_shared_experts * cfg.expert_d_ff if cfg.moe_experts else 0
+    sizes = {"qkv": (cfg.d_model, cfg.kv_dim, cfg.kv_dim), "gate_up": (cfg.d_ff, cfg.d_ff),
+             "shared_gate_up": (shared, shared)}
     native_keys = set(_native_shapes(cfg))
+    moe_layers = set(cfg.moe_layer_ids) if cfg.moe_experts else set()
 
-    def keep(row: _Row) -> bool:
+    def keep(row: _Row, i) -> bool:
         if row.when == BIAS:
             return cfg.bias
         if row.when == UNTIED:
             return not cfg.tie_embeddings
+        if row.when in (MOE, DENSE, DENSE_BIAS, SHARED, SHARED_GATE):
+            if (i in moe_layers) != (row.when in (MOE, SHARED, SHARED_GATE)):
+                return False
+            if row.when == DENSE_BIAS:
+                return cfg.bias
+            if row.when in (SHARED, SHARED_GATE):
+                return cfg.moe_shared_experts > 0 and (row.when == SHARED or cfg.moe_shared_gate)
         return True
 
     def inst(rows, i=None) -> list[_Pair]:
         out = []
         for row in rows:
-            if not keep(row):
+            if not keep(row, i):
                 continue
             native = row.native.format(i=i)
             if native == "seg_emb.weight" and cfg.n_segments == 0:
@@ -311,6 +336,8 @@ def _normalize_hf_keys(hf_state: Mapping[str, torch.Tensor], a: _Arch) -> dict[s
     state = dict(hf_state)
     if state and not any(k.startswith(a.base_prefix) for k in state):
         state = {a.base_prefix + k: v for k, v in state.items()}
+    if a.legacy_experts is not None:
+        state = a.legacy_experts(state)
     if a.model_type == "bert":
         renamed = {}
         for k, v in state.items():
@@ -383,9 +410,13 @@ def state_dict_from_hf(hf_state: Mapping[str, torch.Tensor], cfg: ModelConfig, a
         elif not m.ignored.fullmatch(key):
             extra.append(key)
     if extra:
+        routed = [k for k in extra if ".experts." in k or ".mlp.gate." in k or "block_sparse_moe" in k]
+        hint = (f" — they are mixture-of-experts weights: the folder holds a routed model, so load it with its own "
+                f"mixture-of-experts class ({', '.join(n for n, x in _ARCHS.items() if x.legacy_experts)}) and a "
+                f"config.json that names it" if routed and a.legacy_experts is None else "")
         raise InteropError(f"{arch} checkpoint has {len(extra)} key(s) with no native counterpart: {_list(extra)}; "
                            f"the config does not describe these weights (e.g. biases with bias=False, or an "
-                           f"untied head with tie_word_embeddings=True)")
+                           f"untied head with tie_word_embeddings=True){hint}")
     return out
 
 

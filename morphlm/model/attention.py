@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
+from .norms import LayerNorm, RMSNorm
 
 
 def rope_tables(cfg: ModelConfig, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,6 +49,18 @@ class Attention(nn.Module):
         self.kv_dim = cfg.kv_dim
         self.qkv = nn.Linear(cfg.d_model, self.q_dim + 2 * self.kv_dim, bias=cfg.bias)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
+        # QK-norm (cfg.qk_norm): "head" normalises each head's q/k over head_dim (Qwen3), "full" the whole q and k
+        # projections (OLMoE); both before the rotary positions
+        self.qk_norm = cfg.qk_norm
+        if self.qk_norm != "none":
+            q_dim, k_dim = (self.head_dim, self.head_dim) if self.qk_norm == "head" else (self.q_dim, self.kv_dim)
+
+            def norm(dim: int) -> nn.Module:
+                if cfg.norm == "rmsnorm":
+                    return RMSNorm(dim, cfg.norm_eps)
+                return LayerNorm(dim, cfg.norm_eps, bias=cfg.bias)
+
+            self.q_norm, self.k_norm = norm(q_dim), norm(k_dim)
 
     def forward(
         self,
@@ -59,9 +72,13 @@ class Attention(nn.Module):
         """x: (B, T, D). mask: optional bool (B, 1, T, T), True = may attend (already causal if needed)."""
         B, T, _ = x.shape
         q, k, v = self.qkv(x).split((self.q_dim, self.kv_dim, self.kv_dim), dim=-1)
+        if self.qk_norm == "full":
+            q, k = self.q_norm(q), self.k_norm(k)
         q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, Dh)
         k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, Dh)
         v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, Dh)
+        if self.qk_norm == "head":
+            q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             cos, sin = rope
             if cos.dim() == 2:  # the model's full (T_max, Dh) tables; gathered ones are already (…, T, Dh)

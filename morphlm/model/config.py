@@ -29,13 +29,14 @@ HEADS = ("lm", "mlm", "cls")
 MOE_ROUTERS = ("softmax", "sigmoid", "norm")
 MOE_BALANCES = ("aux", "loss_free", "pool", "none")
 MOE_IMPLS = ("auto", "grouped", "loop")
+QK_NORMS = ("none", "head", "full")
 # the moe_* fields and their defaults: a dense config (moe_experts = 0) leaves every one of them at its default
 # and writes none of them to config.json, so dense configs and checkpoints read and hash as they always did
 MOE_DEFAULTS: dict[str, Any] = dict(
     moe_experts=0, moe_top_k=1, moe_shared_experts=0, moe_expert_d_ff=None, moe_router="softmax",
     moe_renormalize=False, moe_balance="aux", moe_aux_coef=1e-2, moe_z_coef=0.0, moe_bias_update=1e-3,
     moe_capacity_factor=None, moe_layers="all", moe_impl="auto", moe_pool=False, moe_pool_size=None,
-    moe_pool_groups=1)
+    moe_pool_groups=1, moe_shared_gate=False)
 
 # Depth-scaled sandwich norm constants (Pangu Ultra, Yin et al. 2025, arXiv 2504.07866, §2).
 DSSN_C_ATTN = 0.283
@@ -79,6 +80,10 @@ class ModelConfig:
     head: str = "lm"
     n_classes: int = 2
     init_std: float = 0.02
+    # QK-norm: an RMSNorm/LayerNorm (the config's norm) on the queries and keys before rotary positions. "head":
+    # over each head's head_dim (one weight of size head_dim shared by the heads; Qwen3-MoE), "full": over the
+    # whole q / k projection (weights of size d_model and kv_dim; OLMoE). "none" (default) leaves config.json as it was.
+    qk_norm: str = "none"  # Query/key normalisation: none | head | full
     # LoopMoE (morphlm/model/loop.py): None for a plain model
     loop_repeats: int | None = None  # LoopMoE: run the n_layers unique blocks R times with IterAdaLN (depth n_layers·R)
     loop_iter_dim: int = 64  # LoopMoE: width of the sinusoidal iteration-index encoding fed to the iteration MLP (even)
@@ -115,6 +120,7 @@ class ModelConfig:
     moe_pool: bool = False  # UniPool: share one expert pool across the MoE layers of a group
     moe_pool_size: int | None = None  # Experts per shared pool (none = moe_experts x MoE layers per group)
     moe_pool_groups: int = 1  # Groups of consecutive MoE layers, one shared pool each
+    moe_shared_gate: bool = False  # Scale the shared experts' output by sigmoid(x·g), g a learned (d,) vector (Qwen2-MoE)
     # derived
     head_dim: int = field(init=False, default=0)
 
@@ -210,6 +216,7 @@ class ModelConfig:
         need(self.n_segments >= 0, f"n_segments={self.n_segments} must be >= 0")
         need(self.rope_theta > 0, f"rope_theta={self.rope_theta} must be > 0")
         need(self.init_std >= 0, f"init_std={self.init_std} must be >= 0")
+        need(self.qk_norm in QK_NORMS, f"qk_norm={self.qk_norm!r}; choose one of {QK_NORMS}")
         if self.position == "rope":
             need((self.d_model // self.n_heads) % 2 == 0,
                  f"rope needs an even head dim, got d_model/n_heads={self.d_model / self.n_heads}")
@@ -242,6 +249,9 @@ class ModelConfig:
              "moe_renormalize=true does not apply to moe_router='norm' (the NormRouter's gate is its raw score); "
              "drop moe_renormalize or pick the softmax/sigmoid router")
         need(self.moe_shared_experts >= 0, f"moe_shared_experts={self.moe_shared_experts} must be >= 0")
+        need(not self.moe_shared_gate or self.moe_shared_experts > 0,
+             "moe_shared_gate=true gates the shared experts but moe_shared_experts=0; set moe_shared_experts >= 1 "
+             "or drop moe_shared_gate")
         need(self.moe_expert_d_ff is None or self.moe_expert_d_ff > 0,
              f"moe_expert_d_ff={self.moe_expert_d_ff} must be a positive width or null (= d_ff)")
         for key in ("moe_aux_coef", "moe_z_coef", "moe_bias_update"):
@@ -282,6 +292,10 @@ class ModelConfig:
         if out["moe_experts"] == 0:  # so does a dense model's (validate() keeps the moe_* fields at defaults)
             for key in MOE_DEFAULTS:
                 del out[key]
+        elif not out["moe_shared_gate"]:  # and an MoE model's without the Qwen2-MoE shared-expert gate
+            del out["moe_shared_gate"]
+        if out["qk_norm"] == "none":  # and any model's without QK-norm
+            del out["qk_norm"]
         return out
 
     @classmethod

@@ -334,6 +334,10 @@ class MoEFFN(nn.Module):
             self.shared_w2 = nn.Parameter(torch.empty(cfg.d_model, width))
             nn.init.normal_(self.shared_w1, std=cfg.init_std)
             nn.init.normal_(self.shared_w2, std=cfg.init_std)
+            # Qwen2-MoE's shared-expert gate: the shared output is scaled by sigmoid(x·g) per token
+            self.shared_gate = nn.Parameter(torch.empty(1, cfg.d_model)) if cfg.moe_shared_gate else None
+            if self.shared_gate is not None:
+                nn.init.normal_(self.shared_gate, std=cfg.init_std)
         self.aux_loss: torch.Tensor | None = None
         self.last_stats: dict[str, torch.Tensor] = {}
 
@@ -367,7 +371,10 @@ class MoEFFN(nn.Module):
             h = F.silu(gate) * up
         else:
             h = self.shared_act(h)
-        return F.linear(h, self.shared_w2.to(x.dtype))
+        y = F.linear(h, self.shared_w2.to(x.dtype))
+        if self.shared_gate is not None:
+            y = torch.sigmoid(F.linear(x, self.shared_gate.to(x.dtype))) * y
+        return y
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
