@@ -391,9 +391,15 @@ def state_dict_from_hf(hf_state: Mapping[str, torch.Tensor], cfg: ModelConfig, a
             value = torch.cat(tensors, dim=0)
         _check_shape(pair.native, "native", value, native_shape, cfg)
         out[pair.native] = value.detach().clone(memory_format=torch.contiguous_format)
+    routed = a.legacy_experts is None and any(".experts." in k or ".mlp.gate." in k or "block_sparse_moe" in k
+                                              for k in set(state) - used)
+    moe_classes = ", ".join(n for n, x in _ARCHS.items() if x.legacy_experts)
+    hint = (f" — the checkpoint holds mixture-of-experts weights (routers and experts): it is a routed model, so "
+            f"load it with its own mixture-of-experts class ({moe_classes}) and a config.json that names it"
+            if routed else "")
     if missing:
         raise InteropError(f"{arch} checkpoint is missing {len(missing)} key(s) the config needs: {_list(missing)}; "
-                           f"check that config.json (n_layers, bias, tie_word_embeddings) matches the weights")
+                           f"check that config.json (n_layers, bias, tie_word_embeddings) matches the weights{hint}")
 
     for key, const in m.constants.items():
         if key in state:
@@ -410,10 +416,6 @@ def state_dict_from_hf(hf_state: Mapping[str, torch.Tensor], cfg: ModelConfig, a
         elif not m.ignored.fullmatch(key):
             extra.append(key)
     if extra:
-        routed = [k for k in extra if ".experts." in k or ".mlp.gate." in k or "block_sparse_moe" in k]
-        hint = (f" — they are mixture-of-experts weights: the folder holds a routed model, so load it with its own "
-                f"mixture-of-experts class ({', '.join(n for n, x in _ARCHS.items() if x.legacy_experts)}) and a "
-                f"config.json that names it" if routed and a.legacy_experts is None else "")
         raise InteropError(f"{arch} checkpoint has {len(extra)} key(s) with no native counterpart: {_list(extra)}; "
                            f"the config does not describe these weights (e.g. biases with bias=False, or an "
                            f"untied head with tie_word_embeddings=True){hint}")

@@ -238,7 +238,8 @@ def hf_config_dict_moe(cfg: ModelConfig) -> tuple[dict[str, Any], str]:
         refuse("moe_capacity_factor", "the HF MoE classes are dropless (no expert capacity)",
                "Set moe_capacity_factor=null (the weights are the same; only token dropping changes)")
     for field, ok, want in (("head", cfg.head == "lm", "'lm'"), ("activation", cfg.activation == "swiglu", "'swiglu'"),
-                            ("norm", cfg.norm == "rmsnorm", "'rmsnorm'"), ("position", cfg.position == "rope", "'rope'"),
+                            ("norm", cfg.norm == "rmsnorm", "'rmsnorm'"),
+                            ("position", cfg.position == "rope", "'rope'"),
                             ("norm_placement", cfg.norm_placement == "pre", "'pre'"),
                             ("final_norm", bool(cfg.final_norm), "true"), ("embed_norm", not cfg.embed_norm, "false"),
                             ("n_segments", cfg.n_segments == 0, "0")):

@@ -120,7 +120,7 @@ class ModelConfig:
     moe_pool: bool = False  # UniPool: share one expert pool across the MoE layers of a group
     moe_pool_size: int | None = None  # Experts per shared pool (none = moe_experts x MoE layers per group)
     moe_pool_groups: int = 1  # Groups of consecutive MoE layers, one shared pool each
-    moe_shared_gate: bool = False  # Scale the shared experts' output by sigmoid(x·g), g a learned (d,) vector (Qwen2-MoE)
+    moe_shared_gate: bool = False  # Scale the shared experts' output by sigmoid(x·g), g learned (Qwen2-MoE)
     # derived
     head_dim: int = field(init=False, default=0)
 
