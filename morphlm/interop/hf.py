@@ -187,6 +187,10 @@ def _hf_config_dict(cfg: ModelConfig) -> tuple[dict[str, Any], str]:
     if cfg.loop_repeats is not None:
         raise InteropError("cannot export a looped model (loop_repeats) to Hugging Face: no Hugging Face class runs "
                            "weight-shared blocks R times with IterAdaLN; keep it native")
+    if cfg.qkv_bias is not None and cfg.qkv_bias != cfg.bias:
+        raise InteropError(f"cannot export ModelConfig field qkv_bias={cfg.qkv_bias!r} to Hugging Face: the mapped "
+                           f"dense classes bias q/k/v and the output projection together (bias={cfg.bias}); set "
+                           f"qkv_bias=null, or keep it native")
     if cfg.qk_norm != "none":
         raise InteropError(f"cannot export ModelConfig field qk_norm={cfg.qk_norm!r} to Hugging Face: the mapped dense "
                            f"classes (LlamaForCausalLM, GPT2LMHeadModel, BERT) have no QK-norm; keep it native")

@@ -49,6 +49,7 @@ COPY, TRANSPOSE, CONCAT = "copy", "transpose", "concat"
 # layer: MOE / DENSE rows exist in the routed / dense FFN layers of a mixture-of-experts model).
 ALWAYS, BIAS, UNTIED, LEARNED = "always", "bias", "untied", "learned"
 MOE, DENSE, DENSE_BIAS, SHARED, SHARED_GATE = "moe", "dense", "dense_bias", "shared", "shared_gate"
+QKV_BIAS = "qkv_bias"  # the q/k/v projections have a bias (cfg.qkv_bias, or cfg.bias when that is None)
 
 
 @dataclass(frozen=True)
@@ -251,6 +252,8 @@ def _build_map(cfg: ModelConfig, arch: str) -> _Map:
             return cfg.bias
         if row.when == UNTIED:
             return not cfg.tie_embeddings
+        if row.when == QKV_BIAS:
+            return cfg.bias if cfg.qkv_bias is None else cfg.qkv_bias
         if row.when in (MOE, DENSE, DENSE_BIAS, SHARED, SHARED_GATE):
             if (i in moe_layers) != (row.when in (MOE, SHARED, SHARED_GATE)):
                 return False

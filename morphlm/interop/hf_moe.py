@@ -25,6 +25,7 @@ become ``moe_layers``; their width is ``intermediate_size`` (native ``d_ff``), t
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any
 
@@ -32,13 +33,14 @@ import torch
 
 from morphlm.model.config import ConfigError, ModelConfig
 
-from .hf_maps import (_ARCHS, _DEFAULT_ARCH, _LLAMA_BLOCK, CONCAT, DENSE, DENSE_BIAS, MOE, SHARED, SHARED_GATE,
-                      UNTIED, InteropError, _Arch, _r)
+from .hf_maps import (_ARCHS, _DEFAULT_ARCH, _LLAMA_BLOCK, CONCAT, DENSE, DENSE_BIAS, MOE, QKV_BIAS, SHARED,
+                      SHARED_GATE, UNTIED, InteropError, _Arch, _r)
 
 MOE_ARCHITECTURES = ("MixtralForCausalLM", "Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM", "OlmoeForCausalLM")
 
 _P = "model.layers.{i}."
-_ATTN = _LLAMA_BLOCK[:6]  # input norm, q/k/v (fused natively), o, post-attention norm
+# input norm, q/k/v (fused natively; their bias may stand alone: Qwen2-MoE's qkv_bias), o, post-attention norm
+_ATTN = (_LLAMA_BLOCK[0], _LLAMA_BLOCK[1], dataclasses.replace(_LLAMA_BLOCK[2], when=QKV_BIAS)) + _LLAMA_BLOCK[3:6]
 _DENSE_MLP = (
     _r("blocks.{i}.mlp.fc1.weight", (_P + "mlp.gate_proj.weight", _P + "mlp.up_proj.weight"), CONCAT, DENSE, "gate_up"),
     _r("blocks.{i}.mlp.fc1.bias", (_P + "mlp.gate_proj.bias", _P + "mlp.up_proj.bias"), CONCAT, DENSE_BIAS, "gate_up"),
@@ -174,10 +176,9 @@ def config_from_hf_moe(d: dict[str, Any], arch: str) -> ModelConfig:
         expert_ff, dense_ff = _req(d, "moe_intermediate_size"), _req(d, "intermediate_size")
     else:
         expert_ff = dense_ff = _req(d, "intermediate_size")
+    qkv_bias = None
     if model_type == "qwen2_moe":
-        _need(not d.get("qkv_bias", True), "qkv_bias", d.get("qkv_bias", True),
-              "Qwen2-MoE biases q/k/v but not o_proj, while the native attention has one bias flag for all four "
-              "projections; only qkv_bias=false checkpoints map")
+        qkv_bias = bool(d.get("qkv_bias", True)) or None  # q/k/v biased, o_proj and the FFNs not: bias=False
         width = _req(d, "shared_expert_intermediate_size")
         _need(width > 0 and width % expert_ff == 0, "shared_expert_intermediate_size", width,
               f"the native shared experts are n copies of the expert width moe_intermediate_size={expert_ff}; "
@@ -200,6 +201,7 @@ def config_from_hf_moe(d: dict[str, Any], arch: str) -> ModelConfig:
         n_kv_heads=d.get("num_key_value_heads") or heads, d_ff=dense_ff, max_seq_len=max_pos, activation="swiglu",
         norm="rmsnorm", norm_placement="pre", norm_eps=d.get("rms_norm_eps", 1e-6), position="rope",
         rope_theta=float(theta), causal=True, tie_embeddings=d.get("tie_word_embeddings", False), bias=bias,
+        qkv_bias=qkv_bias,
         head="lm", dropout=d.get("attention_dropout", 0.0) or 0.0, init_std=d.get("initializer_range", 0.02),
         qk_norm={"qwen3_moe": "head", "olmoe": "full"}.get(model_type, "none"),
         moe_experts=n_experts, moe_top_k=_req(d, "num_experts_per_tok"), moe_shared_experts=shared,
@@ -267,7 +269,14 @@ def hf_config_dict_moe(cfg: ModelConfig) -> tuple[dict[str, Any], str]:
         refuse("moe_layers", f"{arch} routes every layer", "Use moe_layers='all'")
     if cfg.bias and (arch in ("MixtralForCausalLM", "Qwen2MoeForCausalLM") or not all_moe):
         refuse("bias", f"{arch} has no biases where the native bias flag adds them"
-                       + ("" if all_moe else " (the dense FFN layers)"), "Export a model with bias=false")
+                       + (" (o_proj)" if arch == "Qwen2MoeForCausalLM" else "" if all_moe else " (the dense FFN layers)"),
+               "Export a model with bias=false")
+    qkv_bias = cfg.bias if cfg.qkv_bias is None else cfg.qkv_bias
+    if qkv_bias and arch == "MixtralForCausalLM":
+        refuse("qkv_bias", "Mixtral has no attention biases", "Export a model with bias=false and qkv_bias=null")
+    if qkv_bias != cfg.bias and arch != "Qwen2MoeForCausalLM":
+        refuse("qkv_bias", f"{arch} biases q/k/v and o_proj together (or neither)",
+               "Export a model whose qkv_bias is null or equals bias")
     d: dict[str, Any] = dict(
         vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, num_hidden_layers=cfg.n_layers,
         num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_kv_heads, head_dim=cfg.head_dim,
@@ -289,7 +298,7 @@ def hf_config_dict_moe(cfg: ModelConfig) -> tuple[dict[str, Any], str]:
                  moe_intermediate_size=cfg.expert_d_ff, num_experts=cfg.moe_experts, norm_topk_prob=cfg.moe_renormalize,
                  decoder_sparse_step=1, mlp_only_layers=dense, use_sliding_window=False, sliding_window=None)
         if arch == "Qwen2MoeForCausalLM":
-            d.update(shared_expert_intermediate_size=cfg.moe_shared_experts * cfg.expert_d_ff, qkv_bias=False)
+            d.update(shared_expert_intermediate_size=cfg.moe_shared_experts * cfg.expert_d_ff, qkv_bias=qkv_bias)
         else:
             d.update(attention_bias=cfg.bias)
     d["architectures"] = [arch]

@@ -47,7 +47,8 @@ class Attention(nn.Module):
         self.dropout = cfg.dropout
         self.q_dim = cfg.d_model
         self.kv_dim = cfg.kv_dim
-        self.qkv = nn.Linear(cfg.d_model, self.q_dim + 2 * self.kv_dim, bias=cfg.bias)
+        qkv_bias = cfg.bias if cfg.qkv_bias is None else cfg.qkv_bias  # Qwen2-MoE: q/k/v biased, o_proj not
+        self.qkv = nn.Linear(cfg.d_model, self.q_dim + 2 * self.kv_dim, bias=qkv_bias)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
         # QK-norm (cfg.qk_norm): "head" normalises each head's q/k over head_dim (Qwen3), "full" the whole q and k
         # projections (OLMoE); both before the rotary positions

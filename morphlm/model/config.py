@@ -73,6 +73,7 @@ class ModelConfig:
     causal: bool = True
     tie_embeddings: bool = True
     bias: bool = True
+    qkv_bias: bool | None = None  # Bias of the q/k/v projections (none = as bias; Qwen2-MoE: true, bias false)
     dropout: float = 0.0
     embed_norm: bool = False  # LayerNorm right after the embeddings (BERT)
     final_norm: bool | None = None  # None -> True unless norm_placement == "post"
@@ -296,6 +297,8 @@ class ModelConfig:
             del out["moe_shared_gate"]
         if out["qk_norm"] == "none":  # and any model's without QK-norm
             del out["qk_norm"]
+        if out["qkv_bias"] is None:  # or a q/k/v bias of its own
+            del out["qkv_bias"]
         return out
 
     @classmethod

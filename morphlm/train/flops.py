@@ -49,9 +49,10 @@ def ffn_matmul_params(cfg: ModelConfig, d_ff: int) -> int:
 
 def moe_ffn_matmul_params(cfg: ModelConfig) -> int:
     """Active weights of one MoE FFN per token: router (d × experts it chooses among), top-k routed experts and
-    the always-on shared experts."""
+    the always-on shared experts (and their d × 1 sigmoid gate with moe_shared_gate)."""
     expert = ffn_matmul_params(cfg, cfg.expert_d_ff)
-    return cfg.d_model * cfg.router_experts + (cfg.moe_top_k + cfg.moe_shared_experts) * expert
+    gate = cfg.d_model if cfg.moe_shared_gate else 0
+    return cfg.d_model * cfg.router_experts + (cfg.moe_top_k + cfg.moe_shared_experts) * expert + gate
 
 
 def layer_matmul_params(cfg: ModelConfig, layer_idx: int | None = None) -> float:
