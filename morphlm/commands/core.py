@@ -212,9 +212,11 @@ def convert(
                                                   "initialised: mlm (default) | cls."),
     n_classes: int = typer.Option(2, help="--head cls: number of classes."),
 ) -> None:
-    """Hugging Face ↔ morphlm: a HF directory (GPT-2, LLaMA, BERT with or without a head) becomes a morphlm
-    checkpoint and a morphlm checkpoint becomes a HF directory (GPT2LMHeadModel, LlamaForCausalLM, BertForMaskedLM,
-    BertForSequenceClassification) whose tokenizer AutoTokenizer loads with its special tokens."""
+    """Hugging Face ↔ morphlm: a HF directory (GPT-2, LLaMA, BERT with or without a head; Mixtral, Qwen2-MoE, Qwen3-MoE,
+    OLMoE) becomes a morphlm checkpoint and a morphlm checkpoint becomes a HF directory (GPT2LMHeadModel,
+    LlamaForCausalLM, BertForMaskedLM, BertForSequenceClassification; a routed model: MixtralForCausalLM,
+    Qwen2MoeForCausalLM, Qwen3MoeForCausalLM or OlmoeForCausalLM) whose tokenizer AutoTokenizer loads with its
+    special tokens."""
     _setup_logging()
     from ..interop.convert import convert as convert_any
 

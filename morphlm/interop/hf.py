@@ -1,7 +1,8 @@
 """Hugging Face <-> native models: configs, local directories, in-memory modules.
 
 The weight name tables and state-dict conversions live in :mod:`morphlm.interop.hf_maps`; this module
-maps configs (GPT2Config / LlamaConfig / BertConfig <-> ModelConfig), reads and writes local Hugging Face
+maps configs (GPT2Config / LlamaConfig / BertConfig <-> ModelConfig; the MoE families' configs in
+:mod:`morphlm.interop.hf_moe`), reads and writes local Hugging Face
 directories (safetensors only) and converts in-memory transformers modules. ``import morphlm.interop.hf``
 does not import transformers; ``config_to_hf`` and ``to_hf_module`` do.
 """
