@@ -321,3 +321,15 @@ def test_qk_norm_head_and_full_by_hand():
         want = attn.proj((s.softmax(-1) @ v).transpose(1, 2).reshape(1, 6, 32))
         got, _ = attn(x)
         assert torch.allclose(got, want, atol=1e-5), kind
+
+
+def test_growth_refuses_the_new_attention_switches():
+    from morphlm.grow.errors import GrowthError
+    from morphlm.grow.width import check_growable
+
+    src = ModelConfig.from_name("tiny-llama", qk_norm="full")
+    with pytest.raises(GrowthError, match=r"qk_norm='full'.*qk_norm='none'"):
+        check_growable(src, src.replace(n_layers=src.n_layers + 2))
+    src = ModelConfig.from_name("tiny-llama", qkv_bias=True)
+    with pytest.raises(GrowthError, match=r"qkv_bias=True"):
+        check_growable(src, src.replace(n_layers=src.n_layers + 2))

@@ -19,6 +19,11 @@ def check_same_family(ref: ModelConfig, other: ModelConfig, error: type[ValueErr
             f"the {ref_name}'s vocabulary has {ref.vocab_size} tokens but the {other_name}'s vocab_size is "
             f"{other.vocab_size}; the {other_name} keeps the {ref_name}'s tokenizer, so set "
             f"vocab_size={ref.vocab_size} in the {other_name} config")
+    for key, plain in (("qk_norm", "none"), ("qkv_bias", None)):  # weights the index maps do not cover
+        if getattr(ref, key) != plain or getattr(other, key) != plain:
+            raise error(f"{key}={getattr(ref, key)!r} ({ref_name}) / {getattr(other, key)!r} ({other_name}): {verb} "
+                        f"does not map QK-norm weights or a q/k/v-only bias; use models with qk_norm='none' and "
+                        f"qkv_bias=null")
     for key in SAME_FIELDS:
         a, b = getattr(ref, key), getattr(other, key)
         if a != b:
