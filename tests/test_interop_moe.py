@@ -333,3 +333,13 @@ def test_growth_refuses_the_new_attention_switches():
     src = ModelConfig.from_name("tiny-llama", qkv_bias=True)
     with pytest.raises(GrowthError, match=r"qkv_bias=True"):
         check_growable(src, src.replace(n_layers=src.n_layers + 2))
+
+
+def test_qwen_sparse_step_and_dense_loop():
+    d = dict(_hf("Qwen3MoeForCausalLM").config.to_dict(), num_hidden_layers=4, decoder_sparse_step=2,
+             mlp_only_layers=[])
+    cfg = config_from_hf(d, "Qwen3MoeForCausalLM")
+    assert cfg.moe_layer_ids == (1, 3) and cfg.d_ff == 48 and cfg.expert_d_ff == 16
+    looped = TransformerLM(ModelConfig.from_name("tiny-llama", loop_repeats=2))
+    with pytest.raises(InteropError, match=r"loop_repeats.*no Hugging Face class"):
+        config_to_hf(looped.config)
