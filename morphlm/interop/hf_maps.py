@@ -28,7 +28,7 @@ import functools
 import json
 import re
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
 
@@ -79,7 +79,7 @@ class _Arch:
     ignored: tuple[str, ...]  # regexes of HF keys that carry no weights we need
     # MoE families: how checkpoints written by save_pretrained lay out the experts (one tensor per expert and
     # projection), read and stacked into the fused 3-D tensors (hf_moe.py); None for dense architectures
-    legacy_experts: object = None
+    legacy_experts: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None
 
 
 _GPT2_BLOCK = (

@@ -5,7 +5,8 @@ One layer, :class:`MoEFFN`, shaped by the ``moe_*`` fields of :class:`~morphlm.m
 * **Experts** (:class:`ExpertBank`): E FFNs stored as 3-D tensors ``w1`` (E, d_ff·(2 for SwiGLU), d) —
   SwiGLU rows [gate; up], the Hugging Face ``gate_up_proj`` order — and ``w2`` (E, d, d_ff), following the
   config's activation; no biases. ``moe_shared_experts`` always-on experts (DeepSeekMoE, Dai et al. 2024,
-  arXiv 2401.06066, §3.2; Qwen2-MoE) are one dense FFN of width n_shared·d_ff_expert (``shared_w1``/``shared_w2``).
+  arXiv 2401.06066, §3.2; Qwen2-MoE) are one dense FFN of width n_shared·d_ff_expert (``shared_w1``/``shared_w2``);
+  ``moe_shared_gate`` scales their output per token by sigmoid(x·g), g = ``shared_gate`` (1, d), as Qwen2-MoE does.
 * **Routers** (:class:`Router`), computed in fp32 whatever the autocast:
   softmax top-k (Switch, Fedus et al. 2021, arXiv 2101.03961, §2.1; Mixtral, Jiang et al. 2024, arXiv 2401.04088,
   §2.1 renormalises the top-k gates: ``moe_renormalize``); sigmoid scores (DeepSeek-V3, arXiv 2412.19437, §2.1.2:
