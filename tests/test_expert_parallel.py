@@ -1,10 +1,16 @@
-"""Expert parallelism: experts sharded over 2 gloo processes (all-to-all token exchange) train like one process.
+"""Expert parallelism (morphlm/train/expert_parallel.py): experts sharded over 2 gloo processes, tokens exchanged by
+all-to-all, train like one process — losses within 1e-5, including resume on another world size.
 
-One chain of runs of a tiny MoE (4 experts, top-2, a shared expert, loss-free balancing, z-loss):
-one process for 8 steps; 2 processes, expert-parallel 2 under FSDP2, for 4 steps; resumed by 2 processes,
-expert-parallel 2 under DDP, to step 6; resumed by ONE process to step 8 (the checkpoint holds the full experts).
-Every loss matches the single-process run within 1e-5, and so do the final weights and routing buffers."""
+One torchrun launch (2 processes) runs, in order:
+  A. a tiny MoE (4 experts per layer, top-2, a shared expert, loss-free balancing, z-loss), expert-parallel 2 under
+     FSDP2, 2 micro-batches of 2 sequences per rank, 4 steps (saved);
+  A'. the same run resumed by expert-parallel 2 under DDP (one micro-batch of 4 per rank) to step 6;
+  B. a UniPool model (one pool of 4 experts shared by both layers, pool loss, f̄ one micro-batch behind),
+     expert-parallel 2 under DDP, 4 steps.
+In this process: the single-process references of A (8 steps) and B (4 steps), and A resumed by ONE process to
+step 8 from the expert-parallel checkpoint (full experts on disk)."""
 
+import copy
 import json
 import os
 import subprocess
@@ -16,15 +22,17 @@ import torch
 
 from morphlm.model import ModelConfig, TransformerLM
 from morphlm.train import checkpoint as ckpt
-from morphlm.train.expert_parallel import ExpertParallelError, check_expert_parallel
+from morphlm.train.expert_parallel import (ExpertParallelError, check_expert_parallel, merge_param_groups,
+                                           split_param_groups)
 from morphlm.train.loop import TrainArgs, fit
+from toydata import ToyData
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-from toydata import ToyData  # noqa: E402
 
 MOE = dict(moe_experts=4, moe_top_k=2, moe_shared_experts=1, moe_expert_d_ff=32, moe_balance="loss_free",
            moe_bias_update=1e-2, moe_z_coef=1e-3)
+POOL = dict(moe_experts=2, moe_pool=True, moe_top_k=2, moe_expert_d_ff=32, moe_balance="pool", moe_aux_coef=0.1)
+ARGS = dict(schedule_steps=30, warmup_steps=2, lr=3e-3, progress=False, save_every=4, resume="auto")
 
 SCRIPT = """
 import sys, torch
@@ -32,51 +40,129 @@ sys.path.insert(0, {tests!r})
 from toydata import ToyData
 from morphlm.model import ModelConfig, TransformerLM
 from morphlm.train.loop import TrainArgs, fit
-torch.manual_seed(0)
-m = TransformerLM(ModelConfig.from_name("tiny-llama", **{moe!r}))
-mode, out, steps, micro, ep = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-fit(m, None, ToyData(batch_size=8), TrainArgs(out_dir=out, max_steps=steps, schedule_steps=30, warmup_steps=2,
-    lr=3e-3, progress=False, parallel=mode, save_every=4, resume="auto", micro_batch_size=micro,
-    expert_parallel=ep))
-if ep > 1:  # after fit() the model holds its full experts again and routes locally
-    assert m.blocks[0].mlp.experts.w1.shape[0] == 4 and m.blocks[0].mlp.dispatcher is None
+out = sys.argv[1]
+
+def run(moe, name, steps, parallel, micro):
+    torch.manual_seed(0)
+    m = TransformerLM(ModelConfig.from_name("tiny-llama", **moe))
+    fit(m, None, ToyData(batch_size=8), TrainArgs(out_dir=out + "/" + name, max_steps=steps, parallel=parallel,
+        micro_batch_size=micro, expert_parallel=2, **{args!r}))
+    return m
+
+m = run({moe!r}, "ep", 4, "fsdp", 2)
+m = run({moe!r}, "ep", 6, "ddp", 4)
+# after fit() the model holds its full experts again and routes locally
+assert m.blocks[0].mlp.experts.w1.shape[0] == 4 and m.blocks[0].mlp.dispatcher is None
+run({pool!r}, "pool", 4, "ddp", 4)
 """
 
 
-def _run(tmp_path, out, steps, *, mode="none", nproc=1, micro=8, ep=1):
-    script = tmp_path / "train_ep.py"
-    script.write_text(SCRIPT.format(tests=str(ROOT / "tests"), moe=MOE))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, str(script)]
-    if nproc > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--standalone",
-               str(script)]
-    proc = subprocess.run(cmd + [mode, str(out), str(steps), str(micro), str(ep)], env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()
-            if "loss" in json.loads(line)]
+def _losses(out: Path) -> list[float]:
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in records if "loss" in r]
 
 
+def _single(moe: dict, out: Path, steps: int) -> list[float]:
+    torch.manual_seed(0)
+    model = TransformerLM(ModelConfig.from_name("tiny-llama", **moe))
+    fit(model, None, ToyData(batch_size=8), TrainArgs(out_dir=str(out), max_steps=steps, **ARGS))
+    return _losses(out)
+
+
+@pytest.mark.slow
 def test_expert_parallel_matches_one_process_and_resumes_on_any_world_size(tmp_path):
-    single = _run(tmp_path, tmp_path / "single", 8)
-    ep = tmp_path / "ep"
-    first = _run(tmp_path, ep, 4, mode="fsdp", nproc=2, micro=2, ep=2)  # 2 ranks x 2 micro-batches of 2
-    assert len(first) == 4 and max(abs(a - b) for a, b in zip(single, first)) < 1e-5
+    script = tmp_path / "train_ep.py"
+    script.write_text(SCRIPT.format(tests=str(ROOT / "tests"), moe=MOE, pool=POOL, args=ARGS))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone", str(script),
+           str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ep, pool = tmp_path / "ep", tmp_path / "pool"
     # the expert-parallel checkpoint holds the full expert tensors, as one process saves them
     state, _ = ckpt.load_state_dict(ep)
     assert state["blocks.0.mlp.experts.w1"].shape == (4, 64, 64)
-    more = _run(tmp_path, ep, 6, mode="ddp", nproc=2, micro=4, ep=2)  # resume under DDP
-    assert more[:4] == first and len(more) == 6
-    last = _run(tmp_path, ep, 8)  # resume in one process, without expert parallelism
-    assert len(last) == 8
-    assert max(abs(a - b) for a, b in zip(single, last)) < 1e-5
+    distributed = _losses(ep)
+    assert len(distributed) == 6
+    single = _single(MOE, tmp_path / "single", 8)
+    resumed = _single(MOE, ep, 8)  # one process continues the expert-parallel run
+    assert resumed[:6] == distributed and len(resumed) == 8
+    assert max(abs(a - b) for a, b in zip(single, resumed)) < 1e-5
     a, b = ckpt.load_model(tmp_path / "single"), ckpt.load_model(ep)
     assert set(a.state_dict()) == set(b.state_dict())
     for k, v in a.state_dict().items():
         assert torch.allclose(v, b.state_dict()[k], atol=1e-5), k
-    # the loss-free bias moved (it follows the global loads, identical on every rank)
-    assert a.state_dict()["blocks.0.mlp.router.score_bias"].abs().sum() > 0
+    assert a.state_dict()["blocks.0.mlp.router.score_bias"].abs().sum() > 0  # the bias moved (global loads)
+    # UniPool: the pool loss's f̄ is the global load of the last micro-batch, the shared bank is sharded once
+    pooled = _losses(pool)
+    assert len(pooled) == 4
+    assert max(abs(a - b) for a, b in zip(_single(POOL, tmp_path / "pool1", 4), pooled)) < 1e-5
+    assert ckpt.load_state_dict(pool)[0]["expert_pools.0.experts.w1"].shape == (4, 64, 64)
+
+
+class _Peer:
+    """A stand-in dispatcher for one of two ranks: experts run here, the global counts add the other rank's
+    (given per layer, in forward order)."""
+
+    def __init__(self, others: list[torch.Tensor]) -> None:
+        self.others = list(others)
+
+    def run(self, bank, xs, counts, impl):
+        return bank(xs, counts, impl)
+
+    def global_counts(self, counts):
+        return counts + self.others.pop(0)
+
+
+def _loads(model: TransformerLM, ids: torch.Tensor) -> list[torch.Tensor]:
+    """Each MoE layer's assignments per expert on ``ids`` (no gradients: no routing state moves)."""
+    with torch.no_grad():
+        model(input_ids=ids)
+    return [layer.last_stats["load"].long() for layer in model.moe_layers()]
+
+
+@pytest.mark.parametrize("balance", ["aux", "loss_free", "pool"])
+def test_routing_follows_the_global_loads(balance):
+    """Two ranks with a dispatcher each, routing different sequences: the mean of their balancing losses, their
+    loss-free load counts, UniPool's f̄ and the load statistics equal one process's on both ranks' sequences."""
+    cfg = ModelConfig.from_name("tiny-llama", moe_experts=4, moe_top_k=2, moe_balance=balance,
+                                moe_pool=balance == "pool", moe_aux_coef=0.1, moe_z_coef=1e-3)
+    torch.manual_seed(0)
+    ref = TransformerLM(cfg).train()
+    ranks = [copy.deepcopy(ref), copy.deepcopy(ref)]
+    for step in range(2):  # two micro-batches: the pool loss of the second uses the first's f̄
+        ids = [torch.randint(0, 512, (2, 16), generator=torch.Generator().manual_seed(10 * step + r)) for r in (0, 1)]
+        loads = [_loads(ref, x) for x in ids]
+        outs = []
+        for r, model in enumerate(ranks):
+            peer = _Peer(loads[1 - r])  # one per rank: its layers take the other rank's counts in turn
+            for layer in model.moe_layers():
+                layer.dispatcher = peer
+            outs.append(model(input_ids=ids[r], labels=ids[r]))
+        both = torch.cat(ids)
+        ref_out = ref(input_ids=both, labels=both)
+        assert torch.allclose((outs[0].loss + outs[1].loss) / 2, ref_out.loss, atol=1e-6)
+        for a, b, c in zip(ranks[0].moe_layers(), ranks[1].moe_layers(), ref.moe_layers()):
+            assert torch.equal(a.last_stats["load"], c.last_stats["load"])
+            assert (a.aux_loss is None) == (c.aux_loss is None)
+            if c.aux_loss is not None:  # what DDP's gradient average sees: the mean of the ranks' losses
+                assert torch.allclose((a.aux_loss + b.aux_loss) / 2, c.aux_loss, atol=1e-7)
+            if balance == "loss_free":
+                assert torch.equal(a.router.load_accum, c.router.load_accum)
+    if balance == "pool":
+        assert torch.equal(ranks[0].expert_pools[0].prev_load, ref.expert_pools[0].prev_load)
+        assert ref.moe_layers()[0].aux_loss is not None
+
+
+def test_optimizer_groups_merge_to_the_single_process_layout_and_split_back():
+    order = ["emb", "a.w1", "a.experts.w1", "a.experts.w2", "norm", "b.w"]
+    groups = [{"params": ["emb", "a.w1", "b.w"], "weight_decay": 0.1, "lr": 1.0},
+              {"params": ["norm"], "weight_decay": 0.0, "lr": 1.0},
+              {"params": ["a.experts.w1", "a.experts.w2"], "weight_decay": 0.1, "lr": 1.0, "expert_parallel": True}]
+    merged = merge_param_groups(copy.deepcopy(groups), order)
+    assert merged == [{"params": ["emb", "a.w1", "a.experts.w1", "a.experts.w2", "b.w"], "weight_decay": 0.1,
+                       "lr": 1.0}, groups[1]]
+    assert split_param_groups(merged, {"a.experts.w1", "a.experts.w2"}) == groups
 
 
 def test_expert_parallel_size_must_divide_the_experts(tmp_path):
@@ -95,10 +181,13 @@ def test_expert_parallel_size_must_divide_the_experts(tmp_path):
         check_expert_parallel(ModelConfig.from_name("tiny-llama", moe_experts=4), 2, world=2, parallel="none")
     # fit() refuses before writing anything
     out = tmp_path / "run"
-    model = TransformerLM(cfg)
     with pytest.raises(ExpertParallelError, match="does not divide the 3 experts"):
-        fit(model, None, ToyData(batch_size=8), TrainArgs(out_dir=str(out), max_steps=1, progress=False,
-                                                          parallel="ddp", expert_parallel=2))
+        fit(TransformerLM(cfg), None, ToyData(batch_size=8),
+            TrainArgs(out_dir=str(out), max_steps=1, progress=False, parallel="ddp", expert_parallel=2))
+    assert not out.exists()
+    with pytest.raises(ExpertParallelError, match="needs a multiple of 2 processes, this run has 1"):
+        fit(TransformerLM(ModelConfig.from_name("tiny-llama", moe_experts=4)), None, ToyData(batch_size=8),
+            TrainArgs(out_dir=str(out), max_steps=1, progress=False, parallel="ddp", expert_parallel=2))
     assert not out.exists()
     with pytest.raises(ValueError, match="expert_parallel=0 must be >= 1"):
         TrainArgs(expert_parallel=0).validate()

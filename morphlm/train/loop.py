@@ -661,6 +661,7 @@ class _Run:
                 log.info("%s is already at step %d >= max_steps %d: nothing to train", self.out_dir, start,
                          args.max_steps)
             self.writer.close()
+            ep_mod.unshard_experts(self.raw)
             rs = self.resume_state
             return FitResult(start, self.fstate.tokens, self.fstate.flops, None,
                              rs.get("val_loss") if rs else None, {}, str(self.out_dir) if self.out_dir else None)
