@@ -1,12 +1,14 @@
-"""Expert parallelism (morphlm/train/expert_parallel.py): experts sharded over 2 gloo processes, tokens exchanged by
+"""Expert parallelism (morphlm/train/expert_parallel.py): experts sharded over gloo processes, tokens exchanged by
 all-to-all, train like one process — losses within 1e-5, including resume on another world size.
 
-One torchrun launch (2 processes) runs, in order:
+2 processes (one torchrun launch) run, in order:
   A. a tiny MoE (4 experts per layer, top-2, a shared expert, loss-free balancing, z-loss), expert-parallel 2 under
      FSDP2, 2 micro-batches of 2 sequences per rank, 4 steps (saved);
-  A'. the same run resumed by expert-parallel 2 under DDP (one micro-batch of 4 per rank) to step 6;
-  B. a UniPool model (one pool of 4 experts shared by both layers, pool loss, f̄ one micro-batch behind),
-     expert-parallel 2 under DDP, 4 steps.
+  A'. the same run resumed by expert-parallel 2 under DDP (one micro-batch of 4 per rank) to step 6.
+4 processes (2 expert-parallel groups of 2, so every shard has a replica) run:
+  R. A's model under DDP, 1 sequence per micro-batch, 4 steps;
+  B. a UniPool model (one pool of 4 experts shared by both layers, pool loss, f̄ one micro-batch behind) under
+     FSDP2, one micro-batch of 2 per rank (the single run's micro-batch of 8 over the 4 ranks), 4 steps.
 In this process: the single-process references of A (8 steps) and B (4 steps), and A resumed by ONE process to
 step 8 from the expert-parallel checkpoint (full experts on disk)."""
 
@@ -40,20 +42,23 @@ sys.path.insert(0, {tests!r})
 from toydata import ToyData
 from morphlm.model import ModelConfig, TransformerLM
 from morphlm.train.loop import TrainArgs, fit
-out = sys.argv[1]
+out, world = sys.argv[1], int(sys.argv[2])
 
-def run(moe, name, steps, parallel, micro):
+def run(moe, name, steps, parallel, micro, ep):
     torch.manual_seed(0)
     m = TransformerLM(ModelConfig.from_name("tiny-llama", **moe))
     fit(m, None, ToyData(batch_size=8), TrainArgs(out_dir=out + "/" + name, max_steps=steps, parallel=parallel,
-        micro_batch_size=micro, expert_parallel=2, **{args!r}))
+        micro_batch_size=micro, expert_parallel=ep, **{args!r}))
     return m
 
-m = run({moe!r}, "ep", 4, "fsdp", 2)
-m = run({moe!r}, "ep", 6, "ddp", 4)
-# after fit() the model holds its full experts again and routes locally
-assert m.blocks[0].mlp.experts.w1.shape[0] == 4 and m.blocks[0].mlp.dispatcher is None
-run({pool!r}, "pool", 4, "ddp", 4)
+if world == 2:
+    m = run({moe!r}, "ep", 4, "fsdp", 2, 2)
+    m = run({moe!r}, "ep", 6, "ddp", 4, 2)
+    # after fit() the model holds its full experts again and routes locally
+    assert m.blocks[0].mlp.experts.w1.shape[0] == 4 and m.blocks[0].mlp.dispatcher is None
+else:  # 2 expert-parallel groups of 2: each shard has a replica
+    run({moe!r}, "replicas", 4, "ddp", 1, 2)
+    run({pool!r}, "pool", 4, "fsdp", 2, 2)
 """
 
 
@@ -74,10 +79,11 @@ def test_expert_parallel_matches_one_process_and_resumes_on_any_world_size(tmp_p
     script = tmp_path / "train_ep.py"
     script.write_text(SCRIPT.format(tests=str(ROOT / "tests"), moe=MOE, pool=POOL, args=ARGS))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone", str(script),
-           str(tmp_path)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    for world in (2, 4):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(world), "--standalone",
+               str(script), str(tmp_path), str(world)]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-4000:]
     ep, pool = tmp_path / "ep", tmp_path / "pool"
     # the expert-parallel checkpoint holds the full expert tensors, as one process saves them
     state, _ = ckpt.load_state_dict(ep)
@@ -93,6 +99,9 @@ def test_expert_parallel_matches_one_process_and_resumes_on_any_world_size(tmp_p
     for k, v in a.state_dict().items():
         assert torch.allclose(v, b.state_dict()[k], atol=1e-5), k
     assert a.state_dict()["blocks.0.mlp.router.score_bias"].abs().sum() > 0  # the bias moved (global loads)
+    # 4 processes, expert-parallel 2: each shard's gradient is summed over its replica too
+    replicas = _losses(tmp_path / "replicas")
+    assert len(replicas) == 4 and max(abs(a - b) for a, b in zip(single, replicas)) < 1e-5
     # UniPool: the pool loss's f̄ is the global load of the last micro-batch, the shared bank is sharded once
     pooled = _losses(pool)
     assert len(pooled) == 4
