@@ -62,9 +62,9 @@ else:  # 2 expert-parallel groups of 2: each shard has a replica
 """
 
 
-def _losses(out: Path) -> list[float]:
+def _losses(out: Path, key: str = "loss") -> list[float]:
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return [r["loss"] for r in records if "loss" in r]
+    return [r[key] for r in records if key in r]
 
 
 def _single(moe: dict, out: Path, steps: int) -> list[float]:
@@ -94,6 +94,10 @@ def test_expert_parallel_matches_one_process_and_resumes_on_any_world_size(tmp_p
     resumed = _single(MOE, ep, 8)  # one process continues the expert-parallel run
     assert resumed[:6] == distributed and len(resumed) == 8
     assert max(abs(a - b) for a, b in zip(single, resumed)) < 1e-5
+    # the global gradient norm (clipped to 1) counts every expert shard once
+    norms = _losses(tmp_path / "single", "grad_norm")
+    assert max(abs(a - b) for a, b in zip(norms, _losses(ep, "grad_norm"))) < 1e-5
+    assert max(abs(a - b) for a, b in zip(norms, _losses(tmp_path / "replicas", "grad_norm"))) < 1e-5
     a, b = ckpt.load_model(tmp_path / "single"), ckpt.load_model(ep)
     assert set(a.state_dict()) == set(b.state_dict())
     for k, v in a.state_dict().items():
