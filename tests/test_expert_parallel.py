@@ -3,8 +3,8 @@ all-to-all, train like one process — losses within 1e-5, including resume on a
 
 2 processes (one torchrun launch) run, in order:
   A. a tiny MoE (4 experts per layer, top-2, a shared expert, loss-free balancing, z-loss), expert-parallel 2 under
-     FSDP2, 2 micro-batches of 2 sequences per rank, 4 steps (saved);
-  A'. the same run resumed by expert-parallel 2 under DDP (one micro-batch of 4 per rank) to step 6.
+     DDP, 2 micro-batches of 2 sequences per rank, 4 steps (saved);
+  A'. the same run resumed by expert-parallel 2 under FSDP2 (one micro-batch of 4 per rank) to step 6.
 4 processes (2 expert-parallel groups of 2, so every shard has a replica) run:
   R. A's model under DDP, 1 sequence per micro-batch, 4 steps;
   B. a UniPool model (one pool of 4 experts shared by both layers, pool loss, f̄ one micro-batch behind) under
@@ -52,8 +52,8 @@ def run(moe, name, steps, parallel, micro, ep):
     return m
 
 if world == 2:
-    m = run({moe!r}, "ep", 4, "fsdp", 2, 2)
-    m = run({moe!r}, "ep", 6, "ddp", 4, 2)
+    m = run({moe!r}, "ep", 4, "ddp", 2, 2)
+    m = run({moe!r}, "ep", 6, "fsdp", 4, 2)
     # after fit() the model holds its full experts again and routes locally
     assert m.blocks[0].mlp.experts.w1.shape[0] == 4 and m.blocks[0].mlp.dispatcher is None
 else:  # 2 expert-parallel groups of 2: each shard has a replica

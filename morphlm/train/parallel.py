@@ -177,7 +177,10 @@ def load_full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer
                 raise ValueError(f"saved optimizer state names parameter {fqn!r} that this model lacks")
             p = params[fqn]
             entry = {}
-            for key, value in state["state"].get(fqn, {}).items():
+            # one key order on every rank: a loaded state's order is arbitrary per process (the file's index), and
+            # the full-state gather of the next save runs its collectives in this order (out of step, FSDP2
+            # shards of exp_avg and exp_avg_sq would be swapped in the saved file)
+            for key, value in sorted(state["state"].get(fqn, {}).items()):
                 if key == "step":
                     value = value.to(p.device if on_device else "cpu", torch.float32)
                 elif p in experts and value.dim() > 0:  # the full tensor on disk: this rank's shard
