@@ -44,7 +44,9 @@ One layer, :class:`MoEFFN`, shaped by the ``moe_*`` fields of :class:`~morphlm.m
 Data parallelism: the routing state lives in buffers (the loss-free bias and its load count, a pool's f̄). DDP
 broadcasts buffers from rank 0 before every forward, so every rank routes with rank 0's bias and pool state, which
 follow rank 0's loads (a 1/world sample of the global batch; resume stays exact). FSDP2 broadcasts nothing: each
-rank then balances on its own loads.
+rank then balances on its own loads. Under expert parallelism (train/expert_parallel.py sets ``MoEFFN.dispatcher``)
+the experts run on the ranks that own them and the counts are global: the balancing losses, the loss-free bias,
+f̄ and the load statistics are those of the whole data-parallel batch, the same on every rank.
 
 All-negative NormRouter logits (UniPool §3's pitfall: with few experts every ReLU score can be 0, probability
 2^−M): a reconstruction — for such a token the scores are taken from the logits shifted by their minimum,

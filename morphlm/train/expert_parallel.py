@@ -1,6 +1,7 @@
 """Expert parallelism under torchrun: each rank holds E/N of every MoE layer's experts (and of every UniPool pool),
 tokens travel to the ranks that own their experts and back by all-to-all, everything else stays data-parallel
-(DDP or FSDP2, parallel.py).
+(DDP or FSDP2, parallel.py). The all-to-all dispatch of GShard (Lepikhin et al. 2020, arXiv 2006.16668, §2.2-§3)
+and Switch Transformer (Fedus et al. 2021, arXiv 2101.03961, §2.2), here dropless and deterministic.
 
 Layout. The W processes form W/N expert-parallel (EP) groups of N consecutive ranks; EP rank j of a group owns
 experts [j·E/N, (j+1)·E/N) of every expert bank (w1, w2 cut along dim 0). Ranks with the same EP rank in
@@ -9,27 +10,31 @@ different groups hold the same shard (its "replicas"). N must divide E (every ba
 Dispatch (:class:`ExpertDispatcher`, set as ``MoEFFN.dispatcher``; the model calls it, never imports it). The
 layer sorts its (token, expert) assignments by expert as without expert parallelism, so the rows bound for each
 EP rank are contiguous and in expert order. Per layer and forward: one all-to-all of the counts (E/N per peer),
-one ``all_to_all_single`` of the rows (uneven splits), the local experts on the received rows regrouped expert by
-expert (source ranks in rank order inside each expert), the inverse regrouping, one ``all_to_all_single`` back
-(its autograd backward is the reverse exchange, :class:`_AllToAll`); plus one all-reduce of the E counts, so the
-balancing losses, the loss-free bias and the load statistics see the global load. gloo (torch 2.13) implements
-``all_to_all_single`` with uneven splits on CPU, so no all-gather stand-in is needed: a rank sends and receives
-only the rows of its assignments (k·T·d values each way per layer, forward and backward), not W·T·d.
+one ``all_to_all_single`` of the rows (uneven splits), the local experts on the received rows regrouped expert
+by expert (source ranks in rank order inside each expert), the inverse regrouping, one ``all_to_all_single``
+back (the autograd backward of each is the reverse exchange, :class:`_AllToAll`), and one all-reduce of the E
+counts so the balancing losses, the loss-free bias and the load statistics see the global load. gloo (torch
+2.13) implements ``all_to_all_single`` with uneven splits on CPU, so no all-gather stand-in is needed: a rank
+sends and receives only the rows of its own assignments — k·T·d values each way per layer, forward and backward
+— where an all-gather of the tokens would move W·T·d and compute nothing less.
 
-Exactness. Each row meets the same expert weights as in one process and the combine runs in the layer, per token,
-in slot order, so outputs equal the single-process ones up to matmul blocking (~1e-7). Gradients: the backward
-all-to-all brings every rank's contribution to the owner's expert weights (a sum over the EP group); DDP/FSDP2
-average the other parameters over all W ranks, so :func:`finish_expert_grads` all-reduces expert gradients over
-the replicas and divides by W — the gradient of the mean loss, as in one process. The global gradient norm
-(:func:`clip_grad_norm`) adds each shard's squares once. Switch's f_i and UniPool's f̄ come from the global
-counts (detached), P_i from the rank's tokens; averaged over ranks that is f_global·P_global, the single-process
-loss of the whole data-parallel micro-batch. The loss-free bias counts the global loads, so every rank keeps the
-same bias (DDP's buffer broadcast is turned off: nothing differs to broadcast, and it would overwrite the load
-counts mid-step). With a capacity factor each rank caps its own micro-batch (as under plain DDP).
+Exactness. Each row meets the same expert weights as in one process and the combine runs in the layer, per
+token, in slot order, so outputs equal the single-process ones up to matmul blocking (~1e-7). Gradients: the
+backward all-to-all brings every rank's contribution to the owner's expert weights (a sum over the EP group);
+DDP/FSDP2 average the other parameters over all W ranks, so :func:`finish_expert_grads` all-reduces expert
+gradients over the replicas and divides by W — the gradient of the mean loss, as in one process. The global
+gradient norm (:func:`clip_grad_norm`) counts each shard's squares once. Switch's f_i and UniPool's f̄ come from
+the global counts (detached), P_i from the rank's tokens; averaged over ranks that is f_global·P_global, the
+single-process loss of the whole data-parallel micro-batch (W ranks × micro-batch m = one process with
+micro-batch W·m). The loss-free bias counts the global loads, so every rank keeps the same bias; DDP syncs
+buffers once at the start and not before every forward (a per-forward broadcast of rank 0's buffers would
+overwrite the other ranks' load counts mid-step). With a capacity factor each rank caps its own micro-batch (as
+under plain DDP).
 
-Checkpoints gather the shards (:func:`gather_full_state`), so model.safetensors and the optimizer state are the
-single-process files; loading cuts the local shard again (:func:`local_slice`): a run resumes on another world
-size or expert-parallel size.
+Checkpoints gather the shards (:meth:`ExpertParallel.gather`, called by parallel.full_model_state and
+parallel.full_optimizer_state), so model.safetensors and the optimizer state are the single-process files;
+loading cuts the local shard again (:meth:`ExpertParallel.local_slice`): a run resumes on another world size or
+expert-parallel size. After a finished fit() the model holds its full experts again (:func:`unshard_experts`).
 """
 
 from __future__ import annotations

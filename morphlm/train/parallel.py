@@ -11,8 +11,9 @@ so ranks draw different masks and a resumed run draws the same ones.
 
 Expert parallelism (``expert_parallel`` N > 1, expert_parallel.py): :func:`wrap_model` first shards every expert
 bank over N ranks; DDP then ignores the expert weights (their gradients are finished by
-expert_parallel.finish_expert_grads) and broadcasts no buffers, FSDP2 shards everything but them. The state-dict
-functions here gather the expert shards and cut them again, so checkpoints stay the single-process files.
+expert_parallel.finish_expert_grads) and syncs buffers only at the start, FSDP2 shards everything but them. The
+state-dict functions here gather the expert shards and cut them again, so checkpoints stay the single-process
+files.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def wrap_model(model: nn.Module, mode: str, info: DistInfo, device: torch.device
         names = [name for name, p in model.named_parameters() if p in ignored]
         DDP._set_params_and_buffers_to_ignore_for_model(model, names)
         # every rank holds the same routing buffers (global loads); a broadcast would reset the load counts
-        return DDP(model, device_ids=ids, broadcast_buffers=False)
+        return DDP(model, device_ids=ids, forward_sync_buffers=False)
     if mode == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
