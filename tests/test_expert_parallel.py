@@ -4,12 +4,13 @@ all-to-all, train like one process — losses within 1e-5, including resume on a
 2 processes (one torchrun launch) run, in order:
   A. a tiny MoE (4 experts per layer, top-2, a shared expert, loss-free balancing, z-loss), expert-parallel 2 under
      DDP, 2 micro-batches of 2 sequences per rank, 4 steps (saved);
-  A'. the same run resumed by expert-parallel 2 under FSDP2 (one micro-batch of 4 per rank) to step 6.
+  A'. the same run resumed by expert-parallel 2 under FSDP2 (one micro-batch of 4 per rank) to step 6;
+  L. A's model looped (LoopMoE, 2 unique blocks run twice) under FSDP2, 3 steps.
 4 processes (2 expert-parallel groups of 2, so every shard has a replica) run:
   R. A's model under DDP, 1 sequence per micro-batch, 4 steps;
   B. a UniPool model (one pool of 4 experts shared by both layers, pool loss, f̄ one micro-batch behind) under
      FSDP2, one micro-batch of 2 per rank (the single run's micro-batch of 8 over the 4 ranks), 4 steps.
-In this process: the single-process references of A (8 steps) and B (4 steps), and A resumed by ONE process to
+In this process: the single-process references of A (8 steps), L (3 steps) and B (4 steps), and A resumed by ONE process to
 step 8 from the expert-parallel checkpoint (full experts on disk)."""
 
 import copy
@@ -33,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 MOE = dict(moe_experts=4, moe_top_k=2, moe_shared_experts=1, moe_expert_d_ff=32, moe_balance="loss_free",
            moe_bias_update=1e-2, moe_z_coef=1e-3)
+LOOP = dict(MOE, loop_repeats=2)  # LoopMoE: the 2 unique blocks run twice
 POOL = dict(moe_experts=2, moe_pool=True, moe_top_k=2, moe_expert_d_ff=32, moe_balance="pool", moe_aux_coef=0.1)
 ARGS = dict(schedule_steps=30, warmup_steps=2, lr=3e-3, progress=False, save_every=4, resume="auto")
 
@@ -56,6 +58,7 @@ if world == 2:
     m = run({moe!r}, "ep", 6, "fsdp", 4, 2)
     # after fit() the model holds its full experts again and routes locally
     assert m.blocks[0].mlp.experts.w1.shape[0] == 4 and m.blocks[0].mlp.dispatcher is None
+    run({loop!r}, "loop", 3, "fsdp", 2, 2)
 else:  # 2 expert-parallel groups of 2: each shard has a replica
     run({moe!r}, "replicas", 4, "ddp", 1, 2)
     run({pool!r}, "pool", 4, "fsdp", 2, 2)
@@ -77,7 +80,7 @@ def _single(moe: dict, out: Path, steps: int) -> list[float]:
 @pytest.mark.slow
 def test_expert_parallel_matches_one_process_and_resumes_on_any_world_size(tmp_path):
     script = tmp_path / "train_ep.py"
-    script.write_text(SCRIPT.format(tests=str(ROOT / "tests"), moe=MOE, pool=POOL, args=ARGS))
+    script.write_text(SCRIPT.format(tests=str(ROOT / "tests"), moe=MOE, pool=POOL, loop=LOOP, args=ARGS))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     for world in (2, 4):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(world), "--standalone",
@@ -106,6 +109,10 @@ def test_expert_parallel_matches_one_process_and_resumes_on_any_world_size(tmp_p
     # 4 processes, expert-parallel 2: each shard's gradient is summed over its replica too
     replicas = _losses(tmp_path / "replicas")
     assert len(replicas) == 4 and max(abs(a - b) for a, b in zip(single, replicas)) < 1e-5
+    # LoopMoE: each unique block's experts serve both iterations
+    looped = _losses(tmp_path / "loop")
+    assert len(looped) == 3
+    assert max(abs(a - b) for a, b in zip(_single(LOOP, tmp_path / "loop1", 3), looped)) < 1e-5
     # UniPool: the pool loss's f̄ is the global load of the last micro-batch, the shared bank is sharded once
     pooled = _losses(pool)
     assert len(pooled) == 4
