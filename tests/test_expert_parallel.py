@@ -10,8 +10,8 @@ all-to-all, train like one process — losses within 1e-5, including resume on a
   R. A's model under DDP, 1 sequence per micro-batch, 4 steps;
   B. a UniPool model (one pool of 4 experts shared by both layers, pool loss, f̄ one micro-batch behind) under
      FSDP2, one micro-batch of 2 per rank (the single run's micro-batch of 8 over the 4 ranks), 4 steps.
-In this process: the single-process references of A (8 steps), L (3 steps) and B (4 steps), and A resumed by ONE process to
-step 8 from the expert-parallel checkpoint (full experts on disk)."""
+In this process: the single-process references of A (8 steps), L (3 steps) and B (4 steps), and A resumed by ONE
+process to step 8 from the expert-parallel checkpoint (full experts on disk)."""
 
 import copy
 import json
