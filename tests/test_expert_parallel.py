@@ -25,8 +25,8 @@ import torch
 
 from morphlm.model import ModelConfig, TransformerLM
 from morphlm.train import checkpoint as ckpt
-from morphlm.train.expert_parallel import (ExpertParallelError, check_expert_parallel, merge_param_groups,
-                                           split_param_groups)
+from morphlm.train.expert_parallel import (ExpertParallel, ExpertParallelError, check_expert_parallel, cut_experts,
+                                           merge_param_groups, num_parameters, split_param_groups)
 from morphlm.train.loop import TrainArgs, fit
 from toydata import ToyData
 
@@ -172,6 +172,21 @@ def test_routing_follows_the_global_loads(balance):
     if balance == "pool":
         assert torch.equal(ranks[0].expert_pools[0].prev_load, ref.expert_pools[0].prev_load)
         assert ref.moe_layers()[0].aux_loss is not None
+
+
+def test_a_rank_keeps_its_experts_and_counts_all_of_them():
+    """Rank 1 of 2 keeps experts 2 and 3 of every bank (UniPool's shared bank once); the parameter count fit()
+    reports still counts every expert."""
+    model = TransformerLM(ModelConfig.from_name("tiny-llama", **POOL))
+    w1 = model.expert_pools[0].experts.w1.detach().clone()  # (4, 64, 64)
+    w2 = model.expert_pools[0].experts.w2.detach().clone()  # (4, 64, 32)
+    total = model.num_parameters()
+    cut_experts(model, ExpertParallel(size=2, rank=1, world=2, group=None, replicas=None))
+    bank = model.expert_pools[0].experts
+    assert torch.equal(bank.w1, w1[2:]) and torch.equal(bank.w2, w2[2:])
+    assert model.moe_layers()[1].bank.w1 is model.expert_pools[0].experts.w1
+    assert model.num_parameters() == total - (w1.numel() + w2.numel()) // 2  # the other rank's half
+    assert num_parameters(model) == total
 
 
 def test_optimizer_groups_merge_to_the_single_process_layout_and_split_back():

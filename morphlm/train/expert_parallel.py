@@ -168,6 +168,18 @@ def expert_banks(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, ExpertBank)]
 
 
+def cut_experts(model: nn.Module, ep: ExpertParallel) -> None:
+    """Replace every bank's w1/w2 by this rank's shard (new parameters, recorded in ``ep.full``) and record the
+    sharding as ``model.expert_parallel``; no communication."""
+    for bank in expert_banks(model):
+        for name in ("w1", "w2"):
+            full = getattr(bank, name)
+            local = nn.Parameter(ep.local_slice(full.detach()).clone(), requires_grad=full.requires_grad)
+            setattr(bank, name, local)
+            ep.full[local] = full.shape[0]
+    model.expert_parallel = ep
+
+
 def shard_experts(model: nn.Module, size: int, rank: int, world: int) -> ExpertParallel:
     """Keep only this rank's experts in every bank of ``model`` (full weights in, as every rank built or loaded
     them), set each MoE layer's dispatcher and record the sharding as ``model.expert_parallel``. All ranks call it
@@ -180,23 +192,23 @@ def shard_experts(model: nn.Module, size: int, rank: int, world: int) -> ExpertP
         reps = [dist.new_group(list(range(j, world, size))) for j in range(size)]
         replicas = reps[rank % size]
     ep = ExpertParallel(size=size, rank=rank % size, world=world, group=groups[rank // size], replicas=replicas)
-    for bank in expert_banks(model):
-        for name in ("w1", "w2"):
-            full = getattr(bank, name)
-            local = nn.Parameter(ep.local_slice(full.detach()).clone(), requires_grad=full.requires_grad)
-            setattr(bank, name, local)
-            ep.full[local] = full.shape[0]
+    cut_experts(model, ep)
     dispatcher = ExpertDispatcher(ep.group, size, ep.rank)
     for layer in model.modules():
         if isinstance(layer, MoEFFN):
             layer.dispatcher = dispatcher
-    model.expert_parallel = ep
     return ep
 
 
 def of(model: nn.Module) -> ExpertParallel | None:
     """The expert-parallel sharding of a (plain) model, or None."""
     return getattr(model, "expert_parallel", None)
+
+
+def num_parameters(model: nn.Module) -> int:
+    """The model's parameter count with every expert shard counted in full (what one process holds)."""
+    ep = of(model)
+    return sum(p.numel() * (ep.size if ep is not None and p in ep.full else 1) for p in model.parameters())
 
 
 @torch.no_grad()

@@ -670,7 +670,7 @@ class _Run:
                 if stop.requested:  # a StopScope whose stop was requested: nothing new is trained or written
                     raise self._interrupted(start, saved=start > 0)
                 if self.info.is_main:
-                    n_params = sum(p.numel() for p in self.raw.parameters())
+                    n_params = ep_mod.num_parameters(self.raw)  # expert shards counted in full
                     log.info("%s", flops_mod.describe(self.cfg, n_params, self.geo.seq_len))  # the resolved model
                     log.info("training steps %d-%d%s (Ctrl-C or SIGTERM stops at the end of a step%s)", start + 1,
                              args.max_steps, f" into {self.out_dir}" if self.out_dir else "",
