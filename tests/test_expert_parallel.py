@@ -28,6 +28,7 @@ from morphlm.train import checkpoint as ckpt
 from morphlm.train.expert_parallel import (ExpertParallel, ExpertParallelError, check_expert_parallel, cut_experts,
                                            merge_param_groups, num_parameters, split_param_groups)
 from morphlm.train.loop import TrainArgs, fit
+from clihelp import cli
 from toydata import ToyData
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -226,3 +227,8 @@ def test_expert_parallel_size_must_divide_the_experts(tmp_path):
     assert not out.exists()
     with pytest.raises(ValueError, match="expert_parallel=0 must be >= 1"):
         TrainArgs(expert_parallel=0).validate()
+    # the CLI: a one-line error naming the setting and the fix, before any data is read (the corpus does not
+    # exist), no run folder
+    res = cli("train", "--preset", "tiny-llama", "--moe-experts", "3", "--parallel", "ddp", "--expert-parallel", "2",
+              "--corpus", tmp_path / "missing.txt", "--out", out, code=2)
+    assert "expert_parallel=2 does not divide the 3 experts" in res.output and not out.exists()
