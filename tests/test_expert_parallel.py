@@ -1,7 +1,8 @@
 """Expert parallelism (morphlm/train/expert_parallel.py): experts sharded over gloo processes, tokens exchanged by
 all-to-all, train like one process — losses within 1e-5, including resume on another world size.
 
-2 processes (one torchrun launch) run, in order:
+2 processes (one torchrun launch) run, in order: the dispatcher alone on hand-made counts (empty splits, an empty
+rank; outputs and gradients exact), then
   A. a tiny MoE (4 experts per layer, top-2, a shared expert, loss-free balancing, z-loss), expert-parallel 2 under
      DDP, 2 micro-batches of 2 sequences per rank, 4 steps (saved);
   A'. the same run resumed by expert-parallel 2 under FSDP2 (one micro-batch of 4 per rank) to step 6;
@@ -54,7 +55,29 @@ def run(moe, name, steps, parallel, micro, ep):
         micro_batch_size=micro, expert_parallel=ep, **{args!r}))
     return m
 
+def dispatch_check():
+    # ExpertDispatcher alone: expert e scales its rows by e + 1; empty splits and an empty rank included
+    import torch.distributed as dist
+    from morphlm.train.expert_parallel import ExpertDispatcher
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+
+    class Tag(torch.nn.Module):  # this rank's experts: 2·rank, 2·rank + 1
+        def forward(self, xs, counts, impl):
+            scale = torch.arange(2 * rank + 1, 2 * rank + 1 + counts.numel(), dtype=xs.dtype)
+            return xs * torch.repeat_interleave(scale, counts)[:, None]
+
+    for counts in ([[3, 0, 2, 0], [0, 0, 0, 0]], [[0, 1, 0, 2], [4, 0, 0, 1]]):
+        c = torch.tensor(counts[rank])
+        xs = torch.arange(int(c.sum()) * 3, dtype=torch.float32).view(-1, 3).requires_grad_(True)
+        ys = ExpertDispatcher(None, 2, rank).run(Tag(), xs, c, "loop")
+        want = torch.repeat_interleave(torch.arange(1.0, 5.0), c)[:, None]
+        assert torch.equal(ys, xs * want), (counts, rank, ys, xs * want)
+        ys.sum().backward()
+        assert torch.equal(xs.grad, want.expand_as(xs)), (counts, rank, xs.grad)
+
 if world == 2:
+    dispatch_check()
     m = run({moe!r}, "ep", 4, "ddp", 2, 2)
     m = run({moe!r}, "ep", 6, "fsdp", 4, 2)
     # after fit() the model holds its full experts again and routes locally
