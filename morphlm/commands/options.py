@@ -246,6 +246,9 @@ _HELP = {
     "schedule_steps": "LR schedule horizon (warmup + decay); default --max-steps. Recorded and reused on resume: "
                       "give the final length here to extend a run later without changing its past.",
     "parallel": "none | ddp | fsdp (under torchrun).",
+    "expert_parallel": "Expert parallelism under torchrun: shard each MoE layer's experts over groups of N ranks "
+                       "(all-to-all token exchange; N divides the experts and the process count; with --parallel "
+                       "ddp or fsdp for the rest). 1 = off.",
     "compile": "torch.compile the model.",
     "device": "auto | cpu | cuda.",
     "corpus": "Corpus name (stdlib, shakespeare) or a path/glob/JSONL.",

@@ -45,7 +45,9 @@ One layer, :class:`MoEFFN`, shaped by the ``moe_*`` fields of :class:`~morphlm.m
 Data parallelism: the routing state lives in buffers (the loss-free bias and its load count, a pool's f̄). DDP
 broadcasts buffers from rank 0 before every forward, so every rank routes with rank 0's bias and pool state, which
 follow rank 0's loads (a 1/world sample of the global batch; resume stays exact). FSDP2 broadcasts nothing: each
-rank then balances on its own loads.
+rank then balances on its own loads. Under expert parallelism (train/expert_parallel.py sets ``MoEFFN.dispatcher``)
+the experts run on the ranks that own them and the counts are global: the balancing losses, the loss-free bias,
+f̄ and the load statistics are those of the whole data-parallel batch, the same on every rank.
 
 All-negative NormRouter logits (UniPool §3's pitfall: with few experts every ReLU score can be 0, probability
 2^−M): a reconstruction — for such a token the scores are taken from the logits shifted by their minimum,
@@ -341,6 +343,10 @@ class MoEFFN(nn.Module):
                 nn.init.normal_(self.shared_gate, std=cfg.init_std)
         self.aux_loss: torch.Tensor | None = None
         self.last_stats: dict[str, torch.Tensor] = {}
+        # expert parallelism: set by the training side (train/expert_parallel.py; the model imports no collective)
+        # to an object with run(bank, xs, counts, impl) -> ys, the expert computation of sorted rows whose experts
+        # may live on other ranks, and global_counts(counts) -> the assignments per expert over every rank
+        self.dispatcher = None
 
     @property
     def pool(self) -> ExpertPool | None:
@@ -398,7 +404,15 @@ class MoEFFN(nn.Module):
         dtype = _as_autocast_dtype(x2)
         xc = x2.to(dtype)  # cast once, before the k-fold gather
         xs = xc.index_select(0, token_of)
-        ys = self.bank(xs, kept, self._kernel(x2, dtype))  # (S, d)
+        if self.dispatcher is None:
+            ys = self.bank(xs, kept, self._kernel(x2, dtype))  # (S, d)
+            load = counts
+        else:  # expert parallelism: rows travel to the ranks owning their experts and back, in the same order
+            ys = self.dispatcher.run(self.bank, xs, kept, self._kernel(x2, dtype))
+            load = self.dispatcher.global_counts(counts)  # (E,) over the whole data-parallel batch
+            if self.router.loss_free and self.training and torch.is_grad_enabled():
+                with torch.no_grad():  # the router counted this rank's share: add the others' (global bias)
+                    self.router.load_accum.add_((load - counts).float())
         # back to (token, slot) order: row r of the sorted list holds assignment order[r]
         inv_rows = torch.empty_like(order)
         if keep_sorted is None:
@@ -411,9 +425,9 @@ class MoEFFN(nn.Module):
         y = (per_slot.float() * gates.unsqueeze(-1)).sum(1).to(ys.dtype)
         if self.n_shared:
             y = y + self._shared(xc)
-        self._losses(counts, probs, logits, T)
+        self._losses(load, probs, logits, T if self.dispatcher is None else None)
         with torch.no_grad():
-            stats = {"load": counts.detach().float(), **load_stats(counts)}
+            stats = {"load": load.detach().float(), **load_stats(load)}
             if keep_sorted is not None:
                 stats["dropped"] = (T * k - keep_sorted.sum()).float()
             if fallback is not None:
@@ -422,13 +436,14 @@ class MoEFFN(nn.Module):
         out_dtype = x.dtype if not torch.is_autocast_enabled(x.device.type) else y.dtype
         return y.to(out_dtype).view(*shape[:-1], -1)
 
-    def _losses(self, counts: torch.Tensor, probs: torch.Tensor, logits: torch.Tensor, T: int) -> None:
-        """Set ``aux_loss`` (training forwards with gradients only)."""
+    def _losses(self, counts: torch.Tensor, probs: torch.Tensor, logits: torch.Tensor, T: int | None) -> None:
+        """Set ``aux_loss`` (training forwards with gradients only). ``T`` None: ``counts`` are global (expert
+        parallelism), so f_i is taken over every rank's assignments."""
         self.aux_loss = None
         if not (self.training and torch.is_grad_enabled()):
             return
         terms = []
-        frac = counts.float() / (T * self.top_k)  # f_i, sums to 1
+        frac = counts.float() / (T * self.top_k if T is not None else counts.sum())  # f_i, sums to 1
         P = probs.mean(0)  # (E,)
         if self.balance == "aux" and self.aux_coef > 0:
             terms.append(self.aux_coef * self.n_experts * (frac.detach() * P).sum())

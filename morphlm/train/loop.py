@@ -58,6 +58,7 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
+from . import expert_parallel as ep_mod
 from . import flops as flops_mod
 from . import memory as memory_mod
 from .optim import TrainArgs, _flatten_optimizer, _unflatten_optimizer, build_optimizer, lr_at, resolve_device  # noqa: F401
@@ -331,7 +332,7 @@ class _Run:
 
         torch.manual_seed(args.seed)
         self.raw = unwrap(model).to(device)
-        self.wrapped = wrap_model(self.raw, args.parallel, info, device)
+        self.wrapped = wrap_model(self.raw, args.parallel, info, device, args.expert_parallel)
         self.optimizer = build_optimizer(self.wrapped, args, device)
         self.aux = AuxOptimizer(aux_modules, args, device, rs, optim_tensors)
         if rs is not None and optim_tensors:
@@ -531,6 +532,7 @@ class _Run:
             for k, v in extra.items():
                 extras[k] = extras.get(k, 0.0) + v.detach().float() / n_micro
         stats = [loss_sum / n_micro]
+        ep_mod.finish_expert_grads(self.raw)  # expert parallelism: the experts' gradient of the mean loss
         aux_params = self.aux.params
         if aux_params and info.enabled:  # the aux module is not wrapped: average its grads by hand
             for p in aux_params:
@@ -543,7 +545,10 @@ class _Run:
             clip_params += aux_params  # FSDP2 norms are DTensors: aux is then clipped alone
         elif aux_params:
             torch.nn.utils.clip_grad_norm_(aux_params, max_norm)
-        norm = torch.nn.utils.clip_grad_norm_(clip_params, max_norm)
+        if ep_mod.of(self.raw) is not None:  # expert shards: each rank's squares count once
+            norm = ep_mod.clip_grad_norm(clip_params, max_norm, self.raw)
+        else:
+            norm = torch.nn.utils.clip_grad_norm_(clip_params, max_norm)
         if hasattr(norm, "full_tensor"):  # FSDP2: a DTensor
             norm = norm.full_tensor()
         stats.append(norm.float())
@@ -656,6 +661,7 @@ class _Run:
                 log.info("%s is already at step %d >= max_steps %d: nothing to train", self.out_dir, start,
                          args.max_steps)
             self.writer.close()
+            ep_mod.unshard_experts(self.raw)
             rs = self.resume_state
             return FitResult(start, self.fstate.tokens, self.fstate.flops, None,
                              rs.get("val_loss") if rs else None, {}, str(self.out_dir) if self.out_dir else None)
@@ -664,7 +670,7 @@ class _Run:
                 if stop.requested:  # a StopScope whose stop was requested: nothing new is trained or written
                     raise self._interrupted(start, saved=start > 0)
                 if self.info.is_main:
-                    n_params = sum(p.numel() for p in self.raw.parameters())
+                    n_params = ep_mod.num_parameters(self.raw)  # expert shards counted in full
                     log.info("%s", flops_mod.describe(self.cfg, n_params, self.geo.seq_len))  # the resolved model
                     log.info("training steps %d-%d%s (Ctrl-C or SIGTERM stops at the end of a step%s)", start + 1,
                              args.max_steps, f" into {self.out_dir}" if self.out_dir else "",
@@ -681,6 +687,7 @@ class _Run:
             if self.bar is not None:
                 self.bar.close()
             self.writer.close()
+        ep_mod.unshard_experts(self.raw)  # expert parallelism: the full experts again, for use after fit()
         for cb in self.callbacks:
             if hasattr(cb, "on_train_end"):
                 cb.on_train_end(self.fstate)
@@ -760,6 +767,8 @@ def fit(
     :class:`TrainingDiverged` on a non-finite loss, gradient norm or weights (nothing of the bad state saved),
     and memory.InsufficientMemory when the estimated memory exceeds what the device has (``check_memory``).
     """
+    # an expert-parallel size that cannot shard this model is refused before anything is written
+    ep_mod.check_expert_parallel(getattr(unwrap(model), "config", None), args.expert_parallel, parallel=args.parallel)
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 writes
     lock = ckpt.writer_lock(args.out_dir) if args.out_dir and main_rank else contextlib.nullcontext()
     with lock:  # re-entrant: a verb that took it already (train_run) keeps it; each save re-enters it

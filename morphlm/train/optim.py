@@ -39,6 +39,7 @@ class TrainArgs:
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
     compile: bool = False
     parallel: str = "none"  # none | ddp | fsdp
+    expert_parallel: int = 1  # shard each MoE layer's experts over groups of this many ranks (1 = off)
     progress: bool = True
     tensorboard: bool = False
     flops_per_step: float | None = None  # override (e.g. distillation adds the teacher's forward)
@@ -80,6 +81,8 @@ class TrainArgs:
         need(self.resume in ("never", "auto"), f"resume={self.resume!r}: never|auto")
         need(0 <= self.seed < 2**62, f"seed={self.seed} must be between 0 and 2**62")
         need(self.parallel in ("none", "ddp", "fsdp"), f"parallel={self.parallel!r}: none|ddp|fsdp")
+        need(self.expert_parallel >= 1, f"expert_parallel={self.expert_parallel} must be >= 1 (1: experts not "
+                                        f"sharded)")
         need(self.precision in ("auto", "fp32", "bf16"), f"precision={self.precision!r}: auto|fp32|bf16")
         need(self.flops_per_step is None or self.flops_per_step >= 0,
              f"flops_per_step={self.flops_per_step} must be >= 0")
@@ -140,13 +143,21 @@ def lr_at(step: int, args: TrainArgs) -> float:
 
 
 def build_optimizer(model: nn.Module, args: TrainArgs, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW; weight decay on matrices and embeddings only (not on norms and biases)."""
-    decay, no_decay = [], []
+    """AdamW; weight decay on matrices and embeddings only (not on norms and biases). Expert-parallel shards
+    (expert_parallel.py) get a group of their own, marked ``expert_parallel`` (under FSDP2 the fused kernel cannot
+    mix them, plain tensors, with the DTensors); checkpoints merge it back into the decay group."""
+    from . import expert_parallel as ep_mod
+    from .parallel import unwrap
+
+    ep = ep_mod.of(unwrap(model))
+    shards = set(ep.params()) if ep is not None else set()
+    decay, no_decay, experts = [], [], []
     for p in model.parameters():
         if p.requires_grad:
-            (decay if p.dim() >= 2 else no_decay).append(p)
+            (experts if p in shards else decay if p.dim() >= 2 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": args.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+              {"params": no_decay, "weight_decay": 0.0},
+              {"params": experts, "weight_decay": args.weight_decay, "expert_parallel": True}]
     kwargs: dict[str, Any] = dict(lr=args.lr, betas=(args.beta1, args.beta2), eps=args.adam_eps)
     if device.type in ("cuda", "cpu"):
         kwargs["fused"] = True  # one kernel per step; on CPU about 4x faster than the foreach default

@@ -8,6 +8,12 @@ parallelism. Backend: NCCL on CUDA, gloo on CPU (used by the tests).
 Seeds: every rank uses the same ``seed`` for initialisation (identical replicas) and for data (each
 rank slices the same global batch); dropout is reseeded per step with ``seed + 1_000_003·rank + step``
 so ranks draw different masks and a resumed run draws the same ones.
+
+Expert parallelism (``expert_parallel`` N > 1, expert_parallel.py): :func:`wrap_model` first shards every expert
+bank over N ranks; DDP then ignores the expert weights (their gradients are finished by
+expert_parallel.finish_expert_grads) and syncs buffers only at the start, FSDP2 shards everything but them. The
+state-dict functions here gather the expert shards and cut them again, so checkpoints stay the single-process
+files.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from . import expert_parallel as ep_mod
 
 
 @dataclass
@@ -50,21 +58,33 @@ def init_distributed(device_type: str) -> DistInfo:
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank)
 
 
-def wrap_model(model: nn.Module, mode: str, info: DistInfo, device: torch.device) -> nn.Module:
-    """Apply DDP or FSDP2 (per-block sharding, then the root). ``mode`` is none|ddp|fsdp."""
+def wrap_model(model: nn.Module, mode: str, info: DistInfo, device: torch.device,
+               expert_parallel: int = 1) -> nn.Module:
+    """Apply DDP or FSDP2 (per-block sharding, then the root). ``mode`` is none|ddp|fsdp. ``expert_parallel`` N > 1
+    first shards the experts over groups of N ranks (expert_parallel.py), which the wrapper then leaves alone."""
     if mode == "none" or not info.enabled:
+        ep_mod.check_expert_parallel(getattr(model, "config", None), expert_parallel, info.world_size, mode)
         return model
+    ignored: set[nn.Parameter] = set()
+    if expert_parallel > 1:
+        ep_mod.check_expert_parallel(model.config, expert_parallel, info.world_size, mode)
+        ignored = set(ep_mod.shard_experts(model, expert_parallel, info.rank, info.world_size).params())
     if mode == "ddp":
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         ids = [device.index] if device.type == "cuda" else None
-        return DDP(model, device_ids=ids)
+        if not ignored:
+            return DDP(model, device_ids=ids)
+        names = [name for name, p in model.named_parameters() if p in ignored]
+        DDP._set_params_and_buffers_to_ignore_for_model(model, names)
+        # every rank holds the same routing buffers (global loads); a broadcast would reset the load counts
+        return DDP(model, device_ids=ids, forward_sync_buffers=False)
     if mode == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
         for block in getattr(model, "blocks", []):
-            fully_shard(block)
-        fully_shard(model)
+            fully_shard(block, ignored_params=ignored or None)
+        fully_shard(model, ignored_params=ignored or None)
         return model
     raise ValueError(f"unknown parallel mode {mode!r}; choose none, ddp or fsdp")
 
@@ -98,14 +118,35 @@ def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return get_model_state_dict(unwrap(model), options=opts)
+    raw = unwrap(model)
+    state = get_model_state_dict(raw, options=opts)
+    ep = ep_mod.of(raw)
+    if ep is not None:  # every rank gathers (a collective); the ranks that hold a state dict keep the full tensors
+        for name, p in ep.names(raw).items():
+            full = ep.gather(p.detach()).cpu()
+            if name in state:
+                state[name] = full
+    return state
 
 
 def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return get_optimizer_state_dict(unwrap(model), optimizer, options=opts)
+    raw = unwrap(model)
+    osd = get_optimizer_state_dict(raw, optimizer, options=opts)
+    ep = ep_mod.of(raw)
+    if ep is not None:  # the expert shards' moments, gathered like the weights (step counts are scalars)
+        for name, p in ep.names(raw).items():
+            for key, value in sorted(optimizer.state.get(p, {}).items()):
+                if torch.is_tensor(value) and value.dim() > 0:
+                    full = ep.gather(value).cpu()
+                    if name in osd.get("state", {}):  # (ranks other than 0 get an empty state dict)
+                        osd["state"][name][key] = full
+        if "param_groups" in osd:
+            order = [n for n, _ in raw.named_parameters()]
+            osd["param_groups"] = ep_mod.merge_param_groups(osd["param_groups"], order)
+    return osd
 
 
 def load_full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
@@ -119,7 +160,11 @@ def load_full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer
     from torch.distributed.tensor import DTensor, distribute_tensor
 
     params = dict(unwrap(model).named_parameters())
+    ep = ep_mod.of(unwrap(model))
+    experts = set(ep.params()) if ep is not None else set()
     saved_groups = state["param_groups"]
+    if ep is not None:  # the saved decay group holds the experts; this optimizer keeps them apart
+        saved_groups = ep_mod.split_param_groups(saved_groups, set(ep.names(unwrap(model))))
     if len(saved_groups) != len(optimizer.param_groups):
         raise ValueError(f"saved optimizer has {len(saved_groups)} parameter groups, this one "
                          f"{len(optimizer.param_groups)}: the model or optimizer settings changed since the save")
@@ -133,9 +178,14 @@ def load_full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer
                 raise ValueError(f"saved optimizer state names parameter {fqn!r} that this model lacks")
             p = params[fqn]
             entry = {}
-            for key, value in state["state"].get(fqn, {}).items():
+            # one key order on every rank: a loaded state's order is arbitrary per process (the file's index), and
+            # the full-state gather of the next save runs its collectives in this order (out of step, FSDP2
+            # shards of exp_avg and exp_avg_sq would be swapped in the saved file)
+            for key, value in sorted(state["state"].get(fqn, {}).items()):
                 if key == "step":
                     value = value.to(p.device if on_device else "cpu", torch.float32)
+                elif p in experts and value.dim() > 0:  # the full tensor on disk: this rank's shard
+                    value = ep.local_slice(value).clone().to(p.device)
                 elif isinstance(p, DTensor):
                     value = distribute_tensor(value.to(p.device_mesh.device_type), p.device_mesh, p.placements,
                                                src_data_rank=None)  # every rank holds the full tensor: no collective

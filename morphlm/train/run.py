@@ -24,6 +24,7 @@ from ..model.config import ConfigError
 from ..model.moe import weights_kind_hint
 from . import checkpoint as ckpt
 from . import flops as flops_mod
+from .expert_parallel import check_expert_parallel
 from .loop import FitResult, TrainArgs, evaluate, fit, model_loss, resolve_device
 from .memory import check_fits
 from .optim import LoadOptimizerState, _unflatten_optimizer
@@ -281,6 +282,8 @@ def train_run(spec: RunSpec, callbacks=()) -> FitResult:
     (``morphlm.grow.schedules.run_from_spec``; ``morphlm train --growth-schedule`` dispatches there), not here."""
     out = spec.train.out_dir
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 writes
+    # before the output directory is claimed: a bad --expert-parallel leaves nothing behind
+    check_expert_parallel(spec.model, spec.train.expert_parallel, parallel=spec.train.parallel)
     if out and main_rank:
         ckpt.claim_output_dir(out, "train", inputs=[("--init", spec.init)], resume=spec.train.resume == "auto")
     with ckpt.writer_lock(out) if out and main_rank else contextlib.nullcontext():
