@@ -1,0 +1,441 @@
+"""The mixture-of-experts benchmark: ``morphlm bench moe``.
+
+Six arms trained on the same tokens, at matched ACTIVE training FLOPs per token on the one ruler
+(:mod:`morphlm.train.flops`; :mod:`.moe_config` builds them): dense; vanilla MoE (8 experts per layer, top-1,
+softmax + Switch aux loss 1e-2); loss-free-bias MoE (Wang et al. 2024, arXiv 2408.15664); UniPool with a pool of
+M = 8L experts and with a reduced pool M = 4L (Huang et al. 2026: one pool shared by every layer, NormRouter, pool
+loss); LoopMoE at vanilla's total and active parameters by capacity balancing (Chen et al. 2026; the rule is a
+reconstruction). The differences the ruler still sees — UniPool's routers over M experts (d·M instead of d·E per
+layer), LoopMoE's routers over E' experts and IterAdaLN's W_mod (6·d² per block pass), the dense width rounded to an
+integer — are reported per arm as ``flops_per_token_vs_vanilla``; the plot puts every curve on the FLOPs axis.
+
+Protocol (the same for every arm of a seed):
+
+* Data: the Gutenberg books split by WHOLE BOOK into train and held-out books (``val_fraction`` of the books;
+  :func:`morphlm.data.prepare_lm_store`), one BPE tokenizer; within a seed every arm sees the same batches in the
+  same order (``LMBatches`` seeded with the seed) and is evaluated on the same held-out windows.
+* Training: fit() — AdamW, linear warmup, cosine decay, clip 1.0, ``precision`` (default auto: bf16 autocast on a
+  CPU with native bf16, as fit() decides; the precision used is recorded per run). The MoE balancing losses flow
+  through fit's one loop; routing metrics come from the run's metrics.jsonl.
+* Metrics per (arm, seed): final validation loss (nats/token on held-out books), the validation curve against
+  cumulative training FLOPs, and the expert load averaged over the last quarter of the steps: coefficient of
+  variation, MaxVio (Wang et al. 2024 §4.1) and dead experts (``moe_cv``, ``moe_max_vio``, ``moe_dead`` — per-layer
+  means, dead summed over layers — and for UniPool ``pool0_*`` over the layer-averaged pool load).
+* Over seeds: mean ± sample std of the final loss per arm, and of the PAIRED per-seed differences to vanilla
+  (``*_minus_vanilla``: negative = better than vanilla).
+
+Besides the training arms: the layer benchmark (:mod:`.moe_layer`, ours vs Hugging Face's Mixtral experts) and the
+simulator's step-time error on held-out configs (:func:`morphlm.sim.validate`, profile ``cpu-local``).
+
+Every (arm, seed) run is cached through :class:`~morphlm.bench.runner.ResultCache` (and checkpointed while it runs,
+so an interrupted run resumes mid-way); so are the layer and simulator measurements.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import statistics
+import time
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from .moe_config import (ARMS, SCHEMA_VERSION, BenchError, MoEBenchConfig, ci_config, full_config,  # noqa: F401
+                         quick_config)
+from .runner import STOP, BenchInterrupted, ResultCache, interruptible, run_jobs, stop_requested
+from .stats import mean_std
+
+log = logging.getLogger("morphlm.bench.moe")
+
+LOAD_KEYS = ("moe_cv", "moe_max_vio", "moe_dead", "pool0_cv", "pool0_max_vio", "pool0_dead", "loss_aux")
+# the goals of the issue (val losses in nats; negative differences = better than vanilla)
+GOALS = {"unipool_beats_vanilla_by_0.02": "unipool_minus_vanilla <= -0.02",
+         "reduced_pool_beats_vanilla": "reduced_pool_minus_vanilla < 0",
+         "loopmoe_beats_vanilla": "loopmoe_minus_vanilla < 0",
+         "moe_beats_dense": "moe_minus_dense < 0",
+         "loss_free_max_vio_below_aux": "loss_free_max_vio < aux_max_vio",
+         "layer_at_least_hf_speed": "layer_speed_vs_hf >= 1.0",
+         "simulator_mape_at_most_15": "simulator_mape <= 15"}
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def default_work_dir() -> Path:
+    env = os.environ.get("MORPHLM_CACHE")
+    base = Path(env).expanduser() if env else Path.home() / ".cache" / "morphlm"
+    return base / "moe-bench"
+
+
+def results_path(cfg: MoEBenchConfig) -> Path:
+    """benchmarks/results/moe.json (``$MORPHLM_RESULTS`` moves the folder); moe-quick.json / moe-test.json for the
+    small profiles, so a smoke test never overwrites the committed results."""
+    from .common import RESULTS_DIR
+
+    folder = Path(os.environ["MORPHLM_RESULTS"]) if os.environ.get("MORPHLM_RESULTS") else RESULTS_DIR
+    return folder / ("moe.json" if cfg.profile == "full" else f"moe-{cfg.profile}.json")
+
+
+def prepare_store(cfg: MoEBenchConfig, show_progress: bool = True):
+    from ..data import prepare_lm_store
+
+    return prepare_lm_store(cfg.corpus, cfg.vocab_size, max_bytes=cfg.max_bytes, val_fraction=cfg.val_fraction,
+                            seed=0, show_progress=show_progress)
+
+
+# ------------------------------------------------------------------------------------------- one (arm, seed) run
+def _arm_key(cfg: MoEBenchConfig, arm: str, seed: int, data_fp: str) -> str:
+    relevant = {"model": cfg.arm_config(arm).to_dict(), "args": asdict(cfg.train_args(seed)),
+                "batch": [cfg.batch_size, cfg.seq_len, cfg.eval_batches], "data": data_fp, "v": SCHEMA_VERSION}
+    return f"{arm}-s{seed}-{_hash(relevant)}"
+
+
+def load_summary(records: list[dict[str, Any]], fraction: float = 0.25) -> dict[str, float | None]:
+    """Mean of the routing metrics (:data:`LOAD_KEYS`) over the last ``fraction`` of the step records of a
+    metrics.jsonl (at least one record); None for a metric the run did not log (a dense model logs none)."""
+    steps = [r for r in records if "loss" in r]
+    tail = steps[-max(1, int(round(len(steps) * fraction))):] if steps else []
+    out: dict[str, float | None] = {}
+    for key in LOAD_KEYS:
+        vals = [float(r[key]) for r in tail if isinstance(r.get(key), (int, float))]
+        out[key] = statistics.fmean(vals) if vals else None
+    return out
+
+
+def run_arm(cfg: MoEBenchConfig, arm: str, seed: int, work: Path) -> dict[str, Any]:
+    """Train ``arm`` for ``seed`` (resuming its checkpoint when a previous run was cut short); returns and caches its
+    record. The run folder is removed once the record is cached (the record keeps the curve and load metrics)."""
+    import torch
+
+    from ..data.batches import LMBatches, derive_seed
+    from ..model import TransformerLM
+    from ..train.flops import param_counts, training_flops_per_token
+    from ..train.loop import fit
+    from ..train.metrics import read_metrics
+
+    tokenizer, store = prepare_store(cfg, show_progress=False)
+    key = _arm_key(cfg, arm, seed, store.meta["corpus_fingerprint"])
+    cache = ResultCache(work / "arms")
+    hit = cache.load(key)
+    if hit is not None:
+        return hit
+    t0 = time.perf_counter()
+    model_cfg = cfg.arm_config(arm)
+    data = LMBatches(store, cfg.batch_size, cfg.seq_len, seed=seed, eval_batches=cfg.eval_batches)
+    args = cfg.train_args(seed)
+    out = work / "runs" / key
+    args.out_dir, args.resume, args.save_every = str(out), "auto", max(cfg.steps // 4, 1)
+    torch.manual_seed(derive_seed("moe-bench-init", arm, seed) % (2**31))
+    model = TransformerLM(model_cfg)
+    with interruptible(f"{arm} seed {seed}", f"{out} holds its state — rerun the same command to resume it"):
+        res = fit(model, None, data, args, tokenizer_json=tokenizer.to_json_str(),
+                  lineage={"verb": "train", "preset": f"moe-bench {arm}", "parents": []})
+    if res.steps < args.max_steps:
+        raise BenchError(f"{arm} seed {seed} stopped at step {res.steps} of {args.max_steps}; rerun to resume it")
+    records = read_metrics(out)
+    curve = [{"step": int(r["step"]), "flops": float(r["flops"]), "tokens": int(r["tokens"]),
+              "val_loss": float(r["val_loss"])} for r in records if "val_loss" in r]
+    if not curve:
+        raise BenchError(f"{arm} seed {seed}: the run logged no validation loss; eval_every must be <= steps")
+    total, active = param_counts(model_cfg)
+    precisions = sorted({r.get("precision") for r in records if r.get("precision")})
+    record = {"arm": arm, "seed": seed, "key": key, "config": model_cfg.to_dict(),
+              "total_params": total, "active_params": active,
+              "flops_per_token": training_flops_per_token(model_cfg, cfg.seq_len),
+              "train_flops": float(res.flops), "tokens": int(res.tokens), "steps": int(res.steps),
+              "final_val_loss": curve[-1]["val_loss"], "curve": curve, "load": load_summary(records),
+              "tok_per_s": statistics.median([float(r["tok_per_s"]) for r in records if "tok_per_s" in r] or [0.0]),
+              "precision": precisions[0] if len(precisions) == 1 else (precisions or [res.precision]),
+              "wall_s": time.perf_counter() - t0}
+    cache.store(key, record, f"{arm} seed {seed}")
+    shutil.rmtree(out, ignore_errors=True)
+    return record
+
+
+def _set_threads() -> None:
+    import torch
+
+    torch.set_num_threads(max(int(os.environ.get("MORPHLM_BENCH_THREADS", "1")), 1))
+
+
+def job(payload: dict[str, Any]) -> dict[str, Any]:
+    """Worker entry point (:func:`morphlm.bench.runner.run_jobs`): one (arm, seed) run from plain data."""
+    _set_threads()
+    logging.getLogger("morphlm").setLevel(logging.WARNING)
+    cfg = MoEBenchConfig(**payload["cfg"])
+    try:
+        return {"ok": True, "record": run_arm(cfg, payload["name"], payload["seed"], Path(payload["work"]))}
+    except BenchInterrupted as exc:
+        return {"ok": False, "interrupted": True, "error": str(exc)}
+    except Exception as exc:  # reported by the parent with the job's name
+        if stop_requested():
+            return {"ok": False, "interrupted": True, "error": f"{type(exc).__name__}: {exc}"}
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()}
+
+
+# ------------------------------------------------------------------------------------------- layer and simulator
+def measure_layer(cfg: MoEBenchConfig, work: Path) -> dict[str, Any]:
+    """The layer benchmark (:func:`.moe_layer.layer_benchmark`) at the config's layer shape, cached per shape and
+    torch/transformers version."""
+    from .common import library_versions
+    from .moe_layer import layer_benchmark
+
+    shape = dict(tokens=cfg.layer_tokens, d=cfg.layer_d_model, d_ff=cfg.layer_d_ff, experts=cfg.layer_experts,
+                 top_k=cfg.layer_top_k, repeats=cfg.layer_repeats)
+    versions = library_versions()
+    key = "layer-" + _hash({"shape": shape, "torch": versions["torch"], "hf": versions["transformers"],
+                            "v": SCHEMA_VERSION})
+    return ResultCache(work / "measurements").get_or_run(key, lambda: layer_benchmark(**shape), "the layer benchmark")
+
+
+def measure_simulator(cfg: MoEBenchConfig, work: Path) -> dict[str, Any] | None:
+    """The simulator's step-time MAPE on held-out dense configs (profile cpu-local), or None when ``simulator`` is
+    off. ``tiny`` (the quick profile): one config, bf16, two timed steps — a smoke test of the path."""
+    if cfg.simulator == "off":
+        return None
+    from ..sim import load_profile
+    from ..sim.validate import HELD_OUT, QUICK, validate
+
+    profile = load_profile("cpu-local")
+    plan = {"full": (HELD_OUT, ("fp32", "bf16"), 8), "quick": (QUICK, ("fp32", "bf16"), 4),
+            "tiny": (HELD_OUT[:1], ("bf16",), 2)}[cfg.simulator]
+    key = "sim-" + _hash({"mode": cfg.simulator, "profile": profile.name, "date": profile.date, "v": SCHEMA_VERSION})
+
+    def run() -> dict[str, Any]:
+        configs, dtypes, steps = plan
+        out = validate(profile, configs, dtypes=dtypes, steps=steps)
+        return {**out, "mode": cfg.simulator}
+
+    return ResultCache(work / "measurements").get_or_run(key, run, "the simulator check")
+
+
+# ------------------------------------------------------------------------------------------- analysis
+def analyse(runs: dict[str, dict[int, dict]]) -> dict[str, Any]:
+    """Per-arm statistics over seeds from ``{arm: {seed: record}}``: final val loss mean ± std, load metrics,
+    parameters, FLOPs per token (and relative to vanilla's), and the paired difference to vanilla."""
+    van = runs.get("vanilla", {})
+    van_fpt = next(iter(van.values()))["flops_per_token"] if van else None
+    arms: dict[str, Any] = {}
+    for arm, by_seed in runs.items():
+        rows = [by_seed[s] for s in sorted(by_seed)]
+        loss = mean_std([r["final_val_loss"] for r in rows])
+        diffs = [r["final_val_loss"] - van[s]["final_val_loss"] for s, r in sorted(by_seed.items()) if s in van]
+        diff = mean_std(diffs)
+        load = {k: mean_std([r["load"].get(k) for r in rows]) for k in LOAD_KEYS}
+        first = rows[0]
+        arms[arm] = {
+            "seeds": sorted(by_seed), "final_val_loss": loss["mean"], "final_val_loss_std": loss["std"],
+            "minus_vanilla": diff["mean"], "minus_vanilla_std": diff["std"],
+            "total_params": first["total_params"], "active_params": first["active_params"],
+            "flops_per_token": first["flops_per_token"],
+            "flops_per_token_vs_vanilla": first["flops_per_token"] / van_fpt if van_fpt else None,
+            "train_flops": first["train_flops"], "tokens": first["tokens"],
+            "load": {k: v["mean"] for k, v in load.items() if v["mean"] is not None},
+            "load_std": {k: v["std"] for k, v in load.items() if v["mean"] is not None},
+            "tok_per_s": statistics.fmean(r["tok_per_s"] for r in rows), "precision": first.get("precision"),
+            "per_seed": {str(s): r["final_val_loss"] for s, r in sorted(by_seed.items())}}
+    return arms
+
+
+def summarise(arms: dict[str, Any], seeds: list[int], layer: dict | None, sim: dict | None) -> dict[str, Any]:
+    """The ``summary`` block: the issue's keys, their standard deviations over seeds and the goals (None where an
+    arm or measurement is missing)."""
+    def get(arm: str, key: str):
+        return arms.get(arm, {}).get(key)
+
+    dense, van = arms.get("dense"), arms.get("vanilla")
+    moe_minus_dense = moe_minus_dense_std = None
+    if dense and van:
+        moe_minus_dense = -dense["minus_vanilla"] if dense["minus_vanilla"] is not None else None
+        moe_minus_dense_std = dense["minus_vanilla_std"]
+    lf = arms.get("loss-free", {}).get("load", {}).get("moe_max_vio")
+    aux = (van or {}).get("load", {}).get("moe_max_vio")
+    s = {"unipool_minus_vanilla": get("unipool", "minus_vanilla"),
+         "reduced_pool_minus_vanilla": get("unipool-half", "minus_vanilla"),
+         "loopmoe_minus_vanilla": get("loopmoe", "minus_vanilla"),
+         "moe_minus_dense": moe_minus_dense,
+         "loss_free_max_vio": lf, "aux_max_vio": aux,
+         "layer_speed_vs_hf": layer.get("layer_speed_vs_hf") if layer else None,
+         "simulator_mape": sim.get("mape") if sim else None,
+         "seeds": len(seeds)}
+    s["std"] = {"unipool_minus_vanilla": get("unipool", "minus_vanilla_std"),
+                "reduced_pool_minus_vanilla": get("unipool-half", "minus_vanilla_std"),
+                "loopmoe_minus_vanilla": get("loopmoe", "minus_vanilla_std"),
+                "moe_minus_dense": moe_minus_dense_std}
+
+    def goal(name: str) -> bool | None:
+        lhs, op, rhs = GOALS[name].split()
+        a = s[lhs]
+        b = s[rhs] if rhs in s else float(rhs)
+        if a is None or b is None:
+            return None
+        return {"<=": a <= b, "<": a < b, ">=": a >= b}[op]
+
+    s["goals"] = {name: goal(name) for name in GOALS}
+    return s
+
+
+def mean_curve(by_seed: dict[str, dict]) -> tuple[list[float], list[float], list[float]]:
+    """Mean FLOPs, mean and std of the val loss over seeds, point by point (every seed evaluates at the same steps)."""
+    curves = [r["curve"] for r in by_seed.values()]
+    n = min(len(c) for c in curves)
+    xs, ys, sd = [], [], []
+    for i in range(n):
+        vals = [c[i]["val_loss"] for c in curves]
+        xs.append(statistics.fmean(c[i]["flops"] for c in curves))
+        ys.append(statistics.fmean(vals))
+        sd.append(statistics.stdev(vals) if len(vals) > 1 else 0.0)
+    return xs, ys, sd
+
+
+def plot_results(results: dict[str, Any], png: str | Path) -> Path:
+    """Validation loss (held-out books) against cumulative training FLOPs, mean over seeds ± std band, per arm."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..train.metrics import save_figure
+
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    for arm, by_seed in results["runs"].items():
+        xs, ys, sd = mean_curve(by_seed)
+        m = results["arms"][arm]
+        label = f"{arm}: {m['final_val_loss']:.3f}" + (f" ± {m['final_val_loss_std']:.3f}" if len(m["seeds"]) > 1 else "")
+        line, = ax.plot(xs, ys, "--" if arm == "dense" else "-", lw=2.0 if arm == "vanilla" else 1.3,
+                        color="black" if arm == "vanilla" else None, label=label, marker=".")
+        if any(sd):
+            ax.fill_between(xs, [y - e for y, e in zip(ys, sd)], [y + e for y, e in zip(ys, sd)],
+                            color=line.get_color(), alpha=0.12)
+    finals = [m["final_val_loss"] for m in results["arms"].values()]
+    starts = [r["curve"][0]["val_loss"] for by in results["runs"].values() for r in by.values()]
+    ax.set_ylim(min(finals) - 0.15, min(max(starts), max(finals) + 1.5) + 0.05)
+    ax.set_xlabel("cumulative training FLOPs (active parameters, train/flops.py)")
+    ax.set_ylabel("validation loss on held-out books (nats/token)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, title="final val loss (mean ± std over seeds)", title_fontsize=8)
+    c = results["config"]
+    ax.set_title(f"MoE benchmark: d={c['d_model']}, L={c['n_layers']}, ctx {c['seq_len']}, {c['steps']} steps × "
+                 f"{c['batch_size'] * c['seq_len']} tokens, {results['summary']['seeds']} seed(s), "
+                 f"{results.get('precision', '?')}", fontsize=9)
+    try:
+        return save_figure(fig, png)
+    finally:
+        plt.close(fig)
+
+
+def _f(v: float | None, fmt: str = ".3f") -> str:
+    return "–" if v is None else format(v, fmt)
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+    """The README table: one row per arm (every arm, winners and losers), then the summary and goals."""
+    lines = ["| arm | total params | active params | FLOPs/token vs vanilla | val loss | − vanilla | load CV | MaxVio | "
+             "dead experts |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for arm, m in results["arms"].items():
+        ld = m["load"]
+        cv, vio, dead = (ld.get("pool0_cv", ld.get("moe_cv")), ld.get("pool0_max_vio", ld.get("moe_max_vio")),
+                         ld.get("pool0_dead", ld.get("moe_dead")))
+        diff = "–" if arm == "vanilla" or m["minus_vanilla"] is None else (
+            f"{m['minus_vanilla']:+.3f}" + (f" ± {m['minus_vanilla_std']:.3f}" if len(m["seeds"]) > 1 else ""))
+        lines.append(f"| {arm} | {m['total_params']:,} | {m['active_params']:,} | "
+                     f"{_f(m['flops_per_token_vs_vanilla'], '.3f')}× | {m['final_val_loss']:.3f} ± "
+                     f"{m['final_val_loss_std']:.3f} | {diff} | {_f(cv, '.2f')} | {_f(vio, '.2f')} | {_f(dead, '.1f')} |")
+    s = results["summary"]
+    lines += ["", "Summary (nats; negative = better than vanilla): " + ", ".join(
+        f"{k} {_f(s[k], '+.3f') if isinstance(s[k], float) else s[k]}"
+        for k in ("unipool_minus_vanilla", "reduced_pool_minus_vanilla", "loopmoe_minus_vanilla", "moe_minus_dense",
+                  "loss_free_max_vio", "aux_max_vio", "layer_speed_vs_hf", "simulator_mape", "seeds")),
+              "Goals: " + ", ".join(f"{k} {'–' if v is None else ('met' if v else 'missed')}"
+                                    for k, v in s["goals"].items())]
+    layer = results.get("layer")
+    if layer:
+        lines += ["", f"Layer (T={layer['shape']['tokens']}, d={layer['shape']['d_model']}, expert d_ff="
+                      f"{layer['shape']['expert_d_ff']}, E={layer['shape']['experts']}, top-{layer['shape']['top_k']}, "
+                      f"fwd+bwd, 1 thread; tokens/s):"]
+        for dtype, by in layer["results"].items():
+            lines.append(f"- {dtype}: " + ", ".join(f"{n} {r['tokens_per_s']:,.0f}" for n, r in by.items()))
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------- the benchmark
+def run_benchmark(cfg: MoEBenchConfig, *, out_json: str | Path | None = None, work_dir: str | Path | None = None,
+                  workers: int | None = None, plot: bool = True) -> dict[str, Any]:
+    """Run (or resume) the benchmark and write the results JSON (+ plot next to it); returns the results. A Ctrl-C /
+    SIGTERM stops it with :class:`~morphlm.bench.runner.BenchInterrupted` and writes no results; finished runs and
+    measurements are cached, unfinished runs checkpointed, so the same call continues."""
+    with STOP:
+        return _run(cfg, out_json=out_json, work_dir=work_dir, workers=workers, plot=plot)
+
+
+def _run(cfg: MoEBenchConfig, *, out_json, work_dir, workers, plot) -> dict[str, Any]:
+    from ..train.steps import resolve_precision
+    from .common import metadata, usable_cores, write_json
+
+    cfg.validate()
+    arms = cfg.selected_arms()
+    work = Path(work_dir) if work_dir is not None else default_work_dir()
+    work.mkdir(parents=True, exist_ok=True)
+    out_json = Path(out_json) if out_json is not None else results_path(cfg)
+    t0 = time.perf_counter()
+    tokenizer, store = prepare_store(cfg)  # once, here: workers only open the cache
+    if workers is None:
+        workers = min(usable_cores(), 2)
+    payload = asdict(cfg)
+    runs: dict[str, dict[int, dict]] = {}
+    failures: list[dict] = []
+
+    def collect(p, r):
+        if r["ok"]:
+            runs.setdefault(p["name"], {})[p["seed"]] = r["record"]
+        else:
+            log.error("%s seed %s failed: %s\n%s", p["name"], p["seed"], r["error"], r.get("trace", ""))
+            failures.append({"arm": p["name"], "seed": p["seed"], "error": r["error"]})
+
+    order = {"loopmoe": 0, "unipool": 1, "unipool-half": 1}  # longest first, so two workers finish together
+    jobs = [{"name": a, "seed": s, "cfg": payload, "work": str(work)}
+            for a in sorted(arms, key=lambda a: order.get(a, 2)) for s in cfg.seeds]
+    run_jobs(jobs, job, workers=workers, desc="moe bench: arms", on_done=collect)
+    if "vanilla" not in runs:
+        raise BenchError(f"the vanilla MoE runs failed ({failures}); every difference is measured against them")
+    layer = measure_layer(cfg, work)
+    sim = measure_simulator(cfg, work)
+    arm_stats = analyse(runs)
+    van_cfg = cfg.arm_config("vanilla")
+    import torch
+
+    results = {
+        "benchmark": "moe", "schema_version": SCHEMA_VERSION, **metadata(),
+        "precision": resolve_precision(torch.device("cpu"), cfg.precision),
+        "summary": summarise(arm_stats, cfg.seeds, layer, sim),
+        "protocol": {
+            "split": "train/validation by whole books (val_fraction of the books held out)",
+            "tokens": "every arm of a seed sees the same batches in the same order and the same held-out windows",
+            "matched": "active training FLOPs per token on train/flops.py (6·N_active + 12·L·d·T; looping × R); "
+                       "residual differences in arms.*.flops_per_token_vs_vanilla (routers over more experts, "
+                       "IterAdaLN's W_mod, the dense width rounded)",
+            "differences": "paired per seed (arm − vanilla), mean ± sample std over seeds; negative = better",
+            "load": "mean over the last quarter of the steps of metrics.jsonl's moe_cv / moe_max_vio / moe_dead "
+                    "(UniPool: pool0_* over the layer-averaged pool load)",
+            "layer": "morphlm/bench/moe_layer.py docstring", "simulator": "morphlm.sim.validate on held-out configs"},
+        "config": {**asdict(cfg), "vanilla_config": van_cfg.to_dict(),
+                   "tokens_per_run": cfg.steps * cfg.batch_size * cfg.seq_len},
+        "data": {"corpus": cfg.corpus, "store": str(store.path), "vocab_size": tokenizer.vocab_size,
+                 **{k: store.meta.get(k) for k in ("n_train_docs", "n_val_docs", "n_train_tokens", "n_val_tokens",
+                                                   "split_mode", "val_doc_names")}},
+        "arm_descriptions": {a: ARMS[a] for a in arms},
+        "arms": arm_stats, "layer": layer, "simulator": sim,
+        "runs": {a: {str(s): r for s, r in sorted(by.items())} for a, by in runs.items()},
+        "failures": failures, "wall_s": time.perf_counter() - t0,
+    }
+    write_json(out_json, results)
+    if plot:
+        results["plot"] = str(plot_results(results, out_json.with_suffix(".png")))
+        write_json(out_json, results)
+    return results
