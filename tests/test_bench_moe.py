@@ -16,7 +16,8 @@ from morphlm.train.flops import attention_matmul_params, ffn_matmul_params, trai
 from clihelp import cli
 
 SUMMARY_KEYS = {"unipool_minus_vanilla", "reduced_pool_minus_vanilla", "loopmoe_minus_vanilla", "moe_minus_dense",
-                "loss_free_max_vio", "aux_max_vio", "layer_speed_vs_hf", "simulator_mape", "seeds", "std", "goals"}
+                "loss_free_max_vio", "aux_max_vio", "layer_speed_vs_hf", "simulator_mape", "seeds", "std", "goals",
+                "loopmoe_minus_vanilla_at_equal_flops"}
 
 
 # ---------------------------------------------------------------------------- the arms
@@ -94,6 +95,21 @@ def test_paired_differences_summary_and_goals_by_hand():
     assert g["unipool_beats_vanilla_by_0.02"] is True and g["moe_beats_dense"] is True
     assert g["loss_free_max_vio_below_aux"] is True and g["layer_at_least_hf_speed"] is True
     assert g["simulator_mape_at_most_15"] is False and g["reduced_pool_beats_vanilla"] is None
+
+
+def test_loss_at_flops_interpolates_and_loopmoe_is_compared_at_vanilla_flops_too():
+    c = [{"flops": 10.0, "val_loss": 5.0}, {"flops": 20.0, "val_loss": 4.0}, {"flops": 40.0, "val_loss": 3.0}]
+    assert mb.loss_at_flops(c, 15.0) == pytest.approx(4.5) and mb.loss_at_flops(c, 40.0) == 3.0
+    assert mb.loss_at_flops(c, 5.0) is None and mb.loss_at_flops(c, 41.0) is None
+    van = _rec("vanilla", 0, 3.5)
+    van["curve"], van["train_flops"] = [{"flops": 10.0, "val_loss": 4.5}, {"flops": 20.0, "val_loss": 3.5}], 20.0
+    loop = _rec("loopmoe", 0, 3.0)
+    loop["curve"], loop["train_flops"] = c, 40.0  # 2x the FLOPs per token: at vanilla's 20 it stood at 4.0
+    arms = mb.analyse({"vanilla": {0: van}, "loopmoe": {0: loop}})
+    s = mb.summarise(arms, [0], None, None)
+    assert s["loopmoe_minus_vanilla"] == pytest.approx(-0.5)
+    assert s["loopmoe_minus_vanilla_at_equal_flops"] == pytest.approx(0.5)
+    assert s["goals"]["loopmoe_beats_vanilla"] is True and s["goals"]["loopmoe_beats_vanilla_at_equal_flops"] is False
 
 
 def test_load_summary_averages_the_last_quarter_of_the_steps():

@@ -57,6 +57,7 @@ LOAD_KEYS = ("moe_cv", "moe_max_vio", "moe_dead", "pool0_cv", "pool0_max_vio", "
 GOALS = {"unipool_beats_vanilla_by_0.02": "unipool_minus_vanilla <= -0.02",
          "reduced_pool_beats_vanilla": "reduced_pool_minus_vanilla < 0",
          "loopmoe_beats_vanilla": "loopmoe_minus_vanilla < 0",
+         "loopmoe_beats_vanilla_at_equal_flops": "loopmoe_minus_vanilla_at_equal_flops < 0",
          "moe_beats_dense": "moe_minus_dense < 0",
          "loss_free_max_vio_below_aux": "loss_free_max_vio < aux_max_vio",
          "layer_at_least_hf_speed": "layer_speed_vs_hf >= 1.0",
@@ -216,6 +217,18 @@ def measure_simulator(cfg: MoEBenchConfig, work: Path) -> dict[str, Any] | None:
 
 
 # ------------------------------------------------------------------------------------------- analysis
+def loss_at_flops(curve: list[dict[str, float]], flops: float) -> float | None:
+    """Validation loss of ``curve`` at ``flops`` cumulative training FLOPs, linear in FLOPs between the evaluations
+    around it; None when the curve does not span ``flops``."""
+    for a, b in zip(curve, curve[1:]):
+        if a["flops"] <= flops <= b["flops"]:
+            frac = (flops - a["flops"]) / (b["flops"] - a["flops"]) if b["flops"] > a["flops"] else 0.0
+            return a["val_loss"] + frac * (b["val_loss"] - a["val_loss"])
+    if curve and curve[-1]["flops"] == flops:
+        return curve[-1]["val_loss"]
+    return None
+
+
 def analyse(runs: dict[str, dict[int, dict]]) -> dict[str, Any]:
     """Per-arm statistics over seeds from ``{arm: {seed: record}}``: final val loss mean ± std, load metrics,
     parameters, FLOPs per token (and relative to vanilla's), and the paired difference to vanilla."""
@@ -227,11 +240,17 @@ def analyse(runs: dict[str, dict[int, dict]]) -> dict[str, Any]:
         loss = mean_std([r["final_val_loss"] for r in rows])
         diffs = [r["final_val_loss"] - van[s]["final_val_loss"] for s, r in sorted(by_seed.items()) if s in van]
         diff = mean_std(diffs)
+        # at vanilla's total training FLOPs (arms that spend more per token, e.g. LoopMoE's IterAdaLN, get there
+        # earlier): paired per seed, None where the arm's curve does not span that budget
+        at = mean_std([loss_at_flops(r["curve"], van[s]["train_flops"]) - van[s]["final_val_loss"]
+                       if s in van and loss_at_flops(r["curve"], van[s]["train_flops"]) is not None else None
+                       for s, r in sorted(by_seed.items())])
         load = {k: mean_std([r["load"].get(k) for r in rows]) for k in LOAD_KEYS}
         first = rows[0]
         arms[arm] = {
             "seeds": sorted(by_seed), "final_val_loss": loss["mean"], "final_val_loss_std": loss["std"],
             "minus_vanilla": diff["mean"], "minus_vanilla_std": diff["std"],
+            "minus_vanilla_at_vanilla_flops": at["mean"], "minus_vanilla_at_vanilla_flops_std": at["std"],
             "total_params": first["total_params"], "active_params": first["active_params"],
             "flops_per_token": first["flops_per_token"],
             "flops_per_token_vs_vanilla": first["flops_per_token"] / van_fpt if van_fpt else None,
@@ -263,11 +282,14 @@ def summarise(arms: dict[str, Any], seeds: list[int], layer: dict | None, sim: d
          "loss_free_max_vio": lf, "aux_max_vio": aux,
          "layer_speed_vs_hf": layer.get("layer_speed_vs_hf") if layer else None,
          "simulator_mape": sim.get("mape") if sim else None,
-         "seeds": len(seeds)}
+         "seeds": len(seeds),
+         # LoopMoE spends more FLOPs per token (IterAdaLN's W_mod): its loss at vanilla's FLOPs budget as well
+         "loopmoe_minus_vanilla_at_equal_flops": get("loopmoe", "minus_vanilla_at_vanilla_flops")}
     s["std"] = {"unipool_minus_vanilla": get("unipool", "minus_vanilla_std"),
                 "reduced_pool_minus_vanilla": get("unipool-half", "minus_vanilla_std"),
                 "loopmoe_minus_vanilla": get("loopmoe", "minus_vanilla_std"),
-                "moe_minus_dense": moe_minus_dense_std}
+                "moe_minus_dense": moe_minus_dense_std,
+                "loopmoe_minus_vanilla_at_equal_flops": get("loopmoe", "minus_vanilla_at_vanilla_flops_std")}
 
     def goal(name: str) -> bool | None:
         lhs, op, rhs = GOALS[name].split()
@@ -351,7 +373,8 @@ def markdown_table(results: dict[str, Any]) -> str:
     lines += ["", "Summary (nats; negative = better than vanilla): " + ", ".join(
         f"{k} {_f(s[k], '+.3f') if isinstance(s[k], float) else s[k]}"
         for k in ("unipool_minus_vanilla", "reduced_pool_minus_vanilla", "loopmoe_minus_vanilla", "moe_minus_dense",
-                  "loss_free_max_vio", "aux_max_vio", "layer_speed_vs_hf", "simulator_mape", "seeds")),
+                  "loopmoe_minus_vanilla_at_equal_flops", "loss_free_max_vio", "aux_max_vio", "layer_speed_vs_hf",
+                  "simulator_mape", "seeds")),
               "Goals: " + ", ".join(f"{k} {'–' if v is None else ('met' if v else 'missed')}"
                                     for k, v in s["goals"].items())]
     layer = results.get("layer")
