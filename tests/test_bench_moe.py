@@ -17,7 +17,7 @@ from clihelp import cli
 
 SUMMARY_KEYS = {"unipool_minus_vanilla", "reduced_pool_minus_vanilla", "loopmoe_minus_vanilla", "moe_minus_dense",
                 "loss_free_max_vio", "aux_max_vio", "layer_speed_vs_hf", "simulator_mape", "seeds", "std", "goals",
-                "loopmoe_minus_vanilla_at_equal_flops"}
+                "loopmoe_minus_vanilla_at_equal_flops", "loopmoe_flops_per_token_vs_vanilla"}
 
 
 # ---------------------------------------------------------------------------- the arms
@@ -110,6 +110,7 @@ def test_loss_at_flops_interpolates_and_loopmoe_is_compared_at_vanilla_flops_too
     assert s["loopmoe_minus_vanilla"] == pytest.approx(-0.5)
     assert s["loopmoe_minus_vanilla_at_equal_flops"] == pytest.approx(0.5)
     assert s["goals"]["loopmoe_beats_vanilla"] is True and s["goals"]["loopmoe_beats_vanilla_at_equal_flops"] is False
+    assert s["loopmoe_flops_per_token_vs_vanilla"] == 1.0  # both records say 100 FLOPs/token here
 
 
 def test_load_summary_averages_the_last_quarter_of_the_steps():

@@ -284,7 +284,8 @@ def summarise(arms: dict[str, Any], seeds: list[int], layer: dict | None, sim: d
          "simulator_mape": sim.get("mape") if sim else None,
          "seeds": len(seeds),
          # LoopMoE spends more FLOPs per token (IterAdaLN's W_mod): its loss at vanilla's FLOPs budget as well
-         "loopmoe_minus_vanilla_at_equal_flops": get("loopmoe", "minus_vanilla_at_vanilla_flops")}
+         "loopmoe_minus_vanilla_at_equal_flops": get("loopmoe", "minus_vanilla_at_vanilla_flops"),
+         "loopmoe_flops_per_token_vs_vanilla": get("loopmoe", "flops_per_token_vs_vanilla")}
     s["std"] = {"unipool_minus_vanilla": get("unipool", "minus_vanilla_std"),
                 "reduced_pool_minus_vanilla": get("unipool-half", "minus_vanilla_std"),
                 "loopmoe_minus_vanilla": get("loopmoe", "minus_vanilla_std"),

@@ -178,12 +178,13 @@ def full_config(**changes: Any) -> MoEBenchConfig:
     width 128 (an expert's weights equal the attention's, so capacity balancing at R = 2 gives LoopMoE exactly
     2·8 + 1 = 17 experts per looped layer), top-1.
 
-    Sizing (measured on this 2-core machine, bf16 autocast, one thread per run, other work running): a vanilla
-    MoE step takes ~1.2 s, dense ~0.8 s, UniPool ~1.3 s, LoopMoE (8 block passes + IterAdaLN) ~2.3 s. With two
-    single-threaded workers, 300 steps per run make 3 seeds × (0.8 + 1.2 + 1.2 + 1.3 + 1.3 + 2.3 s) × 300 / 2 ≈
-    36 min … so the full profile trains 240 steps (≈ 0.98M tokens per run, ~0.35 tokens per total parameter —
-    a short-horizon comparison, stated as such in the results) plus ~2 min for the layer and simulator checks:
-    ≈ 31 min in all."""
+    Sizing, measured on this 2-core machine (single-threaded CPU time of one training step, bf16 autocast, batch
+    16 × 256 tokens, other work running): dense 0.38 s, vanilla 0.67 s, loss-free 0.60 s, UniPool 0.70 s, reduced
+    pool ~0.8 s, LoopMoE 0.80 s — 3.95 s per step of all six arms, ×1.11 for the evaluations (8 held-out batches
+    every 24 steps), × 3 seeds, over two single-threaded workers: ≈ 6.6 s of wall time per step. 240 steps
+    (≈ 0.98M tokens per run, ~0.35 tokens per total parameter: a short-horizon comparison, stated as such) take
+    ≈ 26 min, plus ≈ 3 min for the token store, the layer benchmark and the simulator check: ≈ 29 min, leaving
+    ~20% for a busier machine within the 35-minute budget."""
     cfg = MoEBenchConfig(profile="full", corpus=default_corpus(), steps=240, warmup_steps=12, eval_every=24)
     return dataclasses.replace(cfg, **changes)
 

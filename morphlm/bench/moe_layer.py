@@ -4,7 +4,8 @@ own MoE block at identical shapes and weights, forward + backward, tokens/s and 
 The reference is transformers' ``MixtralSparseMoeBlock`` (softmax router, top-k renormalised, SwiGLU experts stored
 as fused 3-D ``gate_up_proj`` / ``down_proj``) in each experts implementation the installed version offers on a
 CPU: ``eager`` (its per-expert loop with ``index_add_``), ``grouped_mm`` and ``batched_mm`` (selected through the
-config's ``_experts_implementation``). Ours is configured to compute the same function (``moe_router='softmax'``,
+config's ``_experts_implementation``; ``batched_mm`` only where its per-token copy of the expert weights stays under
+:data:`BATCHED_MM_MAX_BYTES` — the notes say when it was skipped). Ours is configured to compute the same function (``moe_router='softmax'``,
 ``moe_renormalize=true``, no balancing loss — HF adds its aux loss only at the model level, on request) and gets the
 same weights; their outputs are compared in fp32 before timing (``parity_max_abs``).
 
@@ -23,6 +24,10 @@ import time
 from typing import Any
 
 HF_IMPLS = ("eager", "grouped_mm", "batched_mm")
+# batched_mm gathers one copy of the chosen expert's weights PER (token, slot): T·k·(3·d·d_ff) floats, plus their
+# gradients. Above this many bytes it is not run (and the notes say so): at T=4096, d=256, d_ff=512 it would take
+# ~6 GB — more than this machine can spare, and far slower than the other two anyway.
+BATCHED_MM_MAX_BYTES = 1 << 30
 
 
 def _ours(d: int, d_ff: int, experts: int, top_k: int, impl: str = "auto"):
@@ -110,6 +115,12 @@ def layer_benchmark(tokens: int, d: int, d_ff: int, experts: int, top_k: int, re
         ours["ours-loop"].load_state_dict(ours["ours"].state_dict())
         hf, notes = {}, []
         for impl in HF_IMPLS:
+            gathered = tokens * top_k * 3 * d * d_ff * 4
+            if impl == "batched_mm" and gathered > BATCHED_MM_MAX_BYTES:
+                notes.append(f"hf-batched_mm: not run — it gathers the chosen expert's weights per token "
+                             f"({gathered / 2**30:.1f} GiB in fp32 at this shape, over the "
+                             f"{BATCHED_MM_MAX_BYTES / 2**30:.0f} GiB cap)")
+                continue
             try:
                 m = _hf(d, d_ff, experts, top_k, impl)
             except Exception as exc:  # an implementation this transformers version does not have
