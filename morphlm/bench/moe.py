@@ -330,7 +330,9 @@ def plot_results(results: dict[str, Any], png: str | Path) -> Path:
     for arm, by_seed in results["runs"].items():
         xs, ys, sd = mean_curve(by_seed)
         m = results["arms"][arm]
-        label = f"{arm}: {m['final_val_loss']:.3f}" + (f" ± {m['final_val_loss_std']:.3f}" if len(m["seeds"]) > 1 else "")
+        label = f"{arm}: {m['final_val_loss']:.3f}"
+        if len(m["seeds"]) > 1:
+            label += f" ± {m['final_val_loss_std']:.3f}"
         line, = ax.plot(xs, ys, "--" if arm == "dense" else "-", lw=2.0 if arm == "vanilla" else 1.3,
                         color="black" if arm == "vanilla" else None, label=label, marker=".")
         if any(sd):
@@ -359,8 +361,8 @@ def _f(v: float | None, fmt: str = ".3f") -> str:
 
 def markdown_table(results: dict[str, Any]) -> str:
     """The README table: one row per arm (every arm, winners and losers), then the summary and goals."""
-    lines = ["| arm | total params | active params | FLOPs/token vs vanilla | val loss | − vanilla | load CV | MaxVio | "
-             "dead experts |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| arm | total params | active params | FLOPs/token vs vanilla | val loss | − vanilla | load CV | "
+             "MaxVio | dead experts |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for arm, m in results["arms"].items():
         ld = m["load"]
         cv, vio, dead = (ld.get("pool0_cv", ld.get("moe_cv")), ld.get("pool0_max_vio", ld.get("moe_max_vio")),
@@ -369,7 +371,8 @@ def markdown_table(results: dict[str, Any]) -> str:
             f"{m['minus_vanilla']:+.3f}" + (f" ± {m['minus_vanilla_std']:.3f}" if len(m["seeds"]) > 1 else ""))
         lines.append(f"| {arm} | {m['total_params']:,} | {m['active_params']:,} | "
                      f"{_f(m['flops_per_token_vs_vanilla'], '.3f')}× | {m['final_val_loss']:.3f} ± "
-                     f"{m['final_val_loss_std']:.3f} | {diff} | {_f(cv, '.2f')} | {_f(vio, '.2f')} | {_f(dead, '.1f')} |")
+                     f"{m['final_val_loss_std']:.3f} | {diff} | {_f(cv, '.2f')} | {_f(vio, '.2f')} | "
+                     f"{_f(dead, '.1f')} |")
     s = results["summary"]
     lines += ["", "Summary (nats; negative = better than vanilla): " + ", ".join(
         f"{k} {_f(s[k], '+.3f') if isinstance(s[k], float) else s[k]}"

@@ -5,9 +5,10 @@ The reference is transformers' ``MixtralSparseMoeBlock`` (softmax router, top-k 
 as fused 3-D ``gate_up_proj`` / ``down_proj``) in each experts implementation the installed version offers on a
 CPU: ``eager`` (its per-expert loop with ``index_add_``), ``grouped_mm`` and ``batched_mm`` (selected through the
 config's ``_experts_implementation``; ``batched_mm`` only where its per-token copy of the expert weights stays under
-:data:`BATCHED_MM_MAX_BYTES` — the notes say when it was skipped). Ours is configured to compute the same function (``moe_router='softmax'``,
-``moe_renormalize=true``, no balancing loss — HF adds its aux loss only at the model level, on request) and gets the
-same weights; their outputs are compared in fp32 before timing (``parity_max_abs``).
+:data:`BATCHED_MM_MAX_BYTES` — the notes say when it was skipped). Ours is configured to compute the same
+function (``moe_router='softmax'``, ``moe_renormalize=true``, no balancing loss — HF adds its aux loss only at the
+model level, on request) and gets the same weights; their outputs are compared in fp32 before timing
+(``parity_max_abs``).
 
 Protocol: one thread (``torch.set_num_threads(1)``, as every benchmark run here), input (1, T, d) with gradients,
 loss = ⟨y, g⟩ with a fixed random g, one warm-up step then ``repeats`` timed steps, the MEDIAN reported (thread CPU
@@ -51,7 +52,7 @@ def _hf(d: int, d_ff: int, experts: int, top_k: int, impl: str):
 
 
 def _copy_weights(ours, hf) -> None:
-    """Ours -> HF: the router (E, d), gate_up (E, 2·d_ff, d) gate rows first, down (E, d, d_ff) — the same layouts."""
+    """Ours -> HF: the router (E, d), gate_up (E, 2·d_ff, d) gate rows first, down (E, d, d_ff): the same layouts."""
     import torch
 
     with torch.no_grad():
