@@ -431,6 +431,7 @@ def _run(cfg: MoEBenchConfig, *, out_json, work_dir, workers, plot) -> dict[str,
     run_jobs(jobs, job, workers=workers, desc="moe bench: arms", on_done=collect)
     if "vanilla" not in runs:
         raise BenchError(f"the vanilla MoE runs failed ({failures}); every difference is measured against them")
+    runs = {a: runs[a] for a in ARMS if a in runs}  # the report's order, not the order the workers finished in
     layer = measure_layer(cfg, work)
     sim = measure_simulator(cfg, work)
     arm_stats = analyse(runs)
