@@ -202,3 +202,15 @@ def test_cli_bad_input_writes_nothing_and_table(tmp_path, monkeypatch):
     assert not (tmp_path / "results").exists() and not (tmp_path / "w").exists()
     missing = cli("bench", "moe", "--table", "--out", tmp_path / "none.json", code=None)
     assert missing.exit_code != 0 and "does not exist" in missing.output
+
+
+def test_layer_benchmark_matches_hf_top2_and_caps_batched_mm(monkeypatch):
+    import morphlm.bench.moe_layer as ml
+
+    monkeypatch.setattr(ml, "BATCHED_MM_MAX_BYTES", 0)
+    r = ml.layer_benchmark(64, 16, 16, 4, 2, repeats=1, dtypes=("fp32",))
+    # top-2 with renormalised gates: our softmax router computes Mixtral's function with the same weights
+    assert set(r["parity_max_abs"]) == {"hf-eager", "hf-grouped_mm"}
+    assert all(v < 1e-5 for v in r["parity_max_abs"].values()) and r["output_abs_mean"] > 1e-4
+    assert "hf-batched_mm" not in r["results"]["fp32"] and any("batched_mm: not run" in n for n in r["notes"])
+    assert r["layer_speed_vs_hf"] is None and r["speed_vs_hf"]["fp32"] > 0  # no bf16 timed: no goal figure

@@ -158,5 +158,5 @@ def layer_benchmark(tokens: int, d: int, d_ff: int, experts: int, top_k: int, re
     return {"shape": {"tokens": tokens, "d_model": d, "expert_d_ff": d_ff, "experts": experts, "top_k": top_k,
                       "activation": "swiglu"},
             "reference": "transformers MixtralSparseMoeBlock", "repeats": repeats, "threads": 1,
-            "parity_max_abs": parity, "results": rows, "hf_fastest": fastest, "speed_vs_hf": speed,
+            "parity_max_abs": parity, "output_abs_mean": float(ref.abs().mean()), "results": rows, "hf_fastest": fastest, "speed_vs_hf": speed,
             "layer_speed_vs_hf": speed.get("bf16"), "notes": notes}
