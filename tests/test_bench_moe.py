@@ -214,3 +214,17 @@ def test_layer_benchmark_matches_hf_top2_and_caps_batched_mm(monkeypatch):
     assert all(v < 1e-5 for v in r["parity_max_abs"].values()) and r["output_abs_mean"] > 1e-4
     assert "hf-batched_mm" not in r["results"]["fp32"] and any("batched_mm: not run" in n for n in r["notes"])
     assert r["layer_speed_vs_hf"] is None and r["speed_vs_hf"]["fp32"] > 0  # no bf16 timed: no goal figure
+
+
+def test_script_is_the_cli(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "moe.py"
+    spec = importlib.util.spec_from_file_location("bench_moe_script", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    with pytest.raises(SystemExit) as exc:  # typer exits; a missing results file is a named error
+        script.main(["--table", "--out", str(tmp_path / "none.json")])
+    captured = capsys.readouterr()
+    assert exc.value.code != 0 and "does not exist" in captured.out + captured.err
