@@ -674,6 +674,8 @@ class _Run:
                     log.info("training steps %d-%d%s (Ctrl-C or SIGTERM stops at the end of a step%s)", start + 1,
                              args.max_steps, f" into {self.out_dir}" if self.out_dir else "",
                              " and saves it" if self.out_dir else "")
+                    log.info("precision %s%s", "bf16 autocast" if self.precision == "bf16" else "fp32",
+                             " (auto on this device)" if args.precision == "auto" else "")
                 if args.progress and self.info.is_main:
                     from ..progress import progress_bar
 
