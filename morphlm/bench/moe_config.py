@@ -182,7 +182,7 @@ def full_config(**changes: Any) -> MoEBenchConfig:
     16 × 256 tokens, other work running): dense 0.38 s, vanilla 0.67 s, loss-free 0.60 s, UniPool 0.70 s, reduced
     pool ~0.8 s, LoopMoE 0.80 s — 3.95 s per step of all six arms, ×1.11 for the evaluations (8 held-out batches
     every 24 steps), × 3 seeds, over two single-threaded workers: ≈ 6.6 s of wall time per step. 240 steps
-    (≈ 0.98M tokens per run, ~0.35 tokens per total parameter: a short-horizon comparison, stated as such) take
+    (≈ 0.98M tokens per run, ~0.43 tokens per vanilla parameter (2.30M): a short-horizon comparison) take
     ≈ 26 min, plus ≈ 3 min for the token store, the layer benchmark and the simulator check: ≈ 29 min, leaving
     ~20% for a busier machine within the 35-minute budget."""
     cfg = MoEBenchConfig(profile="full", corpus=default_corpus(), steps=240, warmup_steps=12, eval_every=24)
