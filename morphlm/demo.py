@@ -159,7 +159,7 @@ def _run_demo(out: str | Path, steps: int, method: str | None) -> dict:
         lineage={"verb": "train", "preset": "demo source", "parents": []})
     source = ckpt.load_model(src_dir)
     source_flops = ckpt.total_flops(src_dir)
-    source_loss = evaluate(source, model_loss, target_data.val_batches(), cpu)["val_loss"]
+    source_loss = evaluate(source, model_loss, target_data.val_batches(), cpu, "fp32")["val_loss"]
 
     # 2. grow
     grown_dir = out / f"grown-{method}"
@@ -187,7 +187,7 @@ def _run_demo(out: str | Path, steps: int, method: str | None) -> dict:
             callbacks.append(g.masks)
         if not resuming:
             init_file.write_text(json.dumps({
-                "val_loss": evaluate(model, model_loss, target_data.val_batches(), cpu)["val_loss"],
+                "val_loss": evaluate(model, model_loss, target_data.val_batches(), cpu, "fp32")["val_loss"],
                 "operator_flops": float(g.flops), "function_preserving": g.function_preserving}))
     init = json.loads(init_file.read_text())
     typer.echo(f"      source val loss {source_loss:.3f}; grown model before training {init['val_loss']:.3f} "

@@ -103,7 +103,9 @@ def test_msg_ramp_runs_through_fit_and_starts_at_the_source_loss():
         def on_step_begin(self, state):
             seen.append(grown.masked_growth.mask)
 
-    args = TrainArgs(max_steps=4, warmup_steps=0, lr=1e-3, progress=False, eval_at_end=False, device="cpu")
+    # fp32: the first step's loss is compared with an fp32 forward of the source (auto is bf16 on a bf16 CPU)
+    args = TrainArgs(max_steps=4, warmup_steps=0, lr=1e-3, progress=False, eval_at_end=False, device="cpu",
+                     precision="fp32")
     records = []
 
     class Log:

@@ -157,7 +157,8 @@ def run_arm(cfg: GrowthBenchConfig, arm: Arm, seed: int, work: Path) -> dict[str
         source_dir = train_source(cfg, arm.source, seed, work)
         source = ckpt.load_model(source_dir)
         source_flops = ckpt.total_flops(source_dir)
-        info["source_val_loss"] = evaluate(source, loss_fn, data.val_batches(), torch.device("cpu"))["val_loss"]
+        info["source_val_loss"] = evaluate(source, loss_fn, data.val_batches(), torch.device("cpu"),
+                                            args.precision)["val_loss"]
     init_seed = derive_model_seed("target", seed)
     callbacks: list[Any] = []
     if arm.kind == "scratch":
@@ -183,7 +184,7 @@ def run_arm(cfg: GrowthBenchConfig, arm: Arm, seed: int, work: Path) -> dict[str
     else:
         raise BenchError(f"arm {arm.name}: unknown kind {arm.kind!r}")
     curve = _Curve(offset_flops=operator_flops)
-    init_loss = evaluate(model, loss_fn, data.val_batches(), torch.device("cpu"))["val_loss"]
+    init_loss = evaluate(model, loss_fn, data.val_batches(), torch.device("cpu"), args.precision)["val_loss"]
     curve.points.append({"step": 0, "flops": operator_flops, "val_loss": init_loss})
     callbacks.append(curve)
     torch.manual_seed(init_seed)

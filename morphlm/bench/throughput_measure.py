@@ -124,7 +124,9 @@ def measure_morphlm(model: TransformerLM, data: SyntheticTokens, device: torch.d
     args = TrainArgs(out_dir=None, max_steps=warmup + timed + 1, warmup_steps=0, schedule="constant",
                      compile=compile, device=str(device), progress=False, micro_batch_size=micro_batch,
                      lr=OPTIM["lr"], beta1=OPTIM["betas"][0], beta2=OPTIM["betas"][1], adam_eps=OPTIM["eps"],
-                     weight_decay=OPTIM["weight_decay"], grad_clip=grad_clip, seed=seed)
+                     weight_decay=OPTIM["weight_decay"], grad_clip=grad_clip, seed=seed,
+                     # the HF loop autocasts on CUDA only: fit() must too (its "auto" is bf16 on a bf16-capable CPU)
+                     precision="bf16" if device.type == "cuda" else "fp32")
     _reset_memory(device)
     try:
         result = fit(model, None, data, args, [clock])

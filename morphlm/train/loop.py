@@ -65,7 +65,7 @@ from .optim import TrainArgs, _flatten_optimizer, _unflatten_optimizer, build_op
 from .parallel import (DistInfo, all_reduce_mean, barrier, full_model_state, full_optimizer_state,
                        init_distributed, load_full_optimizer_state, unwrap, wrap_model)
 from .steps import (AuxOptimizer, Geometry, LossFn, MetricsWriter, autocast, evaluate, load_resume,  # noqa: F401
-                    routing_terms, run_changes, split_loss)
+                    resolve_precision, routing_terms, run_changes, split_loss)
 
 log = logging.getLogger("morphlm.train")
 
@@ -147,6 +147,7 @@ class FitResult:
     val_loss: float | None
     metrics: dict[str, Any]
     out_dir: str | None
+    precision: str = "fp32"  # what the run computed in (bf16 autocast or fp32): "auto" resolved on its device
 
 
 # ---------------------------------------------------------------------------------------------- stop handling
@@ -303,6 +304,9 @@ class _Run:
         if device.type == "cuda" and info.enabled:
             device = torch.device("cuda", info.local_rank)
         self.device = device
+        # what this run computes in: "auto" is bf16 autocast on CUDA and on CPUs with native bf16 matmuls
+        # (steps.resolve_precision); logged with every metrics record and returned in FitResult.precision
+        self.precision = resolve_precision(device, args.precision)
         self.out_dir = Path(args.out_dir) if args.out_dir else None
         self.cfg = unwrap(model).config
 
@@ -450,7 +454,7 @@ class _Run:
         try:
             with torch.random.fork_rng(devices=devices):
                 for mb in batches:
-                    with autocast(self.device, self.args.precision):
+                    with autocast(self.device, self.precision):
                         loss, _ = split_loss(self.loss_fn(model, mb))
                     total += loss.detach().float()
         finally:
@@ -523,7 +527,7 @@ class _Run:
                 sync = wrapped.no_sync()
             if info.enabled and hasattr(wrapped, "set_requires_gradient_sync"):
                 wrapped.set_requires_gradient_sync(last)
-            with sync, autocast(self.device, args.precision):
+            with sync, autocast(self.device, self.precision):
                 loss, extra = split_loss(self.loss_fn(self.runner, mb))
             aux, routing = routing_terms(self.raw, self.device)  # MoE balancing losses (logged as loss_aux)
             ((loss if aux is None else loss + aux) / n_micro).backward()
@@ -595,7 +599,7 @@ class _Run:
         self.last_loss = step_loss
         record: dict[str, Any] = {
             "step": step + 1, "tokens": fstate.tokens, "flops": fstate.flops, "loss": step_loss,
-            "lr": lr, "tok_per_s": self.geo.tokens_per_step / dt, "elapsed_s": elapsed,
+            "lr": lr, "tok_per_s": self.geo.tokens_per_step / dt, "elapsed_s": elapsed, "precision": self.precision,
         }
         rest = vals[2:]
         if args.grad_clip > 0:
@@ -608,7 +612,7 @@ class _Run:
         fstate.last_metrics = record
         evaluated = False
         if (args.eval_every and (step + self.step_offset + 1) % args.eval_every == 0) or (done and args.eval_at_end):
-            self.val_metrics = evaluate(self.runner, self.loss_fn, self.data.val_batches(), self.device, args.precision)
+            self.val_metrics = evaluate(self.runner, self.loss_fn, self.data.val_batches(), self.device, self.precision)
             record.update(self.val_metrics)
             for cb in self.callbacks:
                 if hasattr(cb, "on_eval"):
@@ -652,7 +656,7 @@ class _Run:
     def result(self) -> FitResult:
         return FitResult(self.fstate.step, self.fstate.tokens, self.fstate.flops, self.last_loss,
                          self.val_metrics.get("val_loss"), {**self.fstate.last_metrics, **self.val_metrics},
-                         str(self.out_dir) if self.out_dir else None)
+                         str(self.out_dir) if self.out_dir else None, self.precision)
 
     def train(self) -> FitResult:
         args, start = self.args, self.start_step
@@ -664,7 +668,8 @@ class _Run:
             ep_mod.unshard_experts(self.raw)
             rs = self.resume_state
             return FitResult(start, self.fstate.tokens, self.fstate.flops, None,
-                             rs.get("val_loss") if rs else None, {}, str(self.out_dir) if self.out_dir else None)
+                             rs.get("val_loss") if rs else None, {}, str(self.out_dir) if self.out_dir else None,
+                             self.precision)
         try:
             with _StopFlag(args.stop_grace_s, self._on_disk) as stop:
                 if stop.requested:  # a StopScope whose stop was requested: nothing new is trained or written
@@ -675,6 +680,8 @@ class _Run:
                     log.info("training steps %d-%d%s (Ctrl-C or SIGTERM stops at the end of a step%s)", start + 1,
                              args.max_steps, f" into {self.out_dir}" if self.out_dir else "",
                              " and saves it" if self.out_dir else "")
+                    log.info("precision %s%s", "bf16 autocast" if self.precision == "bf16" else "fp32",
+                             " (auto on this device)" if args.precision == "auto" else "")
                 if args.progress and self.info.is_main:
                     from ..progress import progress_bar
 

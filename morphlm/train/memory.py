@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from ..model.config import ModelConfig
+from .steps import resolve_precision
 
 __all__ = ["MemoryEstimate", "InsufficientMemory", "estimate_training_memory", "available_memory", "check_fits"]
 
@@ -159,7 +160,7 @@ def check_fits(cfg: ModelConfig, *, per_process_batch: int, seq_len: int, micro_
     if available is None:
         return None
     micro = int(micro_batch or per_process_batch)
-    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    bf16 = resolve_precision(device, precision) == "bf16"
     drop = cfg.dropout if dropout is None else dropout
     eager = device.type == "cpu" and drop > 0
 

@@ -36,7 +36,7 @@ class TrainArgs:
     resume: str = "never"  # never | auto
     seed: int = 0
     device: str = "auto"
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
+    precision: str = "auto"  # auto (bf16 on CUDA and on CPUs with native bf16 matmuls, else fp32) | fp32 | bf16
     compile: bool = False
     parallel: str = "none"  # none | ddp | fsdp
     expert_parallel: int = 1  # shard each MoE layer's experts over groups of this many ranks (1 = off)

@@ -5,8 +5,10 @@ holds a run's state across steps except :class:`MetricsWriter` (an open file) an
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -21,9 +23,36 @@ from .parallel import DistInfo, unwrap
 LossFn = Callable[[nn.Module, dict[str, torch.Tensor]], Any]
 
 
+@functools.lru_cache(maxsize=None)
+def cpu_bf16_supported() -> bool:
+    """Whether this CPU computes bf16 matmuls natively (AVX-512 BF16 or AMX tiles), so bf16 autocast speeds it
+    up (oneDNN's bf16 matmul is several times its fp32 one there) instead of emulating bf16 in fp32.
+    ``MORPHLM_CPU_BF16=0`` (or ``1``) overrides the detection, e.g. to reproduce fp32 numbers of older runs."""
+    env = os.environ.get("MORPHLM_CPU_BF16", "").strip().lower()
+    if env in ("0", "false", "no", "off"):
+        return False
+    if env in ("1", "true", "yes", "on"):
+        return True
+    cpu = getattr(torch, "cpu", None)
+    checks = [getattr(cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(bool(fn()) for fn in checks if callable(fn))
+
+
+def resolve_precision(device: torch.device, precision: str) -> str:
+    """The precision a run on ``device`` computes in: ``bf16`` or ``fp32``. ``auto`` is bf16 autocast on CUDA and
+    on CPUs with native bf16 matmuls (:func:`cpu_bf16_supported`), fp32 elsewhere."""
+    if precision in ("bf16", "fp32"):
+        return precision
+    if precision != "auto":
+        raise ValueError(f"precision={precision!r}: choose auto, fp32 or bf16")
+    if device.type == "cuda" or (device.type == "cpu" and cpu_bf16_supported()):
+        return "bf16"
+    return "fp32"
+
+
 def autocast(device: torch.device, precision: str):
-    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    if use_bf16:
+    """bf16 autocast when ``precision`` resolves to bf16 on ``device`` (:func:`resolve_precision`), else nothing."""
+    if resolve_precision(device, precision) == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
