@@ -151,9 +151,12 @@ def test_teacher_equal_student_gives_zero_intermediate_losses():
     batch = {"input_ids": torch.randint(7, 512, (2, 12)), "attention_mask": torch.ones(2, 12, dtype=torch.long)}
     batch["attention_mask"][1, 8:] = 0
     for projection in ("shared", "per_layer", "none"):
-        cfg = DistillConfig(stage="full", layer_map=[0, 1], projection=projection)
-        loss, m = DistillLoss(model, model.config, cfg)(model, batch)
-        assert m["loss_emb"].item() == 0 and m["loss_att"].item() == 0 and m["loss_hid"].item() == 0
+        for forms in ({"att_loss": "mse", "hid_loss": "mse"}, {}):  # TinyBERT's forms: exactly 0; the defaults
+            cfg = DistillConfig(stage="full", layer_map=[0, 1], projection=projection, **forms)
+            loss, m = DistillLoss(model, model.config, cfg)(model, batch)
+            assert m["loss_emb"].item() == 0 and m["loss_hid"].item() == 0
+            # KL of equal distributions: 0 up to float32 rounding of Σ p·(log p − log p)
+            assert m["loss_att"].item() == pytest.approx(0.0, abs=1e-7 if forms == {} else 0.0)
     # the prediction term of identical models is the teacher's entropy: the minimum over students
     _, m = DistillLoss(model, model.config, DistillConfig(stage="prediction"))(model, batch)
     out = model(**batch)

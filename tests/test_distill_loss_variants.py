@@ -248,9 +248,9 @@ def test_config_rejects_unknown_values_naming_the_choices(field, value, message)
         DistillConfig(**{field: value}).validate()
 
 
-def test_config_defaults_keep_tinybert_and_lineage_records_the_options():
+def test_config_defaults_are_the_measured_forms_and_lineage_records_the_options():
     cfg = DistillConfig()
-    assert (cfg.att_loss, cfg.head_map, cfg.hid_loss) == ("mse", "auto", "mse")
+    assert (cfg.att_loss, cfg.head_map, cfg.hid_loss) == ("kl", "auto", "normalized")  # chosen by measurement with MiniLM
     d = DistillConfig(att_loss="kl", head_map="0, 4, 8, 11", hid_loss="cosine").to_dict()
     assert (d["att_loss"], d["head_map"], d["hid_loss"]) == ("kl", [0, 4, 8, 11], "cosine")
     assert DistillConfig.from_dict(d).head_map == [0, 4, 8, 11]

@@ -40,7 +40,8 @@ def arm_ternary(ctx: Context, seed: int) -> dict:
     student = tmod.ternarize(ctx.teacher, method="twn")
     student.requires_grad_(True)
     student.train()
-    cfg = dmod.DistillConfig(stage="full", layer_map=list(range(L)), projection="none")
+    cfg = dmod.DistillConfig(stage="full", layer_map=list(range(L)), projection="none", att_loss="mse",
+                             hid_loss="mse")  # TernaryBERT's own forms (teacher and student start equal)
     curve = AccuracyCurve(ctx.task.dev_batches(), s.ternary_steps)  # a teacher-size eval costs ~30 student steps
     r = tmod.qat_distill(ctx.teacher, student, ctx.data(seed), train_args(s, s.ternary_steps, s.ternary_lr, seed,
                                                                       progress=ctx.progress),

@@ -60,7 +60,7 @@ def _layermap_search(ctx: Context, lm) -> dict:
                                        s.max_len, seed=0)
     setting = lm.ProxySetting(gd_steps=s.layermap_proxy_steps, ft_steps=s.layermap_proxy_ft_steps,
                               gd_lr=s.distill_lr, ft_lr=s.student_lr, warmup_steps=max(s.layermap_proxy_ft_steps // 10, 1),
-                              seed=0, metric=s.layermap_metric)
+                              seed=0, metric=s.layermap_metric, att_loss=s.att_loss, hid_loss=s.hid_loss)
     evaluator = lm.ProxyEvaluator(ctx.teacher_pre, ctx.student_cfg, ctx.gd_data(max(s.batch_size // 2, 2), 1),
                                   [proxy_task], setting)
     ga = lm.GAConfig(population=max(2, min(4, s.layermap_evals)), budget=s.layermap_evals, elitism=1, seed=0)

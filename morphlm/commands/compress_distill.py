@@ -53,18 +53,20 @@ def distill(
     hard_label_weight: Optional[float] = typer.Option(None, help="Weight of CE on gold labels (default: 1 for "
                                                                  "--stage logit, else 0)."),
     projection: str = typer.Option("shared", help="shared | per_layer | none: hidden-state projection W_h."),
-    att_loss: str = typer.Option("mse", help="Attention term: mse (TinyBERT: raw pre-softmax score MSE) | centred "
-                                             "(scores centred per query row over its valid keys, then MSE: a "
-                                             "constant row offset costs nothing) | kl (MiniLM: KL of the attention "
-                                             "distributions, mean over valid query rows)."),
+    att_loss: str = typer.Option("kl", help="Attention term: kl (default; MiniLM: KL of the attention "
+                                            "distributions, mean over valid query rows) | centred (scores centred "
+                                            "per query row over its valid keys, then MSE: a constant row offset "
+                                            "costs nothing) | mse (TinyBERT: raw pre-softmax score MSE, which a "
+                                            "real teacher's large scores make dominate every other term)."),
     head_map: str = typer.Option("auto", help="How teacher heads meet student heads: auto (equal → one to one, "
                                               "k·h → group mean, else all-heads mean) | mean (group mean; for kl "
                                               "the mean of probabilities) | subset (evenly spaced teacher heads, "
                                               "12→4: 0,3,6,9) | one 0-based teacher head per student head, e.g. "
                                               "0,4,8,11."),
-    hid_loss: str = typer.Option("mse", help="Hidden-state terms (embeddings and blocks): mse (TinyBERT) | "
-                                             "normalized (MSE ÷ the teacher's variance over valid tokens: "
-                                             "scale-free) | cosine (mean over valid tokens of 1 − cos)."),
+    hid_loss: str = typer.Option("normalized", help="Hidden-state terms (embeddings and blocks): normalized "
+                                                    "(default; MSE ÷ the teacher's variance over valid tokens: "
+                                                    "scale-free) | cosine (mean over valid tokens of 1 − cos) | "
+                                                    "mse (TinyBERT)."),
     max_steps: int = typer.Option(200, help="Optimizer steps (of stage a for --stage task)."),
     pred_steps: Optional[int] = typer.Option(None, help="Steps of stage b for --stage task (default: --max-steps)."),
     batch_size: int = typer.Option(16, help="Sequences per step."),

@@ -286,7 +286,7 @@ def distill_run(teacher: str | Path, student: str, out: str | Path, *, init: str
                 warmup_steps: int = 10, eval_every: int = 0, save_every: int = 0, seed: int = 0,
                 resume: str = "never", device: str = "auto", max_bytes: int | None = 4_000_000,
                 student_overrides: dict[str, Any] | None = None, progress: bool = True,
-                att_loss: str = "mse", head_map: str | list[int] = "auto", hid_loss: str = "mse",
+                att_loss: str = "kl", head_map: str | list[int] = "auto", hid_loss: str = "normalized",
                 fresh_projections: bool = False) -> dict[str, Any]:
     """``morphlm distill``: teacher dir + student (preset | config | dir | 'teacher' + overrides) → checkpoint dir.
 

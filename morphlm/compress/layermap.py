@@ -376,6 +376,8 @@ class ProxySetting:
     seed: int = 0
     device: str = "cpu"
     metric: str = "accuracy"  # accuracy | neg_loss (−dev cross entropy: smoother when short fine-tunes tie at chance)
+    att_loss: str = "kl"  # the proxy's general-distillation loss forms (DistillConfig's; its defaults)
+    hid_loss: str = "normalized"
 
 
 class ProxyEvaluator:
@@ -409,7 +411,8 @@ class ProxyEvaluator:
                             schedule="linear", progress=False, eval_at_end=False, seed=s.seed, device=s.device,
                             weight_decay=0.01)
         distill(self.teacher, student, self.gd_data, gd_args,
-                DistillConfig(stage="general", layer_map=mapping, teacher_path=None))
+                DistillConfig(stage="general", layer_map=mapping, teacher_path=None, att_loss=s.att_loss,
+                              hid_loss=s.hid_loss))
         body = {k: v for k, v in student.state_dict().items() if k.startswith(("blocks.", "tok_emb", "pos_emb",
                                                                                "seg_emb", "emb_norm", "final_norm"))}
         scores = []

@@ -430,8 +430,9 @@ def qat_distill(teacher: nn.Module, student: nn.Module, data, args, distill_conf
 def ternary_distill_config(teacher: nn.Module, student: nn.Module, temperature: float = 1.0):
     """TernaryBERT's distillation setting (quant_task_glue.py): same-shape teacher and student, every layer
     matched 1:1 — embedding output (emb), each block's hidden state (hid) and pre-softmax attention (att),
-    MSE without projections — plus soft cross-entropy on the logits (pred), all with weight 1
-    (``DistillConfig(stage="full")``; reduction and temperature conventions are distill.py's)."""
+    MSE without projections (the paper's forms, ``att_loss="mse"``, ``hid_loss="mse"``: teacher and student
+    start equal, so there is no scale gap to bridge) — plus soft cross-entropy on the logits (pred), all with
+    weight 1 (``DistillConfig(stage="full")``; reduction and temperature conventions are distill.py's)."""
     from .distill import DistillConfig
 
     t, s = teacher.config, student.config
@@ -440,4 +441,4 @@ def ternary_distill_config(teacher: nn.Module, student: nn.Module, temperature: 
                                f"{t.n_layers} layers × {t.d_model} and the student {s.n_layers} × {s.d_model}; "
                                f"ternarize a copy of the teacher")
     return DistillConfig(stage="full", layer_map=list(range(s.n_layers)), projection="none",
-                         temperature=temperature)
+                         temperature=temperature, att_loss="mse", hid_loss="mse")
