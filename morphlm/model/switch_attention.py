@@ -31,12 +31,17 @@ Execution. Without a padding mask the local branch is banded window attention (b
 keys through SDPA, cost O(T·w)); full attention then runs only for the gathered full-routed queries at ``t ≥ w``
 (one SDPA call over the padded gather, keys/values shared), and its rows are scattered over the local result. The
 ``two_branch`` estimator in training computes full attention for every token (it needs ``Full − SWA``); without
-gradients (evaluation, generation) both estimators take the efficient path. With a padding mask, or when the caller
-asks for attention scores, both branches run densely with boolean masks. This SDPA path runs on every device;
-a FlexAttention path for CUDA is not implemented (no GPU was available to test one).
+gradients (evaluation, generation) both estimators take the efficient path. With a padding mask both branches run
+densely with boolean masks. This SDPA path runs on every device and is the one the CPU tests exercise. In CUDA
+training with the one-branch estimator (no dropout, no padding mask) one compiled FlexAttention call computes
+the routed attention instead, full-routed queries permuted first so that the local queries' blocks stay sparse
+(:func:`flex_routed`; ``MORPHLM_SWITCH_FLEX=0`` turns it off); on CPU FlexAttention has no backward.
 """
 
 from __future__ import annotations
+
+import functools
+import os
 
 import torch
 import torch.nn.functional as F
@@ -169,6 +174,45 @@ def scatter_rows(base: torch.Tensor, rows: torch.Tensor, index: torch.Tensor) ->
     return ext[:, :, :T]
 
 
+# ---------------------------------------------------------------------------------------------------- CUDA
+def flex_enabled() -> bool:
+    """FlexAttention is used for routed layers on CUDA unless ``MORPHLM_SWITCH_FLEX=0`` (then the SDPA path runs,
+    as on CPU, where FlexAttention has no backward)."""
+    return os.environ.get("MORPHLM_SWITCH_FLEX", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+@functools.lru_cache(maxsize=1)
+def _compiled_flex():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def flex_routed(q, k, v, gate: torch.Tensor, window: int, kernel=None) -> torch.Tensor:
+    """Routed attention (B, H, T, Dh) in one FlexAttention call (CUDA only): the queries are permuted so that the
+    full-routed ones come first (their blocks are the only dense ones; the local blocks' block mask stays sparse),
+    the mask_mod reads each permuted query's position and route, and the output is permuted back. ``kernel``: the
+    flex_attention to call (default: the compiled one). Used in CUDA training (fixed shapes: one compilation);
+    evaluation and generation, whose lengths vary, take the SDPA path. Forward and backward equal the SDPA path's
+    (tests/test_switch_attention.py checks the forward on CPU with the eager kernel, and forward and backward on
+    CUDA where a GPU is present)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    B, H, T, Dh = q.shape
+    order = torch.argsort((~gate).to(torch.uint8), dim=1, stable=True)  # (B, T): full-routed first
+    inverse = torch.argsort(order, dim=1)
+    routed_full = gate.gather(1, order)  # (B, T) route of each permuted query
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        pos = order[b, q_idx]
+        return (kv_idx <= pos) & (routed_full[b, q_idx] | (pos - kv_idx < window))
+
+    block_mask = create_block_mask(mask_mod, B, None, T, T, device=q.device)
+    qp = q.gather(2, order[:, None, :, None].expand(B, H, T, Dh))
+    y = (kernel or _compiled_flex())(qp, k, v, block_mask=block_mask)
+    return y.gather(2, inverse[:, None, :, None].expand(B, H, T, Dh))
+
+
 # ---------------------------------------------------------------------------------------------------- the variant
 def variant_attention(router: SwitchRouter | None, attention: str, window: int, x: torch.Tensor, q: torch.Tensor,
                       k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, drop: float) -> torch.Tensor:
@@ -185,8 +229,11 @@ def variant_attention(router: SwitchRouter | None, attention: str, window: int, 
     router.account(p, gate)
     needs_grad = torch.is_grad_enabled() and p.requires_grad
     two_branch = router.estimator == "two_branch" and needs_grad
-    local = local_branch(q, k, v, window, mask, drop)
     g = gate[:, None, :, None]
+    if needs_grad and not two_branch and mask is None and q.is_cuda and drop == 0.0 and flex_enabled():
+        hard = flex_routed(q, k, v, gate, window)  # CUDA training: one FlexAttention call, full-routed queries first
+        return hard * _one_branch_scale(p, gate, q.dtype)
+    local = local_branch(q, k, v, window, mask, drop)
     if two_branch or mask is not None:
         full = full_branch(q, k, v, mask, drop)
         hard = torch.where(g, full, local)
