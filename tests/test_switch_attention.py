@@ -243,6 +243,10 @@ def test_flops_count_each_tokens_real_context():
     assert flops.forward_flops_per_token(sliding, T) == 2 * n + 4 * 2 * 64 * 16 * 58 / 136
     with pytest.raises(ValueError, match="one per layer"):
         flops.attention_flops_per_token(c, T, [0.5])
+    assert "Switch Attention (window 4, target full fraction 0.25" in flops.describe(c, 1000, T)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the router stays in fp32 under autocast
+        router = sa.SwitchRouter(c)
+        assert router.probs(torch.randn(2, 5, 64)).dtype == torch.float32
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -303,6 +307,7 @@ def _routed_reference(q, k, v, gate, w):
     return torch.where(gate[:, None, :, None], full, local)
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # eager flex_attention warns that it is unfused
 def test_flex_routed_permutation_and_mask_mod_on_cpu_forward():
     from torch.nn.attention.flex_attention import flex_attention
 

@@ -78,9 +78,10 @@ class SwitchRouter(nn.Module):
         self.proj.bias.fill_(ROUTER_BIAS_INIT)
 
     def probs(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, T, D) -> p (B, T) in fp32."""
-        n = F.rms_norm(x.float(), (self.d_model,), eps=self.eps)
-        return torch.sigmoid(F.linear(n, self.proj.weight.float(), self.proj.bias.float())).squeeze(-1)
+        """x (B, T, D) -> p (B, T) in fp32 (also under bf16 autocast: the route is a threshold on p)."""
+        with torch.autocast(x.device.type, enabled=False):
+            n = F.rms_norm(x.float(), (self.d_model,), eps=self.eps)
+            return torch.sigmoid(F.linear(n, self.proj.weight.float(), self.proj.bias.float())).squeeze(-1)
 
     def account(self, p: torch.Tensor, gate: torch.Tensor) -> None:
         """Record the regulariser and the statistics of one forward (p, gate: (B, T))."""

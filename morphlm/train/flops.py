@@ -199,6 +199,11 @@ def describe(cfg: ModelConfig, params: int, seq_len: int | None = None) -> str:
              f"{' (grouped-query)' if cfg.n_kv_heads != cfg.n_heads else ''}, head_dim {cfg.head_dim}, d_ff {cfg.d_ff}, "
              f"{cfg.activation}, {cfg.norm}/{cfg.norm_placement}, {cfg.position} positions, head {cfg.head}, "
              f"vocab {cfg.vocab_size}, max_seq_len {cfg.max_seq_len}")
+    if cfg.attention == "sliding":
+        shape += f", sliding-window attention (window {cfg.window})"
+    elif cfg.attention == "switch":
+        shape += (f", Switch Attention (window {cfg.window}, target full fraction {cfg.full_fraction:g}, "
+                  f"{cfg.switch_estimator} estimator)")
     if cfg.moe_experts:
         pool = (f", UniPool {cfg.moe_pool_groups} pool(s) of {cfg.pool_size}" if cfg.moe_pool else "")
         shape += (f"; MoE on {len(cfg.moe_layer_ids)} layers: {cfg.moe_experts} experts{pool}, top-{cfg.moe_top_k}, "
