@@ -347,3 +347,11 @@ def test_flex_routed_on_cuda_matches_the_sdpa_path_forward_and_backward():
         ref_logits = m.eval()(ids).logits  # evaluation: the SDPA gathered path
     assert torch.allclose(out.logits, ref_logits, atol=1e-4)
     assert m.blocks[0].attn.switch.proj.weight.grad.abs().sum() > 0
+
+
+def test_hugging_face_export_refuses_routed_and_sliding_attention():
+    from morphlm.interop.hf import InteropError, config_to_hf
+
+    for kw in (dict(attention="switch", window=8), dict(attention="sliding", window=8)):
+        with pytest.raises(InteropError, match=f"attention='{kw['attention']}'"):
+            config_to_hf(cfg(**kw))
