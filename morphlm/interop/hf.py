@@ -183,6 +183,10 @@ def _hf_config_dict(cfg: ModelConfig) -> tuple[dict[str, Any], str]:
             raise InteropError(f"cannot export ModelConfig field {field}={getattr(cfg, field)!r} to Hugging Face: "
                                f"{target} needs {want}. Export a model whose config has {want}, or keep it native")
 
+    if cfg.attention != "full":  # a Hugging Face class would silently run full attention without the routers
+        raise InteropError(f"cannot export ModelConfig field attention={cfg.attention!r} to Hugging Face: the mapped "
+                           f"classes run full attention (no per-token Switch Attention routing or sliding window); "
+                           f"keep it native")
     if cfg.moe_experts:  # routed FFNs: one of the mixture-of-experts classes, never a dense one
         return hf_config_dict_moe(cfg)
     if cfg.loop_repeats is not None:

@@ -16,6 +16,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .norms import LayerNorm, RMSNorm
+from .switch_attention import SwitchRouter, variant_attention
 
 
 def rope_tables(cfg: ModelConfig, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,6 +63,9 @@ class Attention(nn.Module):
                 return LayerNorm(dim, cfg.norm_eps, bias=cfg.bias)
 
             self.q_norm, self.k_norm = norm(q_dim), norm(k_dim)
+        # attention variant (switch_attention.py): "sliding" window, or "switch" with this layer's router
+        self.variant, self.window = cfg.attention, cfg.window
+        self.switch = SwitchRouter(cfg) if cfg.attention == "switch" else None
 
     def forward(
         self,
@@ -87,7 +91,13 @@ class Attention(nn.Module):
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         drop = self.dropout if self.training else 0.0
         scores = None
-        if return_scores:
+        if self.variant != "full":
+            y = variant_attention(self.switch, self.variant, self.window, x, q, k, v, mask, drop)
+            if return_scores:
+                rep = self.n_heads // self.n_kv_heads
+                kr = k.repeat_interleave(rep, dim=1) if rep > 1 else k
+                scores = (q @ kr.transpose(-2, -1)) / math.sqrt(self.head_dim)  # (B, H, T, T), raw
+        elif return_scores:
             if self.n_kv_heads != self.n_heads:
                 rep = self.n_heads // self.n_kv_heads
                 k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)

@@ -37,6 +37,12 @@ MOE_DEFAULTS: dict[str, Any] = dict(
     moe_renormalize=False, moe_balance="aux", moe_aux_coef=1e-2, moe_z_coef=0.0, moe_bias_update=1e-3,
     moe_capacity_factor=None, moe_layers="all", moe_impl="auto", moe_pool=False, moe_pool_size=None,
     moe_pool_groups=1, moe_shared_gate=False)
+ATTENTIONS = ("full", "switch", "sliding")
+SWITCH_ESTIMATORS = ("two_branch", "one_branch")
+# the attention-variant fields and their defaults: a full-attention config leaves every one of them at its default
+# and writes none of them to config.json (so full-attention configs and checkpoints read and hash as they always did)
+ATTENTION_DEFAULTS: dict[str, Any] = dict(
+    attention="full", window=None, full_fraction=0.25, switch_estimator="two_branch", switch_lambda_lr=0.05)
 
 # Depth-scaled sandwich norm constants (Pangu Ultra, Yin et al. 2025, arXiv 2504.07866, §2).
 DSSN_C_ATTN = 0.283
@@ -122,6 +128,17 @@ class ModelConfig:
     moe_pool_size: int | None = None  # Experts per shared pool (none = moe_experts x MoE layers per group)
     moe_pool_groups: int = 1  # Groups of consecutive MoE layers, one shared pool each
     moe_shared_gate: bool = False  # Scale the shared experts' output by sigmoid(x·g), g learned (Qwen2-MoE)
+    # Attention variants (morphlm/model/switch_attention.py). "full" (default): full causal/bidirectional attention.
+    # "sliding": causal sliding-window attention over the keys [t-window+1, t]. "switch": Switch Attention (Zhao, Li,
+    # Wu et al., 2026): per layer a router sends each token to full causal attention or to the sliding window;
+    # the adaptive regulariser's multiplier follows dual ascent (step switch_lambda_lr) toward the target fraction
+    # full_fraction of full-routed tokens (tokens with position < window excluded); switch_estimator picks the
+    # router's gradient: two_branch (straight-through, both branches computed) or one_branch (efficient).
+    attention: str = "full"  # Attention: full | switch (Switch Attention, per-token routing) | sliding (window only)
+    window: int | None = None  # Sliding-window width w of switch/sliding attention (must be < max_seq_len)
+    full_fraction: float = 0.25  # Switch Attention: target fraction rho* of full-attention tokens, in (0, 1)
+    switch_estimator: str = "two_branch"  # Switch Attention router gradient: two_branch | one_branch
+    switch_lambda_lr: float = 0.05  # Switch Attention: dual-ascent step eta of the regulariser's multiplier
     # derived
     head_dim: int = field(init=False, default=0)
 
@@ -232,6 +249,41 @@ class ModelConfig:
                  and self.msg_ramp_steps >= 0, f"msg_ramp_steps={self.msg_ramp_steps!r} must be None (no growth "
                  f"masks) or an integer >= 0 (steps over which the MSG mask ramps to 1)")
         self._validate_moe(need)
+        self._validate_attention(need)
+
+    def _validate_attention(self, need) -> None:
+        """Attention-variant fields (morphlm/model/switch_attention.py): a full-attention config leaves them at
+        their defaults; switch/sliding need a causal model and a window smaller than max_seq_len."""
+        need(self.attention in ATTENTIONS, f"attention={self.attention!r}; choose one of {ATTENTIONS}")
+        if self.attention == "full":
+            set_fields = [k for k, v in ATTENTION_DEFAULTS.items() if k != "attention" and getattr(self, k) != v]
+            need(not set_fields, f"{', '.join(f'{k}={getattr(self, k)!r}' for k in set_fields)} configure switch/"
+                                 f"sliding attention but attention='full'; set attention=switch (or sliding) or drop "
+                                 f"those fields")
+            return
+        need(self.causal, f"attention={self.attention!r} routes causal attention and needs causal=True; this is a "
+                          f"bidirectional model (head={self.head!r}): use attention=full, or a causal model "
+                          f"(head=lm)")
+        need(self.window is not None, f"attention={self.attention!r} needs a window: set window to a width "
+                                      f"smaller than max_seq_len={self.max_seq_len}, e.g. {max(1, self.max_seq_len // 4)}")
+        need(1 <= self.window < self.max_seq_len,
+             f"window={self.window} must be at least 1 and smaller than the context max_seq_len={self.max_seq_len} "
+             f"(a window that covers the whole context is full attention); lower window or use attention=full")
+        need(self.loop_repeats is None, f"attention={self.attention!r} cannot be combined with loop_repeats "
+                                        f"(LoopMoE); drop one of them")
+        if self.attention == "sliding":
+            set_fields = [k for k in ("full_fraction", "switch_estimator", "switch_lambda_lr")
+                          if getattr(self, k) != ATTENTION_DEFAULTS[k]]
+            need(not set_fields, f"{', '.join(f'{k}={getattr(self, k)!r}' for k in set_fields)} configure Switch "
+                                 f"Attention's router but attention='sliding'; set attention=switch or drop them")
+            return
+        need(0.0 < self.full_fraction < 1.0,
+             f"full_fraction={self.full_fraction} must lie strictly between 0 and 1 (the target fraction of tokens "
+             f"routed to full attention); e.g. 0.25 (use attention=full or sliding for 1 or 0)")
+        need(self.switch_estimator in SWITCH_ESTIMATORS,
+             f"switch_estimator={self.switch_estimator!r}; choose one of {SWITCH_ESTIMATORS}")
+        need(self.switch_lambda_lr >= 0, f"switch_lambda_lr={self.switch_lambda_lr} must be >= 0 (0 freezes the "
+                                         f"regulariser's multiplier)")
 
     def _validate_moe(self, need) -> None:
         if self.moe_experts == 0:
@@ -299,6 +351,12 @@ class ModelConfig:
             del out["qk_norm"]
         if out["qkv_bias"] is None:  # or a q/k/v bias of its own
             del out["qkv_bias"]
+        if out["attention"] == "full":  # and a full-attention model's (validate() keeps the fields at defaults)
+            for key in ATTENTION_DEFAULTS:
+                del out[key]
+        elif out["attention"] == "sliding":
+            for key in ("full_fraction", "switch_estimator", "switch_lambda_lr"):
+                del out[key]
         return out
 
     @classmethod
@@ -375,6 +433,8 @@ class ModelConfig:
         data.pop("msg_ramp_steps", None)
         if changes.get("moe_experts") == 0:  # back to dense: the routing fields go with the experts
             data = {k: v for k, v in data.items() if k not in MOE_DEFAULTS}
+        if changes.get("attention") == "full":  # back to full attention: the window and router fields go too
+            data = {k: v for k, v in data.items() if k not in ATTENTION_DEFAULTS}
         return ModelConfig.from_dict({**release_derived(data, changes), **changes})
 
     def replace(self, **changes: Any) -> "ModelConfig":
@@ -384,6 +444,8 @@ class ModelConfig:
         data.pop("msg_ramp_steps", None)
         if changes.get("moe_experts") == 0:  # back to dense: the routing fields go with the experts
             data = {k: v for k, v in data.items() if k not in MOE_DEFAULTS}
+        if changes.get("attention") == "full":  # back to full attention: the window and router fields go too
+            data = {k: v for k, v in data.items() if k not in ATTENTION_DEFAULTS}
         data.update(changes)
         return ModelConfig.from_dict(data)
 

@@ -33,6 +33,7 @@ from .growth_masks import GrowthMasks
 from .loop import Loop  # LoopMoE: the looped IterAdaLN blocks and their iteration signal
 from .moe import ExpertPool, MoEFFN, build_pools, load_stats, make_ffn, pool_of
 from .norms import make_norm
+from .switch_attention import SwitchRouter
 
 IGNORE_INDEX = -100
 
@@ -140,6 +141,8 @@ class TransformerLM(nn.Module):
             for block in self.blocks:
                 block.norm1_out.weight.fill_(DSSN_C_ATTN / math.sqrt(cfg.n_layers))
                 block.norm2_out.weight.fill_(DSSN_C_MLP / math.sqrt(cfg.n_layers))
+        for router in self.switch_routers():  # Switch Attention starts as full attention (switch_attention.py)
+            router.reset_router()
 
     # ------------------------------------------------------------------ helpers
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
@@ -158,6 +161,34 @@ class TransformerLM(nn.Module):
             self.growth_masks.advance()
         for layer in self.moe_layers():  # loss-free balancing: the selection bias follows last step's loads
             layer.update_bias()
+        for router in self.switch_routers():  # Switch Attention: dual ascent on the regulariser's multiplier
+            router.update_lambda()
+
+    # ------------------------------------------------------------------ switch attention
+    def switch_routers(self) -> list[SwitchRouter]:
+        """The Switch Attention routers, one per layer in layer order (none unless attention='switch')."""
+        if self.config.attention != "switch":
+            return []
+        return [block.attn.switch for block in self.blocks]
+
+    def switch_aux_loss(self) -> torch.Tensor | None:
+        """Σ over layers of the Switch Attention regulariser λ_l·ρ̄_l of the last training forward (None when none)."""
+        terms = [r.reg_loss for r in self.switch_routers() if r.reg_loss is not None]
+        return torch.stack(terms).sum() if terms else None
+
+    def switch_metrics(self) -> dict[str, torch.Tensor]:
+        """Detached routing statistics of the last forward, for metrics.jsonl: per layer ``switch{l}_full`` (the
+        realised fraction of tokens at positions t >= window routed to full attention), ``switch{l}_p`` (their
+        mean router probability ρ̄) and ``switch{l}_lambda``; ``switch_full`` is the mean over layers."""
+        out: dict[str, torch.Tensor] = {}
+        routers = [r for r in self.switch_routers() if r.last_full is not None]
+        for i, r in enumerate(routers):
+            out[f"switch{i}_full"] = r.last_full.detach().float()
+            out[f"switch{i}_p"] = r.last_rho.detach().float()
+            out[f"switch{i}_lambda"] = r.lam.detach().float()
+        if routers:
+            out["switch_full"] = torch.stack([r.last_full.detach().float() for r in routers]).mean()
+        return out
 
     # ------------------------------------------------------------------ mixture of experts
     def moe_layers(self) -> list[MoEFFN]:

@@ -19,6 +19,16 @@ one scale. Conventions (DESIGN.md, "Things that are easy to get wrong"):
 * Mixture of experts: FLOPs follow the ACTIVE weights of a token — attention, the router (d·E), the top-k
   routed experts and the shared experts of each MoE layer; the experts a token does not visit cost nothing.
   :func:`param_counts` gives total vs active parameters (UniPool's shared pools counted once in the total).
+* Switch / sliding-window attention (model/switch_attention.py) count each token's real context: a token at
+  position t (1-based) attends ctx_t = t keys under full causal attention and min(t, w) in the window, so a layer
+  costs 4·d·Σ_t ctx_t forward (:func:`attention_flops_per_token` gives that per token, for every variant). A
+  Switch Attention layer whose fraction ρ of the tokens beyond the window goes to full attention has
+  ctx_t = ρ·t + (1 − ρ)·w there (for t ≤ w both branches see the same t keys); ρ is the measured per-layer
+  fraction when one is given, else the config's target full_fraction (the expected fraction once dual ascent
+  has converged). On the one scale of :func:`forward_flops_per_token` a variant's attention is the full
+  attention term above (4·d·T per layer) times its share of full causal attention's real work,
+  Σ ctx_variant / Σ ctx_full, so full_fraction → 1 gives the full-attention number; each router adds its d × 1
+  matmul per token per layer.
 """
 
 from __future__ import annotations
@@ -118,15 +128,62 @@ def param_counts(cfg: ModelConfig) -> tuple[int, int]:
     return total, total - inactive_params(cfg)
 
 
-def forward_flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> float:
+def _layer_fractions(cfg: ModelConfig, full_fraction) -> list[float]:
+    """Per layer, the fraction of tokens beyond the window routed to full attention."""
+    if cfg.attention == "full":
+        return [1.0] * cfg.n_layers
+    if cfg.attention == "sliding":
+        return [0.0] * cfg.n_layers
+    if full_fraction is None:
+        full_fraction = cfg.full_fraction
+    if isinstance(full_fraction, (int, float)):
+        fractions = [float(full_fraction)] * cfg.n_layers
+    else:
+        fractions = [float(f) for f in full_fraction]
+    if len(fractions) != cfg.n_layers or any(not 0.0 <= f <= 1.0 for f in fractions):
+        raise ValueError(f"full_fraction={full_fraction!r}: give one number in [0, 1] or one per layer "
+                         f"({cfg.n_layers} numbers in [0, 1])")
+    return fractions
+
+
+def attention_context(cfg: ModelConfig, seq_len: int | None = None, full_fraction=None) -> float:
+    """Σ over the layers of the mean number of keys a query attends (each token's real context, module docstring):
+    (T+1)/2 per causal full-attention layer (T for a bidirectional one), the window's mean min(t, w) per local
+    layer, the mix at ``full_fraction`` (a number or one per layer; None: the config's target) per Switch layer."""
+    T = cfg.max_seq_len if seq_len is None else seq_len
+    if not cfg.causal:
+        return float(cfg.n_layers * T)
+    full_sum = T * (T + 1) / 2
+    if cfg.attention == "full":
+        return cfg.n_layers * full_sum / T
+    w = min(cfg.window, T)
+    prefix = w * (w + 1) / 2  # t <= w: both branches see t keys
+    beyond_full = full_sum - prefix  # Σ_{t > w} t
+    beyond_local = (T - w) * w  # Σ_{t > w} w
+    total = sum(prefix + f * beyond_full + (1 - f) * beyond_local for f in _layer_fractions(cfg, full_fraction))
+    return total / T
+
+
+def attention_flops_per_token(cfg: ModelConfig, seq_len: int | None = None, full_fraction=None) -> float:
+    """Forward attention FLOPs per token counted over each token's real context: 4·d·(keys attended), summed over
+    the layers (× loop_repeats when looped). Compare variants with this; see the module docstring."""
+    return 4 * cfg.d_model * attention_context(cfg, seq_len, full_fraction) * (cfg.loop_repeats or 1)
+
+
+def forward_flops_per_token(cfg: ModelConfig, seq_len: int | None = None, full_fraction=None) -> float:
     T = cfg.max_seq_len if seq_len is None else seq_len
     attention = 4 * cfg.depth * cfg.d_model * T  # depth: n_layers, × loop_repeats when looped
+    if cfg.attention != "full":  # switch / sliding: full attention's term times the share of its real work kept
+        dense = cfg.replace(attention="full")
+        attention *= attention_context(cfg, T, full_fraction) / attention_context(dense, T)
+        if cfg.attention == "switch":
+            attention += 2 * cfg.n_layers * cfg.d_model  # the routers' d × 1 matmuls
     return 2 * matmul_params(cfg, T) + attention
 
 
-def training_flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> float:
-    """6·N + 12·L·d·T."""
-    return 3 * forward_flops_per_token(cfg, seq_len)
+def training_flops_per_token(cfg: ModelConfig, seq_len: int | None = None, full_fraction=None) -> float:
+    """6·N + 12·L·d·T (switch/sliding attention: the attention term scaled as in forward_flops_per_token)."""
+    return 3 * forward_flops_per_token(cfg, seq_len, full_fraction)
 
 
 def training_flops(cfg: ModelConfig, tokens: int, seq_len: int | None = None) -> float:
@@ -142,6 +199,11 @@ def describe(cfg: ModelConfig, params: int, seq_len: int | None = None) -> str:
              f"{' (grouped-query)' if cfg.n_kv_heads != cfg.n_heads else ''}, head_dim {cfg.head_dim}, d_ff {cfg.d_ff}, "
              f"{cfg.activation}, {cfg.norm}/{cfg.norm_placement}, {cfg.position} positions, head {cfg.head}, "
              f"vocab {cfg.vocab_size}, max_seq_len {cfg.max_seq_len}")
+    if cfg.attention == "sliding":
+        shape += f", sliding-window attention (window {cfg.window})"
+    elif cfg.attention == "switch":
+        shape += (f", Switch Attention (window {cfg.window}, target full fraction {cfg.full_fraction:g}, "
+                  f"{cfg.switch_estimator} estimator)")
     if cfg.moe_experts:
         pool = (f", UniPool {cfg.moe_pool_groups} pool(s) of {cfg.pool_size}" if cfg.moe_pool else "")
         shape += (f"; MoE on {len(cfg.moe_layer_ids)} layers: {cfg.moe_experts} experts{pool}, top-{cfg.moe_top_k}, "

@@ -262,7 +262,9 @@ def _load_init(model: TransformerLM, init_dir: str, state=None) -> Tokenizer | N
         src_cfg = ckpt.read_config(init_dir)[0]
     own = model.state_dict()
     fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    body_missing = [k for k in own if k.startswith(("blocks.", "tok_emb", "expert_pools.")) and k not in fitting]
+    # a Switch Attention router a full-attention source lacks keeps its init (the model starts as the source)
+    body_missing = [k for k in own if k.startswith(("blocks.", "tok_emb", "expert_pools.")) and k not in fitting
+                    and ".attn.switch." not in k]
     if body_missing:
         hint = weights_kind_hint(body_missing, [k for k in state if k not in own])
         raise ckpt.CheckpointError(f"--init {init_dir}: its weights do not fit this model ({body_missing[:3]} ...); "

@@ -77,12 +77,21 @@ def routing_terms(model: nn.Module, device: torch.device) -> tuple[torch.Tensor 
     """A mixture-of-experts model's routing losses of its last forward — the sum fit() adds to the loss it
     differentiates (None when there are none) — and its routing metrics for metrics.jsonl: ``loss_aux`` (0 when
     no loss applied to this micro-batch) and the per-layer load statistics (``TransformerLM.moe_metrics``).
-    (None, {}) for a dense model."""
-    if not getattr(getattr(model, "config", None), "moe_experts", 0) or not hasattr(model, "moe_aux_loss"):
-        return None, {}
-    aux = model.moe_aux_loss()
-    metrics = {"loss_aux": aux.detach().float() if aux is not None else torch.zeros((), device=device)}
-    metrics.update(model.moe_metrics())
+    A Switch Attention model's regulariser joins the same sum (``loss_switch``, with the per-layer realised full
+    fraction of ``TransformerLM.switch_metrics``). (None, {}) for a dense full-attention model."""
+    cfg = getattr(model, "config", None)
+    aux, metrics = None, {}
+    if getattr(cfg, "moe_experts", 0) and hasattr(model, "moe_aux_loss"):
+        aux = model.moe_aux_loss()
+        metrics = {"loss_aux": aux.detach().float() if aux is not None else torch.zeros((), device=device)}
+        metrics.update(model.moe_metrics())
+    if getattr(cfg, "attention", "full") == "switch" and hasattr(model, "switch_aux_loss"):
+        # Switch Attention: the regulariser λ·ρ̄ of every layer joins the same sum (logged as loss_switch)
+        reg = model.switch_aux_loss()
+        metrics["loss_switch"] = reg.detach().float() if reg is not None else torch.zeros((), device=device)
+        metrics.update(model.switch_metrics())
+        if reg is not None:
+            aux = reg if aux is None else aux + reg
     return aux, metrics
 
 
