@@ -90,6 +90,12 @@ class TransformerLM(nn.Module):
         self.blocks = (Loop.make_blocks(cfg, self.expert_pools) if self.loop is not None
                        else nn.ModuleList(Block(cfg, i, pool_of(cfg, self.expert_pools, i)) for i in range(cfg.n_layers)))
         self.final_norm = make_norm(cfg) if cfg.final_norm else None
+        self.gmap = None
+        if cfg.gmap_layer_ids:  # G-MAP (gmap.py): the fusion modules; a GMAPModel supplies the frozen model's memory
+            from .gmap import GMAPMemory
+
+            self.gmap = GMAPMemory(cfg)
+            self.gmap.attach(self.blocks)
         if cfg.position == "rope":
             cos, sin = rope_tables(cfg)
             self.register_buffer("rope_cos", cos, persistent=False)
@@ -140,6 +146,8 @@ class TransformerLM(nn.Module):
             for block in self.blocks:
                 block.norm1_out.weight.fill_(DSSN_C_ATTN / math.sqrt(cfg.n_layers))
                 block.norm2_out.weight.fill_(DSSN_C_MLP / math.sqrt(cfg.n_layers))
+        if self.gmap is not None:
+            self.gmap.reset_parameters()
 
     # ------------------------------------------------------------------ helpers
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
