@@ -870,6 +870,10 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu", verify: 
     if raw.get("quantization"):
         return _load_quantized(Path(run_dir), raw["quantization"], device, verify)
     state, cfg = load_state_dict(run_dir, verify=verify)
+    if cfg.gmap_layer_ids:  # a G-MAP domain model: re-open its frozen parent (refused when missing or altered)
+        from .gmap import load_gmap
+
+        return load_gmap(run_dir, cfg, state, device)
     model = TransformerLM(cfg)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
