@@ -29,6 +29,7 @@ from torch import nn
 from .attention import Attention, rope_tables
 from .config import DSSN_C_ATTN, DSSN_C_MLP, ModelConfig
 from .ffn import activation_fn
+from .gmap_memory import GMAPMemory  # G-MAP's fusion modules (GMAPModel, in gmap.py, supplies their memory)
 from .growth_masks import GrowthMasks
 from .loop import Loop  # LoopMoE: the looped IterAdaLN blocks and their iteration signal
 from .moe import ExpertPool, MoEFFN, build_pools, load_stats, make_ffn, pool_of
@@ -92,8 +93,6 @@ class TransformerLM(nn.Module):
         self.final_norm = make_norm(cfg) if cfg.final_norm else None
         self.gmap = None
         if cfg.gmap_layer_ids:  # G-MAP (gmap.py): the fusion modules; a GMAPModel supplies the frozen model's memory
-            from .gmap import GMAPMemory
-
             self.gmap = GMAPMemory(cfg)
             self.gmap.attach(self.blocks)
         if cfg.position == "rope":

@@ -18,66 +18,16 @@ from typing import Any
 import torch
 
 from ..model.config import ConfigError, ModelConfig
-from ..model.gmap import GMAPModel, check_memory_model
+from ..model.gmap import check_memory_model
 from . import checkpoint as ckpt
-
-GMAP_ROLE = "gmap_memory"
-
-
-@dataclasses.dataclass(frozen=True)
-class MemoryRef:
-    """The frozen general model of a G-MAP run: its resolved directory and weights hash."""
-
-    path: Path
-    sha256: str
-
-
-def recorded_memory(run_dir: str | Path) -> MemoryRef | None:
-    """The frozen parent a G-MAP checkpoint's lineage.json records (None when it records none)."""
-    for parent in (ckpt.read_lineage(run_dir) or {}).get("parents", []):
-        if parent.get("role") == GMAP_ROLE and isinstance(parent.get("path"), str):
-            return MemoryRef(Path(parent["path"]), str(parent.get("sha256", "")))
-    return None
-
-
-def _check_memory_dir(ref: MemoryRef, owner: str | Path) -> None:
-    """Refuse a recorded frozen parent that is missing or whose weights are not the recorded ones."""
-    if not ckpt.has_checkpoint(ref.path):
-        raise ckpt.CheckpointError(
-            f"the frozen general model of G-MAP checkpoint {owner} is missing: {ref.path} (recorded in its "
-            f"{ckpt.LINEAGE_FILE}) holds no checkpoint. A G-MAP checkpoint does not copy the frozen model's weights; "
-            f"restore that directory (sha256 {ref.sha256[:12]}…) at that path")
-    found = ckpt.dir_fingerprint(ref.path)
-    if found != ref.sha256:
-        raise ckpt.CheckpointError(
-            f"the frozen general model of G-MAP checkpoint {owner} was altered: {ref.path} has weights sha256 "
-            f"{found[:12]}… but {ckpt.LINEAGE_FILE} records {ref.sha256[:12]}…. The domain model was trained "
-            f"against the recorded weights; restore them at that path")
+from .checkpoint import GMAP_ROLE, MemoryRef, load_gmap, recorded_memory  # noqa: F401  (re-exported)
+from .checkpoint import check_gmap_memory as _check_memory_dir
 
 
 def open_memory(ref: MemoryRef, owner: str | Path, device: str | torch.device = "cpu"):
     """The frozen general model of ``owner`` (checked against the record), loaded and in eval mode."""
     _check_memory_dir(ref, owner)
     return ckpt.load_model(ref.path, device=device).eval()
-
-
-def load_gmap(run_dir: str | Path, cfg: ModelConfig, state: dict[str, torch.Tensor],
-              device: str | torch.device = "cpu") -> GMAPModel:
-    """A G-MAP checkpoint's model: its recorded frozen parent re-opened (refused when missing or altered), the
-    domain model built on it and loaded with ``state``."""
-    ref = recorded_memory(run_dir)
-    if ref is None:
-        raise ckpt.CheckpointError(
-            f"{run_dir} holds a G-MAP model (gmap_layers={cfg.gmap_layers!r}) but its {ckpt.LINEAGE_FILE} records no "
-            f"frozen general model (a parent with role {GMAP_ROLE!r}); restore the lineage.json saved with it")
-    general = open_memory(ref, run_dir)
-    try:
-        check_memory_model(cfg, general.config, where=f"the frozen general model {ref.path}")
-    except ConfigError as exc:
-        raise ckpt.CheckpointError(str(exc)) from None
-    model = GMAPModel(cfg, general)
-    model.load_state_dict(state)
-    return model.to(device)
 
 
 @dataclasses.dataclass
@@ -94,12 +44,11 @@ def plan(spec, resuming_dir: Path | None) -> GMAPPlan | None:
     else the one the resumed run or the ``--init`` G-MAP checkpoint records (a task fine-tuning run keeps it).
     Raises ConfigError / CheckpointError naming the problem; writes nothing."""
     cfg: ModelConfig = spec.model
-    recorded = None
+    recorded = recorded_in = None
     for source in (resuming_dir, spec.init):
         if source is not None and ckpt.has_checkpoint(source):
-            recorded = recorded or recorded_memory(source)
+            recorded, recorded_in = recorded_memory(source), source
             if recorded is not None:
-                recorded_in = source
                 break
     if spec.gmap_memory is None and recorded is None:
         if cfg.gmap_layer_ids:

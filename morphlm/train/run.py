@@ -21,14 +21,14 @@ import torch
 from ..data import (ClassificationBatches, LMBatches, MLMBatches, Tokenizer, load_task, prepare_lm_store)
 from ..model import ModelConfig, TransformerLM
 from ..model.config import GMAP_DEFAULTS, ConfigError
+from ..model.gmap import GMAPModel
 from ..model.moe import weights_kind_hint
 from . import checkpoint as ckpt
 from . import flops as flops_mod
 from .expert_parallel import check_expert_parallel
-from .gmap import GMAPModel, GMAPPlan, open_memory
+from .gmap import GMAPPlan, open_memory, recorded_memory_layers
 from .gmap import lineage_parents as gmap_lineage_parents
 from .gmap import plan as gmap_plan
-from .gmap import recorded_memory_layers
 from .loop import FitResult, TrainArgs, evaluate, fit, model_loss, resolve_device
 from .memory import check_fits
 from .optim import LoadOptimizerState, _unflatten_optimizer
