@@ -1,5 +1,6 @@
 """G-MAP: a domain model reading a frozen general model's hidden states (model/gmap.py, train/gmap.py)."""
 
+import copy
 import json
 import math
 import shutil
@@ -76,6 +77,19 @@ def test_no_gradient_reaches_the_frozen_model(general):
     assert not any(s.requires_grad for s in model.memory(torch.randint(0, 64, (1, 5))))
 
 
+def test_a_deep_copy_reads_its_own_fusion_modules(general):
+    model = domain_from(general, gmap_cfg("chunk_gated"))
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        for fusion in twin.gmap.fusions.values():
+            fusion.fusion_weight.zero_()
+    plain = TransformerLM(BASE)
+    plain.load_state_dict(general.state_dict())
+    x = torch.randint(0, 64, (2, 12))
+    assert torch.equal(twin(x).logits, plain(x).logits)  # the copy's λ = 0, not the original's λ = 1
+    assert not torch.allclose(model(x).logits, plain(x).logits, atol=1e-4)
+
+
 def test_memory_sources_follow_the_fusion_strategy():
     cfg = ModelConfig(vocab_size=64, d_model=32, n_layers=12, n_heads=4, max_seq_len=16)
     chunks = memory_sources(gmap_cfg("chunk_gated", "5,11", base=cfg, memory_layers=12))
@@ -130,6 +144,8 @@ def test_bad_configs_and_frozen_models_are_refused(general):
         GMAPModel(gmap_cfg(), TransformerLM(BASE.replace(vocab_size=80)))
     with pytest.raises(ConfigError, match="3 layers"):
         GMAPModel(gmap_cfg(), TransformerLM(BASE.replace(n_layers=3)))
+    with pytest.raises(ConfigError, match="bidirectional"):  # its memory would leak later tokens into an LM
+        GMAPModel(gmap_cfg(), TransformerLM(BASE.replace(causal=False, head="mlm")))
     with pytest.raises(RuntimeError, match="frozen general model's memory"):
         TransformerLM(gmap_cfg())(torch.randint(0, 64, (1, 4)))  # the domain model alone has no memory
     assert "gmap_layers" not in BASE.to_dict()  # a plain model's config.json is unchanged
@@ -162,6 +178,7 @@ def test_checkpoint_records_the_frozen_parent_and_not_its_weights(runs):
     assert isinstance(model, GMAPModel) and torch.equal(
         model.general.tok_emb.weight, ckpt.load_model(general).tok_emb.weight)
     assert model(torch.randint(0, 64, (1, 8))).logits.shape == (1, 8, 512)
+    assert json.loads(cli("eval", dapt, "--json").output)["val_loss"] > 0  # the verbs open it the same way
     # the compute behind it: the general run once (it is both init and memory) plus the G-MAP run
     assert ckpt.total_flops(dapt) == pytest.approx(lineage["flops"] + ckpt.total_flops(general))
 

@@ -60,6 +60,10 @@ def check_memory_model(cfg: ModelConfig, general_cfg: ModelConfig, where: str = 
     if general_cfg.loop_repeats is not None or general_cfg.gmap_layer_ids:
         raise ConfigError(f"{where} must be a plain model (not looped, not itself a G-MAP model); pass a plain "
                           f"general checkpoint")
+    if cfg.causal and not general_cfg.causal:
+        raise ConfigError(f"{where} is bidirectional (causal=false) but the domain model is causal: its memory at "
+                          f"position t would carry the tokens after t into the domain model's predictions; use a "
+                          f"causal general model for a causal domain model")
     if general_cfg.max_seq_len < cfg.max_seq_len:
         raise ConfigError(f"{where} reads at most max_seq_len={general_cfg.max_seq_len} tokens but the domain model "
                           f"{cfg.max_seq_len}; lower the domain model's max_seq_len to {general_cfg.max_seq_len}")

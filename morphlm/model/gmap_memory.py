@@ -51,6 +51,15 @@ class MemoryFusion(nn.Module):
         elif self.kind in ("gated", "chunk_gated"):
             self.gate.zero_()
 
+    def hook(self, module: nn.Module, args: tuple[torch.Tensor]) -> tuple[torch.Tensor]:
+        """Forward pre-hook of the block's output projection: its input, the attention context, is replaced."""
+        owner = self.owner
+        if owner.states is None:
+            raise RuntimeError("this is a G-MAP domain model: its augmented layers need the frozen general "
+                               "model's memory; run it as a GMAPModel (morphlm.model.gmap) or load the "
+                               "checkpoint with load_model, which re-opens the frozen parent")
+        return (owner.read(self.block, self, args[0]),)
+
     def forward(self, states: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """states: the general model's block outputs, each (B, T, D) -> M (B, T, D)."""
         if self.kind == "single":
@@ -75,27 +84,19 @@ class GMAPMemory(nn.Module):
                                       for layer, src in zip(self.layer_ids, memory_sources(cfg))})
         self.states: tuple[torch.Tensor, ...] | None = None
         self.mask: torch.Tensor | None = None
-        self._handles: list = []
 
     def reset_parameters(self) -> None:
         for fusion in self.fusions.values():
             fusion.reset_parameters()
 
     def attach(self, blocks: nn.ModuleList) -> None:
+        """Hook the augmented blocks. Each hook is a bound method of a fusion module, which refers to its block
+        and to this module outside the module tree, so ``copy.deepcopy`` of the model hooks the copy's own."""
         for layer in self.layer_ids:
-            block = blocks[layer]
-            hook = self._make_hook(block, self.fusions[str(layer)])
-            self._handles.append(block.attn.proj.register_forward_pre_hook(hook))
-
-    def _make_hook(self, block: nn.Module, fusion: MemoryFusion):
-        def hook(module, args):
-            if self.states is None:
-                raise RuntimeError("this is a G-MAP domain model: its augmented layers need the frozen general "
-                                   "model's memory; run it as a GMAPModel (morphlm.model.gmap) or load the "
-                                   "checkpoint with load_model, which re-opens the frozen parent")
-            (context,) = args
-            return (self.read(block, fusion, context),)
-        return hook
+            fusion = self.fusions[str(layer)]
+            object.__setattr__(fusion, "block", blocks[layer])
+            object.__setattr__(fusion, "owner", self)
+            blocks[layer].attn.proj.register_forward_pre_hook(fusion.hook)
 
     def read(self, block: nn.Module, fusion: MemoryFusion, context: torch.Tensor) -> torch.Tensor:
         """The context (B, T, D) of ``block``'s attention, blended with its attention over the fused memory."""
