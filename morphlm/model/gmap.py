@@ -112,7 +112,8 @@ class GMAPModel(TransformerLM):
         self.gmap.states = self.memory(input_ids, attention_mask, token_type_ids, position_ids)
         self.gmap.mask = self._attention_mask(attention_mask, input_ids.shape[1])
         try:
-            return super().forward(input_ids, labels, attention_mask, token_type_ids, output_hidden_states,
-                                   output_attentions, None, position_ids)
+            return super().forward(input_ids, labels=labels, attention_mask=attention_mask,
+                                   token_type_ids=token_type_ids, output_hidden_states=output_hidden_states,
+                                   output_attentions=output_attentions, position_ids=position_ids)
         finally:
             self.gmap.states = self.gmap.mask = None

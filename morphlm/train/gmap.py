@@ -44,6 +44,11 @@ def plan(spec, resuming_dir: Path | None) -> GMAPPlan | None:
     else the one the resumed run or the ``--init`` G-MAP checkpoint records (a task fine-tuning run keeps it).
     Raises ConfigError / CheckpointError naming the problem; writes nothing."""
     cfg: ModelConfig = spec.model
+    if not cfg.gmap_layer_ids:  # a plain run (from a G-MAP --init too: its domain weights, without the memory)
+        if spec.gmap_memory is not None:
+            raise ConfigError("--gmap-memory names the frozen general model of a G-MAP run; also pass --gmap-layers "
+                              "(the domain layers that read it, e.g. 5,11) and optionally --gmap-fusion")
+        return None
     recorded = recorded_in = None
     for source in (resuming_dir, spec.init):
         if source is not None and ckpt.has_checkpoint(source):
@@ -51,13 +56,8 @@ def plan(spec, resuming_dir: Path | None) -> GMAPPlan | None:
             if recorded is not None:
                 break
     if spec.gmap_memory is None and recorded is None:
-        if cfg.gmap_layer_ids:
-            raise ConfigError(f"gmap_layers={cfg.gmap_layers!r} makes a G-MAP model, which needs its frozen general "
-                              f"model: pass --gmap-memory GENERAL_DIR")
-        return None
-    if not cfg.gmap_layer_ids:
-        raise ConfigError("--gmap-memory names the frozen general model of a G-MAP run; also pass --gmap-layers "
-                          "(the domain layers that read it, e.g. 5,11) and optionally --gmap-fusion")
+        raise ConfigError(f"gmap_layers={cfg.gmap_layers!r} makes a G-MAP model, which needs its frozen general "
+                          f"model: pass --gmap-memory GENERAL_DIR")
     if spec.gmap_memory is not None:
         path = Path(spec.gmap_memory)
         ckpt.read_config(path)  # a clear error for a path that is not a checkpoint
