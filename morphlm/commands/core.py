@@ -44,6 +44,9 @@ def train(
     preset: Optional[str] = typer.Option(None, help="Model preset (tiny, small, gpt-20m, gpt2-small, bert-base, ...); "
                                                     "default tiny."),
     init: Optional[Path] = typer.Option(None, help="Start from this checkpoint's weights (fine-tuning)."),
+    gmap_memory: Optional[Path] = typer.Option(
+        None, "--gmap-memory", help="G-MAP: the frozen general model's checkpoint; --gmap-layers' domain layers "
+        "read its hidden states through --gmap-fusion. Recorded as a parent in lineage.json, not copied."),
     growth_schedule: Optional[str] = typer.Option(
         None, "--growth-schedule", help="Progressive growth schedule from growth's registry: two-stage (bert2BERT) | "
         "apollo | mslt | chain | any registered with morphlm.grow.register_schedule. --max-steps is the budget "
@@ -77,6 +80,8 @@ def train(
     overrides.update({o.field: fields[o.param_name] for o in _TRAIN_FIELDS if fields.get(o.param_name) is not None})
     if init:
         overrides["init"] = str(init)
+    if gmap_memory:
+        overrides["gmap_memory"] = str(gmap_memory)
     if growth_schedule or source or growth_opt:
         import yaml
 

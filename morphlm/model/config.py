@@ -30,6 +30,10 @@ MOE_ROUTERS = ("softmax", "sigmoid", "norm")
 MOE_BALANCES = ("aux", "loss_free", "pool", "none")
 MOE_IMPLS = ("auto", "grouped", "loop")
 QK_NORMS = ("none", "head", "full")
+GMAP_FUSIONS = ("single", "multiple", "gated", "chunk_gated")  # G-MAP memory fusion strategies (model/gmap.py)
+# the gmap_* fields and their defaults: a model without G-MAP memory (gmap_layers = "") writes none of them
+GMAP_DEFAULTS: dict[str, Any] = dict(gmap_layers="", gmap_fusion="chunk_gated", gmap_memory_layers=0,
+                                     gmap_weight_init=1.0)
 # the moe_* fields and their defaults: a dense config (moe_experts = 0) leaves every one of them at its default
 # and writes none of them to config.json, so dense configs and checkpoints read and hash as they always did
 MOE_DEFAULTS: dict[str, Any] = dict(
@@ -139,6 +143,12 @@ class ModelConfig:
     full_fraction: float = 0.25  # Switch Attention: target fraction rho* of full-attention tokens, in (0, 1)
     switch_estimator: str = "two_branch"  # Switch Attention router gradient: two_branch | one_branch
     switch_lambda_lr: float = 0.05  # Switch Attention: dual-ascent step eta of the regulariser's multiplier
+    # G-MAP (morphlm/model/gmap.py): the domain layers (comma list) whose attention also reads a frozen general
+    # model's hidden states, fused by gmap_fusion; gmap_memory_layers is that frozen model's layer count
+    gmap_layers: str = ""  # G-MAP: domain layers augmented with the frozen model's memory, e.g. 5,11 ("" = off)
+    gmap_fusion: str = "chunk_gated"  # G-MAP memory fusion: single | multiple | gated | chunk_gated
+    gmap_memory_layers: int = 0  # G-MAP: layers of the frozen general model (set from --gmap-memory)
+    gmap_weight_init: float = 1.0  # G-MAP: initial fusion weight (1 = the memory context replaces the layer's)
     # derived
     head_dim: int = field(init=False, default=0)
 
@@ -250,6 +260,7 @@ class ModelConfig:
                  f"masks) or an integer >= 0 (steps over which the MSG mask ramps to 1)")
         self._validate_moe(need)
         self._validate_attention(need)
+        self._validate_gmap(need)
 
     def _validate_attention(self, need) -> None:
         """Attention-variant fields (morphlm/model/switch_attention.py): a full-attention config leaves them at
@@ -284,6 +295,44 @@ class ModelConfig:
              f"switch_estimator={self.switch_estimator!r}; choose one of {SWITCH_ESTIMATORS}")
         need(self.switch_lambda_lr >= 0, f"switch_lambda_lr={self.switch_lambda_lr} must be >= 0 (0 freezes the "
                                          f"regulariser's multiplier)")
+
+    def _validate_gmap(self, need) -> None:
+        if not self.gmap_layers.strip():
+            set_fields = [k for k, v in GMAP_DEFAULTS.items() if k != "gmap_layers" and getattr(self, k) != v]
+            need(not set_fields, f"{', '.join(f'{k}={getattr(self, k)!r}' for k in set_fields)} configure G-MAP "
+                                 f"memory but gmap_layers is empty; name the augmented layers (e.g. gmap_layers=5,11) "
+                                 f"or drop those fields")
+            return
+        layers = self.gmap_layer_ids  # raises ConfigError on a bad list
+        need(self.gmap_fusion in GMAP_FUSIONS, f"gmap_fusion={self.gmap_fusion!r}; choose one of {GMAP_FUSIONS}")
+        need(self.gmap_memory_layers >= 1, f"gmap_memory_layers={self.gmap_memory_layers} must be the frozen general "
+                                           f"model's layer count (>= 1); pass --gmap-memory DIR to set it")
+        if self.gmap_fusion == "chunk_gated":
+            need(layers[-1] < self.gmap_memory_layers,
+                 f"chunk-based gated fusion at gmap_layers={self.gmap_layers!r} splits the general model's layers at "
+                 f"the augmented layers (chunk i = general layers after gmap_layers[i-1] up to gmap_layers[i]), so it "
+                 f"needs at least {layers[-1] + 1} general layers but the frozen model has {self.gmap_memory_layers}; "
+                 f"use a deeper frozen model or lower layers")
+        need(self.loop_repeats is None, "G-MAP memory (gmap_layers) cannot be combined with a looped model "
+                                        "(loop_repeats); drop one of them")
+        need(self.attention == "full", f"G-MAP memory (gmap_layers) reads full attention's context, but "
+                                       f"attention={self.attention!r}; use attention=full for a G-MAP domain model")
+
+    @property
+    def gmap_layer_ids(self) -> tuple[int, ...]:
+        """The domain layers whose attention reads the G-MAP memory (none without G-MAP), ascending."""
+        spec = self.gmap_layers.strip()
+        if not spec:
+            return ()
+        try:
+            ids = [int(part) for part in spec.split(",") if part.strip()]
+        except ValueError:
+            ids = None
+        if not ids or any(not 0 <= i < self.n_layers for i in ids) or len(set(ids)) != len(ids):
+            raise ConfigError(f"invalid ModelConfig '{self.name}': gmap_layers={self.gmap_layers!r}; use distinct "
+                              f"comma-separated domain layer indices in 0..{self.n_layers - 1} (e.g. "
+                              f"{max(self.n_layers // 2 - 1, 0)},{self.n_layers - 1})")
+        return tuple(sorted(ids))
 
     def _validate_moe(self, need) -> None:
         if self.moe_experts == 0:
@@ -347,6 +396,9 @@ class ModelConfig:
                 del out[key]
         elif not out["moe_shared_gate"]:  # and an MoE model's without the Qwen2-MoE shared-expert gate
             del out["moe_shared_gate"]
+        if not out["gmap_layers"].strip():  # and any model's without G-MAP memory (validate() keeps the defaults)
+            for key in GMAP_DEFAULTS:
+                del out[key]
         if out["qk_norm"] == "none":  # and any model's without QK-norm
             del out["qk_norm"]
         if out["qkv_bias"] is None:  # or a q/k/v bias of its own

@@ -29,6 +29,7 @@ from torch import nn
 from .attention import Attention, rope_tables
 from .config import DSSN_C_ATTN, DSSN_C_MLP, ModelConfig
 from .ffn import activation_fn
+from .gmap_memory import GMAPMemory  # G-MAP's fusion modules (GMAPModel, in gmap.py, supplies their memory)
 from .growth_masks import GrowthMasks
 from .loop import Loop  # LoopMoE: the looped IterAdaLN blocks and their iteration signal
 from .moe import ExpertPool, MoEFFN, build_pools, load_stats, make_ffn, pool_of
@@ -91,6 +92,10 @@ class TransformerLM(nn.Module):
         self.blocks = (Loop.make_blocks(cfg, self.expert_pools) if self.loop is not None
                        else nn.ModuleList(Block(cfg, i, pool_of(cfg, self.expert_pools, i)) for i in range(cfg.n_layers)))
         self.final_norm = make_norm(cfg) if cfg.final_norm else None
+        self.gmap = None
+        if cfg.gmap_layer_ids:  # G-MAP (gmap.py): the fusion modules; a GMAPModel supplies the frozen model's memory
+            self.gmap = GMAPMemory(cfg)
+            self.gmap.attach(self.blocks)
         if cfg.position == "rope":
             cos, sin = rope_tables(cfg)
             self.register_buffer("rope_cos", cos, persistent=False)
@@ -143,6 +148,8 @@ class TransformerLM(nn.Module):
                 block.norm2_out.weight.fill_(DSSN_C_MLP / math.sqrt(cfg.n_layers))
         for router in self.switch_routers():  # Switch Attention starts as full attention (switch_attention.py)
             router.reset_router()
+        if self.gmap is not None:
+            self.gmap.reset_parameters()
 
     # ------------------------------------------------------------------ helpers
     def num_parameters(self, exclude_embeddings: bool = False) -> int:

@@ -54,6 +54,7 @@ from safetensors.torch import save as st_save
 from ..io import fsync_dir, json_text, short_repr
 from ..io import write_atomic  # noqa: F401  (re-exported: loop.py and tests use ckpt.write_atomic)
 from ..model.config import CHECKPOINT_ONLY_KEYS, FORMAT_VERSION, ConfigError, ModelConfig
+from ..model.gmap import GMAPModel, check_memory_model
 from ..model.moe import weights_kind_hint
 from ..model.transformer import TransformerLM
 
@@ -870,6 +871,8 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu", verify: 
     if raw.get("quantization"):
         return _load_quantized(Path(run_dir), raw["quantization"], device, verify)
     state, cfg = load_state_dict(run_dir, verify=verify)
+    if cfg.gmap_layer_ids:  # a G-MAP domain model: re-open its frozen parent (refused when missing or altered)
+        return load_gmap(run_dir, cfg, state, device)
     model = TransformerLM(cfg)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
@@ -882,6 +885,63 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu", verify: 
         if tensor.shape != expected[name].shape:
             raise CheckpointError(f"{run_dir}: tensor {name} has shape {tuple(tensor.shape)} but config.json "
                                   f"implies {tuple(expected[name].shape)}; config and weights do not match")
+    model.load_state_dict(state)
+    return model.to(device)
+
+
+# ---------------------------------------------------------------------------- G-MAP: the frozen parent
+# A G-MAP checkpoint (model/gmap.py, train/gmap.py) holds the domain model only; its lineage records the frozen
+# general model as a parent with role "gmap_memory" and its weights hash, and load_model re-opens that parent.
+GMAP_ROLE = "gmap_memory"
+
+
+@dataclass(frozen=True)
+class MemoryRef:
+    """The frozen general model of a G-MAP run: its resolved directory and weights hash."""
+
+    path: Path
+    sha256: str
+
+
+def recorded_memory(run_dir: str | Path) -> MemoryRef | None:
+    """The frozen parent a G-MAP checkpoint's lineage.json records (None when it records none)."""
+    for parent in (read_lineage(run_dir) or {}).get("parents", []):
+        if parent.get("role") == GMAP_ROLE and isinstance(parent.get("path"), str):
+            return MemoryRef(Path(parent["path"]), str(parent.get("sha256", "")))
+    return None
+
+
+def check_gmap_memory(ref: MemoryRef, owner: str | Path) -> None:
+    """Refuse a recorded frozen parent that is missing or whose weights are not the recorded ones."""
+    if not has_checkpoint(ref.path):
+        raise CheckpointError(
+            f"the frozen general model of G-MAP checkpoint {owner} is missing: {ref.path} (recorded in its "
+            f"{LINEAGE_FILE}) holds no checkpoint. A G-MAP checkpoint does not copy the frozen model's weights; "
+            f"restore that directory (sha256 {ref.sha256[:12]}…) at that path")
+    found = dir_fingerprint(ref.path)
+    if found != ref.sha256:
+        raise CheckpointError(
+            f"the frozen general model of G-MAP checkpoint {owner} was altered: {ref.path} has weights sha256 "
+            f"{found[:12]}… but {LINEAGE_FILE} records {ref.sha256[:12]}…. The domain model was trained "
+            f"against the recorded weights; restore them at that path")
+
+
+def load_gmap(run_dir: str | Path, cfg: ModelConfig, state: dict[str, torch.Tensor],
+              device: str | torch.device = "cpu") -> GMAPModel:
+    """A G-MAP checkpoint's model: its recorded frozen parent re-opened (refused when missing or altered), the
+    domain model built on it and loaded with ``state``."""
+    ref = recorded_memory(run_dir)
+    if ref is None:
+        raise CheckpointError(
+            f"{run_dir} holds a G-MAP model (gmap_layers={cfg.gmap_layers!r}) but its {LINEAGE_FILE} records no "
+            f"frozen general model (a parent with role {GMAP_ROLE!r}); restore the lineage.json saved with it")
+    check_gmap_memory(ref, run_dir)
+    general = load_model(ref.path).eval()
+    try:
+        check_memory_model(cfg, general.config, where=f"the frozen general model {ref.path}")
+    except ConfigError as exc:
+        raise CheckpointError(str(exc)) from None
+    model = GMAPModel(cfg, general)
     model.load_state_dict(state)
     return model.to(device)
 

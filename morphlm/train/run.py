@@ -20,11 +20,15 @@ import torch
 
 from ..data import (ClassificationBatches, LMBatches, MLMBatches, Tokenizer, load_task, prepare_lm_store)
 from ..model import ModelConfig, TransformerLM
-from ..model.config import ConfigError
+from ..model.config import GMAP_DEFAULTS, ConfigError
+from ..model.gmap import GMAPModel
 from ..model.moe import weights_kind_hint
 from . import checkpoint as ckpt
 from . import flops as flops_mod
 from .expert_parallel import check_expert_parallel
+from .gmap import GMAPPlan, open_memory, recorded_memory_layers
+from .gmap import lineage_parents as gmap_lineage_parents
+from .gmap import plan as gmap_plan
 from .loop import FitResult, TrainArgs, evaluate, fit, model_loss, resolve_device
 from .memory import check_fits
 from .optim import LoadOptimizerState, _unflatten_optimizer
@@ -54,6 +58,7 @@ class RunSpec:
     init: str | None = None  # start from this checkpoint's weights (fine-tuning)
     schedule: str | None = None  # a progressive training schedule (morphlm.grow's registry); None -> plain fit
     schedule_opts: dict[str, Any] = field(default_factory=dict)  # its options (source, stages, l_b, ...)
+    gmap_memory: str | None = None  # G-MAP: the frozen general model's checkpoint (train/gmap.py)
 
 
 def parse_value(value: Any, like: Any, key: str) -> Any:
@@ -107,7 +112,7 @@ def build_spec(preset: str | None = None, recipe: str | Path | None = None,
     model_fields: dict[str, Any] = {}
     data_fields: dict[str, Any] = {}
     train_fields: dict[str, Any] = {}
-    init = None
+    init = gmap_memory = None
     schedule, schedule_opts = None, {}
     base = preset
     if recipe is not None:
@@ -148,6 +153,8 @@ def build_spec(preset: str | None = None, recipe: str | Path | None = None,
             continue
         if key == "init":
             init = value
+        elif key == "gmap_memory":
+            gmap_memory = str(value)
         elif key == "lr_schedule" or (key == "schedule" and value in LR_SCHEDULES):
             train_fields["schedule"] = value  # TrainArgs.schedule, the LR schedule (`--lr-schedule`)
         elif key in ("growth_schedule", "schedule"):  # `schedule` naming anything else: the growth schedule
@@ -169,8 +176,14 @@ def build_spec(preset: str | None = None, recipe: str | Path | None = None,
     else:
         base_model = ModelConfig.from_name(base or "tiny")
     base_cfg = base_model.to_dict()
+    if model_fields.get("gmap_layers") and "gmap_memory_layers" not in model_fields:  # G-MAP: the frozen depth
+        depth = (ckpt.read_config(gmap_memory)[0].n_layers if gmap_memory is not None
+                 else recorded_memory_layers(train_fields.get("out_dir"), init))  # a resume or a G-MAP --init
+        if depth is not None:
+            model_fields["gmap_memory_layers"] = depth
     for key, value in model_fields.items():
-        model_fields[key] = parse_value(value, base_cfg.get(key), key)
+        # a plain config.json omits the gmap_* fields: their defaults give the type (--gmap-layers 1 is a string)
+        model_fields[key] = parse_value(value, base_cfg.get(key, GMAP_DEFAULTS.get(key)), key)
     # derived fields (n_kv_heads, d_ff, ...) follow the overrides unless the base or the overrides set them
     cfg = base_model.derive(**model_fields)
     dspec_defaults = DataSpec()
@@ -196,7 +209,8 @@ def build_spec(preset: str | None = None, recipe: str | Path | None = None,
         raise ConfigError(f"warmup_steps={targs.warmup_steps} is longer than the LR schedule "
                           f"({targs.horizon} steps: schedule_steps, else max_steps), so the learning rate would never "
                           f"reach lr={targs.lr:g}; use warmup_steps <= {targs.horizon} or a longer --schedule-steps")
-    return RunSpec(model=cfg, data=dspec, train=targs, init=init, schedule=schedule, schedule_opts=schedule_opts)
+    return RunSpec(model=cfg, data=dspec, train=targs, init=init, schedule=schedule, schedule_opts=schedule_opts,
+                   gmap_memory=gmap_memory)
 
 
 def saved_data_spec(run_dir: str | Path) -> DataSpec:
@@ -286,13 +300,15 @@ def train_run(spec: RunSpec, callbacks=()) -> FitResult:
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 writes
     # before the output directory is claimed: a bad --expert-parallel leaves nothing behind
     check_expert_parallel(spec.model, spec.train.expert_parallel, parallel=spec.train.parallel)
+    resuming = out and ckpt.has_trainer_state(out) and spec.train.resume == "auto"
+    gplan = gmap_plan(spec, Path(out) if resuming else None)  # G-MAP settings and frozen model, checked first
     if out and main_rank:
         ckpt.claim_output_dir(out, "train", inputs=[("--init", spec.init)], resume=spec.train.resume == "auto")
     with ckpt.writer_lock(out) if out and main_rank else contextlib.nullcontext():
-        return _train_run(spec, callbacks)
+        return _train_run(spec, callbacks, gplan)
 
 
-def _train_run(spec: RunSpec, callbacks) -> FitResult:
+def _train_run(spec: RunSpec, callbacks, gplan: GMAPPlan | None = None) -> FitResult:
     """The body of :func:`train_run`, run while the writer lock is held."""
     if spec.schedule:
         raise ConfigError(f"train_run does not run progressive schedules ({spec.schedule!r}); run the spec with "
@@ -321,22 +337,34 @@ def _train_run(spec: RunSpec, callbacks) -> FitResult:
                     if saved.get(k) != asked.get(k)}
             raise ckpt.CheckpointError(f"{out} holds a run of a different model (saved vs asked: {diff}); "
                                        f"resume with the same settings or choose another --out")
+    general = open_memory(gplan.memory, gplan.memory.path) if gplan is not None else None  # before the seed
     torch.manual_seed(args.seed)
-    model = TransformerLM(spec.model)
+    model = TransformerLM(spec.model) if general is None else GMAPModel(spec.model, general)
     if spec.init:
         init_tok = _load_init(model, spec.init, init_state)
         tokenizer = tokenizer or init_tok
         carried = None if resuming else ckpt.read_initial_optimizer_state(spec.init)
         if carried is not None:
             callbacks = [*callbacks, LoadOptimizerState(_unflatten_optimizer(*carried))]
+    if tokenizer is None and gplan is not None and gplan.tokenizer_json is not None:
+        tokenizer = Tokenizer.from_json_str(gplan.tokenizer_json)  # G-MAP: the frozen model's token ids
     tokenizer, data, fps = build_data(spec, tokenizer)
     lineage = {"verb": "train", "preset": spec.model.name,
                "data": dataclasses.asdict(spec.data), "parents": []}
-    if spec.init:
+    step_flops = None
+    if gplan is not None:
+        lineage["parents"] += gmap_lineage_parents(gplan, spec.init)
+        fps["gmap_memory_sha256"] = gplan.memory.sha256
+        # the frozen model's forward on every token of the step, on top of the domain model's training FLOPs
+        tokens = spec.data.batch_size * spec.data.seq_len
+        per_step = tokens * (flops_mod.training_flops_per_token(spec.model, spec.data.seq_len)
+                             + flops_mod.forward_flops_per_token(general.config, spec.data.seq_len))
+        step_flops = None if args.flops_per_step else (lambda step: per_step)
+    elif spec.init:
         lineage["parents"].append(ckpt.parent_record(spec.init))
     extra = {**fps, "data_spec": dataclasses.asdict(spec.data)}
     return fit(model, model_loss, data, args, callbacks, tokenizer_json=tokenizer.to_json_str(),
-               lineage=lineage, extra_state=extra)
+               lineage=lineage, extra_state=extra, step_flops=step_flops)
 
 
 def _refuse_prompt_dir(run_dir: Path) -> None:
