@@ -442,3 +442,28 @@ def test_default_teacher_falls_back_to_our_own_with_the_reason(tmp_path, monkeyp
     monkeypatch.setattr(remote, "fetch_minilm", lambda cache: tmp_path)
     assert compression_teacher.resolve_teacher(tmp_path) == ("minilm", None)
     assert bc.result_name("minilm") == "compression.json" and bc.result_name("own") == "compression_own.json"
+
+
+def test_default_teacher_is_minilm_end_to_end(tmp_path, shared_data, monkeypatch):
+    """`--teacher auto` resolves to MiniLM when its wheel is in the cache (here a tiny BERT in MiniLM's layout):
+    the teacher is fine-tuned, students share its WordPiece vocabulary and 4 → 2 heads meet through the head map,
+    GD reads [CLS] … [SEP] windows of its tokens, and the summary names the teacher."""
+    from morphlm.data import remote
+
+    hf_dir, _ = _tiny_bert_dir(tmp_path)
+    _fake_minilm_wheel(tmp_path / "cache" / "minilm" / "wheel", hf_dir)
+    real_run = remote.subprocess.run
+
+    def no_pip(cmd, *a, **k):  # git (the results' commit) may run; pip must not
+        assert "pip" not in cmd, "pip called although the wheel is there"
+        return real_run(cmd, *a, **k)
+
+    monkeypatch.setattr(remote.subprocess, "run", no_pip)
+    res = bc.run_benchmark(profile=bc.TEST, arms=["scratch", "tinybert", "tinybert_tl", "etd_impt"],
+                           data_dir=shared_data, out=tmp_path / "c.json", cache_dir=tmp_path / "cache", progress=False)
+    bad = {a: v.get("error") for a, v in res["arms"].items() if v["status"] != "ok"}
+    assert not bad, bad
+    assert res["teacher"]["kind"] == "minilm" and res["summary"]["teacher"].startswith("MiniLM")
+    assert "teacher_fallback" not in res["teacher"]
+    assert res["student_config"]["vocab_size"] == 40 and res["student_config"]["n_heads"] == 2
+    assert res["teacher"]["gd_corpus"]["tokens"] > 0
