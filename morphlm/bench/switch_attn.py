@@ -523,7 +523,7 @@ def run_arm(cfg: SwitchBenchConfig, arm: str, seed: int, work: Path, pre_dir: st
     flops = attention_flops_per_token(model_cfg, cfg.seq_len,
                                       ev["full_fraction_per_layer"] if model_cfg.attention == "switch" else None)
     record = {"arm": arm, "seed": seed, "key": key, "config": model_cfg.to_dict(), "steps": int(res.steps),
-              "tokens": int(res.tokens), **ev, "train_full_fraction_per_layer": train_full,
+              "pretrained": Path(pre_dir).name, "tokens": int(res.tokens), **ev, "train_full_fraction_per_layer": train_full,
               "retrieval": probe_accuracy(model, probe, precision),
               "attn_flops_per_token": flops,
               "attn_flops_ratio": flops / attention_flops_per_token(full_cfg, cfg.seq_len),
@@ -640,7 +640,7 @@ def markdown_table(results: dict[str, Any]) -> str:
         peak = None if a.get("peak_train_bytes") is None else a["peak_train_bytes"] / 2**20
         rows.append(f"| {arm} | {_fmt(a['val_loss'])} | {_fmt(a['val_loss_beyond_window'])} | "
                     f"{_fmt(a['loss_gap_vs_full'], '+.3f')}{std} | {_fmt(a['retrieval'], '.2f')} | {layers} | "
-                    f"{_fmt(a['attn_flops_ratio'], '.2f')} | {_fmt(timing.get(arm), '.2f')}× | {_fmt(peak, '.0f')} |")
+                    f"{_fmt(a['attn_flops_ratio'], '.2f')} | {_fmt(timing.get(arm), '.2f')}{'×' if timing.get(arm) is not None else ''} | {_fmt(peak, '.0f')} |")
     s = results.get("summary", {})
     goals = ", ".join(f"{k}: {v}" for k, v in s.get("goals", {}).items())
     rows.append("")
