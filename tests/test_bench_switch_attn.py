@@ -178,3 +178,17 @@ def test_end_to_end_json_plot_and_cached_rerun(tmp_path, monkeypatch):
     assert res2["arms"] == json.loads(json.dumps(res["arms"]))
     table = cli("bench", "switch-attn", "--table", "--out", out)
     assert "| sliding |" in table.output
+
+
+def test_script_is_the_cli(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "switch_attn.py"
+    spec = importlib.util.spec_from_file_location("bench_switch_attn_script", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    with pytest.raises(SystemExit) as exc:  # typer exits; a missing results file is a named error
+        script.main(["--table", "--out", str(tmp_path / "none.json")])
+    captured = capsys.readouterr()
+    assert exc.value.code != 0 and "does not exist" in captured.out + captured.err

@@ -189,16 +189,17 @@ def default_corpus() -> str:
 
 def full_config(**changes: Any) -> SwitchBenchConfig:
     """The committed run (not yet run at full size in this commit): d = 128, L = 4, 4 heads (head dim 32), vocab
-    2048, context 1024, window 128 (ρ = 0.25 gives ≈ 0.32 of full attention's real attention work), batch 4 × 1024
-    tokens; pretraining 400 steps (1.6M tokens, shared by the seeds), then 5 arms × 3 seeds × 200 steps (0.8M tokens
-    each) at lr 1e-3.
+    2048, context 1024, window 128 (at ρ = 0.25 the ruler counts ≈ 0.34 of full attention's attention FLOPs),
+    batch 4 × 1024 tokens; pretraining 400 steps (1.64M tokens, once, shared by the seeds), then 5 arms × 3 seeds ×
+    160 steps (0.66M tokens per arm) at lr 1e-3, held-out loss every 40 steps.
 
-    Sizing, measured on this 2-core machine (single-threaded CPU time of one training step, bf16 autocast, batch
-    4 × 1024, the lead's runs on the other core): see README ("Switch Attention") for the measured step times;
-    with ≈ 0.6 s per step the pretraining takes ≈ 4 min on one worker, the 15 continuations ≈ 15·200·0.6/2 ≈ 15 min
-    on two, evaluations (4 held-out batches every 50 steps), the probes, the memory steps and the timing ≈ 3 min:
-    ≈ 22 min, leaving a third of the 35-minute budget for a busier machine."""
-    cfg = SwitchBenchConfig(profile="full", corpus=default_corpus())
+    Sizing, measured on this 2-core machine (wall time of one training step, one thread, bf16 autocast, batch
+    4 × 1024, AdamW, with the load average at 4.5 from other runs): full attention 0.70 s, sliding window 0.75 s,
+    Switch Attention (one-branch estimator, ~50% of the tokens routed to full) 1.2 s. Pretraining 400 × 0.7 s
+    ≈ 4.7 min on one worker; per seed the continuations take 160 × (0.7 + 3 × 1.2 + 0.75) s ≈ 13.5 min, × 3 seeds
+    over two workers ≈ 20 min; evaluations, probes (32 × 1024 tokens per arm), memory steps and the timing
+    ≈ 2 min: ≈ 27 min in all, within the 35-minute budget with ~20% to spare."""
+    cfg = SwitchBenchConfig(profile="full", corpus=default_corpus(), steps=160, eval_every=40)
     return dataclasses.replace(cfg, **changes)
 
 
@@ -523,7 +524,8 @@ def run_arm(cfg: SwitchBenchConfig, arm: str, seed: int, work: Path, pre_dir: st
     flops = attention_flops_per_token(model_cfg, cfg.seq_len,
                                       ev["full_fraction_per_layer"] if model_cfg.attention == "switch" else None)
     record = {"arm": arm, "seed": seed, "key": key, "config": model_cfg.to_dict(), "steps": int(res.steps),
-              "pretrained": Path(pre_dir).name, "tokens": int(res.tokens), **ev, "train_full_fraction_per_layer": train_full,
+              "pretrained": Path(pre_dir).name, "tokens": int(res.tokens), **ev,
+              "train_full_fraction_per_layer": train_full,
               "retrieval": probe_accuracy(model, probe, precision),
               "attn_flops_per_token": flops,
               "attn_flops_ratio": flops / attention_flops_per_token(full_cfg, cfg.seq_len),
@@ -637,10 +639,12 @@ def markdown_table(results: dict[str, Any]) -> str:
     for arm, a in arms.items():
         std = f" ± {a['loss_gap_vs_full_std']:.3f}" if a.get("loss_gap_vs_full_std") is not None else ""
         layers = " ".join(f"{f:.2f}" for f in a["full_fraction_per_layer"])
+        t = timing.get(arm)
+        t_cell = "—" if t is None else f"{t:.2f}×"
         peak = None if a.get("peak_train_bytes") is None else a["peak_train_bytes"] / 2**20
         rows.append(f"| {arm} | {_fmt(a['val_loss'])} | {_fmt(a['val_loss_beyond_window'])} | "
                     f"{_fmt(a['loss_gap_vs_full'], '+.3f')}{std} | {_fmt(a['retrieval'], '.2f')} | {layers} | "
-                    f"{_fmt(a['attn_flops_ratio'], '.2f')} | {_fmt(timing.get(arm), '.2f')}{'×' if timing.get(arm) is not None else ''} | {_fmt(peak, '.0f')} |")
+                    f"{_fmt(a['attn_flops_ratio'], '.2f')} | {t_cell} | {_fmt(peak, '.0f')} |")
     s = results.get("summary", {})
     goals = ", ".join(f"{k}: {v}" for k, v in s.get("goals", {}).items())
     rows.append("")
