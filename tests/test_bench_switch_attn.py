@@ -164,6 +164,7 @@ def test_end_to_end_json_plot_and_cached_rerun(tmp_path, monkeypatch):
     assert data["arms"]["sliding"]["attn_flops_ratio"] < 1.0 == data["arms"]["full"]["attn_flops_ratio"]
     assert data["runs"]["switch-0.25"]["0"]["train_full_fraction_per_layer"] is not None
     assert set(data["timing"]["ratio_vs_full"]) == set(cfg.arms()) and data["timing"]["ratio_vs_full"]["full"] == 1
+    assert set(data["timing"]["ratio_vs_full_at_target"]) == {"switch-0.1", "switch-0.25", "switch-0.5"}
     # one pretrained model, shared by every arm and seed
     assert [p.name for p in (work / "pretrain").iterdir() if (p / "BENCH_DONE").is_file()] == \
         [data["runs"]["full"]["0"]["pretrained"]]

@@ -33,7 +33,9 @@ Attention time (:func:`time_attention`): forward + backward of ONE layer's atten
 branches, no projections — at batch 1, the model's heads and head dimension and T = ``timing_seq_len`` (1024),
 against full causal attention (SDPA) at the same shapes, median of ``timing_repeats`` single-threaded runs after a
 warm-up; each Switch arm is timed with a routing at its measured mean full fraction (full-routed positions drawn
-at random beyond the window), with the estimator the arms train with.
+at random beyond the window), with the estimator the arms train with (``ratio_vs_full``, the summary's), and again
+at its target fraction ρ* (``ratio_vs_full_at_target``: the cost of the kernel whether or not the routers reached
+ρ*).
 
 Over seeds: means and sample standard deviations; the loss gap is the PAIRED per-seed difference (arm − full).
 Every (arm, seed) record and the pretrained model are cached (:class:`~morphlm.bench.runner.ResultCache`; the
@@ -569,10 +571,14 @@ def measure_times(cfg: SwitchBenchConfig, arms: dict[str, dict], precision: str,
     def run() -> dict[str, Any]:
         per = {a: time_attention(**shape, fraction=f) for a, f in fractions.items()}
         full = per["full"]["seconds"]
+        # the Switch arms also at their TARGET fraction: the kernel's cost whether or not the routers converged
+        target = {arm_name(f): time_attention(**shape, fraction=f)["seconds"] / full for f in cfg.fractions
+                  if arm_name(f) in arms}
         return {"what": "forward+backward of one layer's attention core (routing and branches, no projections), "
                         "batch 1, median of repeats, one thread", **shape, "fractions": fractions,
                 "seconds": {a: r["seconds"] for a, r in per.items()},
                 "ratio_vs_full": {a: r["seconds"] / full for a, r in per.items()},
+                "ratio_vs_full_at_target": target,
                 "realised": {a: r["realised_full_fraction"] for a, r in per.items()}}
 
     return ResultCache(work / "measurements").get_or_run(key, run, "the attention timing")
@@ -671,6 +677,7 @@ def plot_results(results: dict[str, Any], path: Path) -> Path:
     names = list(results["arms"])
     ax2.bar(names, [results["arms"][a]["retrieval"] or 0.0 for a in names])
     ax2.set_ylabel("retrieval probe accuracy")
+    ax2.set_ylim(0.0, 1.0)
     ax2.tick_params(axis="x", rotation=30)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
