@@ -48,6 +48,57 @@ def test_probe_states_the_key_more_than_a_window_before_the_query_and_is_determi
         sb.build_probe(tokenizer, store.val, seq_len=40, window=30, samples=1)
 
 
+class _Oracle:
+    """A stand-in model whose logits pick ``input_ids[t + 1]`` (the true next token) at positions t < ``sure_until``
+    and are uniform after it."""
+
+    def __init__(self, vocab, sure_until, next_ids=None):
+        from types import SimpleNamespace
+
+        self.vocab, self.sure_until, self.next_ids = vocab, sure_until, next_ids
+        self.config = SimpleNamespace(attention="full", n_layers=2)
+
+    def eval(self):
+        return self
+
+    def switch_routers(self):
+        return []
+
+    def __call__(self, ids):
+        import torch
+        from types import SimpleNamespace
+
+        B, T = ids.shape
+        nxt = self.next_ids if self.next_ids is not None else torch.roll(ids, -1, dims=1)
+        logits = torch.zeros(B, T, self.vocab)
+        logits[:, :self.sure_until].scatter_(2, nxt[:, :self.sure_until, None], 50.0)
+        return SimpleNamespace(logits=logits)
+
+
+def test_evaluate_splits_the_loss_at_the_window_and_probe_accuracy_counts_value_tokens():
+    import math
+
+    import torch
+
+    V, T, w = 11, 20, 8
+    ids = torch.randint(0, V, (3, T + 1), generator=torch.Generator().manual_seed(0))
+    batch = {"input_ids": ids[:, :-1], "labels": ids[:, 1:]}
+    # sure before t = w, uniform from t = w on: all the loss beyond the window, (T - w)/T of it overall
+    ev = sb.evaluate(_Oracle(V, w, next_ids=ids[:, 1:]), [batch], w, "fp32")
+    assert ev["val_loss_beyond_window"] == pytest.approx(math.log(V), abs=1e-5)
+    assert ev["val_loss"] == pytest.approx(math.log(V) * (T - w) / T, abs=1e-5)
+    assert ev["full_fraction_per_layer"] == [1.0, 1.0]
+
+    cfg = _ci()
+    tokenizer, store = sb.prepare_store(cfg, show_progress=False)
+    probe = sb.build_probe(tokenizer, store.val, seq_len=48, window=8, samples=5)
+    vocab = tokenizer.vocab_size
+    assert sb.probe_accuracy(_Oracle(vocab, 48), probe, "fp32") == 1.0  # reads the answer: every value token right
+    # right only before the queries: no value token is predicted (uniform logits pick token 0, a special token)
+    assert all(0 not in s["values"] for s in probe)
+    assert sb.probe_accuracy(_Oracle(vocab, min(s["query"] for s in probe)), probe, "fp32") == 0.0
+
+
 # ---------------------------------------------------------------------------- analysis on hand-made records
 def _rec(arm, seed, loss, beyond, retrieval, fractions, flops, peak=1000):
     return {"arm": arm, "seed": seed, "val_loss": loss, "val_loss_beyond_window": beyond, "retrieval": retrieval,
