@@ -156,7 +156,7 @@ def test_table_from_results_and_bad_results():
 # ---------------------------------------------------------------------------- timing and settings
 def test_timing_routes_the_requested_fraction_beyond_the_window():
     for f in (0.25, 0.5):
-        r = sb.time_attention(n_heads=2, head_dim=8, seq_len=48, window=8, fraction=f, repeats=1)
+        r = sb.time_attention(n_heads=2, head_dim=8, seq_len=48, window=8, fraction=f, repeats=1, batch=3)
         assert r["realised_full_fraction"] == pytest.approx(round(f * 40) / 40) and r["seconds"] > 0
     for f in (None, 0.0):  # full attention, the sliding window
         r = sb.time_attention(n_heads=2, head_dim=8, seq_len=48, window=8, fraction=f, repeats=1)
