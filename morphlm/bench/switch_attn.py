@@ -566,7 +566,8 @@ def measure_times(cfg: SwitchBenchConfig, arms: dict[str, dict], precision: str,
     fractions = {a: (None if a == "full" else 0.0 if a == "sliding" else
                      round(statistics.fmean(arms[a]["full_fraction_per_layer"]), 4)) for a in arms}
     shape = dict(batch=cfg.batch_size, n_heads=cfg.n_heads, head_dim=cfg.d_model // cfg.n_heads,
-                 seq_len=cfg.timing_seq_len, window=cfg.window, estimator=cfg.estimator, repeats=cfg.timing_repeats, precision=precision)
+                 seq_len=cfg.timing_seq_len, window=cfg.window, estimator=cfg.estimator,
+                 repeats=cfg.timing_repeats, precision=precision)
     key = "timing-" + _hash({"shape": shape, "fractions": fractions, "torch": library_versions()["torch"],
                              "v": SCHEMA_VERSION})
 
