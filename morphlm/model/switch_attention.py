@@ -23,8 +23,12 @@ prefill kernel; the details below are a **reconstruction** where it is silent:
 * Regulariser ``L_reg = λ·ρ̄`` per layer, ``ρ̄`` = mean ``p_t`` over the tokens with position ``t ≥ w``
   (0-based; for ``t < w`` the window covers the whole prefix, so both branches are the same function and those
   tokens are excluded). ``λ`` (a buffer, saved with the weights) follows dual ascent once per optimizer step,
-  outside autograd: ``λ ← max(0, λ + η(ρ̄ − ρ*))`` with ``ρ̄`` the mean over the last step's training forwards
-  (accumulated in buffers too, so a resumed run updates ``λ`` bit-exactly). One multiplier per layer: each layer
+  outside autograd: ``λ ← max(0, λ + η(ρ_hard − ρ*))`` with ``ρ_hard`` the REALISED full fraction (hard gates,
+  ``t ≥ w``) over the last step's training forwards (accumulated in buffers too, so a resumed run updates ``λ``
+  bit-exactly). Driving λ with the soft ``ρ̄`` instead let every router collapse to local attention: p can sit
+  near 0.3 everywhere (soft mean on target) while no token passes the 0.5 threshold; on the realised fraction λ
+  falls to 0 as soon as too few tokens go full, and the language-model loss can reopen them (a reconstruction:
+  the paper does not publish its update). One multiplier per layer: each layer
   is steered toward ``ρ*`` (the paper does not say whether the constraint is per layer or global).
 
 Execution. Without a padding mask the local branch is banded window attention (blocks of ``w`` queries × ``2w``
@@ -95,15 +99,16 @@ class SwitchRouter(nn.Module):
         self.last_full = gate[:, self.window:].float().mean()
         if self.training and torch.is_grad_enabled():
             self.reg_loss = self.lam * rho
-            with torch.no_grad():
-                self.rho_sum += rho.detach()
+            with torch.no_grad():  # the constraint is on the REALISED (hard) fraction: see update_lambda
+                self.rho_sum += self.last_full
                 self.rho_calls += 1
         else:
             self.reg_loss = None
 
     @torch.no_grad()
     def update_lambda(self) -> None:
-        """Dual ascent, once per optimizer step: λ ← max(0, λ + η(ρ̄ − ρ*)) with ρ̄ of the last step's forwards."""
+        """Dual ascent, once per optimizer step: λ ← max(0, λ + η(ρ_hard − ρ*)) with ρ_hard the realised full
+        fraction (tokens with p > 0.5, t ≥ w) of the last step's forwards."""
         if float(self.rho_calls) > 0:
             rho = self.rho_sum / self.rho_calls
             self.lam.copy_((self.lam + self.lambda_lr * (rho - self.target)).clamp_min(0.0))
