@@ -183,3 +183,17 @@ def test_cli_bad_input_writes_nothing(tmp_path, monkeypatch):
     junk.write_text(json.dumps({"benchmark": "moe"}))
     bad = cli("bench", "dssn", "--table", "--out", junk, code=None)
     assert bad.exit_code != 0 and "not a `morphlm bench dssn` results file" in bad.output
+
+
+def test_script_is_the_cli(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "dssn.py"
+    spec = importlib.util.spec_from_file_location("bench_dssn_script", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    with pytest.raises(SystemExit) as exc:  # typer exits; a missing results file is a named error
+        script.main(["--table", "--out", str(tmp_path / "none.json")])
+    captured = capsys.readouterr()
+    assert exc.value.code != 0 and "does not exist" in captured.out + captured.err
