@@ -36,6 +36,23 @@ def test_spike_counter_on_hand_made_curves():
     assert nan["at"] == [1, 3] and nan["events"] == 2 and math.isinf(nan["max_excess"])
     with pytest.raises(db.BenchError, match="spike margin 0"):
         db.count_spikes([1.0, 2.0], 0)
+    with pytest.raises(db.BenchError, match="spike window 0"):
+        db.count_spikes([1.0, 2.0], 0.5, window=0)
+
+
+def test_spike_reference_is_the_running_minimum_of_the_moving_average():
+    # noisy but stable: batches alternate 3.0 / 3.7. Raw running minimum 3.0: every 3.7 (+0.7) would count;
+    # the 2-step moving average's minimum is 3.35 (first full window) — 3.7 is +0.35, not a spike
+    noisy = [4.0, 3.0, 3.7, 3.0, 3.7, 3.0, 3.7]
+    assert db.count_spikes(noisy, 0.5)["at"] == [2, 4, 6]
+    assert db.count_spikes(noisy, 0.5, window=2)["steps"] == 0
+    # a real spike still counts: reference = min(4.0, 3.5, 3.35, ...) = 3.35; 4.5 exceeds it by 1.15
+    out = db.count_spikes([*noisy, 4.5, 3.0], 0.5, window=2)
+    assert out["at"] == [7] and out["max_excess"] == pytest.approx(1.15)
+    # the first window is the mean of what there is: [4.0] -> 4.0, [4.0, 2.0] -> 3.0; 3.6 is +0.6 over 3.0
+    assert db.count_spikes([4.0, 2.0, 3.6], 0.5, window=3)["at"] == [2]
+    # a non-finite loss is left out of the moving average
+    assert db.count_spikes([3.0, float("inf"), 3.0, 3.2], 0.5, window=2)["at"] == [1]
 
 
 # ---------------------------------------------------------------------------- DSSN / TinyInit against the formulas
@@ -105,6 +122,8 @@ def test_bad_settings_are_named():
         db.ci_config(seeds=[]).validate()
     with pytest.raises(db.BenchError, match="spike_margin=-1"):
         db.ci_config(spike_margin=-1).validate()
+    with pytest.raises(db.BenchError, match="spike_window=0"):
+        db.ci_config(spike_window=0).validate()
     with pytest.raises(db.BenchError, match="lr=0"):
         db.ci_config(lr=0).validate()
     with pytest.raises(db.BenchError, match="grad_clip=0"):
@@ -136,7 +155,7 @@ def test_end_to_end_json_plot_table_and_cache(tmp_path, monkeypatch):
         tr = rec["trace"]
         assert tr["step"] == list(range(1, cfg.steps + 1)) and len(tr["loss"]) == cfg.steps
         assert all(g is not None and g > 0 for g in tr["grad_norm"])  # the gradient-norm trace, every step
-        assert rec["spike_steps"] == db.count_spikes(tr["loss"], cfg.spike_margin)["steps"]
+        assert rec["spike_steps"] == db.count_spikes(tr["loss"], cfg.spike_margin, cfg.spike_window)["steps"]
         assert rec["final_val_loss"] == rec["curve"][-1]["val_loss"] and rec["config"]["norm_placement"] == arm
         assert rec["tokens"] == cfg.steps * cfg.batch_size * cfg.seq_len
     assert data["summary"]["dssn_minus_pre"] == pytest.approx(

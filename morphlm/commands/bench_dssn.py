@@ -26,7 +26,10 @@ def bench_dssn(
     lr: Optional[float] = typer.Option(None, help="Peak learning rate of every arm (default 1e-2)."),
     n_layers: Optional[int] = typer.Option(None, "--n-layers", help="Depth of every arm (default 32; --quick 12)."),
     spike_margin: Optional[float] = typer.Option(
-        None, help="Spike margin in nats: a step whose loss exceeds the running minimum by more (default 0.5)."),
+        None, help="Spike margin in nats: a step whose loss exceeds the running minimum of the moving average of "
+                   "the earlier losses by more is a spike (default 0.5)."),
+    spike_window: Optional[int] = typer.Option(
+        None, help="Steps in the moving average whose running minimum is the spike reference (default 10)."),
     precision: Optional[str] = typer.Option(
         None, help="auto (default: bf16 autocast on CPUs with native bf16, else fp32) | fp32 | bf16."),
     workers: Optional[int] = typer.Option(None, help="Parallel single-threaded runs (default min(cores, 2))."),
@@ -70,7 +73,7 @@ def bench_dssn(
             raise db.BenchError(f"--seeds {seeds}: need at least 1")
         changes["seeds"] = list(range(seeds))
     for name, value in (("steps", steps), ("lr", lr), ("n_layers", n_layers), ("spike_margin", spike_margin),
-                        ("precision", precision)):
+                        ("spike_window", spike_window), ("precision", precision)):
         if value is not None:
             changes[name] = value
     cfg = db.quick_config(**changes) if quick else db.full_config(**changes)
