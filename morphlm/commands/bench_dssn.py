@@ -23,7 +23,8 @@ def bench_dssn(
     max_bytes: Optional[int] = typer.Option(None, help="Cap on corpus bytes (whole documents in order)."),
     seeds: Optional[int] = typer.Option(None, help="Number of seeds (default 3; --quick 1)."),
     steps: Optional[int] = typer.Option(None, "--max-steps", help="Training steps of every run."),
-    lr: Optional[float] = typer.Option(None, help="Peak learning rate of every arm (default 1e-2)."),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate of every arm (default 3e-2, chosen so that "
+                                                  "pre-norm spikes)."),
     n_layers: Optional[int] = typer.Option(None, "--n-layers", help="Depth of every arm (default 32; --quick 12)."),
     spike_margin: Optional[float] = typer.Option(
         None, help="Spike margin in nats: a step whose loss exceeds the running minimum of the moving average of "
