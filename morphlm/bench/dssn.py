@@ -448,11 +448,13 @@ def markdown_table(results: dict[str, Any]) -> str:
     goals = ", ".join(f"{k}: {v}" + (f" ({s['goal_notes'][k]})" if k in s["goal_notes"] else "")
                       for k, v in s["goals"].items())
     c = results["config"]
+    machine = results.get("machine")
+    cpu = machine.get("cpu") if isinstance(machine, dict) else None
     lines += ["", f"{s['seeds']} seed(s); d={c['d_model']}, L={c['n_layers']}, lr {c['lr']:g}, "
                   f"{c['steps']} steps; spike = loss > running min of the {c['spike_window']}-step mean + "
                   f"{c['spike_margin']} nats. Goals — {goals}. "
-                  f"{results.get('machine', {}).get('cpu', '') if isinstance(results.get('machine'), dict) else ''}"
-                  f" torch {results.get('torch', '?')}, commit {str(results.get('commit', '?'))[:10]}."]
+                  f"{cpu + ', ' if cpu else ''}torch {results.get('torch', '?')}, "
+                  f"commit {str(results.get('commit', '?'))[:10]}."]
     return "\n".join(lines)
 
 
