@@ -62,7 +62,7 @@ def test_the_same_string_pairs_the_same_layers_in_grow_extract_and_distill():
     student = model(n_layers=2, seed=2)
     batch = {"input_ids": torch.randint(7, 512, (2, 8))}
     loss_fn = DistillLoss(src, student.config, DistillConfig(stage="general", layer_map="1,0", emb_weight=0,
-                                                             hid_weight=0))
+                                                             hid_weight=0, att_loss="mse"))
     _, metrics = loss_fn(student, batch)
     s_att = student(**batch, output_attentions=True).attentions
     t_att = src(**batch, output_attentions=True).attentions
@@ -70,7 +70,7 @@ def test_the_same_string_pairs_the_same_layers_in_grow_extract_and_distill():
     assert metrics["loss_att"].item() == pytest.approx(want.item(), rel=1e-6)
     # '-' leaves a student block unsupervised
     _, metrics = DistillLoss(src, student.config, DistillConfig(stage="general", layer_map="-,0", emb_weight=0,
-                                                                hid_weight=0))(student, batch)
+                                                                hid_weight=0, att_loss="mse"))(student, batch)
     assert metrics["loss_att"].item() == pytest.approx(attention_mse(s_att[1], t_att[0]).item(), rel=1e-6)
 
 
