@@ -21,6 +21,8 @@ bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: each writes benc
 app.add_typer(bench_app, name="bench")
 search_app = typer.Typer(no_args_is_help=True, help="Searches over layer mappings and architectures.")
 app.add_typer(search_app, name="search")
+reason_app = typer.Typer(no_args_is_help=True, help="Reasoning: the TRIGO trig-reduction gym, its prover, formal statement sets and answer discovery.")
+app.add_typer(reason_app, name="reason")
 
 
 def _version() -> str:
