@@ -64,6 +64,10 @@ def test_banded_window_equals_dense_masked_reference(T, w):
     full = sa.full_branch(q, k, v, None, 0.0)
     n = min(w, T)
     assert torch.allclose(full[:, :, :n], ref[:, :, :n], atol=1e-6)
+    if T > w:  # both banded kernels (CPU matmuls at several block sizes; SDPA, used off the CPU)
+        for block in (1, 3, 4, 8, 64):
+            assert torch.allclose(sa.banded_window(q, k, v, w, 0.0, block=block), ref, atol=1e-5), block
+        assert torch.allclose(sa.banded_window_sdpa(q, k, v, w, 0.0), ref, atol=1e-5)
     if T > w:
         assert not torch.allclose(full[:, :, w:], ref[:, :, w:], atol=1e-3)
 
