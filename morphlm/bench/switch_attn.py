@@ -422,14 +422,15 @@ def time_attention(*, n_heads: int, head_dim: int, seq_len: int, window: int, fr
                 router.zero_grad(set_to_none=True)
 
         step()
-        times = []
+        times, cpu = [], []
         for _ in range(repeats):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             step()
             times.append(time.perf_counter() - t0)
+            cpu.append(time.thread_time() - c0)
         realised = None if router is None else float(router.last_full)
         return {"seconds": statistics.median(times), "best_s": min(times), "all_s": times,
-                "realised_full_fraction": realised}
+                "cpu_seconds": statistics.median(cpu), "realised_full_fraction": realised}
     finally:
         torch.set_num_threads(threads)
 
@@ -583,6 +584,10 @@ def measure_times(cfg: SwitchBenchConfig, arms: dict[str, dict], precision: str,
                 "seconds": {a: r["seconds"] for a, r in per.items()},
                 "best_s": {a: r["best_s"] for a, r in per.items()},
                 "ratio_vs_full": {a: r["seconds"] / full for a, r in per.items()},
+                # the thread's CPU time: what the kernels cost when other jobs share the cores (wall time counts
+                # the waits too)
+                "cpu_seconds": {a: r["cpu_seconds"] for a, r in per.items()},
+                "ratio_vs_full_cpu": {a: r["cpu_seconds"] / per["full"]["cpu_seconds"] for a, r in per.items()},
                 "ratio_vs_full_at_target": target,
                 "realised": {a: r["realised_full_fraction"] for a, r in per.items()}}
 
