@@ -66,6 +66,10 @@ def test_cache_overflow_is_a_named_error():
         with pytest.raises(KVCacheFullError, match="holds 6 positions and 4 are used"):
             model(torch.zeros(1, 3, dtype=torch.long), kv_cache=cache)
     assert cache.length == 4  # nothing was written by the refused step
+    too_long = KVCache(model.config.n_layers, model.config.max_seq_len + 8)
+    with torch.no_grad(), pytest.raises(KVCacheFullError, match="run past the model's context"):
+        model(torch.zeros(1, 4, dtype=torch.long), kv_cache=too_long)
+        model(torch.zeros(1, model.config.max_seq_len, dtype=torch.long), kv_cache=too_long)
 
 
 def test_request_past_the_context_is_a_named_error():

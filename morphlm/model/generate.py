@@ -129,6 +129,8 @@ def measure_kv_speedup(model: TransformerLM, input_ids: torch.Tensor, max_new_to
     for name, cached in (("uncached", False), ("cached", True)):
         start = time.perf_counter()
         out[name] = generate(model, input_ids, max_new_tokens, temperature=0, use_cache=cached)
+        if out[name].is_cuda:
+            torch.cuda.synchronize(out[name].device)
         elapsed = time.perf_counter() - start
         rates[name] = (out[name].shape[1] - input_ids.shape[1]) * input_ids.shape[0] / max(elapsed, 1e-9)
     return {"cached_tok_s": rates["cached"], "uncached_tok_s": rates["uncached"],

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import Attention, KVCache, rope_tables
+from .attention import Attention, KVCache, KVCacheFullError, rope_tables
 from .config import DSSN_C_ATTN, DSSN_C_MLP, ModelConfig
 from .ffn import activation_fn
 from .gmap_memory import GMAPMemory  # G-MAP's fusion modules (GMAPModel, in gmap.py, supplies their memory)
@@ -334,6 +334,10 @@ class TransformerLM(nn.Module):
                 raise ValueError("kv_cache takes no attention_mask, output_attentions or G-MAP memory; run this "
                                  "forward without the cache")
             kv_cache.check_room(T)
+            if kv_cache.length + T > cfg.max_seq_len:
+                raise KVCacheFullError(f"positions {kv_cache.length}..{kv_cache.length + T - 1} run past the "
+                                       f"model's context (max_seq_len={cfg.max_seq_len}); build the KV cache with at "
+                                       f"most max_seq_len positions")
             if position_ids is None:
                 position_ids = torch.arange(kv_cache.length, kv_cache.length + T, device=device)
         if position_ids is not None and (position_ids.dim() not in (1, 2) or position_ids.shape[-1] != T
