@@ -231,6 +231,9 @@ def test_chat_template_from_metadata_and_default(tmp_path):
     assert answer == tok.decode(new, skip_special_tokens=True).strip()
     res = cli("generate", out, "--prompt", "x", "--system", "s", code=None)
     assert res.exit_code != 0 and "--system applies to --chat" in res.output
+    res = cli("generate", out, "--prompt", "the", "--max-new-tokens", 48, code=None)  # the context is 48
+    assert res.exit_code != 0 and "max_new_tokens=48 does not fit the KV cache" in res.output
+    assert "Traceback" not in res.output
 
 
 @pytest.mark.parametrize("case, match", [

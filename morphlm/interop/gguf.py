@@ -275,7 +275,8 @@ def _native_state(weight, emb: np.ndarray, tied: bool, n_layers: int, n_heads: i
         k = _unpermute(weight(p + "attn_k.weight"), n_kv)
         state[f"blocks.{i}.attn.qkv.weight"] = np.concatenate([q, k, weight(p + "attn_v.weight")])
         state[f"blocks.{i}.attn.proj.weight"] = weight(p + "attn_output.weight")
-        state[f"blocks.{i}.mlp.fc1.weight"] = np.concatenate([weight(p + "ffn_gate.weight"), weight(p + "ffn_up.weight")])
+        gate_up = [weight(p + "ffn_gate.weight"), weight(p + "ffn_up.weight")]
+        state[f"blocks.{i}.mlp.fc1.weight"] = np.concatenate(gate_up)  # SwiGLU's fc1 holds [gate; up]
         state[f"blocks.{i}.mlp.fc2.weight"] = weight(p + "ffn_down.weight")
         state[f"blocks.{i}.norm1.weight"] = weight(p + "attn_norm.weight")
         state[f"blocks.{i}.norm2.weight"] = weight(p + "ffn_norm.weight")

@@ -49,7 +49,8 @@ def fit_prompt(n_prompt: int, max_new_tokens: int, context: int) -> int:
     if max_new_tokens >= context:
         raise GenerationError(f"max_new_tokens={max_new_tokens} does not fit the KV cache: the model's context "
                               f"(max_seq_len) is {context} tokens, prompt included; ask for at most {context - 1} "
-                              f"new tokens")
+                              f"new tokens (or call generate with use_cache=False, which slides over the last "
+                              f"max_seq_len tokens)")
     return min(n_prompt, context - max_new_tokens)
 
 
