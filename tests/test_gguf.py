@@ -18,7 +18,7 @@ from tokenizers import pre_tokenizers
 
 from morphlm.data.tokenizer import Tokenizer
 from morphlm.interop.gguf import CHATML_TEMPLATE, GGUFError, chat_prompt, read_gguf
-from morphlm.model import TransformerLM, generate
+from morphlm.model import generate
 from morphlm.train import checkpoint as ckpt
 
 Q = gguf.GGMLQuantizationType
@@ -276,9 +276,7 @@ def smollm2():
     if SMOLLM2 is None or os.environ.get("MORPHLM_SKIP_SMOLLM2"):
         pytest.skip("SmolLM2 GGUF not cached (morphlm convert smollm2 DIR fetches it)")
     m = read_gguf(SMOLLM2)
-    model = TransformerLM(m.config)
-    model.load_state_dict(m.state)
-    return m, model.eval(), Tokenizer.from_json_str(m.tokenizer_json)
+    return (m, *m.build())
 
 
 def test_smollm2_matches_the_numpy_reference(smollm2):

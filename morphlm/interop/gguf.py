@@ -28,7 +28,6 @@ anything is written.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +68,15 @@ class GGUFModel:
     tensor_types: dict[str, int] = field(default_factory=dict)  # GGML type name -> tensors of that type
     name: str | None = None
     eos_token: str | None = None  # the file's end-of-sequence token (SmolLM2-Instruct: <|im_end|>)
+
+    def build(self):
+        """``(TransformerLM in eval mode, Tokenizer)`` in memory, without writing a checkpoint."""
+        from ..data.tokenizer import Tokenizer
+        from ..model.transformer import TransformerLM
+
+        model = TransformerLM(self.config)
+        model.load_state_dict(self.state)
+        return model.eval(), Tokenizer.from_json_str(self.tokenizer_json)
 
 
 def _reader(path: Path):
