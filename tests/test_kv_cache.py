@@ -19,6 +19,8 @@ CONFIGS = {
     "moe-dropless": ("tiny-llama", dict(moe_experts=4, moe_top_k=2)),
     "qk-norm-sandwich": ("tiny-llama", dict(qk_norm="head", norm_placement="sandwich")),
     "post-norm": ("tiny", dict(norm_placement="post")),
+    "sliding-window": ("tiny-llama", dict(attention="sliding", window=6)),
+    "switch-routed": ("tiny-llama", dict(attention="switch", window=6)),
 }
 
 
@@ -26,7 +28,11 @@ def _model(name: str, **over) -> TransformerLM:
     preset, base = CONFIGS[name]
     torch.manual_seed(0)
     # a large init spreads the logits, so greedy decoding takes varied tokens rather than repeating one
-    return TransformerLM(ModelConfig.from_name(preset, **base, **over).derive(init_std=0.2)).eval()
+    model = TransformerLM(ModelConfig.from_name(preset, **base, **over).derive(init_std=0.2)).eval()
+    for router in model.switch_routers():  # random routers: some tokens full, some local
+        torch.nn.init.normal_(router.proj.weight, std=1.0)
+        torch.nn.init.zeros_(router.proj.bias)
+    return model
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
@@ -38,6 +44,11 @@ def test_cached_greedy_equals_uncached(name):
     assert fast.shape == (2, 49)
     assert torch.equal(fast, slow)
     assert len(set(fast[0, 9:].tolist())) > 3  # a real sequence, not one token over and over
+    if model.config.attention != "full":  # the window matters: full attention would give other tokens
+        assert not torch.equal(fast, generate(_model("llama-gqa-rope"), x, 40, temperature=0))
+    for router in model.switch_routers():
+        p = router.probs(torch.randn(1, 64, 64))
+        assert 0.2 < float((p > 0.5).float().mean()) < 0.8  # both branches are taken
 
 
 def test_cached_sampling_equals_uncached_and_logits_match():
@@ -93,20 +104,20 @@ def test_long_prompt_is_truncated_with_a_message(caplog):
     assert torch.equal(out[:, 140:], tail[:, 120:])
 
 
-def test_routed_attention_falls_back_with_a_log_line(caplog):
+def test_uncacheable_models_fall_back_with_a_log_line(caplog):
     torch.manual_seed(0)
-    cfg = ModelConfig.from_name("tiny-llama", attention="sliding", window=8)
+    cfg = ModelConfig.from_name("tiny-llama", moe_experts=4, moe_capacity_factor=1.0)
     model = TransformerLM(cfg).eval()
-    assert "windows its keys" in kv_cache_unsupported(cfg)
+    assert "expert capacity" in kv_cache_unsupported(cfg)
     x = torch.randint(0, 512, (1, 5))
     with caplog.at_level(logging.INFO, logger="morphlm.model.generate"):
         out = generate(model, x, 6, temperature=0)
-    assert "generating without a KV cache: attention='sliding'" in caplog.text
+    assert "generating without a KV cache: expert capacity" in caplog.text
     assert torch.equal(out, generate(model, x, 6, temperature=0, use_cache=False))
     with pytest.raises(ValueError, match="cannot decode with a KV cache"):
         model(x, kv_cache=KVCache(cfg.n_layers, 16))
-    capped = ModelConfig.from_name("tiny-llama", moe_experts=4, moe_capacity_factor=1.0)
-    assert "expert capacity" in kv_cache_unsupported(capped)
+    assert "runs each block several times" in kv_cache_unsupported(ModelConfig.from_name("tiny-llama", loop_repeats=2))
+    assert kv_cache_unsupported(ModelConfig.from_name("tiny-llama", attention="switch", window=8)) is None
 
 
 def test_measure_kv_speedup_reports_rates():

@@ -6,8 +6,8 @@ The fast path is ``scaled_dot_product_attention``. When the caller asks for atte
 mask, so padded or future positions never leak -inf into an MSE.
 
 Incremental decoding passes a :class:`KVCache` view (``kv``): the new tokens' keys and values are written into
-the layer's buffers after the rotary positions, and the queries attend to every cached key up to their own
-position. Only full attention uses it (the model refuses a cache for the routed variants).
+the layer's buffers after the rotary positions, and the queries attend to the cached keys up to their own
+position (within the window for sliding attention; Switch Attention's router picks per token, as without a cache).
 """
 
 from __future__ import annotations
@@ -163,18 +163,10 @@ class Attention(nn.Module):
         drop = self.dropout if self.training else 0.0
         scores = None
         if kv is not None:
-            if self.variant != "full" or return_scores or mask is not None or not self.causal:
-                raise ValueError("a KV cache serves full causal attention without scores or padding masks; "
-                                 "run this forward without the cache")
-            start = kv.start
-            k, v = kv.append(k, v)  # (B, Hkv, start + T, Dh)
-            allowed = None
-            if T > 1 and start > 0:  # query i sits at position start + i and sees keys 0 .. start + i
-                allowed = (torch.arange(start + T, device=x.device)[None, :]
-                           <= torch.arange(start, start + T, device=x.device)[:, None])
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=drop,
-                                               is_causal=T > 1 and start == 0,  # a prefill: the uncached kernel
-                                               enable_gqa=self.n_kv_heads != self.n_heads)
+            if return_scores or mask is not None or not self.causal:
+                raise ValueError("a KV cache serves causal attention without scores or padding masks; run this "
+                                 "forward without the cache")
+            y = self._cached(x, q, k, v, kv, drop)
         elif self.variant != "full":
             y = variant_attention(self.switch, self.variant, self.window, x, q, k, v, mask, drop)
             if return_scores:
@@ -200,3 +192,26 @@ class Attention(nn.Module):
             )  # (B, H, T, Dh)
         y = y.transpose(1, 2).reshape(B, T, self.q_dim)  # (B, T, D)
         return self.proj(y), scores
+
+    def _cached(self, x, q, k, v, kv: LayerKV, drop: float) -> torch.Tensor:
+        """Attention of the new queries (B, H, T, Dh) at positions start .. start+T-1 over every cached key.
+        Full: keys 0 .. t. Sliding: keys t-w+1 .. t. Switch: the router picks per token between the two, as the
+        uncached layer does (its regulariser statistics are not recorded: decoding is not training)."""
+        T, start = q.shape[2], kv.start
+        k, v = kv.append(k, v)  # (B, Hkv, start + T, Dh)
+        gqa = self.n_kv_heads != self.n_heads
+        diff = (torch.arange(start, start + T, device=q.device)[:, None]
+                - torch.arange(start + T, device=q.device)[None, :])  # query position - key position
+        if self.variant == "full" or self.variant == "switch":
+            # a prefill from an empty cache takes the uncached kernel; later chunks see keys 0 .. t
+            allowed = diff >= 0 if T > 1 and start > 0 else None
+            full = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=drop,
+                                                  is_causal=T > 1 and start == 0, enable_gqa=gqa)
+            if self.variant == "full":
+                return full
+        local = F.scaled_dot_product_attention(q, k, v, attn_mask=(diff >= 0) & (diff < self.window),
+                                               dropout_p=drop, enable_gqa=gqa)
+        if self.variant == "sliding":
+            return local
+        gate = self.switch.probs(x) > 0.5  # (B, T)
+        return torch.where(gate[:, None, :, None], full, local)

@@ -48,16 +48,13 @@ class ModelOutput:
 
 
 def kv_cache_unsupported(cfg: ModelConfig) -> str | None:
-    """Why a model with this config cannot decode with a KV cache (None: it can). Cached: full causal attention
-    (multi-head or grouped-query, learned or rotary positions, any norm placement, QK-norm, growth masks, dense or
-    dropless MoE FFNs). Not cached: Switch and sliding-window attention (their routing and window masks are not
-    built for a cache), G-MAP memory (its fusion reads the frozen model's states of the whole sequence), LoopMoE
-    (each of the loop's iterations would need its own cache) and expert capacity limits (which tokens an expert
-    drops depends on the whole batch of tokens, future ones included)."""
+    """Why a model with this config cannot decode with a KV cache (None: it can). Cached: causal attention, full,
+    sliding-window or Switch (multi-head or grouped-query, learned or rotary positions, any norm placement, QK-norm,
+    growth masks, dense or dropless MoE FFNs). Not cached: G-MAP memory (its fusion reads the frozen model's states
+    of the whole sequence), LoopMoE (each of the loop's iterations would need its own cache) and expert capacity
+    limits (which tokens an expert drops depends on the whole batch of tokens, future ones included)."""
     if cfg.head != "lm" or not cfg.causal:
         return f"it is not a causal LM (head={cfg.head!r}, causal={cfg.causal})"
-    if cfg.attention != "full":
-        return f"attention={cfg.attention!r} routes or windows its keys"
     if cfg.gmap_layer_ids:
         return "its G-MAP memory fuses the memory model's states of the whole sequence"
     if cfg.loop_repeats is not None:
@@ -304,7 +301,7 @@ class TransformerLM(nn.Module):
 
         ``kv_cache`` (:class:`~morphlm.model.attention.KVCache`, incremental decoding): the tokens continue the
         cached ones, at positions ``kv_cache.length ..``; their keys and values are appended to the cache. Only
-        a model :func:`kv_cache_unsupported` accepts (full causal attention, no G-MAP memory, no loop, dropless
+        a model :func:`kv_cache_unsupported` accepts (causal attention, no G-MAP memory, no loop, dropless
         experts) takes one; the output is the one the whole sequence would give at these positions."""
         cfg = self.config
         if self.growth_masks is not None:
