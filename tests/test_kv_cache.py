@@ -126,3 +126,19 @@ def test_measure_kv_speedup_reports_rates():
     assert res["same_tokens"] is True
     assert res["cached_tok_s"] > 0 and res["uncached_tok_s"] > 0
     assert res["kv_cache_speedup"] == pytest.approx(res["cached_tok_s"] / res["uncached_tok_s"])
+
+
+def test_growth_masks_decode_the_same_with_the_cache():
+    model = _model("llama-gqa-rope")
+    masks = model.add_growth_masks(10)
+    new_residual = torch.zeros_like(masks.residual, dtype=torch.bool)
+    new_residual[-8:] = True
+    new_heads = torch.zeros_like(masks.heads, dtype=torch.bool)
+    new_heads[:, -16:] = True
+    new_neurons = torch.zeros_like(masks.neurons, dtype=torch.bool)
+    new_neurons[:, -16:] = True
+    masks.set_flags(residual=new_residual, heads=new_heads, neurons=new_neurons)
+    for _ in range(4):  # the ramp part-way: the masks scale the new units by 0.4
+        model.on_train_step_begin()
+    x = torch.randint(0, 512, (2, 7), generator=torch.Generator().manual_seed(5))
+    assert torch.equal(generate(model, x, 30, temperature=0), generate(model, x, 30, temperature=0, use_cache=False))
