@@ -28,6 +28,7 @@ anything is written.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -350,6 +351,28 @@ def chat_prompt(template: str | None, user: str, system: str | None = None) -> s
                            f"json) is malformed") from exc
 
 
+_SENTINEL = "\x00morphlm-chat-{}\x00"
+
+
+def chat_ids(tok, template: str | None, user: str, system: str | None = None) -> list[int]:
+    """Token ids of :func:`chat_prompt`: the template's control tokens (``<|im_start|>`` ...) become their ids, the
+    user's (and system) text stays plain text, so a prompt cannot inject a control token. (A template that alters
+    the message text, so that it cannot be located in the rendering, is encoded whole with control tokens.)"""
+    marks = [_SENTINEL.format(i) for i in range(2)]
+    rendered = chat_prompt(template, marks[0], marks[1] if system else None)
+    if not all(rendered.count(m) == 1 for m in marks[:1 + bool(system)]):
+        return tok.encode(chat_prompt(template, user, system), allow_special=True)
+    texts = {marks[0]: user, marks[1]: system}
+    ids: list[int] = []
+    pattern = "(" + "|".join(map(re.escape, marks)) + ")"
+    for piece in re.split(pattern, rendered):
+        if piece in texts:
+            ids += tok.encode(texts[piece])
+        elif piece:
+            ids += tok.encode(piece, allow_special=True)
+    return ids
+
+
 def chat_texts(run_dir: str | Path, prompt: str, *, n: int = 1, max_new_tokens: int = 100, temperature: float = 0.8,
                top_k: int | None = 50, seed: int = 0, device: str = "auto", system: str | None = None) -> list[str]:
     """``morphlm generate --chat``: the assistant's answers to ``prompt`` as one user turn, under the chat template
@@ -361,8 +384,12 @@ def chat_texts(run_dir: str | Path, prompt: str, *, n: int = 1, max_new_tokens: 
 
     dev = resolve_device(device)
     model, tok, record = ckpt.open_checkpoint(run_dir, device=dev, need_tokenizer="chat needs the model's tokenizer")
-    text = chat_prompt(record.lineage.get("chat_template"), prompt, system)
-    ids = tok.encode(text, allow_special=True)  # the template's control tokens become their ids
+    template = record.lineage.get("chat_template")
+    if template is None and tok.token_to_id("<|im_start|>") is None:
+        raise InteropError(f"{run_dir} records no chat template and its tokenizer has no <|im_start|> token for the "
+                           f"default ChatML one: --chat needs a chat model (e.g. `morphlm convert smollm2 DIR`); "
+                           f"drop --chat to continue plain text")
+    ids = chat_ids(tok, template, prompt, system)
     if max(ids, default=0) >= model.config.vocab_size:
         raise InteropError(f"{run_dir}: the tokenizer gives ids up to {max(ids)} but the model has "
                            f"{model.config.vocab_size}; the tokenizer does not belong to this model")
