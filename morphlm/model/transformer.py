@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import Attention, rope_tables
+from .attention import Attention, KVCache, KVCacheFullError, rope_tables
 from .config import DSSN_C_ATTN, DSSN_C_MLP, ModelConfig
 from .ffn import activation_fn
 from .gmap_memory import GMAPMemory  # G-MAP's fusion modules (GMAPModel, in gmap.py, supplies their memory)
@@ -47,6 +47,23 @@ class ModelOutput:
     attentions: tuple[torch.Tensor, ...] | None = None  # depth tensors (B, H, T, T): raw pre-softmax scores
 
 
+def kv_cache_unsupported(cfg: ModelConfig) -> str | None:
+    """Why a model with this config cannot decode with a KV cache (None: it can). Cached: causal attention, full,
+    sliding-window or Switch (multi-head or grouped-query, learned or rotary positions, any norm placement, QK-norm,
+    growth masks, dense or dropless MoE FFNs). Not cached: G-MAP memory (its fusion reads the frozen model's states
+    of the whole sequence), LoopMoE (each of the loop's iterations would need its own cache) and expert capacity
+    limits (which tokens an expert drops depends on the whole batch of tokens, future ones included)."""
+    if cfg.head != "lm" or not cfg.causal:
+        return f"it is not a causal LM (head={cfg.head!r}, causal={cfg.causal})"
+    if cfg.gmap_layer_ids:
+        return "its G-MAP memory fuses the memory model's states of the whole sequence"
+    if cfg.loop_repeats is not None:
+        return "LoopMoE runs each block several times"
+    if cfg.is_moe and cfg.moe_capacity_factor is not None:
+        return "expert capacity (moe_capacity_factor) drops tokens depending on the whole sequence"
+    return None
+
+
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, layer_idx: int = 0, pool: ExpertPool | None = None) -> None:
         super().__init__()
@@ -60,17 +77,17 @@ class Block(nn.Module):
             self.norm2_out = make_norm(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, h, rope=None, mask=None, return_scores=False):
+    def forward(self, h, rope=None, mask=None, return_scores=False, kv=None):
         if self.placement == "pre":
-            a, scores = self.attn(self.norm1(h), rope, mask, return_scores)
+            a, scores = self.attn(self.norm1(h), rope, mask, return_scores, kv)
             h = h + self.drop(a)
             h = h + self.drop(self.mlp(self.norm2(h)))
         elif self.placement == "post":
-            a, scores = self.attn(h, rope, mask, return_scores)
+            a, scores = self.attn(h, rope, mask, return_scores, kv)
             h = self.norm1(h + self.drop(a))
             h = self.norm2(h + self.drop(self.mlp(h)))
         else:  # sandwich / dssn
-            a, scores = self.attn(self.norm1(h), rope, mask, return_scores)
+            a, scores = self.attn(self.norm1(h), rope, mask, return_scores, kv)
             h = h + self.drop(self.norm1_out(a))
             h = h + self.drop(self.norm2_out(self.mlp(self.norm2(h))))
         return h, scores
@@ -272,6 +289,7 @@ class TransformerLM(nn.Module):
         output_attentions: bool = False,
         inputs_embeds: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        kv_cache: KVCache | None = None,
     ) -> ModelOutput:
         """input_ids (B, T). For lm/mlm, ``labels`` (B, T) are the targets at each position (already
         shifted for causal LM: labels[t] = input_ids[t+1]); -100 is ignored. For cls, labels (B,).
@@ -279,7 +297,12 @@ class TransformerLM(nn.Module):
         As in Hugging Face models, ``inputs_embeds`` (B, T, D) may replace ``input_ids``: the vectors stand
         in for the token embeddings (position and segment embeddings are still added; soft prompts enter this
         way), and ``position_ids`` (T,) or (B, T) replace the positions 0..T-1 (learned positions and RoPE).
-        With both left None the computation is exactly the one without the arguments."""
+        With both left None the computation is exactly the one without the arguments.
+
+        ``kv_cache`` (:class:`~morphlm.model.attention.KVCache`, incremental decoding): the tokens continue the
+        cached ones, at positions ``kv_cache.length ..``; their keys and values are appended to the cache. Only
+        a model :func:`kv_cache_unsupported` accepts (causal attention, no G-MAP memory, no loop, dropless
+        experts) takes one; the output is the one the whole sequence would give at these positions."""
         cfg = self.config
         if self.growth_masks is not None:
             self.growth_masks.sync()  # buffers a loader wrote directly: refresh the masks' hooks
@@ -300,6 +323,20 @@ class TransformerLM(nn.Module):
         if T > cfg.max_seq_len:
             raise ValueError(f"sequence length {T} exceeds max_seq_len={cfg.max_seq_len}; "
                              f"truncate the input or build the model with a larger max_seq_len")
+        if kv_cache is not None:
+            why = kv_cache_unsupported(cfg)
+            if why is not None:
+                raise ValueError(f"this model cannot decode with a KV cache: {why}; run it without kv_cache")
+            if attention_mask is not None or output_attentions or self.gmap is not None:
+                raise ValueError("kv_cache takes no attention_mask, output_attentions or G-MAP memory; run this "
+                                 "forward without the cache")
+            kv_cache.check_room(T)
+            if kv_cache.length + T > cfg.max_seq_len:
+                raise KVCacheFullError(f"positions {kv_cache.length}..{kv_cache.length + T - 1} run past the "
+                                       f"model's context (max_seq_len={cfg.max_seq_len}); build the KV cache with at "
+                                       f"most max_seq_len positions")
+            if position_ids is None:
+                position_ids = torch.arange(kv_cache.length, kv_cache.length + T, device=device)
         if position_ids is not None and (position_ids.dim() not in (1, 2) or position_ids.shape[-1] != T
                                          or (position_ids.dim() == 2 and position_ids.shape[0] not in (1, B))):
             raise ValueError(f"position_ids must have shape ({T},) or ({B}, {T}), got {tuple(position_ids.shape)}")
@@ -326,12 +363,17 @@ class TransformerLM(nn.Module):
         if self.loop is not None:  # LoopMoE: every block output of every iteration (n_layers·R entries)
             h = self.loop(self.blocks, h, rope, mask, hidden, scores)
         else:
-            for block in self.blocks:
-                h, s = block(h, rope, mask, output_attentions)
+            for i, block in enumerate(self.blocks):
+                if kv_cache is None:
+                    h, s = block(h, rope, mask, output_attentions)
+                else:
+                    h, s = block(h, rope, mask, output_attentions, kv_cache.layer(i))
                 if hidden is not None:
                     hidden.append(h)
                 if scores is not None:
                     scores.append(s)
+            if kv_cache is not None:
+                kv_cache.advance(T)
         if self.final_norm is not None:
             h = self.final_norm(h)
 
