@@ -50,6 +50,10 @@ def test_eval_text_and_json(trained):
 def test_generate(trained):
     res = cli("generate", trained, "--prompt", "def ", "--max-new-tokens", 10, "--n", 2)
     assert res.stdout.count("def ") >= 2
+    # more new tokens than the context holds: the KV cache cannot serve it, the sliding window does
+    ctx = json.loads((trained / "config.json").read_text())["max_seq_len"]
+    res = cli("generate", trained, "--prompt", "def ", "--max-new-tokens", ctx + 5, "--temperature", 0)
+    assert res.stdout.startswith("def ") or "def " in res.stdout
 
 
 def test_overrides_and_recipe(tmp_path):

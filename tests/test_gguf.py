@@ -252,8 +252,7 @@ def test_chat_template_from_metadata_and_default(tmp_path):
     res = cli("generate", trained, "--chat", "--prompt", "hi", code=None)
     assert res.exit_code != 0 and "--chat needs a chat model" in res.output
     res = cli("generate", out, "--prompt", "the", "--max-new-tokens", 48, code=None)  # the context is 48
-    assert res.exit_code != 0 and "max_new_tokens=48 does not fit the KV cache" in res.output
-    assert "Traceback" not in res.output
+    assert res.exit_code == 0 and "Traceback" not in res.output  # past the context: no cache, a sliding window
 
 
 @pytest.mark.parametrize("case, match", [

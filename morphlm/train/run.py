@@ -492,5 +492,12 @@ def sample_texts(run_dir: str | Path, prompt: str, *, n: int = 1, max_new_tokens
     ids = tok.encode(prompt) or [tok.eos_id]
     x = torch.tensor([ids] * n, dtype=torch.long, device=dev)
     g = torch.Generator(device=dev).manual_seed(seed)
-    y = generate(model, x, max_new_tokens, temperature=temperature, top_k=top_k, generator=g)
+    # the KV cache holds prompt + new tokens inside the context; a longer request slides over the last
+    # max_seq_len tokens without it (every new token reruns the window)
+    cached = max_new_tokens < model.config.max_seq_len
+    if not cached:
+        log.info("%d new tokens do not fit the model's context of %d tokens: generating without the KV cache, "
+                 "sliding over the last %d tokens", max_new_tokens, model.config.max_seq_len,
+                 model.config.max_seq_len)
+    y = generate(model, x, max_new_tokens, temperature=temperature, top_k=top_k, generator=g, use_cache=cached)
     return [tok.decode(row.tolist()) for row in y]
