@@ -55,6 +55,45 @@ def _ci(toy: Path, **changes):
     return gb.ci_config(corpus="stdlib", max_bytes=250_000, data_dir=str(toy), **changes)  # dssn's tokenizer and store
 
 
+# ---------------------------------------------------------------------------- the shared runner pieces
+def test_shared_pieces_of_the_benchmarks(tmp_path, monkeypatch):
+    from morphlm.bench.common import config_hash, results_file, results_table
+    from morphlm.bench.runner import Outcomes, guarded_job
+
+    assert config_hash({"a": 1, "b": [2]}) == config_hash({"b": [2], "a": 1}) != config_hash({"a": 2, "b": [2]})
+    assert len(config_hash(None)) == 16
+    monkeypatch.setenv("MORPHLM_RESULTS", str(tmp_path))
+    assert results_file("gmap", "full") == tmp_path / "gmap.json"
+    assert results_file("gmap", "quick") == tmp_path / "gmap-quick.json"
+    # the three outcomes of a worker's job, and what the parent keeps of them
+    ok = guarded_job(lambda: {"x": 1})
+    assert ok == {"ok": True, "record": {"x": 1}}
+
+    def fails():
+        raise ValueError("bad arm")
+
+    def stopped():
+        raise BenchInterrupted("stopped")
+
+    err, cut = guarded_job(fails), guarded_job(stopped)
+    assert not err["ok"] and err["error"] == "ValueError: bad arm" and "Traceback" in err["trace"]
+    assert cut == {"ok": False, "interrupted": True, "error": "stopped"}
+    out = Outcomes()
+    out.collect({"name": "dapt", "seed": 1}, ok)
+    out.collect({"name": "gmap-single", "seed": 0}, err)
+    assert out.runs == {"dapt": {1: {"x": 1}}}
+    assert out.failures == [{"arm": "gmap-single", "seed": 0, "error": "ValueError: bad arm"}]
+    # --table: a missing file and a file of another benchmark are named errors
+    with pytest.raises(FileNotFoundError, match="run `morphlm bench gmap` first"):
+        results_table(tmp_path / "none.json", gb.markdown_table, "gmap", gb.BenchError)
+    (tmp_path / "other.json").write_text(json.dumps({"summary": {}, "arms": {"pre": {}}}))
+    with pytest.raises(gb.BenchError, match="no DAPT arm"):
+        results_table(tmp_path / "other.json", gb.markdown_table, "gmap", gb.BenchError)
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(gb.BenchError, match="not a `morphlm bench gmap` results file"):
+        results_table(tmp_path / "bad.json", gb.markdown_table, "gmap", gb.BenchError)
+
+
 # ---------------------------------------------------------------------------- data
 def test_domain_corpus_drops_labels_duplicates_and_every_dev_sentence(toy, tmp_path):
     cfg = _ci(toy)
