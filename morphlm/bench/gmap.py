@@ -576,7 +576,7 @@ def _run(cfg: GMAPBenchConfig, *, out_json, work_dir, workers, plot) -> dict[str
     ctx = {"general_dir": str(general), "domain_path": str(domain_path), "books_store": str(books.path),
            "domain_store": str(domain_store.path), "task_files": [str(train_file),
            str(dev_file)], "domain_fp": domain_store.meta["corpus_fingerprint"],
-           "task_fp": config_hash([Path(train_file).name, Path(dev_file).stat().st_size]),
+           "task_fp": config_hash([[Path(f).name, Path(f).stat().st_size] for f in (train_file, dev_file)]),
            "general_val_loss": losses["general_val_loss"], "general_domain_val_loss": losses["domain_val_loss"]}
     outcomes = Outcomes()
     jobs = [{"name": a, "seed": s, "cfg": asdict(cfg), "work": str(work), "ctx": ctx} for s in cfg.seeds
@@ -605,7 +605,8 @@ def _run(cfg: GMAPBenchConfig, *, out_json, work_dir, workers, plot) -> dict[str
             "forgetting": "general-domain (held-out books) loss after domain adaptation minus the general model's; "
                           "G-MAP's with its memory",
             "differences": "paired per seed (G-MAP − DAPT), mean ± sample std over seeds, in points",
-            "compute": "wall time and FLOPs per stage; G-MAP's FLOPs include the frozen model's forward"},
+            "compute": "wall time and FLOPs per stage (a stage resumed after a stop records the wall time of its "
+                       "last part); G-MAP's FLOPs include the frozen model's forward"},
         "config": {**asdict(cfg), "general_model": cfg.general_config().to_dict(),
                    "domain_tokens_per_arm": cfg.domain_steps * cfg.batch_size * cfg.seq_len,
                    "pretrain_tokens": cfg.pretrain_steps * cfg.batch_size * cfg.seq_len, "workers": workers},
