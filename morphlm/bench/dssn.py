@@ -39,18 +39,17 @@ so an interrupted run resumes.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import os
 import shutil
 import time
-import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .runner import STOP, BenchInterrupted, ResultCache, interruptible, run_jobs, stop_requested
+from .common import bench_work_dir, results_file
+from .common import config_hash as _hash
+from .runner import STOP, BenchInterrupted, Outcomes, ResultCache, guarded_job, interruptible, run_jobs
 from .stats import mean_std
 
 log = logging.getLogger("morphlm.bench.dssn")
@@ -231,23 +230,14 @@ def count_spikes(losses: list[float], margin: float, window: int = 1) -> dict[st
 
 
 # ------------------------------------------------------------------------------------------- one (arm, seed) run
-def _hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def default_work_dir() -> Path:
-    env = os.environ.get("MORPHLM_CACHE")
-    base = Path(env).expanduser() if env else Path.home() / ".cache" / "morphlm"
-    return base / "dssn-bench"
+    return bench_work_dir("dssn-bench")
 
 
 def results_path(cfg: DSSNBenchConfig) -> Path:
     """benchmarks/results/dssn.json (``$MORPHLM_RESULTS`` moves the folder); dssn-quick.json / dssn-test.json for
     the small profiles."""
-    from .common import RESULTS_DIR
-
-    folder = Path(os.environ["MORPHLM_RESULTS"]) if os.environ.get("MORPHLM_RESULTS") else RESULTS_DIR
-    return folder / ("dssn.json" if cfg.profile == "full" else f"dssn-{cfg.profile}.json")
+    return results_file("dssn", cfg.profile)
 
 
 def prepare_store(cfg: DSSNBenchConfig, show_progress: bool = True):
@@ -320,14 +310,7 @@ def job(payload: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(max(int(os.environ.get("MORPHLM_BENCH_THREADS", "1")), 1))
     logging.getLogger("morphlm").setLevel(logging.WARNING)
     cfg = DSSNBenchConfig(**payload["cfg"])
-    try:
-        return {"ok": True, "record": run_arm(cfg, payload["name"], payload["seed"], Path(payload["work"]))}
-    except BenchInterrupted as exc:
-        return {"ok": False, "interrupted": True, "error": str(exc)}
-    except Exception as exc:  # reported by the parent with the job's name
-        if stop_requested():
-            return {"ok": False, "interrupted": True, "error": f"{type(exc).__name__}: {exc}"}
-        return {"ok": False, "error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()}
+    return guarded_job(lambda: run_arm(cfg, payload["name"], payload["seed"], Path(payload["work"])))
 
 
 # ------------------------------------------------------------------------------------------- analysis
@@ -482,18 +465,10 @@ def _run(cfg: DSSNBenchConfig, *, out_json, work_dir, workers, plot) -> dict[str
     if workers is None:
         workers = min(usable_cores(), 2)
     payload = asdict(cfg)
-    runs: dict[str, dict[int, dict]] = {}
-    failures: list[dict] = []
-
-    def collect(p, r):
-        if r["ok"]:
-            runs.setdefault(p["name"], {})[p["seed"]] = r["record"]
-        else:
-            log.error("%s seed %s failed: %s\n%s", p["name"], p["seed"], r["error"], r.get("trace", ""))
-            failures.append({"arm": p["name"], "seed": p["seed"], "error": r["error"]})
-
+    outcomes = Outcomes()
     jobs = [{"name": a, "seed": s, "cfg": payload, "work": str(work)} for a in ARMS for s in cfg.seeds]
-    run_jobs(jobs, job, workers=workers, desc="dssn bench: arms", on_done=collect)
+    run_jobs(jobs, job, workers=workers, desc="dssn bench: arms", on_done=outcomes.collect)
+    runs, failures = outcomes.runs, outcomes.failures
     if "pre" not in runs:
         raise BenchError(f"the pre-norm runs failed ({failures}); every difference is measured against them")
     runs = {a: runs[a] for a in ARMS if a in runs}

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import signal
+import traceback
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -190,3 +191,34 @@ def run_jobs(jobs: Iterable[dict], job_fn: Callable[[dict], dict], *, workers: i
     if STOP.requested:
         raise BenchInterrupted(f"stopped by a signal during {desc}" + (f" ({', '.join(cut)} cut short)" if cut else "")
                                + "; finished runs are cached — rerun the same command to continue")
+
+
+# ------------------------------------------------------------------------------------------ job outcomes
+def guarded_job(fn: Callable[[], dict]) -> dict:
+    """A worker's body around ``fn()`` (one (arm, seed) record): ``{"ok": True, "record": ...}``; a stop (or any
+    error raised while a stop was requested) ``{"ok": False, "interrupted": True, "error"}``; any other error
+    ``{"ok": False, "error", "trace"}``, for the parent to report with the job's name (:class:`Outcomes`)."""
+    try:
+        return {"ok": True, "record": fn()}
+    except BenchInterrupted as exc:
+        return {"ok": False, "interrupted": True, "error": str(exc)}
+    except Exception as exc:  # reported by the parent with the job's name
+        if stop_requested():
+            return {"ok": False, "interrupted": True, "error": f"{type(exc).__name__}: {exc}"}
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()}
+
+
+class Outcomes:
+    """What :func:`run_jobs` handed back, by arm and seed: ``runs[arm][seed] = record`` for the jobs that finished
+    and ``failures`` (arm, seed, error) for those that raised; pass :meth:`collect` as ``on_done``."""
+
+    def __init__(self) -> None:
+        self.runs: dict[str, dict[int, dict]] = {}
+        self.failures: list[dict] = []
+
+    def collect(self, job: dict, res: dict) -> None:
+        if res["ok"]:
+            self.runs.setdefault(job["name"], {})[job["seed"]] = res["record"]
+        else:
+            log.error("%s seed %s failed: %s\n%s", job["name"], job["seed"], res["error"], res.get("trace", ""))
+            self.failures.append({"arm": job["name"], "seed": job["seed"], "error": res["error"]})

@@ -46,20 +46,19 @@ runs checkpoint while they train), so a rerun of the same command resumes.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import os
 import random
 import shutil
 import statistics
 import time
-import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .runner import STOP, BenchInterrupted, ResultCache, interruptible, run_jobs, stop_requested
+from .common import bench_work_dir, results_file
+from .common import config_hash as _hash
+from .runner import STOP, BenchInterrupted, Outcomes, ResultCache, guarded_job, interruptible, run_jobs
 
 log = logging.getLogger("morphlm.bench.switch_attn")
 
@@ -224,23 +223,14 @@ def ci_config(**changes: Any) -> SwitchBenchConfig:
 
 
 # ------------------------------------------------------------------------------------------------- helpers
-def _hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def default_work_dir() -> Path:
-    env = os.environ.get("MORPHLM_CACHE")
-    base = Path(env).expanduser() if env else Path.home() / ".cache" / "morphlm"
-    return base / "switch-attn-bench"
+    return bench_work_dir("switch-attn-bench")
 
 
 def results_path(cfg: SwitchBenchConfig) -> Path:
     """benchmarks/results/switch-attn.json (``$MORPHLM_RESULTS`` moves the folder); switch-attn-quick.json /
     switch-attn-test.json for the small profiles."""
-    from .common import RESULTS_DIR
-
-    folder = Path(os.environ["MORPHLM_RESULTS"]) if os.environ.get("MORPHLM_RESULTS") else RESULTS_DIR
-    return folder / ("switch-attn.json" if cfg.profile == "full" else f"switch-attn-{cfg.profile}.json")
+    return results_file("switch-attn", cfg.profile)
 
 
 def prepare_store(cfg: SwitchBenchConfig, show_progress: bool = True):
@@ -548,15 +538,7 @@ def job(payload: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(max(int(os.environ.get("MORPHLM_BENCH_THREADS", "1")), 1))
     logging.getLogger("morphlm").setLevel(logging.WARNING)
     cfg = SwitchBenchConfig(**payload["cfg"])
-    try:
-        rec = run_arm(cfg, payload["name"], payload["seed"], Path(payload["work"]), payload["pre"])
-        return {"ok": True, "record": rec}
-    except BenchInterrupted as exc:
-        return {"ok": False, "interrupted": True, "error": str(exc)}
-    except Exception as exc:
-        if stop_requested():
-            return {"ok": False, "interrupted": True, "error": f"{type(exc).__name__}: {exc}"}
-        return {"ok": False, "error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()}
+    return guarded_job(lambda: run_arm(cfg, payload["name"], payload["seed"], Path(payload["work"]), payload["pre"]))
 
 
 def measure_times(cfg: SwitchBenchConfig, arms: dict[str, dict], precision: str, work: Path) -> dict[str, Any]:
@@ -720,19 +702,11 @@ def _run(cfg: SwitchBenchConfig, *, out_json, work_dir, workers, plot) -> dict[s
     pre = pretrain(cfg, work)
     if workers is None:
         workers = min(usable_cores(), 2)
-    runs: dict[str, dict[int, dict]] = {}
-    failures: list[dict] = []
-
-    def collect(p, r):
-        if r["ok"]:
-            runs.setdefault(p["name"], {})[p["seed"]] = r["record"]
-        else:
-            log.error("%s seed %s failed: %s\n%s", p["name"], p["seed"], r["error"], r.get("trace", ""))
-            failures.append({"arm": p["name"], "seed": p["seed"], "error": r["error"]})
-
+    outcomes = Outcomes()
     jobs = [{"name": a, "seed": s, "cfg": asdict(cfg), "work": str(work), "pre": str(pre)}
             for a in cfg.arms() for s in cfg.seeds]
-    run_jobs(jobs, job, workers=workers, desc="switch-attn bench: arms", on_done=collect)
+    run_jobs(jobs, job, workers=workers, desc="switch-attn bench: arms", on_done=outcomes.collect)
+    runs, failures = outcomes.runs, outcomes.failures
     if "full" not in runs or arm_name(0.25) not in runs:
         raise BenchError(f"the full-attention or ρ* = 0.25 runs failed ({failures}); the summary needs both")
     runs = {a: runs[a] for a in cfg.arms() if a in runs}

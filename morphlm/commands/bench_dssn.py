@@ -48,21 +48,12 @@ def bench_dssn(
     TinyInit (Pangu Ultra) at a high learning rate on the same tokens, for several seeds, and report loss spikes,
     final validation loss on held-out books and the gradient-norm traces."""
     _setup_logging(verbose)
-    import json
-
     from ..bench import dssn as db
+    from ..bench.common import results_table
 
     if table:
         path = out or db.results_path(db.quick_config() if quick else db.full_config())
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"{path} does not exist; run `morphlm bench dssn` first (or pass --out FILE)")
-        try:
-            data = json.loads(Path(path).read_text())
-            text = db.markdown_table(data)
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-            raise db.BenchError(f"{path} is not a `morphlm bench dssn` results file ({type(exc).__name__}: {exc}); "
-                                f"pass the JSON that `morphlm bench dssn` wrote") from exc
-        typer.echo(text)
+        typer.echo(results_table(path, db.markdown_table, "dssn", db.BenchError))
         return
     changes: dict = {}
     if corpus is not None:

@@ -42,16 +42,12 @@ def bench_switch_attn(
     report held-out loss (overall and beyond the window), a long-range retrieval probe, the realised full fraction
     per layer, attention FLOPs, peak training memory and measured attention time against full attention."""
     _setup_logging(verbose)
-    import json
-
     from ..bench import switch_attn as sb
+    from ..bench.common import results_table
 
     if table:
         path = out or sb.results_path(sb.quick_config() if quick else sb.full_config())
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"{path} does not exist; run `morphlm bench switch-attn` first (or pass --out "
-                                    f"FILE)")
-        typer.echo(sb.markdown_table(json.loads(Path(path).read_text())))
+        typer.echo(results_table(path, sb.markdown_table, "switch-attn", sb.BenchError))
         return
     changes: dict = {}
     if corpus is not None:

@@ -1,0 +1,70 @@
+"""`morphlm bench gmap`: the G-MAP benchmark (morphlm/bench/gmap.py) from the command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .base import _setup_logging, bench_app, friendly
+from .options import verb, with_config
+
+
+@bench_app.command("gmap", cls=verb())
+@with_config
+@friendly
+def bench_gmap(
+    quick: bool = typer.Option(False, "--quick", help="One seed at a small size, every arm: a smoke test, written to "
+                                                     "gmap-quick.json."),
+    corpus: Optional[str] = typer.Option(
+        None, help="General corpus (name, folder, glob). Default: gutenberg/ of the data folder ($MORPHLM_DATA) when "
+                   "present, else shakespeare. Train and validation are split by whole books."),
+    max_bytes: Optional[int] = typer.Option(None, help="Cap on general-corpus bytes (whole documents in order)."),
+    data_dir: Optional[Path] = typer.Option(
+        None, help="Folder that holds glue-sst2/ (the task, and domain sentences) and sst2-sentences/ (domain "
+                   "sentences). Default: $MORPHLM_DATA, else ../shared/data next to the repository."),
+    seeds: Optional[int] = typer.Option(None, help="Number of seeds (default 3; --quick 1)."),
+    pretrain_steps: Optional[int] = typer.Option(None, help="Steps of the general model's pretraining (once)."),
+    domain_steps: Optional[int] = typer.Option(None, help="Domain-pretraining steps of DAPT and every G-MAP arm."),
+    finetune_steps: Optional[int] = typer.Option(None, help="SST-2 fine-tuning steps of every arm."),
+    precision: Optional[str] = typer.Option(
+        None, help="auto (default: bf16 autocast on CPUs with native bf16, else fp32) | fp32 | bf16."),
+    workers: Optional[int] = typer.Option(None, help="Parallel single-threaded runs (default min(cores, 2))."),
+    out: Optional[Path] = typer.Option(
+        None, help="Results JSON (default benchmarks/results/gmap.json, gmap-quick.json with --quick; "
+                   "$MORPHLM_RESULTS moves the folder). The plot is written next to it (.png)."),
+    work_dir: Optional[Path] = typer.Option(
+        None, help="Cache of the general model, the domain corpus and finished (arm, seed) runs; a rerun reuses them "
+                   "and resumes unfinished runs. Default $MORPHLM_CACHE/gmap-bench."),
+    table: bool = typer.Option(False, "--table", help="Print the README markdown table of an existing results JSON "
+                                                     "and exit (runs nothing)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Pretrain a general model on the books once, then for several seeds: fine-tune it on SST-2; domain-adaptive
+    pretraining (DAPT) on movie-review sentences then fine-tuning; G-MAP with each fusion strategy (the frozen
+    general model as memory) then fine-tuning — at equal trainable steps. Reports SST-2 dev accuracy, forgetting
+    (general-domain loss after adaptation) and the compute of each arm."""
+    _setup_logging(verbose)
+    from ..bench import gmap as gb
+    from ..bench.common import results_table
+
+    if table:
+        path = out or gb.results_path(gb.quick_config() if quick else gb.full_config())
+        typer.echo(results_table(path, gb.markdown_table, "gmap", gb.BenchError))
+        return
+    changes: dict = {}
+    if seeds is not None:
+        if seeds < 1:
+            raise gb.BenchError(f"--seeds {seeds}: need at least 1")
+        changes["seeds"] = list(range(seeds))
+    if data_dir is not None:
+        changes["data_dir"] = str(data_dir)
+    for name, value in (("corpus", corpus), ("max_bytes", max_bytes), ("pretrain_steps", pretrain_steps),
+                        ("domain_steps", domain_steps), ("finetune_steps", finetune_steps), ("precision", precision)):
+        if value is not None:
+            changes[name] = value
+    cfg = gb.quick_config(**changes) if quick else gb.full_config(**changes)
+    results = gb.run_benchmark(cfg, out_json=out, work_dir=work_dir, workers=workers)
+    typer.echo(gb.markdown_table(results))
+    typer.echo(f"\nwrote {out or gb.results_path(cfg)} and {results.get('plot')}")
