@@ -667,3 +667,39 @@ def from_lean(script: str) -> Proof:
             actions.append(Action(r.group("rule"), bool(r.group("rev")), c.group("side"), m.group("old"), k))
         i += 3
     return Proof(stmt, actions)
+
+
+@dataclass
+class CheckResult:
+    """One statement's verdict: ``status`` is ``"equal"`` (numerically equal in plain real arithmetic),
+    ``"total"`` (equal only under Lean's total division — a division by zero, or a hypothesis that cannot hold
+    at the sampled points), ``"false"`` or ``"error"``; ``gold`` is None (no gold proof), True or False (replays
+    to a closed goal or not)."""
+
+    name: str
+    status: str
+    gold: Optional[bool] = None
+    detail: str = ""
+
+
+def check_statement(st: Statement, gym: Optional[Gym] = None, points: int = 3) -> CheckResult:
+    """The numeric check of a statement (plain, then under Lean's total division with its hypotheses), and
+    the replay of its gold proof when it has one."""
+    from .trigo_expr import parse_hyp
+
+    try:
+        if numerically_equal(st.lhs, st.rhs, total=False, points=points):
+            status = "equal"
+        else:
+            hyps = tuple(parse_hyp(h) for h in st.hyps)
+            status = "total" if numerically_equal(st.lhs, st.rhs, total=True, points=points, hyps=hyps) else "false"
+    except TrigoError as exc:
+        return CheckResult(st.name, "error", None, str(exc))
+    gold = None
+    detail = ""
+    if st.gold:
+        try:
+            gold, _ = Proof(st, [Action.from_text(a) for a in st.gold]).replay(gym or Gym(helpers=False))
+        except TrigoError as exc:
+            gold, detail = False, str(exc)
+    return CheckResult(st.name, status, gold, detail)
