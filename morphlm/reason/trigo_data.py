@@ -79,26 +79,6 @@ def _files(path, suffixes: tuple) -> list[Path]:
 _HEAD = re.compile(r"^\s*(?:lemma|theorem)\s+(?P<name>[^\s:(]+)\s*(?P<rest>.*)$")
 
 
-def _split_top(s: str, sep: str) -> list[str]:
-    """Split at ``sep`` outside parentheses."""
-    out, depth, cur, i = [], 0, [], 0
-    while i < len(s):
-        ch = s[i]
-        if ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-        if depth == 0 and s.startswith(sep, i):
-            out.append("".join(cur))
-            cur = []
-            i += len(sep)
-            continue
-        cur.append(ch)
-        i += 1
-    out.append("".join(cur))
-    return out
-
-
 def parse_statement(text: str, name: Optional[str] = None, where: str = "<text>") -> Statement:
     """A lemma header (``lemma N (h0 : ..) : lhs = rhs :=``) or a bare equation ``lhs = rhs`` → Statement.
 
@@ -134,9 +114,8 @@ def parse_statement(text: str, name: Optional[str] = None, where: str = "<text>"
         body = body[:-2]
     elif ":=" in body:
         body = body.split(":=", 1)[0]
-    sides = [s for s in _split_top(body, "=")]
-    # `≠`, `<=`, `>=` contain no bare '=' except `<=`/`>=`; refuse those
-    if len(sides) != 2 or body.count("=") != 1:
+    sides = body.split("=")
+    if len(sides) != 2:
         raise TrigoFormatError(f"{where}: statement {body.strip()!r} is not one equation 'lhs = rhs'")
     try:
         lhs, rhs = parse_expr(sides[0]), parse_expr(sides[1])

@@ -284,6 +284,8 @@ def _solve(eqs: list, k: Optional[int], out_template) -> Optional[dict]:
             return None
     if _N in bind and not (bind[_N].is_integer or sp.sympify(bind[_N]).is_Integer):
         return None
+    if any(w not in bind for w in (_X, _Y) if w in out_template.free_symbols):
+        return None  # e.g. `1 → sin(X)**2 + cos(X)**2`: nothing fixes X
     # the integer of an induction formula that sits only in the output: its new angle nearest to 0
     if _N not in bind and _N in out_template.free_symbols:
         arg = next(c.args[0] for c in sp.preorder_traversal(out_template) if _is_trig(c) and _N in c.args[0].free_symbols)
