@@ -384,6 +384,11 @@ def _locate(side, target) -> tuple:
     for node, path in _nodes(side):
         if node == target:
             return path, None
+    if _is_trig(target):  # the same call with its angle written another way: sin(10*pi - pi) names sin(9*pi)
+        angle = sp.expand(rebuild(target.args[0]))
+        for node, path in _nodes(side):
+            if _is_trig(node) and node.func == target.func and sp.expand(rebuild(node.args[0])) == angle:
+                return path, None
     if isinstance(target, (Add, Mul)):
         for node, path in _nodes(side):
             if type(node) is type(target) and len(node.args) > len(target.args):
@@ -537,7 +542,7 @@ class Gym:
             if self.helpers:
                 for h in ("ring_nf", "expand"):
                     a = Action(h, False, side_name, expr_to_lean(side))
-                    if a not in seen:
+                    if a not in seen and self._applies(state, a):
                         seen.add(a)
                         out.append(a)
                 for node, _ in _nodes(side):
