@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
-
 import typer
 
 from .base import friendly, reason_app
-from .options import verb
+from .options import verb, with_config
 
 trigo_app = typer.Typer(no_args_is_help=True, help="The TRIGO trig-reduction gym: check statement files.")
 reason_app.add_typer(trigo_app, name="trigo")
 
 
 @reason_app.command("generate", cls=verb())
+@with_config
 @friendly
 def reason_generate(
     rules: int = typer.Option(1, "--rules", help="Rewrites per problem (TG-k: k rule applications after the seed)."),
@@ -37,12 +36,13 @@ def reason_generate(
 
 
 @trigo_app.command("check", cls=verb())
+@with_config
 @friendly
 def trigo_check(
     path: Path = typer.Argument(..., help="A TRIGO .lean file or folder (TG-REAL, TRIGO-web, TG-k, generated)."),
     strict: bool = typer.Option(False, "--strict", help="Refuse a malformed lemma (file:line) instead of skipping it."),
     show: int = typer.Option(20, "--show", help="List at most this many statements that do not pass."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write every verdict to this JSON file."),
+    as_json: bool = typer.Option(False, "--json", help="Print the counts and every verdict as one JSON object."),
 ) -> None:
     """Load statements and report: how many are numerically true in plain arithmetic, how many only under Lean's
     total division (x/0 = 0), how many are false, and whether their gold proofs (if any) replay in the gym."""
@@ -55,6 +55,11 @@ def trigo_check(
     results = [check_statement(s, gym) for s in stmts]
     counts = {k: sum(r.status == k for r in results) for k in ("equal", "total", "false", "error")}
     with_gold = [r for r in results if r.gold is not None]
+    if as_json:
+        typer.echo(json.dumps({"path": str(path), "statements": len(stmts), "skipped": rep.skipped,
+                               "counts": counts, "gold_replayed": sum(bool(r.gold) for r in with_gold),
+                               "with_gold": len(with_gold), "verdicts": [r.__dict__ for r in results]}))
+        return
     typer.echo(f"{path}: {len(stmts)} statements, {rep.skipped} malformed lines skipped")
     typer.echo(f"  true: {counts['equal']}   true only under total division: {counts['total']}   "
                f"false: {counts['false']}   unreadable: {counts['error']}")
@@ -65,6 +70,3 @@ def trigo_check(
     bad = [r for r in results if r.status in ("false", "error") or r.gold is False]
     for r in bad[:show]:
         typer.echo(f"  {r.name}: {r.status}{' (gold proof fails: ' + r.detail + ')' if r.gold is False else ''}")
-    if json_out:
-        json_out.write_text(json.dumps({"path": str(path), "skipped": rep.skipped, "counts": counts,
-                                        "statements": [r.__dict__ for r in results]}, indent=1) + "\n")
