@@ -85,7 +85,8 @@ def test_errors_are_named():
     with pytest.raises(ActionSyntaxError, match="is not"):
         Action.from_text("sin_two_mul lhs sin(2*x)")
     with pytest.raises(RuleMismatch, match="unchanged"):  # K=0 maps sin(x) to itself
-        GYM.step(TrigoState.from_text("sin(x) = 0"), Action.from_text("sin_eq_sin_add_int_mul_two_pi -> lhs K=0 : sin(x)"))
+        GYM.step(TrigoState.from_text("sin(x) = 0"),
+                 Action.from_text("sin_eq_sin_add_int_mul_two_pi -> lhs K=0 : sin(x)"))
 
 
 def test_action_text_roundtrip_and_enumeration():

@@ -40,7 +40,8 @@ class TrigoParseError(TrigoError):
     """An expression that cannot be read as a Lean 3 real-number trigonometric expression."""
 
 
-_TOKEN = re.compile(r"\s*(?:(?P<num>\d+(?:\.\d+)?)|(?P<name>[A-Za-z_][A-Za-z0-9_.']*)|(?P<op>\*\*|⁻¹|[-+*/^()|↑π]))")
+_TOKEN = re.compile(r"\s*(?:(?P<num>\d+(?:\.\d+)?)|(?P<name>[A-Za-z_][A-Za-z0-9_.']*)"
+                    r"|(?P<op>\*\*|⁻¹|[-+*/^()|↑π]))")
 _FUNCS = {"sin", "cos", "tan", "sqrt", "abs", "Abs", "real.sin", "real.cos", "real.tan", "real.sqrt"}
 
 
@@ -444,8 +445,10 @@ def free_vars(*exprs) -> list:
 
 def numerically_equal(a, b, total: bool = True, points: int = 3, seed: int = 0, dps: int = 40,
                       hyps: tuple = (), box: tuple = (0.05, 0.75)) -> bool:
-    """Whether ``a`` and ``b`` agree at ``points`` random real points (variables uniform in ``box``, by default inside (0, π/4): the web exercises tacitly assume an acute angle, e.g. ``sqrt(1 - sin(x)**2)/cos(x) = 1``) to about 25
-    significant digits, under Lean's total division when ``total``; a point that raises counts as disagreement.
+    """Whether ``a`` and ``b`` agree at ``points`` random real points (variables uniform in ``box``, by default
+    inside (0, π/4): the web exercises tacitly assume an acute angle, e.g. ``sqrt(1 - sin(x)**2)/cos(x) = 1``)
+    to about 25 significant digits, under Lean's total division when ``total``; a point that raises counts as
+    disagreement.
     ``hyps`` (parsed with :func:`parse_hyp`): a point where one is false proves nothing and is passed over, as
     Lean accepts a statement whose hypotheses cannot hold (TRIGO's generator adds ``D ≠ 0`` for every
     denominator, true or not, so a few TG-k statements hold only vacuously)."""

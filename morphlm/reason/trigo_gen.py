@@ -28,7 +28,7 @@ import sympy as sp
 from .trigo_data import Statement
 from .trigo_expr import TRIG_FUNCS, TrigoError, to_lean as expr_to_lean
 from .trigo_gym import _N, _X, _Y, Action, Gym, Proof, TrigoState, _inst, _postorder, to_lean
-from .trigo_rules import BY_NAME, FIRST_RULE_BANNED, RULES
+from .trigo_rules import FIRST_RULE_BANNED, RULES
 
 ANGLES = (2 * sp.pi, -2 * sp.pi, sp.pi, -sp.pi, sp.pi / 2, -sp.pi / 2, sp.pi / 3, -sp.pi / 3, sp.pi / 6, -sp.pi / 6)
 
@@ -167,4 +167,4 @@ def write_problems(proofs: list[Proof], path, gym: Optional[Gym] = None) -> Path
     return out
 
 
-__all__ = ["generate", "generate_one", "write_problems", "GeneratorError", "BY_NAME"]
+__all__ = ["generate", "generate_one", "write_problems", "GeneratorError"]

@@ -96,7 +96,8 @@ class TrigoState:
         return TrigoState(canon(new), self.rhs) if name == "lhs" else TrigoState(self.lhs, canon(new))
 
 
-_ACTION = re.compile(r"^\s*(?P<rule>\S+)\s+(?P<dir>->|<-)\s+(?P<side>lhs|rhs)(?:\s+K=(?P<k>-?\d+))?\s*:\s*(?P<target>.+?)\s*$")
+_ACTION = re.compile(r"^\s*(?P<rule>\S+)\s+(?P<dir>->|<-)\s+(?P<side>lhs|rhs)(?:\s+K=(?P<k>-?\d+))?"
+                     r"\s*:\s*(?P<target>.+?)\s*$")
 
 
 @dataclass(frozen=True)
@@ -288,7 +289,8 @@ def _solve(eqs: list, k: Optional[int], out_template) -> Optional[dict]:
         return None  # e.g. `1 → sin(X)**2 + cos(X)**2`: nothing fixes X
     # the integer of an induction formula that sits only in the output: its new angle nearest to 0
     if _N not in bind and _N in out_template.free_symbols:
-        arg = next(c.args[0] for c in sp.preorder_traversal(out_template) if _is_trig(c) and _N in c.args[0].free_symbols)
+        arg = next(c.args[0] for c in sp.preorder_traversal(out_template)
+                   if _is_trig(c) and _N in c.args[0].free_symbols)
         av = sp.expand(rebuild(arg).xreplace(bind))
         a, b = _pi_coeff(av.subs(_N, 0)), _pi_coeff(av.coeff(_N))
         bind[_N] = Integer(int(sp.floor(-a / b + Rational(1, 2)))) if b != 0 else Integer(0)
@@ -667,7 +669,8 @@ def from_lean(script: str) -> Proof:
         if helper:
             actions.append(Action(helper, False, c.group("side"), m.group("old")))
         else:
-            r = re.match(r"rw\s+(?P<rev>←\s*)?(?P<rule>[^\s,]+)(?:\s+\((?P<x>[^()]*(?:\([^()]*\)[^()]*)*)\)\s+\((?P<k>-?\d+)\))?", tac)
+            r = re.match(r"rw\s+(?P<rev>←\s*)?(?P<rule>[^\s,]+)"
+                         r"(?:\s+\((?P<x>[^()]*(?:\([^()]*\)[^()]*)*)\)\s+\((?P<k>-?\d+)\))?", tac)
             if not r or r.group("rule") not in BY_NAME:
                 raise TrigoError(f"<script>:{i + 2}: no known rule in {tac!r}")
             k = int(r.group("k")) if r.group("k") else None
