@@ -58,6 +58,10 @@ def test_each_rule_both_directions(rule):
     ("1 + sin(x) + sin(y) = 0", "sin_add_sin -> lhs : sin(x) + sin(y)", "1 + 2*sin(x/2 + y/2)*cos(x/2 - y/2)"),
     ("3*sin(x)*cos(x)*y = 0", "sin_two_mul <- lhs : 3*sin(x)*cos(x)", "y*3*sin(2*x)/2"),
     ("sin(x)**2 + sin(x)**2 = 0", "sin_sq -> lhs : sin(x)**2", "1 - cos(x)**2 + 1 - cos(x)**2"),
+    # the angle as the action writes it: cos_sub splits cos(-3*pi/2) as cos(-pi - pi/2)
+    ("cos(-3*pi/2) = 0", "cos_sub -> lhs : cos(-pi - pi/2)", "cos(-pi)*cos(pi/2) + sin(-pi)*sin(pi/2)"),
+    ("tan(pi/3) = 0", "tan_add -> lhs : tan(pi/4 + pi/12)",
+     "(tan(pi/4) + tan(pi/12))/(1 - tan(pi/4)*tan(pi/12))"),
     ("sqrt(1 - cos(4)**2) = 0", "sin_sq <- lhs : 1 - cos(4)**2", "sqrt(sin(4)**2)"),
     ("sqrt(sin(4)**2) = 0", "sqrt_sq -> lhs : sqrt(sin(4)**2)", "abs(sin(4))"),
     ("abs(sin(4)) = 0", "abs_neg -> lhs : abs(sin(4))", "-sin(4)"),
@@ -171,3 +175,15 @@ def test_helpers_listed():
 def test_parse_expr_used_by_gym_is_canonical():
     e = parse_expr("1/2*tan(x)+1/2")
     assert TrigoState.make(e, e).to_text() == "tan(x)/2 + 1/2 = tan(x)/2 + 1/2"
+
+
+def test_lean_roundtrip_keeps_a_written_angle():
+    st = parse_statement("lemma S : cos(-3*pi/2) = 0 :=")
+    acts = [Action.from_text(t) for t in (
+        "cos_sub -> lhs : cos(-pi - pi/2)", "cos_pi_div_two -> lhs : cos(pi/2)", "sin_pi_div_two -> lhs : sin(pi/2)",
+        "sin_eq_neg_sin_neg_add_int_mul_two_pi -> lhs K=0 : sin(-pi)", "sin_pi -> lhs : sin(pi)")]
+    p = Proof(st, acts)
+    assert p.replay()[0]
+    script = to_lean(p)
+    assert "have : cos(-pi - pi/2) = cos(-pi)*cos(pi/2) + sin(-pi)*sin(pi/2)," in script
+    assert from_lean(script).actions == acts

@@ -33,6 +33,7 @@ script back into the same gym actions."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 from dataclasses import dataclass
@@ -133,8 +134,15 @@ class Action:
 
 # ---------------------------------------------------------------- matching
 
+@functools.lru_cache(maxsize=4096)
 def _is_const_template(t) -> bool:
     return not (t.free_symbols & set(_WILDS)) and not t.atoms(*TRIG_FUNCS)
+
+
+def _has_trig(e) -> bool:
+    if _is_trig(e):
+        return True
+    return any(_has_trig(a) for a in e.args)
 
 
 def _nested(t, s, eqs: list) -> Optional[list]:
@@ -146,7 +154,7 @@ def _nested(t, s, eqs: list) -> Optional[list]:
     if t in _WILDS:
         return eqs + [(t, s)]
     if _is_const_template(t):
-        if s.free_symbols or s.atoms(*TRIG_FUNCS):
+        if s.free_symbols or _has_trig(s):
             return None
         try:
             d = rebuild(t) - rebuild(s)
@@ -182,8 +190,7 @@ def _numeric_part(args) -> tuple:
     for a in args:
         if isinstance(a, sp.Number):
             num *= a
-        elif not a.free_symbols and not a.atoms(*TRIG_FUNCS) and isinstance(a, Pow) and a.exp == -1 \
-                and isinstance(a.base, sp.Number):
+        elif isinstance(a, Pow) and isinstance(a.base, sp.Number) and a.exp == -1:
             num *= 1 / a.base
         else:
             rest.append(a)
@@ -246,6 +253,28 @@ def _pi_coeff(e) -> object:
     return sp.expand(e).coeff(sp.pi)
 
 
+def _linsolve(system: list, unknowns: list) -> Optional[dict]:
+    """Gaussian elimination on equations linear in ``unknowns`` (coefficients may hold pi); an unknown left free
+    is absent from the result; None when inconsistent."""
+    eqs = [sp.expand(e) for e in system]
+    pivots: list = []
+    sol: dict = {}
+    for w in unknowns:
+        for i, e in enumerate(eqs):
+            c = e.coeff(w)
+            if c != 0:
+                expr = sp.expand(-(e - c * w) / c)
+                sol[w] = expr
+                pivots.append(w)
+                eqs = [sp.expand(f.xreplace({w: expr})) for j, f in enumerate(eqs) if j != i]
+                break
+    if any(e != 0 for e in eqs):
+        return None
+    for w in reversed(pivots):
+        sol[w] = sp.expand(sol[w].xreplace({v: sol[v] for v in pivots if v != w and v in sol[w].free_symbols}))
+    return sol
+
+
 def _solve(eqs: list, k: Optional[int], out_template) -> Optional[dict]:
     """Solve the wilds from ``template_arg = subject_arg`` equations (linear); None when inconsistent."""
     pairs = [(ta, sp.expand(rebuild(sa))) for ta, sa in eqs]
@@ -262,12 +291,11 @@ def _solve(eqs: list, k: Optional[int], out_template) -> Optional[dict]:
     rest = [w for w in unknown if w not in bind]
     system = [sp.expand(rebuild(ta).xreplace(bind)) - sv for ta, sv in pairs]
     if rest:
-        sol = sp.linsolve(system, rest)
-        if not sol or sol is sp.S.EmptySet:
+        sol = _linsolve(system, rest)
+        if sol is None:
             return None
-        vals = next(iter(sol))
-        for w, v in zip(rest, vals):
-            bind[w] = v
+        for w in rest:
+            bind[w] = sol.get(w, w)
         free_n = _N in rest and any(_N in sp.sympify(v).free_symbols for w, v in bind.items() if w != _N)
         if _N in rest and (bind[_N] == _N or free_n):
             # the induction integer is free: the input side's X(n) as close to 0 (in multiples of pi) as it gets
@@ -458,6 +486,11 @@ class Gym:
         path, picked = _locate(side, target)
         node = _get(side, path)
         part = _part(node, picked)
+        # a trig call named with its angle written another way is matched as written: `cos(-pi - pi/2)` lets
+        # cos_sub split the angle of cos(-3*pi/2) (TRIGO's `have : cos(-3*pi/2) = cos(-pi - pi/2), congr_arg`)
+        written = target if picked is None and _is_trig(target) and target != node else None
+        if written is not None:
+            part = written
         kk = action.k
         if action.rule in HELPERS:
             new = self._helper(action.rule, part)
@@ -465,7 +498,8 @@ class Gym:
             rule = BY_NAME.get(action.rule)
             if rule is None:
                 raise ActionSyntaxError(f"unknown rule {action.rule!r}")
-            res = self._apply_rule(rule, action.reverse, node, picked, action.k)
+            res = self._apply_rule(rule, action.reverse, written if written is not None else node, picked,
+                                   action.k)
             if res is None:
                 raise RuleMismatch(f"{action.rule} ({'right-to-left' if action.reverse else 'left-to-right'}: "
                                    f"{rule.rhs_text if action.reverse else rule.lhs_text}) does not match "
@@ -538,7 +572,14 @@ class Gym:
                                 target = _part(node, m.picked)
                             k = int(bind[_N]) if rule.periodic else None
                             a = Action(rule.name, reverse, side_name, expr_to_lean(target), k)
-                            if a not in seen and self._applies(state, a):
+                            if a in seen:
+                                continue
+                            if m.picked is None and not _is_const_template(src):
+                                # a whole node: found again by its text (canonical trees)
+                                ok = expr_to_lean(_inst(dst, bind)) != a.target
+                            else:  # a part of a sum/product: check that its text finds it
+                                ok = self._applies(state, a)
+                            if ok:
                                 seen.add(a)
                                 out.append(a)
             if self.helpers:
