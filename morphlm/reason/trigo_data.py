@@ -3,9 +3,10 @@
 ``morphlm reason generate``), GOAL → PROOFSTEP step files (``train_raw_299_new.txt``) and name lists.
 
 Every loader takes a file or a folder (a folder: every file with the loader's suffix, sorted, recursively).
-A malformed lemma or step line is skipped and counted (``loader.skipped``); ``strict=True`` raises
-:class:`TrigoFormatError` naming the file and line instead. An expression SymPy cannot read raises
-:class:`~morphlm.reason.trigo_expr.TrigoParseError` (with file and line) in both modes."""
+A malformed lemma or step line, or a lemma with an expression the parser cannot read, is skipped and counted
+(in the :class:`LoadReport` passed as ``report``); ``strict=True`` refuses it instead, with
+:class:`TrigoFormatError` (malformed line) or :class:`~morphlm.reason.trigo_expr.TrigoParseError` (unreadable
+expression), both naming the file and line."""
 
 from __future__ import annotations
 
@@ -200,21 +201,3 @@ def load_steps(path, strict: bool = False, report: Optional[LoadReport] = None) 
 def load_names(path) -> list[str]:
     """A name list (``test_valid_names_set.txt``, ``test_txt_step1.txt``): the first word of each line."""
     return [ln.split()[0] for ln in Path(path).read_text(encoding="utf-8").splitlines() if ln.strip()]
-
-
-def load_any(path, strict: bool = False, report: Optional[LoadReport] = None) -> list[Statement]:
-    """Statements from a ``.lean`` file/folder, or from a ``.txt`` with one ``lhs = rhs`` (or lemma) per line."""
-    p = Path(path)
-    if p.is_file() and p.suffix == ".txt":
-        rep = report if report is not None else LoadReport()
-        out = []
-        for no, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip() or line.lstrip().startswith("--"):
-                continue
-            try:
-                out.append(parse_statement(line, name=f"line{no}", where=f"{p}:{no}"))
-                rep.kept += 1
-            except TrigoFormatError as exc:
-                rep.skip(f"{p}:{no}", str(exc).split(": ", 2)[-1], strict)
-        return out
-    return load_trigo(path, strict=strict, report=report)
