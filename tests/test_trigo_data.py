@@ -153,3 +153,20 @@ def test_web_and_generated_sets_pass_only_under_total_division(shared_data):
     assert _statuses(tg1) == {"equal": 951, "total": 49, "false": 0, "error": 0}
     tg2 = load_trigo(root / "TG-2", strict=True)
     assert _statuses(tg2) == {"equal": 938, "total": 62, "false": 0, "error": 0}
+
+
+def test_integer_variables(tmp_path):
+    f = tmp_path / "n.lean"
+    f.write_text("variables (x y : ℝ)\nvariable n : ℤ\n\nlemma P : sin x = sin (x + n * (2*pi)):=\nbegin\nend\n"
+                 "lemma Q (m : ℤ) (h : cos x ≠ 0) : tan x = tan (x + m*pi):=\nbegin\nend\n")
+    p, q = load_trigo(f, strict=True)
+    assert p.ints == ["n"] and q.ints == ["m"] and q.hyps == ["cos x ≠ 0"]
+    assert check_statement(p).status == "equal" and check_statement(q).status == "equal"
+    p.ints = []  # a real n: false
+    assert check_statement(p).status == "false"
+
+
+def test_support_lemmas_true(shared_data):
+    root = _trigo(shared_data)
+    sts = load_trigo(root / "TG-REAL" / "src" / "trigo_import.lean", strict=True)
+    assert len(sts) == 52 and _statuses(sts)["false"] == 0

@@ -28,7 +28,7 @@ class Statement:
 
     ``hyps`` are the hypotheses as Lean text (``cos(pi/12) ≠ 0``); ``proof`` the tactic block's lines (empty when
     ``sorry`` or absent); ``gold`` the gym actions of a gold proof when the file carries them (generator output);
-    ``source`` is ``file:line``."""
+    ``source`` is ``file:line``; ``ints`` the variables declared integer (``variable n : ℤ``, ``(n : ℤ)``)."""
 
     name: str
     lhs: object
@@ -38,6 +38,7 @@ class Statement:
     gold: Optional[list] = None
     source: str = ""
     text: str = ""
+    ints: list = field(default_factory=list)
 
 
 @dataclass
@@ -87,6 +88,7 @@ def parse_statement(text: str, name: Optional[str] = None, where: str = "<text>"
     :class:`TrigoParseError` for a side SymPy cannot read (both name ``where``)."""
     src = text.strip()
     hyps: list[str] = []
+    ints: list[str] = []
     m = _HEAD.match(src)
     if m:
         name = m.group("name")
@@ -103,7 +105,12 @@ def parse_statement(text: str, name: Optional[str] = None, where: str = "<text>"
             inner = rest[1:j]
             if ":" not in inner:
                 raise TrigoFormatError(f"{where}: hypothesis ({inner}) of {name} has no ':'")
-            hyps.append(inner.split(":", 1)[1].strip())
+            names, typ = (p.strip() for p in inner.split(":", 1))
+            if typ in _TYPES:  # a binder `(n : ℤ)`, not a hypothesis
+                if typ in _INT_TYPES:
+                    ints.extend(names.split())
+            else:
+                hyps.append(typ)
             rest = rest[j + 1:].strip()
         if not rest.startswith(":"):
             raise TrigoFormatError(f"{where}: expected ': lhs = rhs :=' after the name and hypotheses of {name}")
@@ -122,7 +129,29 @@ def parse_statement(text: str, name: Optional[str] = None, where: str = "<text>"
         lhs, rhs = parse_expr(sides[0]), parse_expr(sides[1])
     except TrigoParseError as exc:
         raise TrigoParseError(f"{where}: {exc}") from None
-    return Statement(name=name or "statement", lhs=lhs, rhs=rhs, hyps=hyps, source=where, text=body.strip())
+    return Statement(name=name or "statement", lhs=lhs, rhs=rhs, hyps=hyps, source=where, text=body.strip(),
+                     ints=ints)
+
+
+_TYPES = {"ℝ", "real", "ℤ", "int", "ℕ", "nat"}
+_INT_TYPES = {"ℤ", "int", "ℕ", "nat"}
+_VARIABLE = re.compile(r"^\s*variables?\s+(?P<rest>.+)$")
+
+
+def _declared_ints(line: str) -> list[str]:
+    """Integer variables declared by a ``variable(s)`` line: ``variable n : ℤ`` or ``variables (n m : ℤ)``."""
+    m = _VARIABLE.match(line)
+    if not m:
+        return []
+    rest = m.group("rest").strip()
+    groups = re.findall(r"[({]([^(){}]*)[)}]", rest) or [rest]
+    out = []
+    for g in groups:
+        if ":" in g:
+            names, typ = (p.strip() for p in g.split(":", 1))
+            if typ in _INT_TYPES:
+                out.extend(names.split())
+    return out
 
 
 _GOLD = re.compile(r"^\s*--\s*gold:\s*(?P<act>.+?)\s*$")
@@ -137,9 +166,12 @@ def load_trigo(path, strict: bool = False, report: Optional[LoadReport] = None) 
         lines = f.read_text(encoding="utf-8", errors="replace").splitlines()
         cur: Optional[Statement] = None
         in_proof = False
+        ints: list[str] = []
         for no, line in enumerate(lines, 1):
             where = f"{f}:{no}"
             s = line.strip()
+            if cur is None or not in_proof:
+                ints.extend(_declared_ints(line))
             if re.match(r"^(lemma|theorem)\b", s):
                 cur = None
                 in_proof = False
@@ -158,6 +190,8 @@ def load_trigo(path, strict: bool = False, report: Optional[LoadReport] = None) 
                         raise
                     rep.skip(where, "an expression SymPy cannot read", strict)
                     continue
+                cur.ints = sorted(set(cur.ints) | {v for v in ints if v in {s.name for s in
+                                                                          cur.lhs.free_symbols | cur.rhs.free_symbols}})
                 out.append(cur)
                 rep.kept += 1
                 continue

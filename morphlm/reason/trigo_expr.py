@@ -444,14 +444,15 @@ def free_vars(*exprs) -> list:
 
 
 def numerically_equal(a, b, total: bool = True, points: int = 3, seed: int = 0, dps: int = 40,
-                      hyps: tuple = (), box: tuple = (0.05, 0.75)) -> bool:
+                      hyps: tuple = (), box: tuple = (0.05, 0.75), ints: tuple = ()) -> bool:
     """Whether ``a`` and ``b`` agree at ``points`` random real points (variables uniform in ``box``, by default
     inside (0, π/4): the web exercises tacitly assume an acute angle, e.g. ``sqrt(1 - sin(x)**2)/cos(x) = 1``)
     to about 25 significant digits, under Lean's total division when ``total``; a point that raises counts as
     disagreement.
     ``hyps`` (parsed with :func:`parse_hyp`): a point where one is false proves nothing and is passed over, as
     Lean accepts a statement whose hypotheses cannot hold (TRIGO's generator adds ``D ≠ 0`` for every
-    denominator, true or not, so a few TG-k statements hold only vacuously)."""
+    denominator, true or not, so a few TG-k statements hold only vacuously). Variables named in ``ints`` take
+    integer values in [-5, 5] (an induction formula's ``n``)."""
     import random
 
     rng = random.Random(seed)
@@ -459,7 +460,7 @@ def numerically_equal(a, b, total: bool = True, points: int = 3, seed: int = 0, 
     n = points if syms else 1
     with mpmath.workdps(dps):
         for _ in range(n):
-            env = {s: mpmath.mpf(rng.uniform(*box)) for s in syms}
+            env = {s: mpmath.mpf(rng.randint(-5, 5) if s.name in ints else rng.uniform(*box)) for s in syms}
             try:
                 if total and hyps and not all(_hyp_holds(h, env, total) for h in hyps):
                     continue

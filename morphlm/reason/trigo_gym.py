@@ -739,11 +739,13 @@ def check_statement(st: Statement, gym: Optional[Gym] = None, points: int = 3) -
     from .trigo_expr import parse_hyp
 
     try:
-        if numerically_equal(st.lhs, st.rhs, total=False, points=points):
+        ints = tuple(st.ints)
+        if numerically_equal(st.lhs, st.rhs, total=False, points=points, ints=ints):
             status = "equal"
         else:
             hyps = tuple(parse_hyp(h) for h in st.hyps)
-            status = "total" if numerically_equal(st.lhs, st.rhs, total=True, points=points, hyps=hyps) else "false"
+            status = "total" if numerically_equal(st.lhs, st.rhs, total=True, points=points, hyps=hyps,
+                                                  ints=ints) else "false"
     except TrigoError as exc:
         return CheckResult(st.name, "error", None, str(exc))
     gold = None
