@@ -8,7 +8,7 @@ from morphlm.reason.trigo_data import (LoadReport, TrigoFormatError, load_names,
                                        parse_statement)
 from morphlm.reason.trigo_expr import (COS, SIN, TrigoParseError, numerically_equal, parse_expr, parse_hyp,
                                        to_lean)
-from morphlm.reason.trigo_gym import check_statement
+from morphlm.reason.trigo_gym import check_statement, goal_state
 
 LEAN = """import trigo_import
 open real
@@ -98,6 +98,18 @@ def test_load_steps(tmp_path):
         load_steps(f, strict=True)
 
 
+def test_goal_state():
+    g = ("3 goals this : sin (-pi / 4) = sin (pi / 12 - pi / 3) ⊢ sin (pi / 12 - pi / 3) = sin (pi / 12) * "
+         "cos (pi / 3) -   sin (pi / 3) * cos (pi / 12)  this : sin (-pi / 4) = 1 ⊢ 1 = 1")
+    st = goal_state(g)
+    assert st.to_text() == "sin(pi/12 - pi/3) = sin(pi/12)*cos(pi/3) - sin(pi/3)*cos(pi/12)"
+    assert goal_state("x : ℝ ⊢ cos (↑-2 * pi) = 1").to_text() == "cos(-2*pi) = 1"
+    with pytest.raises(TrigoParseError, match="not an equation"):
+        goal_state("h : cos x ≠ 0 ⊢ cos (x / 2) ≠ 0")
+    with pytest.raises(TrigoParseError, match="no '⊢'"):
+        goal_state("no goals")
+
+
 def test_total_division_and_vacuous_hypotheses():
     # 1/tan(pi/2): Lean's tan(pi/2) = sin/cos = 1/0 = 0 and 1/0 = 0
     st = parse_statement("1/tan(pi/2) + tan(pi/2) = 0")
@@ -139,6 +151,14 @@ def test_tg_real_steps(shared_data):
     steps = load_steps(root / "TG-REAL" / "valid_raw_42_new.txt", report=rep)
     assert len(steps) == 1212 and rep.skipped == 0
     assert sum(s.tactic == "rw this," for s in steps) == 226  # 18.6 %
+    readable = 0
+    for s in steps:
+        try:
+            goal_state(s.goal)
+            readable += 1
+        except TrigoParseError:  # side goals (`cos x ≠ 0`, `0 ≤ 3`) and a few printer oddities
+            pass
+    assert readable == 1193
 
 
 def test_web_and_generated_sets_pass_only_under_total_division(shared_data):

@@ -197,7 +197,10 @@ class _Parser:
             return sp.Symbol(val, real=True)
         if val == "π":
             return sp.pi
-        if val == "↑":
+        if val == "↑":  # a coercion: `↑-2` is the integer -2 as a real
+            if self.peek() and self.peek()[1] == "-":
+                self.take()
+                return neg(self.atom())
             return self.atom()
         if val == "(":
             e = self.expr()

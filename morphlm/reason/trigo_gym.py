@@ -97,6 +97,22 @@ class TrigoState:
         return TrigoState(canon(new), self.rhs) if name == "lhs" else TrigoState(self.lhs, canon(new))
 
 
+def goal_state(goal: str) -> TrigoState:
+    """The first goal of a pretty-printed Lean 3 tactic state (a TG-REAL ``GOAL`` field: hypotheses, ``⊢ lhs =
+    rhs``, further goals after two spaces) as a gym state; :class:`TrigoParseError` when it is not an equation
+    the parser reads (e.g. ``cos x ≠ 0`` side goals, ``no goals``)."""
+    if "⊢" not in goal:
+        raise TrigoParseError(f"no '⊢' in the goal {goal[:80]!r}")
+    rest = goal.split("⊢", 1)[1]
+    # the next goal starts after two or more spaces with hypothesis names and a colon (`  this : ...`)
+    first = " ".join(re.split(r"\s{2,}(?=[^\s:()]+(?: [^\s:()]+)* : )", rest, maxsplit=1)[0].split())
+    try:
+        st = parse_statement(first)
+    except TrigoError as exc:
+        raise TrigoParseError(f"goal {first[:80]!r} is not an equation the gym reads: {exc}") from None
+    return TrigoState.make(st.lhs, st.rhs)
+
+
 _ACTION = re.compile(r"^\s*(?P<rule>\S+)\s+(?P<dir>->|<-)\s+(?P<side>lhs|rhs)(?:\s+K=(?P<k>-?\d+))?"
                      r"\s*:\s*(?P<target>.+?)\s*$")
 
@@ -559,10 +575,7 @@ class Gym:
                         src, dst = (rule.rhs, rule.lhs) if reverse else (rule.lhs, rule.rhs)
                         if not _head_ok(src, node):
                             continue
-                        for m in _top_matches(src, node):
-                            bind = _solve(m.eqs, None, dst)
-                            if bind is None:
-                                continue
+                        for m, bind in _matches(rule.name, reverse, node):
                             if m.picked is None:
                                 target = node
                             elif isinstance(node, Mul):
@@ -599,6 +612,19 @@ class Gym:
                             seen.add(a)
                             out.append(a)
         return out
+
+
+@functools.lru_cache(maxsize=65536)
+def _matches(rule_name: str, reverse: bool, node) -> tuple:
+    """Every (match, solved binding) of a rule at a node, with K solved (cached: search trees share subterms)."""
+    rule = BY_NAME[rule_name]
+    src, dst = (rule.rhs, rule.lhs) if reverse else (rule.lhs, rule.rhs)
+    out = []
+    for m in _top_matches(src, node):
+        bind = _solve(m.eqs, None, dst)
+        if bind is not None:
+            out.append((m, bind))
+    return tuple(out)
 
 
 def _head_ok(t, s) -> bool:
