@@ -322,8 +322,8 @@ def _solve(eqs: list, k: Optional[int], out_template) -> Optional[dict]:
             n = int(sp.floor(-a / b + Rational(1, 2)))
             bind = {w: sp.expand(sp.sympify(v).subs(_N, n)) for w, v in bind.items()}
             bind[_N] = Integer(n)
-        if any(w in sp.sympify(v).free_symbols for w, v in bind.items() for w in _WILDS):
-            return None
+        if any(sp.sympify(v).free_symbols & set(_WILDS) for v in bind.values()):
+            return None  # under-determined (a wild still free)
     else:
         if any(sp.expand(e) != 0 for e in system):
             return None
@@ -472,7 +472,7 @@ class Gym:
                 continue
             new = _inst(dst, bind)
             if m.coeff != 1:
-                new = mul(m.coeff, new) if not isinstance(new, Add) else mul(m.coeff, new)
+                new = mul(m.coeff, new)
             return m, new, bind
         return None
 
