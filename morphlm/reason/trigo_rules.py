@@ -98,7 +98,7 @@ _IDENTITIES = [
     ("sin_three_mul", "sin(3*X)", "3*sin(X) - 4*sin(X)**3", "multiple"),
     ("cos_two_mul", "cos(2*X)", "2*cos(X)**2 - 1", "multiple"),
     ("cos_two_mul''", "cos(2*X)", "1 - 2*sin(X)**2", "multiple"),
-    ("cos_sq_sub_sin_sq", "cos(2*X)", "cos(X)**2 - sin(X)**2", "multiple"),
+    ("cos_two_mul'", "cos(2*X)", "cos(X)**2 - sin(X)**2", "multiple"),
     ("cos_three_mul", "cos(3*X)", "4*cos(X)**3 - 3*cos(X)", "multiple"),
     ("tan_two_mul", "tan(2*X)", "2*tan(X)/(1 - tan(X)**2)", "multiple"),
     ("sin_sq_eq_half_sub", "sin(X)**2", "1/2 - cos(2*X)/2", "multiple"),
