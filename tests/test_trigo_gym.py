@@ -166,8 +166,23 @@ def test_lean_roundtrip_periodic_reverse_and_helpers():
         from_lean(script.replace("rw ← cos_eq_cos_add_int_mul_two_pi", "rw ← cos_eq_nothing"))
 
 
+def test_field_calc():
+    st = TrigoState.from_text("-(sin(x)/(2*cos(x)))**2 + cos(x)**2 = 1")
+    a = Action.from_text("field_calc -> lhs : -(sin(x)/(2*cos(x)))**2 ==> -sin(x)**2/(4*cos(x)**2)")
+    new = GYM.step(st, a)
+    assert new.to_text() == "-sin(x)**2/(4*cos(x)**2) + cos(x)**2 = 1"
+    # algebra only: a special value is not algebra, however true numerically
+    with pytest.raises(RuleMismatch, match="not equal as rational functions"):
+        GYM.step(TrigoState.from_text("sin(pi/6) = 1/2"), Action.from_text("field_calc -> lhs : sin(pi/6) ==> 1/2"))
+    with pytest.raises(ActionSyntaxError, match="OLD ==> NEW"):
+        GYM.step(st, Action.from_text("field_calc -> lhs : sin(x)"))
+    p = Proof(parse_statement("lemma F : -(sin(x)/(2*cos(x)))**2 + cos(x)**2 = 1 :="), [a])
+    script = to_lean(p)
+    assert "{ field_simp at *, ring_nf }" in script and from_lean(script).actions == [a]
+
+
 def test_helpers_listed():
-    assert set(HELPERS) == {"ring_nf", "expand", "abs_pos", "abs_neg", "sqrt_sq"}
+    assert set(HELPERS) == {"ring_nf", "expand", "field_calc", "abs_pos", "abs_neg", "sqrt_sq"}
     st = TrigoState.from_text("sqrt(sin(4)**2) = -sin(4)")
     assert "sqrt_sq -> lhs : sqrt(sin(4)**2)" in [a.to_text() for a in GYM.actions(st)]
 

@@ -10,6 +10,7 @@ side and the *target subterm as Lean text*. One line of text, which an LM policy
 
     RULE -> SIDE : SUBTERM          apply RULE left-to-right at SUBTERM
     RULE <- SIDE K=k : SUBTERM      right-to-left, with the integer K of an induction formula
+    field_calc -> SIDE : OLD ==> NEW    replace OLD by an algebraically equal NEW (TRIGO's field_calc)
 
 e.g. ``sin_two_mul <- lhs : 2*sin(x)*cos(x)``, ``cos_eq_cos_add_int_mul_two_pi <- rhs K=88 : cos(349*pi/2)``.
 SUBTERM is a subterm of the side, or (for sums and products) some of the terms/factors of one, in the
@@ -495,8 +496,14 @@ class Gym:
     def rewrite(self, state: TrigoState, action: Action) -> tuple:
         """(new state, the replaced subterm, its replacement, the solved K) without the guard."""
         side = state.side(action.side)
+        target_text, new_text = action.target, None
+        if action.rule == "field_calc":
+            if " ==> " not in target_text:
+                raise ActionSyntaxError(f"action {action.to_text()!r}: field_calc needs 'OLD ==> NEW'")
+            target_text, new_text = (t.strip() for t in target_text.split(" ==> ", 1))
         try:
-            target = canon(parse_expr(action.target))
+            target = canon(parse_expr(target_text))
+            new_given = canon(parse_expr(new_text)) if new_text is not None else None
         except TrigoParseError as exc:
             raise ActionSyntaxError(f"action {action.to_text()!r}: {exc}") from None
         path, picked = _locate(side, target)
@@ -508,7 +515,12 @@ class Gym:
         if written is not None:
             part = written
         kk = action.k
-        if action.rule in HELPERS:
+        if action.rule == "field_calc":
+            if not is_zero_symbolic(add(part, neg(new_given))):
+                raise RuleMismatch(f"field_calc: {expr_to_lean(part)!r} and {expr_to_lean(new_given)!r} are not "
+                                   "equal as rational functions of the trig calls (no trig evaluation here)")
+            new = new_given
+        elif action.rule in HELPERS:
             new = self._helper(action.rule, part)
         else:
             rule = BY_NAME.get(action.rule)
@@ -657,7 +669,8 @@ class Proof:
 
 
 def _inner_tactics(a: Action, k: Optional[int], x_text: Optional[str]) -> str:
-    helper = {"ring_nf": "field_simp, ring_nf", "expand": "ring_exp", "abs_pos": "rw abs_of_nonneg, assumption",
+    helper = {"ring_nf": "field_simp, ring_nf", "expand": "ring_exp", "field_calc": "field_simp at *, ring_nf",
+              "abs_pos": "rw abs_of_nonneg, assumption",
               "abs_neg": "rw abs_of_nonpos, ring, assumption", "sqrt_sq": "rw real.sqrt_sq_eq_abs"}
     if a.rule in helper:
         return helper[a.rule]
@@ -707,7 +720,8 @@ def _locate_node(side, target_text: str) -> tuple:
 _HAVE = re.compile(r"^\s*have\s*:\s*(?P<old>.+?)\s*=\s*(?P<new>.+?),\s*$")
 _TAC = re.compile(r"^\s*\{\s*(?P<tac>.*)\}\s*,\s*$")
 _CONV = re.compile(r"^\s*conv\s*\{\s*to_(?P<side>lhs|rhs)\s*,\s*rw\s+this\s*\}\s*,\s*$")
-_HELPER_OF = {"field_simp, ring_nf": "ring_nf", "ring_exp": "expand", "rw abs_of_nonneg": "abs_pos",
+_HELPER_OF = {"field_simp, ring_nf": "ring_nf", "ring_exp": "expand", "field_simp at *, ring_nf": "field_calc",
+              "rw abs_of_nonneg": "abs_pos",
               "rw abs_of_nonpos": "abs_neg", "rw real.sqrt_sq_eq_abs": "sqrt_sq"}
 
 
@@ -733,7 +747,9 @@ def from_lean(script: str) -> Proof:
             raise TrigoError(f"<script>:{i + 2}: expected '{{ tactics }},' then 'conv {{to_lhs, rw this}},'")
         tac = t.group("tac").strip()
         helper = next((h for pre, h in _HELPER_OF.items() if tac.startswith(pre)), None)
-        if helper:
+        if helper == "field_calc":
+            actions.append(Action(helper, False, c.group("side"), f"{m.group('old')} ==> {m.group('new')}"))
+        elif helper:
             actions.append(Action(helper, False, c.group("side"), m.group("old")))
         else:
             r = re.match(r"rw\s+(?P<rev>←\s*)?(?P<rule>[^\s,]+)"
