@@ -56,7 +56,8 @@ def test_each_rule_both_directions(rule):
     ("cos(349*pi/2) = 0", "cos_eq_cos_add_int_mul_two_pi <- lhs K=88 : cos(349*pi/2)", "cos(-3*pi/2)"),
     ("cos(349*pi/2) = 0", "cos_eq_cos_add_int_mul_two_pi <- lhs : cos(349*pi/2)", "cos(pi/2)"),
     ("1 + sin(x) + sin(y) = 0", "sin_add_sin -> lhs : sin(x) + sin(y)", "1 + 2*sin(x/2 + y/2)*cos(x/2 - y/2)"),
-    ("3*sin(x)*cos(x)*y = 0", "sin_two_mul <- lhs : 3*sin(x)*cos(x)", "y*3*sin(2*x)/2"),
+    ("3*sin(x)*cos(x)*y = 0", "sin_two_mul <- lhs : 3*sin(x)*cos(x)", "3*y*sin(2*x)/2"),
+    ("x - sin(x)*2*cos(x) = 0", "sin_two_mul <- lhs : -2*sin(x)*cos(x)", "x - sin(2*x)"),
     ("sin(x)**2 + sin(x)**2 = 0", "sin_sq -> lhs : sin(x)**2", "1 - cos(x)**2 + 1 - cos(x)**2"),
     # the angle as the action writes it: cos_sub splits cos(-3*pi/2) as cos(-pi - pi/2)
     ("cos(-3*pi/2) = 0", "cos_sub -> lhs : cos(-pi - pi/2)", "cos(-pi)*cos(pi/2) + sin(-pi)*sin(pi/2)"),

@@ -50,10 +50,17 @@ def _is_trig(e) -> bool:
 
 
 def mul(*args):
-    """A flattened unevaluated product (a nested Mul's factors are spliced in; a lone factor is returned)."""
+    """A flattened unevaluated product (a nested Mul's factors are spliced in; a lone factor is returned), its
+    numerals multiplied into one leading factor (``a*(-1)*b*2`` is ``-2*a*b``: one spelling per product)."""
     flat = []
     for a in args:
         flat.extend(a.args if isinstance(a, Mul) else [a])
+    nums = [a for a in flat if isinstance(a, sp.Number)]
+    if len(nums) > 1 or (nums and flat[0] is not nums[0]):
+        c = Integer(1)
+        for a in nums:
+            c *= a
+        flat = [c] + [a for a in flat if not isinstance(a, sp.Number)]
     return flat[0] if len(flat) == 1 else Mul(*flat, evaluate=False)
 
 

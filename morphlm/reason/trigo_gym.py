@@ -162,44 +162,47 @@ def _has_trig(e) -> bool:
     return any(_has_trig(a) for a in e.args)
 
 
-def _nested(t, s, eqs: list) -> Optional[list]:
-    """Structural match of template ``t`` against subject ``s`` (commutative nodes in any order)."""
+def _nested_all(t, s, eqs: list) -> Iterator[list]:
+    """Every structural match of template ``t`` against subject ``s`` (commutative nodes in any order), as the
+    argument equations it adds to ``eqs``."""
     if _is_trig(t):
-        if not _is_trig(s) or s.func != t.func:
-            return None
-        return eqs + [(t.args[0], s.args[0])]
+        if _is_trig(s) and s.func == t.func:
+            yield eqs + [(t.args[0], s.args[0])]
+        return
     if t in _WILDS:
-        return eqs + [(t, s)]
+        yield eqs + [(t, s)]
+        return
     if _is_const_template(t):
         if s.free_symbols or _has_trig(s):
-            return None
+            return
         try:
             d = rebuild(t) - rebuild(s)
-            if d == 0:
-                return eqs
-            if abs(complex(sp.N(d, 20))) > 1e-12:
-                return None
-            return eqs if sp.expand(sp.radsimp(d)) == 0 else None
+            if d == 0 or (abs(complex(sp.N(d, 20))) <= 1e-12 and sp.expand(sp.radsimp(d)) == 0):
+                yield eqs
         except (TypeError, ValueError, ZeroDivisionError):
-            return None
+            return
+        return
     if type(t) is not type(s) or len(t.args) != len(s.args):
-        return None
+        return
     if isinstance(t, (Add, Mul)) and len(t.args) <= 4:
         for perm in itertools.permutations(s.args):
-            out = eqs
-            for ta, sa in zip(t.args, perm):
-                out = _nested(ta, sa, out)
-                if out is None:
-                    break
-            if out is not None:
-                return out
-        return None
-    out = eqs
-    for ta, sa in zip(t.args, s.args):
-        out = _nested(ta, sa, out)
-        if out is None:
-            return None
-    return out
+            yield from _seq_all(list(zip(t.args, perm)), eqs)
+        return
+    yield from _seq_all(list(zip(t.args, s.args)), eqs)
+
+
+def _seq_all(pairs: list, eqs: list) -> Iterator[list]:
+    if not pairs:
+        yield eqs
+        return
+    (ta, sa), rest = pairs[0], pairs[1:]
+    for out in _nested_all(ta, sa, eqs):
+        yield from _seq_all(rest, out)
+
+
+def _nested(t, s, eqs: list) -> Optional[list]:
+    """The first structural match (see :func:`_nested_all`), or None."""
+    return next(_nested_all(t, s, eqs), None)
 
 
 def _numeric_part(args) -> tuple:
@@ -232,12 +235,7 @@ def _top_matches(t, s, order: Optional[tuple] = None) -> Iterator[_Match]:
     if isinstance(t, Add) and isinstance(s, Add) and len(s.args) >= len(t.args):
         sels = [order] if order is not None else itertools.permutations(range(len(s.args)), len(t.args))
         for sel in sels:
-            eqs: Optional[list] = []
-            for ta, i in zip(t.args, sel):
-                eqs = _nested(ta, s.args[i], eqs)
-                if eqs is None:
-                    break
-            if eqs is not None:
+            for eqs in _seq_all([(ta, s.args[i]) for ta, i in zip(t.args, sel)], []):
                 yield _Match(eqs, Integer(1), None if len(sel) == len(s.args) else tuple(sel))
         return
     if isinstance(t, Mul):
@@ -245,24 +243,18 @@ def _top_matches(t, s, order: Optional[tuple] = None) -> Iterator[_Match]:
         sargs = s.args if isinstance(s, Mul) else (s,)
         d, _ = _numeric_part(sargs)
         nonnum = [i for i, a in enumerate(sargs) if _numeric_part((a,))[1]]
-        if len(nonnum) < len(tf) or not tf or d == 0 or (d / c) < 0:
-            return  # a leftover factor may scale the match, never flip its sign (no `sin a = -(-sin a)` spam)
+        if len(nonnum) < len(tf) or not tf or d == 0 or (c < 0 < d):
+            return  # a negative template needs a negative subject (no `sin a = -(-sin a)` spam)
         sels = [order] if order is not None else itertools.permutations(nonnum, len(tf))
         for sel in sels:
             if any(i not in nonnum for i in sel):
                 continue
-            eqs = []
-            for ta, i in zip(tf, sel):
-                eqs = _nested(ta, sargs[i], eqs)
-                if eqs is None:
-                    break
-            if eqs is not None:
-                whole = len(sel) == len(nonnum) or not isinstance(s, Mul)
+            whole = len(sel) == len(nonnum) or not isinstance(s, Mul)
+            for eqs in _seq_all([(ta, sargs[i]) for ta, i in zip(tf, sel)], []):
                 yield _Match(eqs, d / c, None if whole else tuple(sel))
         return
     if order is None:
-        eqs = _nested(t, s, [])
-        if eqs is not None:
+        for eqs in _nested_all(t, s, []):
             yield _Match(eqs, Integer(1), None)
 
 
