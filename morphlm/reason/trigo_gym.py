@@ -428,17 +428,41 @@ def _locate(side, target) -> tuple:
         for node, path in _nodes(side):
             if _is_trig(node) and node.func == target.func and sp.expand(rebuild(node.args[0])) == angle:
                 return path, None
-    if isinstance(target, (Add, Mul)):
+    if isinstance(target, Add):
         for node, path in _nodes(side):
-            if type(node) is type(target) and len(node.args) > len(target.args):
+            if isinstance(node, Add) and len(node.args) > len(target.args):
                 picked = _sub_multiset(target.args, node.args)
                 if picked is not None:
+                    return path, picked
+    if isinstance(target, Mul):  # some factors of a product; its numerals are the match's business
+        want = tuple(a for a in target.args if not isinstance(a, sp.Number))
+        for node, path in _nodes(side):
+            if isinstance(node, Mul) and want:
+                picked = _sub_multiset(want, node.args)
+                if picked is not None and len(picked) < len(node.args):
                     return path, picked
     raise RuleMismatch(f"subterm {expr_to_lean(target)!r} is not in {expr_to_lean(side)!r}")
 
 
+def _place(side, path, node, picked, new):
+    """``side`` with ``new`` in place of the matched part: every occurrence of a whole node, or the picked
+    terms/factors (with a product's numerals, which went into the match's coefficient) of one node."""
+    if picked is None:
+        return _replace_all(side, node, new)
+    keep = [a for i, a in enumerate(node.args) if i not in picked
+            and not (isinstance(node, Mul) and not _numeric_part((a,))[1])]
+    return _set(side, path, _rebuild_node(node, keep + [new]))
+
+
 def _part(node, picked):
-    return node if picked is None else _rebuild_node(node, [node.args[i] for i in picked])
+    """The matched part of a node: the node, some terms of a sum, or some factors of a product with all its
+    numerals (they go into the match's coefficient)."""
+    if picked is None:
+        return node
+    if isinstance(node, Mul):
+        nums = [a for a in node.args if isinstance(a, sp.Number)]
+        return _rebuild_node(node, nums + [node.args[i] for i in picked if not isinstance(node.args[i], sp.Number)])
+    return _rebuild_node(node, [node.args[i] for i in picked])
 
 
 # ---------------------------------------------------------------- the gym
@@ -485,6 +509,26 @@ class Gym:
             return sp.Abs(sub.base.base, evaluate=False)
         raise ActionSyntaxError(f"unknown helper {name!r}")
 
+    @staticmethod
+    def _scaled(node, picked, target, new):
+        """``new`` for ``target``, scaled to the node's numerals when ``target`` names factors of a product whose
+        numerals differ from the target's (``sin(x)*cos(x) ==> ...`` inside ``-2*sin(x)*cos(x)*y``)."""
+        if picked is None or not isinstance(node, Mul):
+            return new
+        tnum, _ = _numeric_part(target.args if isinstance(target, Mul) else (target,))
+        dnum, _ = _numeric_part([a for a in node.args if isinstance(a, sp.Number)])
+        return new if dnum == tnum else mul(dnum / tnum, new)
+
+    def substitute(self, state: TrigoState, side: str, old_text: str, new_text: str) -> TrigoState:
+        """``old_text`` replaced by ``new_text`` in ``side`` as :meth:`rewrite` places a replacement (every
+        occurrence of a whole subterm; numerals of a product kept), without any check."""
+        sd = state.side(side)
+        target = canon(parse_expr(old_text))
+        path, picked = _locate(sd, target)
+        node = _get(sd, path)
+        new = self._scaled(node, picked, target, canon(parse_expr(new_text)))
+        return state.replace(side, _place(sd, path, node, picked, new))
+
     def rewrite(self, state: TrigoState, action: Action) -> tuple:
         """(new state, the replaced subterm, its replacement, the solved K) without the guard."""
         side = state.side(action.side)
@@ -508,10 +552,11 @@ class Gym:
             part = written
         kk = action.k
         if action.rule == "field_calc":
-            if not is_zero_symbolic(add(part, neg(new_given))):
-                raise RuleMismatch(f"field_calc: {expr_to_lean(part)!r} and {expr_to_lean(new_given)!r} are not "
+            old = target if picked is not None and isinstance(node, Mul) else part
+            if not is_zero_symbolic(add(old, neg(new_given))):
+                raise RuleMismatch(f"field_calc: {expr_to_lean(old)!r} and {expr_to_lean(new_given)!r} are not "
                                    "equal as rational functions of the trig calls (no trig evaluation here)")
-            new = new_given
+            new = self._scaled(node, picked, target, new_given)
         elif action.rule in HELPERS:
             new = self._helper(action.rule, part)
         else:
@@ -527,13 +572,7 @@ class Gym:
             _, new, bind = res
             if rule.periodic:
                 kk = int(bind[_N])
-        if picked is None:
-            new_side = _replace_all(side, node, new)
-        else:
-            keep = [a for i, a in enumerate(node.args) if i not in picked
-                    and not (isinstance(node, Mul) and not _numeric_part((a,))[1])]  # numerals went into coeff
-            new_side = _set(side, path, _rebuild_node(node, keep + [new]))
-        return state.replace(action.side, new_side), part, new, kk
+        return state.replace(action.side, _place(side, path, node, picked, new)), part, new, kk
 
     def step(self, state: TrigoState, action: Action) -> TrigoState:
         """Apply ``action``; :class:`RuleMismatch` if it does not match, :class:`GuardError` if the numeric guard
