@@ -428,6 +428,11 @@ def _locate(side, target) -> tuple:
         for node, path in _nodes(side):
             if _is_trig(node) and node.func == target.func and sp.expand(rebuild(node.args[0])) == angle:
                 return path, None
+    if isinstance(target, (Add, Mul)):  # the same sum/product written in another order
+        for node, path in _nodes(side):
+            if type(node) is type(target) and len(node.args) == len(target.args) \
+                    and _sub_multiset(target.args, node.args) is not None:
+                return path, None
     if isinstance(target, Add):
         for node, path in _nodes(side):
             if isinstance(node, Add) and len(node.args) > len(target.args):
@@ -546,8 +551,10 @@ class Gym:
         node = _get(side, path)
         part = _part(node, picked)
         # a trig call named with its angle written another way is matched as written: `cos(-pi - pi/2)` lets
-        # cos_sub split the angle of cos(-3*pi/2) (TRIGO's `have : cos(-3*pi/2) = cos(-pi - pi/2), congr_arg`)
-        written = target if picked is None and _is_trig(target) and target != node else None
+        # cos_sub split the angle of cos(-3*pi/2) (TRIGO's `have : cos(-3*pi/2) = cos(-pi - pi/2), congr_arg`);
+        # so is a sum/product named in another order (`cos(b)*cos(a)` binds X = b in cos_mul_cos)
+        written = target if picked is None and (isinstance(target, (Add, Mul)) or _is_trig(target)) else None
+        written = written if written is not None and target != node else None
         if written is not None:
             part = written
         kk = action.k
