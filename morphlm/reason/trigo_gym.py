@@ -836,3 +836,87 @@ def check_statement(st: Statement, gym: Optional[Gym] = None, points: int = 3) -
         except TrigoError as exc:
             gold, detail = False, str(exc)
     return CheckResult(st.name, status, gold, detail)
+
+
+_TOP_HAVE = re.compile(r"^have\s*:\s*(?P<body>.*),$")
+_RULE_RW = re.compile(r"^rw\s+(?:←\s*)?(?P<rule>[A-Za-z_'.]+)(?:\s+\((?P<x>.*)\)\s+\((?P<k>-?\d+)\))?")
+_USE = re.compile(r"^(?:conv\s*\{\s*to_(?P<side>lhs|rhs)\s*,\s*)?rw\s+(?P<back>←\s*)?this\b")
+
+
+def _have_blocks(lines: list) -> Iterator[tuple]:
+    """Top-level ``have : A = B, {block}, USE`` triples of a TRIGO proof (a have whose next line is another
+    have only feeds that one and is skipped)."""
+    i = 0
+    while i < len(lines):
+        m = _TOP_HAVE.match(lines[i])
+        if not m or i + 1 >= len(lines) or not lines[i + 1].startswith("{"):
+            i += 1
+            continue
+        j, depth, block = i + 1, 0, []
+        while j < len(lines):
+            depth += lines[j].count("{") - lines[j].count("}")
+            block.append(lines[j])
+            j += 1
+            if depth == 0:
+                break
+        use = lines[j] if j < len(lines) else ""
+        if use.startswith("have"):
+            i = j
+            continue
+        yield m.group("body"), block, use
+        i = j + 1
+
+
+def actions_from_trigo_proof(st: Statement, gym: Optional[Gym] = None) -> list[Action]:
+    """Gym actions replaying one of TRIGO's generated Lean proofs (TG-k files: top-level ``have : A = B,
+    {tactics}, conv {to_lhs, rw ← this}`` blocks). Each block becomes the action that rewrites A into B (or B
+    into A under ``←``): the rule its tactics name, tried as written and in both directions, with its K; else
+    any bank rule; else ``field_calc`` for a block of algebra. Reconstruction: a step is accepted when the
+    side it gives equals, algebraically, the side with the have's text put in place. Raises
+    :class:`TrigoError` naming the first block no action reproduces (e.g. one that holds only through a false
+    ``D ≠ 0`` hypothesis: the guard refuses it)."""
+    gym = gym or Gym(helpers=False)
+    state = TrigoState.make(st.lhs, st.rhs)
+    out: list[Action] = []
+    for body, block, use in _have_blocks(st.proof):
+        u = _USE.match(use)
+        if body.count("=") != 1 or not u:
+            raise TrigoError(f"{st.name}: block 'have : {body[:60]}' is not 'have : A = B' followed by 'rw this'")
+        a_txt, b_txt = body.split("=")
+        old, new = (b_txt, a_txt) if u.group("back") else (a_txt, b_txt)
+        old, new = expr_to_lean(canon(parse_expr(old))), expr_to_lean(canon(parse_expr(new)))
+        if old == new:
+            continue
+        sides = [u.group("side")] if u.group("side") else ["lhs", "rhs"]
+        rule, k, written = None, None, None
+        for ln in block[1:]:
+            r = _RULE_RW.match(ln)
+            if r and r.group("rule") in BY_NAME:
+                rule, k = r.group("rule"), int(r.group("k")) if r.group("k") else None
+                break
+            h = _TOP_HAVE.match(ln)
+            if h and h.group("body").count("=") == 1 and written is None:  # `have : A = A', {congr_arg}, rw this`
+                w_old, w_new = (expr_to_lean(canon(parse_expr(t))) for t in h.group("body").split("="))
+                written = w_new if w_old == old else None
+        cands = []
+        if rule is not None:
+            for sd in sides:
+                for tgt in ([written] if written else []) + [old]:
+                    cands += [Action(rule, rev, sd, tgt, k) for rev in (False, True)]
+            cands += [Action(r, rev, sd, old) for r in BY_NAME if r != rule for sd in sides for rev in (False, True)]
+        cands += [Action("field_calc", False, sd, f"{old} ==> {new}") for sd in sides]
+        for a in cands:
+            try:
+                nxt = gym.step(state, a)
+                want = gym.substitute(state, a.side, old, new).side(a.side)
+            except TrigoError:
+                continue
+            if is_zero_symbolic(add(nxt.side(a.side), neg(want))):
+                state = nxt
+                out.append(a)
+                break
+        else:
+            raise TrigoError(f"{st.name}: no gym action rewrites {old} into {new}" + (f" ({rule})" if rule else ""))
+    if not gym.is_closed(state):
+        raise TrigoError(f"{st.name}: the replayed proof leaves {state.to_text()} open")
+    return out
