@@ -72,6 +72,9 @@ def test_cli_generate_and_check(tmp_path):
     assert "4 statements" in res.output and "gold proofs replaying to a closed goal: 4/4" in res.output
     got = json.loads(cli("reason", "trigo", "check", out, "--json").output)
     assert got["statements"] == 4 and got["gold_replayed"] == 4 and got["counts"]["false"] == 0
+    assert got["proofs_replayed"] is None
+    # the exported Lean proofs themselves replay too
+    assert "Lean proofs replaying in the gym: 4/4" in cli("reason", "trigo", "check", out, "--replay-proofs").output
     # a tampered gold proof is reported
     bad = tmp_path / "bad.lean"
     text = first.replace("-- gold: ", "-- gold: sin_two_mul -> lhs : sin(2*x)\n  -- gold: ", 1)

@@ -889,7 +889,8 @@ def actions_from_trigo_proof(st: Statement, gym: Optional[Gym] = None) -> list[A
             continue
         sides = [u.group("side")] if u.group("side") else ["lhs", "rhs"]
         rule, k, written = None, None, None
-        for ln in block[1:]:
+        for ln in block:
+            ln = ln.lstrip("{ ")
             r = _RULE_RW.match(ln)
             if r and r.group("rule") in BY_NAME:
                 rule, k = r.group("rule"), int(r.group("k")) if r.group("k") else None
