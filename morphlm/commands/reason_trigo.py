@@ -48,7 +48,8 @@ def trigo_check(
                                             "in the gym and count those that close (slower: ~50 ms a lemma)."),
 ) -> None:
     """Load statements and report: how many are numerically true in plain arithmetic, how many only under Lean's
-    total division (x/0 = 0), how many are false, and whether their gold proofs (if any) replay in the gym."""
+    total division (x/0 = 0), how many only because a hypothesis is false, how many are false, and whether their
+    gold proofs (if any) replay in the gym."""
     from ..reason.trigo_data import LoadReport, load_trigo
     from ..reason.trigo_expr import TrigoError
     from ..reason.trigo_gym import Gym, actions_from_trigo_proof, check_statement
@@ -57,7 +58,7 @@ def trigo_check(
     stmts = load_trigo(path, strict=strict, report=rep)
     gym = Gym(helpers=False)
     results = [check_statement(s, gym) for s in stmts]
-    counts = {k: sum(r.status == k for r in results) for k in ("equal", "total", "false", "error")}
+    counts = {k: sum(r.status == k for r in results) for k in ("equal", "total", "vacuous", "false", "error")}
     with_gold = [r for r in results if r.gold is not None]
     replayed = None
     if replay_proofs:
@@ -75,8 +76,9 @@ def trigo_check(
                                "verdicts": [r.__dict__ for r in results]}))
         return
     typer.echo(f"{path}: {len(stmts)} statements, {rep.skipped} malformed lines skipped")
-    typer.echo(f"  true: {counts['equal']}   true only under total division: {counts['total']}   "
-               f"false: {counts['false']}   unreadable: {counts['error']}")
+    typer.echo(f"  true: {counts['equal']}   true only under total division (x/0 = 0): {counts['total']}   "
+               f"only through a false hypothesis: {counts['vacuous']}   false: {counts['false']}   "
+               f"unreadable: {counts['error']}")
     if with_gold:
         typer.echo(f"  gold proofs replaying to a closed goal: {sum(r.gold for r in with_gold)}/{len(with_gold)}")
     if replayed is not None:

@@ -803,8 +803,8 @@ def from_lean(script: str) -> Proof:
 @dataclass
 class CheckResult:
     """One statement's verdict: ``status`` is ``"equal"`` (numerically equal in plain real arithmetic),
-    ``"total"`` (equal only under Lean's total division — a division by zero, or a hypothesis that cannot hold
-    at the sampled points), ``"false"`` or ``"error"``; ``gold`` is None (no gold proof), True or False (replays
+    ``"total"`` (equal only under Lean's total division, x/0 = 0), ``"vacuous"`` (true in Lean only because a
+    hypothesis such as ``cos(pi/2) ≠ 0`` is false), ``"false"`` or ``"error"``; ``gold`` is None (no gold proof), True or False (replays
     to a closed goal or not)."""
 
     name: str
@@ -822,10 +822,12 @@ def check_statement(st: Statement, gym: Optional[Gym] = None, points: int = 3) -
         ints = tuple(st.ints)
         if numerically_equal(st.lhs, st.rhs, total=False, points=points, ints=ints):
             status = "equal"
+        elif numerically_equal(st.lhs, st.rhs, total=True, points=points, ints=ints):
+            status = "total"
         else:
             hyps = tuple(parse_hyp(h) for h in st.hyps)
-            status = "total" if numerically_equal(st.lhs, st.rhs, total=True, points=points, hyps=hyps,
-                                                  ints=ints) else "false"
+            status = "vacuous" if hyps and numerically_equal(st.lhs, st.rhs, total=True, points=points, hyps=hyps,
+                                                             ints=ints) else "false"
     except TrigoError as exc:
         return CheckResult(st.name, "error", None, str(exc))
     gold = None
