@@ -804,8 +804,8 @@ def from_lean(script: str) -> Proof:
 class CheckResult:
     """One statement's verdict: ``status`` is ``"equal"`` (numerically equal in plain real arithmetic),
     ``"total"`` (equal only under Lean's total division, x/0 = 0), ``"vacuous"`` (true in Lean only because a
-    hypothesis such as ``cos(pi/2) ≠ 0`` is false), ``"false"`` or ``"error"``; ``gold`` is None (no gold proof), True or False (replays
-    to a closed goal or not)."""
+    hypothesis such as ``cos(pi/2) ≠ 0`` is false), ``"false"`` or ``"error"``; ``gold`` is None (no gold
+    proof), True or False (replays to a closed goal or not)."""
 
     name: str
     status: str
