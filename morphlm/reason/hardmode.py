@@ -87,9 +87,30 @@ def is_number_literal(text: str) -> bool:
     return bool(_NUMBER_RE.match(text)) and any(c.isdigit() for c in text) and balanced(text)
 
 
+LEAN_NAMES = {"nat": "ℕ", "pnat": "ℕ+", "int": "ℤ", "rat": "ℚ", "real": "ℝ", "nnreal": "nnreal", "complex": "ℂ"}
+
+
 def answer_type(stmt: FormalStatement, lhs: str, rhs: str) -> str:
-    """The Lean type of the equation's sides (reconstruction of Lean's elaboration): an ascription ``(_ : T)`` in
-    either side, else the widest type among the LHS's variables (a function's codomain for ``f x``), else ℕ."""
+    """The Lean type of the equation's sides (reconstruction of Lean 3's elaboration of ``@eq ?α lhs rhs``): the
+    LHS's own type (variables, ascriptions, function codomains; :mod:`morphlm.reason.leanexpr`), else the RHS's,
+    else ℕ (bare numerals). When the sides do not parse: a regex reading of the same rule."""
+    from .leanexpr import Env, Evaluator, LeanSyntaxError, lean_type, parse
+
+    env = Env()
+    for b in stmt.variables:
+        t = lean_type(b.type)
+        if t:
+            env.types[b.name] = t
+        else:
+            parts = [lean_type(p) for p in b.type.split("→")]
+            if len(parts) > 1 and all(parts):
+                env.fun_types[b.name] = (parts[:-1], parts[-1])
+    try:
+        ev = Evaluator(env)
+        t = ev.infer(parse(lhs)) or ev.infer(parse(rhs)) or "nat"
+        return LEAN_NAMES.get(t, "ℕ")
+    except LeanSyntaxError:
+        pass
     for side in (rhs, lhs):
         m = re.search(r":\s*(ℝ|ℕ|ℤ|ℚ|ℂ|nnreal)\s*\)", side)
         if m:

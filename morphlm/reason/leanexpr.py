@@ -411,7 +411,9 @@ class Evaluator:
             self.depth -= 1
 
     def _t(self, node, want, local):
-        return self.infer(node, local) or want or "nat"
+        # Lean 3 elaborates with the expected type when there is one (coercing the leaves); only without one does
+        # the term's own type decide (ℕ for bare numerals)
+        return want or self.infer(node, local) or "nat"
 
     def _value(self, node, want, local):
         k = node[0]
@@ -437,7 +439,7 @@ class Evaluator:
                 raise Unsafe(f"ascription to {node[2]}")
             return self.value(node[1], t, local)
         if k == "coe":
-            inner_t = self.infer(node[1], local) or want
+            inner_t = self.infer(node[1], local) or "nat"  # an unconstrained ↑(numerals) elaborates in ℕ
             v = self.value(node[1], inner_t, local)
             return v
         if k == "neg":
@@ -739,7 +741,7 @@ class Evaluator:
         op, var, s, body = node[1], node[2], node[3], node[4]
         it = self._index_type(s, local)
         elems = self.finset(s, local)
-        t = self.infer(body, {**local, var: it}) or want or "nat"
+        t = want or self.infer(body, {**local, var: it}) or "nat"
         vals = [self.value(body, t, {**local, var: (x, it)}) for x in elems]
         if op == "∑":
             return sp.Add(*vals) if vals else sp.Integer(0)
