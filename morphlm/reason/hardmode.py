@@ -141,7 +141,7 @@ def to_hard_mode(stmt: FormalStatement) -> HardStatement | None:
     binder_lines = []
     for b in _binder_groups(stmt):
         binder_lines.append(f"  {b}")
-    text = (f"abbrev {ph} : {t} := sorry\n\ntheorem {stmt.name}\n" + "\n".join(binder_lines)
+    text = (f"abbrev {ph} : {t} := sorry\n\ntheorem {stmt.name}" + "".join("\n" + b for b in binder_lines)
             + f" :\n  {lhs} = {ph} :=\nsorry\n")
     return HardStatement(stmt.name, ph, t, rhs, lhs, text, stmt)
 
