@@ -623,6 +623,8 @@ class Evaluator:
                 self.env.values[key] = self.app_symbols[key]
                 self.env.types[key] = cod
             return self.env.values[key]
+        if name == "finset.card" and len(args) == 1:  # the argument is a finset, not a number
+            return sp.Integer(len(self.finset(args[0], local)))
         t_arg = lambda a: self.infer(a, local) or ("real" if name in REAL_FUNCS else "nat")  # noqa: E731
         vals = [self.value(a, t_arg(a), local) for a in args]
         if name in ("real.sqrt", "nnreal.sqrt"):
@@ -673,8 +675,6 @@ class Evaluator:
             return sp.binomial(*ints)
         if name == "int.nat_abs" and len(ints) == 1:
             return sp.Integer(abs(ints[0]))
-        if name in ("finset.card",):
-            return sp.Integer(len(self.finset(args[0], local)))
         if name == "nat.digits" and len(ints) == 2:
             return tuple(sp.Integer(d) for d in _digits(ints[1], ints[0]))
         if name == "nat.of_digits" and isinstance(vals[1], tuple):
