@@ -279,15 +279,48 @@ def load_fimo(root: str | Path | None = None, *, strict: bool = False) -> Formal
     return FormalSet("fimo", st, skipped, informal)
 
 
+_NUMBER_RE = re.compile(r"^[\d\s+\-*/^().:ℝℕℤℚℂ]+$")
+
+
+def split_equation(conclusion: str) -> tuple[str, str] | None:
+    """``(lhs, rhs)`` when the conclusion is ONE top-level equation (no top-level ∧ ∨ → ↔, binder comma,
+    quantifier or negation), else None."""
+    text = conclusion.strip()
+    if text[:1] in ("∀", "∃", "¬", "λ"):
+        return None
+    depth, eqs = 0, []
+    for i, ch in enumerate(text):
+        if ch in OPEN:
+            depth += 1
+        elif ch in CLOSE:
+            depth -= 1
+        elif depth == 0:
+            if ch in "∧∨→↔," or text.startswith("\\/", i) or text.startswith("/\\", i):
+                return None
+            if ch == "=" and not (i > 0 and text[i - 1] in ":=<>!") and not text.startswith("==", i):
+                eqs.append(i)
+    if len(eqs) != 1:
+        return None
+    lhs, rhs = text[:eqs[0]].strip(), text[eqs[0] + 1:].strip()
+    return (lhs, rhs) if lhs and rhs else None
+
+
+def is_number_literal(text: str) -> bool:
+    """A closed numeric literal: numerals combined by + - * / ^ with parentheses and type ascriptions."""
+    return bool(_NUMBER_RE.match(text)) and any(c.isdigit() for c in text) and balanced(text)
+
+
+def is_answer_style(stmt: FormalStatement) -> bool:
+    """The conclusion is ``LHS = <numeric literal>``: the statement has a Hard-Mode form
+    (:func:`morphlm.reason.hardmode.to_hard_mode`)."""
+    eq = split_equation(stmt.conclusion)
+    return eq is not None and is_number_literal(eq[1])
+
+
 def statistics(fs: FormalSet) -> dict[str, Any]:
     """Counts by source, the answer-style (Hard-Mode) count by source, hypotheses per statement, skipped."""
-    from .hardmode import to_hard_mode
-
     by_source = Counter(s.source for s in fs.statements)
-    answer = Counter()
-    for s in fs.statements:
-        if to_hard_mode(s) is not None:
-            answer[s.source] += 1
+    answer = Counter(s.source for s in fs.statements if is_answer_style(s))
     out: dict[str, Any] = {
         "set": fs.name, "statements": len(fs.statements), "skipped": len(fs.skipped),
         "by_source": dict(sorted(by_source.items())),

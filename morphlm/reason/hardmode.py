@@ -26,9 +26,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .formal import CLOSE, OPEN, FormalStatement, balanced
+from .formal import FormalStatement, balanced, is_number_literal, split_equation  # noqa: F401 (re-exported)
 
-_NUMBER_RE = re.compile(r"^[\d\s+\-*/^().:ℝℕℤℚℂ]+$")
 _TYPE_NAMES = {"ℝ": "ℝ", "ℕ": "ℕ", "ℤ": "ℤ", "ℚ": "ℚ", "ℂ": "ℂ", "nnreal": "nnreal", "ℕ+": "ℕ+"}
 
 
@@ -57,34 +56,6 @@ class HardStatement:
         _check_term(answer, self.placeholder)
         a, b = self._body_span
         return self.text[:a] + answer.strip() + self.text[b:]
-
-
-def split_equation(conclusion: str) -> tuple[str, str] | None:
-    """``(lhs, rhs)`` when the conclusion is ONE top-level equation (no top-level ∧ ∨ → ↔, binder comma,
-    quantifier or negation), else None."""
-    text = conclusion.strip()
-    if text[:1] in ("∀", "∃", "¬", "λ"):
-        return None
-    depth, eqs = 0, []
-    for i, ch in enumerate(text):
-        if ch in OPEN:
-            depth += 1
-        elif ch in CLOSE:
-            depth -= 1
-        elif depth == 0:
-            if ch in "∧∨→↔," or text.startswith("\\/", i) or text.startswith("/\\", i):
-                return None
-            if ch == "=" and not (i > 0 and text[i - 1] in ":=<>!") and not text.startswith("==", i):
-                eqs.append(i)
-    if len(eqs) != 1:
-        return None
-    lhs, rhs = text[:eqs[0]].strip(), text[eqs[0] + 1:].strip()
-    return (lhs, rhs) if lhs and rhs else None
-
-
-def is_number_literal(text: str) -> bool:
-    """A closed numeric literal: numerals combined by + - * / ^ with parentheses and type ascriptions."""
-    return bool(_NUMBER_RE.match(text)) and any(c.isdigit() for c in text) and balanced(text)
 
 
 LEAN_NAMES = {"nat": "ℕ", "pnat": "ℕ+", "int": "ℤ", "rat": "ℚ", "real": "ℝ", "nnreal": "nnreal", "complex": "ℂ"}
