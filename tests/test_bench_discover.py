@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import re
 
-
 from morphlm.bench import discover as bd
 
 from clihelp import cli
@@ -41,6 +40,19 @@ def test_quick_sympy_run_writes_results_and_records_skipped_lm_arms(shared_data,
     assert res["summary"] == s
     table = bd.markdown_table(data)
     assert "| sympy | test | 12 |" in table and "mathd" in table
+
+
+def test_tally_counts_skipped_statements_as_abstained():
+    class S:
+        def __init__(self, name):
+            self.name, self.source = name, name.split("_")[0]
+
+    recs = [{"name": "mathd_a", "source": "mathd", "status": "recovered"},
+            {"name": "aime_b", "source": "aime", "status": "gold_false"}]
+    t = bd.tally(recs, [S("mathd_a"), S("aime_b"), S("imo_c")], ["x.lean:7: amc12b_2002_p3: no `:`", "garbled"])
+    assert t["total"] == {"recovered": 1, "wrong": 0, "gold_false": 1, "abstain": 3}
+    assert t["by_source"]["imo"]["abstain"] == 1 and t["by_source"]["amc"]["abstain"] == 1
+    assert t["by_source"]["unknown"]["abstain"] == 1 and t["by_source"]["aime"]["gold_false"] == 1
 
 
 def test_lm_arms_with_a_scripted_model(shared_data, tmp_path):

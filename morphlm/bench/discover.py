@@ -189,8 +189,13 @@ def kv_cache_speedup(model, sample_ids, max_new_tokens: int) -> tuple[float | No
 
 
 # ------------------------------------------------------------------------------------------- counting
-def tally(records: list[dict], statements: list) -> dict[str, Any]:
-    """Counts by status, overall and by source; statements without a record count as abstained."""
+def tally(records: list[dict], statements: list, skipped: list[str] = ()) -> dict[str, Any]:
+    """Counts by status, overall and by source; statements without a record, and the malformed statements the
+    loader skipped (``file:line: NAME: why``), count as abstained."""
+    import re
+
+    from ..reason.formal import source_of
+
     by: dict[str, Counter] = defaultdict(Counter)
     seen = {r["name"] for r in records}
     total = Counter()
@@ -201,6 +206,10 @@ def tally(records: list[dict], statements: list) -> dict[str, Any]:
         if s.name not in seen:
             by[s.source]["abstain"] += 1
             total["abstain"] += 1
+    for line in skipped:
+        m = re.search(r":\d+: (\S+?):", line)
+        by[source_of(m.group(1)) if m else "unknown"]["abstain"] += 1
+        total["abstain"] += 1
     return {"total": {k: total.get(k, 0) for k in STATUSES},
             "by_source": {src: {k: c.get(k, 0) for k in STATUSES} for src, c in sorted(by.items())}}
 
@@ -243,7 +252,8 @@ def run_benchmark(cfg: DiscoverBenchConfig, *, out_json: str | Path | None = Non
             fs = load_minif2f(split, cfg.root)
             stats[split] = statistics(fs)
             statements = fs.statements[:cfg.limit] if cfg.limit else fs.statements
-            n_total = 244 if cfg.limit is None else len(statements)
+            skipped = fs.skipped if cfg.limit is None else []
+            n_total = len(statements) + len(skipped)
             problems = [p for p in (build_problem(s) for s in statements) if p is not None]
             sym = []
             forced = {}
@@ -254,7 +264,7 @@ def run_benchmark(cfg: DiscoverBenchConfig, *, out_json: str | Path | None = Non
                 sym.append({"name": d.name, "source": d.source, "status": d.status, "method": d.method,
                             "answer": _fmt_answer(d.answer), "gold": p.hard.gold, "seconds": round(d.seconds, 3),
                             "reason": d.reason[:300]})
-            arms["sympy"][split] = {**tally(sym, statements), "n": n_total, "answer_style": len(problems),
+            arms["sympy"][split] = {**tally(sym, statements, skipped), "n": n_total, "skipped": skipped, "answer_style": len(problems),
                                     "seconds": round(sum(r["seconds"] for r in sym), 2)}
             records_out.setdefault("sympy", {})[split] = sym
             if chat is None:
