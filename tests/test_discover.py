@@ -135,6 +135,24 @@ def test_discoverer_methods_on_hand_made_statements():
     assert discover_sympy(problem("theorem t (x : ℕ) (h : x^2 = 4) :\n x + 1 = 3")).answer == 3
 
 
+def test_lean_branches_of_sqrt_rpow_and_division():
+    # Lean's sqrt x = 0 for every x <= 0: `real.sqrt x = 0` does not force x = 0 (a field-minded solver would say 1)
+    assert discover_sympy(problem("theorem t (x : ℝ) (h : real.sqrt x = 0) :\n x + 1 = 1")).status == "abstain"
+    d = discover_sympy(problem("theorem t (y : ℝ) (h₀ : 0 ≤ 19 + 3 * y) (h₁ : real.sqrt (19 + 3 * y) = 7) :\n y = 10"))
+    assert (d.status, d.answer) == ("recovered", 10)
+    # Lean's rpow of a negative base is |r|^(1/3) cos(π/3): r = -64 also satisfies r^(1/3) = 2
+    assert discover_sympy(problem("theorem t (r : ℝ) (h : r^((1:ℝ)/3) = 2) :\n r = 8")).status == "abstain"
+    assert discover_sympy(problem("theorem t (r : nnreal) (h : r^((1:ℝ)/3) = 2) :\n r = 8")).answer == 8
+    # the y = 0 branch is solved again under Lean's 1 / 0 = 0 (x = 4, z = 25/12) and found inconsistent
+    d = discover_sympy(problem("theorem t (x y z : ℝ) (h₀ : 0 < x ∧ 0 < y ∧ 0 < z) (h₁ : x + 1/y = 4) "
+                               "(h₂ : y + 1/z = 1) (h₃ : z + 1/x = 7/3) :\n x*y*z = 1"))
+    assert (d.status, d.answer) == ("recovered", 1)
+    # no equation at all: the LHS is constant wherever x ≠ 0, and x = 0 is excluded by a hypothesis
+    d = discover_sympy(problem("theorem t (x : ℝ) (h₀ : x ≠ 0) :\n 12 / (x * x) * (x^4 / (14 * x)) * (35 / (3 * x)) = 10"))
+    assert (d.status, d.answer) == ("recovered", 10)
+    assert discover_sympy(problem("theorem t (x : ℝ) :\n x / x = 1")).status == "abstain"  # x = 0 gives 0
+
+
 def test_discoverer_abstains_rather_than_guess():
     # two real solutions with different values
     d = discover_sympy(problem("theorem t (x : ℝ) (h : x^2 = 4) :\n x + 1 = 3"))

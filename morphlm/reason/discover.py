@@ -264,14 +264,37 @@ def _compute(problem: Problem, witness: list):
 
 
 def _solve(problem: Problem, witness: list):
+    """Solve the algebraic equality hypotheses in every branch of Lean's total functions, check each discrete
+    solution exactly against every hypothesis, and return the LHS's value when it is the same for all of them.
+
+    Branches (their union holds every point Lean's hypotheses allow): the main one (denominators non-zero, every
+    ``real.sqrt v`` of an unknown written t >= 0 with t^2 = v); for every subset of those square roots, t = 0 instead
+    (v < 0, where Lean's sqrt is 0); for every symbolic denominator d, the solutions of d = 0 substituted into the
+    hypotheses, which are then re-read with Lean's x / 0 = 0 and solved again (two levels deep). Only the main
+    branch may leave a family of solutions (when the LHS is constant on it); elsewhere a family makes the
+    discoverer abstain."""
+    return _unique(_solve_values(problem, witness, {}, 0))
+
+
+def _relevant(problem: Problem) -> set[str]:
+    names = set(free_vars(problem.lhs))
+    for h in problem.hyps:
+        names |= free_vars(h)
+    return names & set(problem.env.types)
+
+
+def _solve_values(problem: Problem, witness: list, fixed: dict, depth: int) -> list:
+    import itertools
+
     env = problem.env
     syms = {n: _symbol(n, t) for n, t in env.types.items()}
-    senv = Env(types=dict(env.types), values=dict(syms), funcs=env.funcs, fun_types=env.fun_types)
+    senv = Env(types=dict(env.types), values={**syms, **fixed}, funcs=env.funcs, fun_types=env.fun_types)
     ev = Evaluator(senv)
     eqs: list[sp.Expr] = []
     for h in problem.hyps:
         if h[0] != "bin" or h[1] != "=":
             continue
+        n_sqrt = len(ev.sqrt_symbols)
         try:
             t = _eq_type(ev, h)
             a, b = ev.value(h[2], t), ev.value(h[3], t)
@@ -279,37 +302,77 @@ def _solve(problem: Problem, witness: list):
             continue
         if isinstance(a, tuple) or isinstance(b, tuple):
             continue
-        e = sp.expand(a - b) if not (a - b).has(sp.Pow) else a - b
-        if e.free_symbols and _algebraic(e):
+        e = a - b
+        if e.is_number:
+            if fixed and not equal(e, 0):
+                return []  # under this branch's values an equation is false: no point here
+            continue
+        if _algebraic(e):
             eqs.append(e)
+        else:
+            for k in list(ev.sqrt_symbols)[n_sqrt:]:  # roots of a dropped equation are not needed
+                ev.sqrt_symbols.pop(k)
     lhs = ev.value(problem.lhs, problem.answer_type)
     if isinstance(lhs, tuple):
         raise Unsafe("tuple-valued LHS")
-    if not eqs:
+    roots = dict(ev.sqrt_symbols)
+    if len(roots) > 4:
+        raise Unsafe("more than 4 square roots of unknowns")
+    dens = {sp.factor(d) for d in ev.denominators if d.free_symbols}
+    if not eqs and not dens and not fixed:
         raise Unsafe("no algebraic equality hypothesis")
-    unknowns = sorted(set().union(*(e.free_symbols for e in eqs)), key=str)
-    by_name = {str(s): s for s in unknowns}
-    types = {**env.types}
-    dens = [d for d in ev.denominators if d.free_symbols]
-    with time_limit(SOLVE_SECONDS):
-        sols = sp.solve(eqs, unknowns, dict=True)
-        branches = []
-        for d in {sp.factor(d) for d in dens}:
-            plain = [e for e in eqs if not sp.denom(sp.together(e)).free_symbols]
-            try:
-                branches += sp.solve([sp.numer(sp.together(d))] + plain, unknowns, dict=True)
-            except NotImplementedError as exc:
-                raise Unsafe(f"cannot solve the zero-denominator branch {d} = 0") from exc
+    relevant = _relevant(problem)
+    values: list = []
+    for k in range(len(roots) + 1):
+        for zero in itertools.combinations(roots, k):
+            system = eqs + [t for t in zero] + [t ** 2 - v for t, v in roots.items() if t not in zero]
+            values += _branch(problem, witness, system, k == 0, lhs, syms, fixed, relevant, ev)
+    for d in dens:
+        if depth >= 2:
+            raise Unsafe("denominators nested too deeply")
+        try:
+            with time_limit(SOLVE_SECONDS):
+                zeros = sp.solve(sp.numer(sp.together(d)), sorted(d.free_symbols, key=str), dict=True)
+        except NotImplementedError as exc:
+            raise Unsafe(f"SymPy cannot solve {d} = 0") from exc
+        for z in zeros:
+            sub = {str(k): v for k, v in z.items()}
+            if any(n not in env.types for n in sub):
+                raise Unsafe(f"{d} = 0 involves a value that is not a variable")
+            merged = {n: sp.sympify(v).subs(z) for n, v in fixed.items()}
+            merged.update(sub)
+            values += _solve_values(problem, witness, merged, depth + 1)
+    return values
+
+
+def _branch(problem, witness, system, main, lhs, syms, fixed, relevant, ev) -> list:
+    env = problem.env
+    system = [sp.expand(e) if not e.has(sp.Pow) else e for e in system]
+    if any(e.is_number and e != 0 for e in system):
+        return []  # the branch is inconsistent
+    system = [e for e in system if not (e.is_number and e == 0)]
+    unknowns = sorted(set().union(set(), *(e.free_symbols for e in system)), key=str)
+    try:
+        with time_limit(SOLVE_SECONDS):
+            sols = sp.solve(system, unknowns, dict=True) if system else [{}]
+    except NotImplementedError as exc:
+        raise Unsafe(f"SymPy cannot solve {system}") from exc
     values = []
-    for sol in list(sols) + branches:
-        if not all(_in_domain(v, types.get(str(k), "real")) for k, v in sol.items()):
+    for sol in sols:
+        if not all(_in_domain(v, env.types.get(str(k), "real")) for k, v in sol.items()):
             continue
-        assigned = {str(k): v for k, v in sol.items()}
-        full = {n: assigned.get(n, syms[n]) for n in env.types}
+        full = {n: sp.sympify(fixed.get(n, syms[n])).subs(sol) for n in env.types}
         for key, sym in ev.app_symbols.items():
-            full[key] = assigned.get(key, sym)
-        if any(not is_num(v) for k, v in full.items() if k in by_name):
-            # a parametric family: only a LHS that is constant on it is an answer
+            full[key] = sp.sympify(sym).subs(sol)
+        if not all(_in_domain(full[n], env.types[n]) for n in env.types):
+            continue
+        if any(not is_num(full[n]) for n in relevant) or any(not is_num(v) for k, v in full.items()
+                                                              if k in ev.app_symbols):
+            # a family of solutions: only a LHS constant on it is an answer, and only in the main branch
+            if not main or fixed:
+                raise Unsafe("a zero-denominator or negative-root branch leaves a family of solutions")
+            if not _algebraic(lhs):
+                raise Unsafe("the LHS is not algebraic on a family of solutions")
             val = sp.simplify(lhs.subs(sol))
             if val.free_symbols:
                 raise Unsafe("the hypotheses leave the LHS undetermined")
@@ -317,14 +380,11 @@ def _solve(problem: Problem, witness: list):
             continue
         if not _check_hyps(problem, full, witness):
             continue
-        try:
-            val = _lhs_value(problem, full)
-        except Unsafe:
-            val = sp.simplify(lhs.subs(sol))
+        val = _lhs_value(problem, full)
         if not is_num(val):
             raise Unsafe("the LHS depends on an unknown the hypotheses leave free")
         values.append(val)
-    return _unique(values)
+    return values
 
 
 def _eq_type(ev: Evaluator, h) -> str:

@@ -340,6 +340,7 @@ class Evaluator:
         self.env = env
         self.denominators: list[sp.Expr] = []
         self.app_symbols: dict[str, sp.Symbol] = {}
+        self.sqrt_symbols: dict[sp.Symbol, sp.Expr] = {}  # t -> v for every real.sqrt v of an unknown v
         self.depth = 0
 
     # -- types
@@ -467,6 +468,16 @@ class Evaluator:
             return tuple(self.value(x, want, local) for x in node[1])
         raise Unsafe(f"no value for {k}")
 
+    def _sqrt_symbol(self, v):
+        """``real.sqrt v`` of an unknown ``v`` as a fresh symbol t >= 0: the solver adds ``t^2 = v`` (the branch
+        v >= 0, where Lean's sqrt is SymPy's) or ``t = 0`` (the branch v < 0, where Lean's sqrt is 0)."""
+        for t, w in self.sqrt_symbols.items():
+            if w == v:
+                return t
+        t = sp.Symbol(f"sqrt{len(self.sqrt_symbols)}", nonnegative=True)
+        self.sqrt_symbols[t] = v
+        return t
+
     def _div(self, a, b, t):
         if is_num(b) and b == 0:
             return sp.Integer(0)
@@ -507,6 +518,11 @@ class Evaluator:
                 raise Unsafe("real power of a negative base")
             if is_num(base) and base == 0:
                 return sp.Integer(1) if (is_num(e) and e == 0) else (sp.Integer(0) if is_num(e) else _raise())
+            if not is_num(base):
+                # only a base known to be >= 0 with a positive rational exponent: there Lean's rpow is the
+                # principal root SymPy computes (elsewhere Lean's x^y = exp(y log x) cos(yπ) is not)
+                if not (is_num(e) and e.is_Rational and e > 0 and base.is_nonnegative):
+                    raise Unsafe("real power of an unknown that may be negative")
             return base ** e
         if op == "%" and a[0] == "bin" and a[1] == "^" and t in INTEGRAL:  # modular power without the huge number
             m = self.value(b, t, local)
@@ -631,7 +647,7 @@ class Evaluator:
             v = vals[0]
             if is_num(v):
                 return sp.Integer(0) if compare(v, 0) < 0 else sp.sqrt(v)
-            return sp.sqrt(v)
+            return self._sqrt_symbol(v)
         if name in ("real.log",):
             v = vals[0]
             if not is_num(v):
