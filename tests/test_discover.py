@@ -231,6 +231,7 @@ def test_single_shot_and_loop_with_a_scripted_model():
     chat = Scripted("hmm", "60", "61")
     r = discovery_loop(chat, p, rounds=3)
     assert (r.status, r.rounds, r.answer) == ("wrong", 3, 61) and "has no number" in chat.seen[1][-1]["content"]
+    assert r.transcript[-1] == {"role": "assistant", "content": "61"}  # no feedback after the last proposal
     # nothing to check with: the first proposal stands
     r = discovery_loop(Scripted("3", "4"), problem("theorem t (x : ℝ) (h : x^2 = 4) :\n x + 1 = 3"))
     assert r.rounds == 1 and r.answer == 3

@@ -173,8 +173,10 @@ def kv_cache_speedup(model, sample_ids, max_new_tokens: int) -> tuple[float | No
     """The generation module's ``measure_kv_speedup`` on ``model`` (None with the reason when it is missing)."""
     if model is None:
         return None, "no chat model was loaded"
-    try:
-        from ..model import generate as gen
+    import importlib
+
+    try:  # the module, not the function `morphlm.model.generate` that the package re-exports under the same name
+        gen = importlib.import_module("morphlm.model.generate")
     except ImportError as exc:
         return None, f"no generation module ({exc})"
     measure = getattr(gen, "measure_kv_speedup", None)
@@ -279,7 +281,8 @@ def run_benchmark(cfg: DiscoverBenchConfig, *, out_json: str | Path | None = Non
                          else discovery_loop(chat, p, rounds=cfg.rounds, forced=forced[p.stmt.name]))
                     recs.append({"name": r.name, "source": r.source, "status": r.status,
                                  "answer": _fmt_answer(r.answer), "gold": p.hard.gold, "rounds": r.rounds,
-                                 "reply": r.transcript[-1]["content"][:300] if r.transcript else ""})
+                                 "reply": next((m["content"][:300] for m in reversed(r.transcript)
+                                                if m["role"] == "assistant"), "")})
                     log.info("%s %s %s: %s (gold %s)", arm, split, r.name, r.status, p.hard.gold)
                 arms[arm][split] = {**tally(recs, [p.stmt for p in lm_problems]), "n": len(lm_problems),
                                     "of_answer_style": len(problems), "seconds": round(time.perf_counter() - t_arm, 1),

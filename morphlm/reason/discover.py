@@ -631,6 +631,8 @@ def discovery_loop(chat: Chat, problem: Problem, *, rounds: int = 5, forced=None
             ok, why = check_answer(problem, ans, forced)
             if ok or ok is None:
                 break
+        if k == rounds:
+            break
         msgs = msgs + [{"role": "user", "content": f"Your answer {to_lean(ans) if ans is not None else ''} fails "
                                                    f"because {why}. Correct it and end with \"The answer is N.\""}]
     return LMResult(problem.stmt.name, problem.stmt.source, grade(problem, ans) if ans is not None else "abstain",
