@@ -100,7 +100,10 @@ def test_chat_adapter_on_a_tiny_random_checkpoint(shared_data, tmp_path):
     chat, _, sample = bd.checkpoint_chat(str(run), 5)
     msgs = [{"role": "user", "content": "What is 12 + 7? " * 30}]  # longer than the context: cut, not refused
     a, b = chat(msgs), chat(msgs)
-    assert isinstance(a, str) and a == b  # greedy
+    assert isinstance(a, str) and a == b  # the first answer is greedy
+    retry = msgs + [{"role": "assistant", "content": a}, {"role": "user", "content": "Your answer fails. " * 3}]
+    c = [chat(retry) for _ in range(3)]
+    assert len(set(c)) > 1  # answers after feedback are sampled
     assert len(sample) > 0
     data = bd.run_benchmark(bd.quick_config(limit=6, lm_limit=2, max_new_tokens=4, rounds=2, model=str(run)),
                             out_json=tmp_path / "d.json")

@@ -131,10 +131,14 @@ CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
-def checkpoint_chat(run_dir: str, max_new_tokens: int) -> tuple[Callable[[list[dict]], str], Any, Any]:
-    """A greedy ``chat(messages) -> str`` over a checkpoint: the conversation is rendered with the checkpoint's
-    chat template (lineage.json ``chat_template``, as a GGUF import records it) or ChatML, decoding stops at the
-    turn's end token. Returns (chat, model, prompt ids of a sample prompt) — the last two for the speed probe."""
+def checkpoint_chat(run_dir: str, max_new_tokens: int, *, retry_temperature: float = 0.7,
+                    seed: int = 0) -> tuple[Callable[[list[dict]], str], Any, Any]:
+    """``chat(messages) -> str`` over a checkpoint: the conversation is rendered with the checkpoint's chat template
+    (lineage.json ``chat_template``, as a GGUF import records it) or ChatML, decoding stops at the turn's end token.
+    The first answer of a conversation is greedy (so single-shot and the loop's first proposal are the same); an
+    answer after feedback (a conversation with more than one user turn) is sampled at ``retry_temperature``
+    (top-k 50, one seeded generator for the whole run), since greedy decoding of a small model repeats the rejected
+    answer verbatim. Returns (chat, model, prompt ids of a sample prompt) — the last two for the speed probe."""
     import torch
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -157,10 +161,14 @@ def checkpoint_chat(run_dir: str, max_new_tokens: int) -> tuple[Callable[[list[d
             ids = ids[-keep:]
         return ids
 
+    gen = torch.Generator().manual_seed(seed)
+
     def chat(messages: list[dict]) -> str:
         ids = encode(messages)
         x = torch.tensor([ids], dtype=torch.long)
-        y = generate(model, x, max_new_tokens, temperature=0, eos_id=eos)[0, len(ids):].tolist()
+        retry = sum(m["role"] == "user" for m in messages) > 1
+        y = generate(model, x, max_new_tokens, temperature=retry_temperature if retry else 0, top_k=50,
+                     generator=gen, eos_id=eos)[0, len(ids):].tolist()
         if eos is not None and eos in y:
             y = y[:y.index(eos)]
         return tok.decode(y, skip_special_tokens=True).strip()
@@ -309,7 +317,8 @@ def run_benchmark(cfg: DiscoverBenchConfig, *, out_json: str | Path | None = Non
                           "statement is false; counted apart from wrong",
             "prove": "stand-in for Lean: substitute the answer and check the conclusion against the value the "
                      "hypotheses force (SymPy)",
-            "lm": f"greedy, {cfg.max_new_tokens} new tokens per reply; loop: ≤ {cfg.rounds} proposals, feedback "
+            "lm": f"first answer greedy, answers after feedback sampled (T 0.7, top-k 50, seed 0), "
+                  f"{cfg.max_new_tokens} new tokens per reply; loop: ≤ {cfg.rounds} proposals, feedback "
                   f"'your answer X fails because ...' from the substitution check (with larger/smaller); the first "
                   f"{cfg.lm_limit} answer-style statements of each split",
             "denominator": "discover_*_test count recovered answers out of the 244 test statements",
