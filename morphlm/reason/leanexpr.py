@@ -530,6 +530,8 @@ class Evaluator:
             e = self.value(a[3], self.infer(a[3], local) or "nat", local)
             if all(is_num(x) and x.is_integer for x in (m, base, e)) and m > 0 and base >= 0 and e >= 0:
                 return sp.Integer(pow(int(base), int(e), int(m)))
+        if t == "pnat" and op in ("-", "/", "%"):
+            raise Unsafe(f"ℕ+ {op} (truncates at 1, not 0)")
         x, y = self.value(a, t, local), self.value(b, t, local)
         if op == "+":
             return x + y
