@@ -153,6 +153,21 @@ def test_lean_branches_of_sqrt_rpow_and_division():
     assert discover_sympy(problem("theorem t (x : ℝ) :\n x / x = 1")).status == "abstain"  # x = 0 gives 0
 
 
+def test_enumeration_bounds_from_equations():
+    from morphlm.reason.discover import _bounds
+
+    p = problem("theorem t (m n k : ℕ) (x : ℤ) (h₀ : m * n = 12) (h₁ : n + 2 * k = 9) (h₂ : nat.lcm k 4 = 20) "
+                "(h₃ : 3 * x = 6) :\n m + n = 7")
+    b = _bounds(p)
+    assert b["m"] == [0, 12] and b["n"] == [0, 9] and b["k"] == [0, 9] and b["x"] == [None, None]
+    # a product with a zero factor or a non-ℕ equation bounds nothing
+    assert _bounds(problem("theorem t (m n : ℕ) (h₀ : 0 * m * n = 0) :\n m = 1"))["m"] == [0, None]
+    assert _bounds(problem("theorem t (a : ℤ) (h₀ : a * 2 = 8) :\n a = 4"))["a"] == [None, None]
+    d = discover_sympy(problem("theorem t (n : ℕ) (h₀ : 0 < n) (h₁ : nat.gcd n 40 = 10) (h₂ : nat.lcm n 40 = 280) :"
+                               "\n n = 70"))
+    assert (d.status, d.method, d.answer) == ("recovered", "enumerate", 70)
+
+
 def test_discoverer_abstains_rather_than_guess():
     # two real solutions with different values
     d = discover_sympy(problem("theorem t (x : ℝ) (h : x^2 = 4) :\n x + 1 = 3"))
@@ -161,8 +176,9 @@ def test_discoverer_abstains_rather_than_guess():
     assert discover_sympy(problem("theorem t (x y : ℝ) (h : x + y = 4) :\n x = 3")).status == "abstain"
     # transcendental equation: not solved (a solver could miss roots)
     assert discover_sympy(problem("theorem t (x : ℝ) (h : real.cos x = 1 / 2) :\n x = 3")).status == "abstain"
-    # unbounded integer unknown behind ℕ subtraction
-    assert discover_sympy(problem("theorem t (n : ℕ) (h₁ : n + 3 = 8) :\n 2 - n = 0")).status == "abstain"
+    # an integer unknown no hypothesis bounds, behind ℕ's % (the equation n + 3 = 8 would bound it: n <= 8)
+    assert discover_sympy(problem("theorem t (n : ℕ) (h₁ : n % 5 = 3) :\n (2 * n) % 5 = 1")).status == "abstain"
+    assert discover_sympy(problem("theorem t (n : ℕ) (h₁ : n + 3 = 8) :\n 2 - n = 0")).answer == 0
 
 
 def test_grading_recovered_wrong_and_false_gold():

@@ -400,6 +400,9 @@ def _bounds(problem: Problem) -> dict[str, list]:
     ev = Evaluator(Env(types=dict(problem.env.types)))
     flip = {"<": ">", "≤": "≥", ">": "<", "≥": "≤"}
     for h in problem.hyps:
+        for name, hi in _equation_bounds(problem, ev, h):
+            if name in out:
+                _tighten(out[name], None, hi)
         if h[0] != "bin" or h[1] not in ("<", "≤", ">", "≥", "∈"):
             continue
         op, a, b = h[1], h[2], h[3]
@@ -429,6 +432,53 @@ def _bounds(problem: Problem) -> dict[str, list]:
             lo = sp.ceiling(c) + (1 if op == ">" and c.is_integer else 0)
             _tighten(out[a[1]], lo, None)
     return out
+
+
+def _equation_bounds(problem: Problem, ev: Evaluator, h) -> list[tuple[str, Any]]:
+    """Upper bounds of ℕ variables implied by an equation (or divisibility) with a positive constant, sound in ℕ:
+    ``x * y * k = c`` (every factor is >= 1, so x <= c), ``x + k * y = c`` (every term is >= 0), ``nat.lcm x y = c``
+    (x divides c), ``x ∣ c``."""
+    if h[0] != "bin" or h[1] not in ("=", "∣"):
+        return []
+    nat = {n for n, t in problem.env.types.items() if t in ("nat", "pnat")}
+    sides = [(h[2], h[3])] if h[1] == "∣" else [(h[2], h[3]), (h[3], h[2])]
+    out = []
+    for expr, const in sides:
+        try:
+            c = ev.value(const, "nat")
+        except (Unsafe, TypeError, ValueError):
+            continue
+        if not (is_num(c) and c.is_Integer and c > 0):
+            continue
+        if h[1] == "∣":
+            if expr[0] == "var" and expr[1] in nat:
+                out.append((expr[1], c))
+            continue
+        if h[1] == "=" and _eq_type(ev, h) not in ("nat", "pnat"):
+            continue
+        for kind in ("*", "+"):
+            parts = _flatten(expr, kind)
+            if len(parts) < 2 and not (expr[0] == "app" and expr[1] == ("var", "nat.lcm")):
+                continue
+            if kind == "*" and all(p[0] == "num" or (p[0] == "var" and p[1] in nat) for p in parts):
+                if not any(p[0] == "num" and int(p[1]) == 0 for p in parts):
+                    out += [(p[1], c) for p in parts if p[0] == "var"]
+            if kind == "+":
+                for p in parts:
+                    factors = _flatten(p, "*")
+                    if all(f[0] == "num" or (f[0] == "var" and f[1] in nat) for f in factors):
+                        vs = [f for f in factors if f[0] == "var"]
+                        if len(vs) == 1 and all(f[0] == "var" or int(f[1]) >= 1 for f in factors):
+                            out.append((vs[0][1], c))
+        if expr[0] == "app" and expr[1] == ("var", "nat.lcm"):
+            out += [(a[1], c) for a in expr[2] if a[0] == "var" and a[1] in nat]
+    return out
+
+
+def _flatten(node, op: str) -> list:
+    if node[0] == "bin" and node[1] == op:
+        return _flatten(node[2], op) + _flatten(node[3], op)
+    return [node]
 
 
 def _tighten(b: list, lo, hi) -> None:
