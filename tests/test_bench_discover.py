@@ -6,7 +6,6 @@ asserts that an arm reaches its goal."""
 from __future__ import annotations
 
 import json
-import re
 
 from morphlm.bench import discover as bd
 
@@ -56,19 +55,19 @@ def test_tally_counts_skipped_statements_as_abstained():
 
 
 def test_lm_arms_with_a_scripted_model(shared_data, tmp_path):
-    from morphlm.reason.discover import build_problem
+    from morphlm.reason.discover import build_problem, prompt
     from morphlm.reason.formal import load_minif2f
 
     gold = {}
     for st in load_minif2f("test").statements[:12]:
         p = build_problem(st)
         if p is not None:
-            gold[p.hard.placeholder] = p.hard.gold
+            gold[prompt(p)[1]["content"]] = p.hard.gold
 
     def chat(messages):
         # wrong first, then the gold constant once told it failed: the loop can recover what the check can check
-        name = re.search(r"What number is (\S+)", messages[1]["content"]).group(1)
-        return f"The answer is {gold[name]}." if "fails because" in messages[-1]["content"] else "It is 1000."
+        g = gold[messages[1]["content"]]
+        return f"The answer is {g}." if "fails because" in messages[-1]["content"] else "It is 1000."
 
     data = bd.run_benchmark(bd.quick_config(limit=12, lm_limit=4, rounds=3), out_json=tmp_path / "d.json", chat=chat)
     s = data["summary"]

@@ -242,7 +242,9 @@ def test_single_shot_and_loop_with_a_scripted_model():
     assert (r.status, r.answer, r.rounds) == ("recovered", 65, 2)
     feedback = chat.seen[1][-1]["content"]
     assert feedback.startswith("Your answer 64 fails because") and "larger" in feedback and "65" not in feedback
-    assert "mathd_algebra_478_solution" in chat.seen[0][1]["content"] and "= 65" not in chat.seen[0][1]["content"]
+    asked = chat.seen[0][1]["content"]
+    assert "Variables: b, h, v: real numbers." in asked and "Facts: 0 < b ∧ 0 < h ∧ 0 < v; v = 1 / 3 * (b * h)" in asked
+    assert "Find the value of v (a real number)." in asked and "65" not in asked
     # a reply without a number is answered too; the loop stops after `rounds` proposals
     chat = Scripted("hmm", "60", "61")
     r = discovery_loop(chat, p, rounds=3)

@@ -637,13 +637,30 @@ def parse_last_number(text: str):
     return num / int(m.group(2)) if m.group(2) and int(m.group(2)) != 0 else num
 
 
+_TYPE_WORDS = {"ℝ": "a real number", "ℕ": "a natural number", "ℕ+": "a positive integer", "ℤ": "an integer",
+               "ℚ": "a rational number", "ℂ": "a complex number", "nnreal": "a non-negative real number"}
+
+
 def prompt(problem: Problem) -> list[dict]:
-    h = problem.hard
-    theorem = h.text.split("\n\n", 1)[1].rsplit(":=", 1)[0].strip()
-    return [{"role": "system", "content": SYSTEM},
-            {"role": "user", "content": f"Lean 3 statement:\n{theorem}\n\nWhat number is {h.placeholder} "
-                                        f"(of type {h.answer_type})? Think briefly, then end with "
-                                        f"\"The answer is N.\""}]
+    """The question put to the chat model: the Hard statement read out as variables, facts (the hypotheses, in
+    Lean's notation) and the expression whose value is asked for — plainer for a small model than Lean's syntax."""
+    st, h = problem.stmt, problem.hard
+    by_type: dict[str, list[str]] = {}
+    for b in st.variables:
+        by_type.setdefault(b.type, []).append(b.name)
+    def word(t: str, n: int) -> str:
+        w = _TYPE_WORDS.get(t)
+        if w is None:
+            return t
+        return w if n == 1 else w.split(" ", 1)[1] + "s"
+
+    lines = [f"{', '.join(names)}: {word(t, len(names))}" for t, names in by_type.items()]
+    facts = [b.type for b in st.hypotheses]
+    text = ("Solve the problem.\n" + (f"Variables: {'; '.join(lines)}.\n" if lines else "")
+            + (f"Facts: {'; '.join(facts)}.\n" if facts else "")
+            + f"Find the value of {h.lhs} ({_TYPE_WORDS.get(h.answer_type, h.answer_type)}).\n"
+            + "Think briefly, then end with \"The answer is N.\"")
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}]
 
 
 @dataclass
