@@ -250,6 +250,8 @@ def test_single_shot_and_loop_with_a_scripted_model():
     r = discovery_loop(chat, p, rounds=3)
     assert (r.status, r.rounds, r.answer) == ("wrong", 3, 61) and "has no number" in chat.seen[1][-1]["content"]
     assert r.transcript[-1] == {"role": "assistant", "content": "61"}  # no feedback after the last proposal
+    r = discovery_loop(Scripted("60", "The answer is N."), p, rounds=2)
+    assert (r.status, r.answer) == ("wrong", 60)  # the last proposal with a number stands
     # nothing to check with: the first proposal stands
     r = discovery_loop(Scripted("3", "4"), problem("theorem t (x : ℝ) (h : x^2 = 4) :\n x + 1 = 3"))
     assert r.rounds == 1 and r.answer == 3

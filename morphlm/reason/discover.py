@@ -683,7 +683,8 @@ def single_shot(chat: Chat, problem: Problem) -> LMResult:
 
 def discovery_loop(chat: Chat, problem: Problem, *, rounds: int = 5, forced=None) -> LMResult:
     """Propose → substitute-and-check → "your answer X fails because ..., correct it", at most ``rounds``
-    proposals. Stops at the first answer that passes the check, or that cannot be checked."""
+    proposals. Stops at the first answer that passes the check, or that cannot be checked; the answer is the last
+    proposal that had a number."""
     if rounds < 1:
         raise ValueError(f"rounds={rounds}: need at least 1")
     msgs = prompt(problem)
@@ -691,8 +692,9 @@ def discovery_loop(chat: Chat, problem: Problem, *, rounds: int = 5, forced=None
     for k in range(1, rounds + 1):
         reply = chat(msgs)
         msgs = msgs + [{"role": "assistant", "content": reply}]
-        ans = parse_last_number(reply)
-        if ans is None:
+        proposed = parse_last_number(reply)
+        ans = proposed if proposed is not None else ans  # a reply without a number keeps the last proposal
+        if proposed is None:
             why = "your reply has no number"
         else:
             ok, why = check_answer(problem, ans, forced)
