@@ -14,7 +14,8 @@ from morphlm.reason.discover import (build_problem, check_answer, discover_sympy
                                      single_shot, to_lean)
 from morphlm.reason.formal import parse_header
 from morphlm.reason.hardmode import SpuriousRewriteError, check_rewrite, split_equation, to_hard_mode
-from morphlm.reason.leanexpr import Env, Evaluator, LeanSyntaxError, Unsafe, parse
+from morphlm.reason.leaneval import Env, Evaluator
+from morphlm.reason.leanexpr import LeanSyntaxError, Unsafe, parse
 
 from clihelp import cli
 

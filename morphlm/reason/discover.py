@@ -34,8 +34,8 @@ import sympy as sp
 
 from .formal import FormalStatement
 from .hardmode import HardStatement, to_hard_mode
-from .leanexpr import (INTEGRAL, Env, Evaluator, Func, LeanSyntaxError, Unsafe, compare, equal, free_vars, is_num,
-                       lean_type, parse)
+from .leaneval import Env, Evaluator, Func, compare, equal, is_num
+from .leanexpr import INTEGRAL, LeanSyntaxError, Unsafe, free_vars, lean_type, parse
 
 MAX_ENUM = 20000
 SOLVE_SECONDS = 10
@@ -388,7 +388,7 @@ def _branch(problem, witness, system, main, lhs, syms, fixed, relevant, ev) -> l
 
 
 def _eq_type(ev: Evaluator, h) -> str:
-    from .leanexpr import join
+    from .leaneval import join
 
     return join(ev.infer(h[2]), ev.infer(h[3])) or "nat"
 

@@ -65,7 +65,8 @@ def answer_type(stmt: FormalStatement, lhs: str, rhs: str) -> str:
     """The Lean type of the equation's sides (reconstruction of Lean 3's elaboration of ``@eq ?α lhs rhs``): the
     LHS's own type (variables, ascriptions, function codomains; :mod:`morphlm.reason.leanexpr`), else the RHS's,
     else ℕ (bare numerals). When the sides do not parse: a regex reading of the same rule."""
-    from .leanexpr import Env, Evaluator, LeanSyntaxError, lean_type, parse
+    from .leaneval import Env, Evaluator
+    from .leanexpr import LeanSyntaxError, lean_type, parse
 
     env = Env()
     for b in stmt.variables:
