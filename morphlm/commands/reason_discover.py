@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from .base import _setup_logging, friendly, reason_app
-from .options import verb
+from .options import verb, with_config
 
 SETS = "minif2f-test | minif2f-valid | fimo | a .lean file"
 
@@ -30,6 +30,7 @@ def _load(name: str, root: Optional[Path], strict: bool):
 
 
 @reason_app.command("formal-stats", cls=verb())
+@with_config
 @friendly
 def formal_stats(
     sets: list[str] = typer.Argument(None, help=f"Statement sets ({SETS}); default all three named sets."),
@@ -58,6 +59,7 @@ def formal_stats(
 
 
 @reason_app.command("discover", cls=verb())
+@with_config
 @friendly
 def discover(
     statements: str = typer.Argument("minif2f-test", help=f"Statement set ({SETS})."),
