@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from morphlm.bench import discover as bd
 
 from clihelp import cli
@@ -131,3 +133,24 @@ def test_cli_quick_table_and_bad_input(shared_data, tmp_path):
         target = tmp_path / "never.json"
         res = cli("bench", "discover", "--quick", *args, "--out", target, code=2)
         assert msg in res.output and not target.exists()
+
+
+def test_a_stop_request_ends_the_run_without_results(shared_data, tmp_path, monkeypatch):
+    from morphlm.bench.runner import STOP, BenchInterrupted
+    from morphlm.reason import discover as dsc
+
+    real = dsc.discover_sympy
+    calls = []
+
+    def stopping(problem, **kw):
+        calls.append(problem.stmt.name)
+        STOP.requested = True  # what a Ctrl-C / SIGTERM does inside the run's StopScope
+        return real(problem, **kw)
+
+    monkeypatch.setattr(dsc, "discover_sympy", stopping)
+    out = tmp_path / "d.json"
+    with pytest.raises(BenchInterrupted, match="not cached"):
+        bd.run_benchmark(bd.quick_config(limit=12), out_json=out)
+    assert len(calls) == 1 and not out.exists()
+    res = cli("bench", "discover", "--quick", "--limit", 12, "--out", out, code=130)
+    assert not out.exists() and "stopped" in res.output.lower()
