@@ -8,8 +8,9 @@ from typing import Optional
 import typer
 
 from .base import _setup_logging, bench_app, friendly
-from .bench_options import (config_changes, corpus_option, max_bytes_option, precision_option, print_table,
-                            run_and_report, seeds_option, table_option, verbose_option, workers_option)
+from .bench_options import (config_changes, corpus_option, max_bytes_option, out_option, precision_option,
+                            print_table, run_and_report, seeds_option, table_option, verbose_option, work_dir_option,
+                            workers_option)
 from .options import verb, with_config
 
 
@@ -33,12 +34,8 @@ def bench_dssn(
         None, help="Steps in the moving average whose running minimum is the spike reference (default 10)."),
     precision: Optional[str] = precision_option(),
     workers: Optional[int] = workers_option(),
-    out: Optional[Path] = typer.Option(
-        None, help="Results JSON (default benchmarks/results/dssn.json, dssn-quick.json with --quick; "
-                   "$MORPHLM_RESULTS moves the folder). The plot is written next to it (.png)."),
-    work_dir: Optional[Path] = typer.Option(
-        None, help="Cache of finished (arm, seed) runs; a rerun reuses them and resumes unfinished runs. Default "
-                   "$MORPHLM_CACHE/dssn-bench."),
+    out: Optional[Path] = out_option("dssn"),
+    work_dir: Optional[Path] = work_dir_option("dssn-bench", "finished (arm, seed) runs"),
     table: bool = table_option(),
     verbose: bool = verbose_option(),
 ) -> None:

@@ -8,8 +8,8 @@ from typing import Optional
 import typer
 
 from .base import _setup_logging, bench_app, friendly
-from .bench_options import (config_changes, precision_option, print_table, run_and_report, seeds_option, table_option,
-                            verbose_option, workers_option)
+from .bench_options import (config_changes, out_option, precision_option, print_table, run_and_report, seeds_option,
+                            table_option, verbose_option, work_dir_option, workers_option)
 from .options import verb, with_config
 
 
@@ -32,12 +32,9 @@ def bench_gmap(
     finetune_steps: Optional[int] = typer.Option(None, help="SST-2 fine-tuning steps of every arm."),
     precision: Optional[str] = precision_option(),
     workers: Optional[int] = workers_option(),
-    out: Optional[Path] = typer.Option(
-        None, help="Results JSON (default benchmarks/results/gmap.json, gmap-quick.json with --quick; "
-                   "$MORPHLM_RESULTS moves the folder). The plot is written next to it (.png)."),
-    work_dir: Optional[Path] = typer.Option(
-        None, help="Cache of the general model, the domain corpus and finished (arm, seed) runs; a rerun reuses them "
-                   "and resumes unfinished runs. Default $MORPHLM_CACHE/gmap-bench."),
+    out: Optional[Path] = out_option("gmap"),
+    work_dir: Optional[Path] = work_dir_option(
+        "gmap-bench", "the general model, the domain corpus and finished (arm, seed) runs"),
     table: bool = table_option(),
     verbose: bool = verbose_option(),
 ) -> None:

@@ -8,8 +8,9 @@ from typing import Optional
 import typer
 
 from .base import _setup_logging, bench_app, friendly
-from .bench_options import (comma_list, config_changes, corpus_option, max_bytes_option, precision_option,
-                            print_table, run_and_report, seeds_option, table_option, verbose_option, workers_option)
+from .bench_options import (comma_list, config_changes, corpus_option, max_bytes_option, out_option, precision_option,
+                            print_table, run_and_report, seeds_option, table_option, verbose_option, work_dir_option,
+                            workers_option)
 from .options import verb, with_config
 
 
@@ -28,12 +29,8 @@ def bench_moe(
     steps: Optional[int] = typer.Option(None, "--max-steps", help="Training steps of every run."),
     precision: Optional[str] = precision_option(),
     workers: Optional[int] = workers_option(),
-    out: Optional[Path] = typer.Option(
-        None, help="Results JSON (default benchmarks/results/moe.json, moe-quick.json with --quick; $MORPHLM_RESULTS "
-                   "moves the folder). The plot is written next to it (.png)."),
-    work_dir: Optional[Path] = typer.Option(
-        None, help="Cache of finished (arm, seed) runs and measurements; a rerun reuses them and resumes unfinished "
-                   "runs. Default $MORPHLM_CACHE/moe-bench."),
+    out: Optional[Path] = out_option("moe"),
+    work_dir: Optional[Path] = work_dir_option("moe-bench", "finished (arm, seed) runs and measurements"),
     table: bool = table_option(),
     verbose: bool = verbose_option(),
 ) -> None:

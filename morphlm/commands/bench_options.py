@@ -33,6 +33,19 @@ def workers_option() -> Any:
     return typer.Option(None, help="Parallel single-threaded runs (default min(cores, 2)).")
 
 
+def out_option(stem: str) -> Any:
+    """``--out``: the results JSON, by default ``benchmarks/results/<stem>.json`` (``<stem>-quick.json``)."""
+    return typer.Option(None, help=f"Results JSON (default benchmarks/results/{stem}.json, {stem}-quick.json with "
+                                   f"--quick; $MORPHLM_RESULTS moves the folder). The plot is written next to it "
+                                   f"(.png).")
+
+
+def work_dir_option(folder: str, holds: str) -> Any:
+    """``--work-dir``: the cache of ``holds``, by default ``$MORPHLM_CACHE/<folder>``."""
+    return typer.Option(None, help=f"Cache of {holds}; a rerun reuses them and resumes unfinished runs. Default "
+                                   f"$MORPHLM_CACHE/{folder}.")
+
+
 def table_option() -> Any:
     return typer.Option(False, "--table", help="Print the README markdown table of an existing results JSON and exit "
                                                "(runs nothing).")

@@ -8,8 +8,9 @@ from typing import Optional
 import typer
 
 from .base import _setup_logging, bench_app, friendly
-from .bench_options import (config_changes, corpus_option, max_bytes_option, precision_option, print_table,
-                            run_and_report, seeds_option, table_option, verbose_option, workers_option)
+from .bench_options import (config_changes, corpus_option, max_bytes_option, out_option, precision_option,
+                            print_table, run_and_report, seeds_option, table_option, verbose_option, work_dir_option,
+                            workers_option)
 from .options import verb, with_config
 
 
@@ -26,12 +27,9 @@ def bench_switch_attn(
     pretrain_steps: Optional[int] = typer.Option(None, help="Steps of the shared full-attention pretraining."),
     precision: Optional[str] = precision_option(),
     workers: Optional[int] = workers_option(),
-    out: Optional[Path] = typer.Option(
-        None, help="Results JSON (default benchmarks/results/switch-attn.json, switch-attn-quick.json with --quick; "
-                   "$MORPHLM_RESULTS moves the folder). The plot is written next to it (.png)."),
-    work_dir: Optional[Path] = typer.Option(
-        None, help="Cache of the pretrained model, finished (arm, seed) runs and measurements; a rerun reuses them "
-                   "and resumes unfinished runs. Default $MORPHLM_CACHE/switch-attn-bench."),
+    out: Optional[Path] = out_option("switch-attn"),
+    work_dir: Optional[Path] = work_dir_option(
+        "switch-attn-bench", "the pretrained model, finished (arm, seed) runs and measurements"),
     table: bool = table_option(),
     verbose: bool = verbose_option(),
 ) -> None:
