@@ -14,7 +14,7 @@ import torch
 from morphlm.bench import dssn as db
 from morphlm.model import TransformerLM
 
-from clihelp import cli
+from clihelp import check_script_is_the_cli, check_table_errors, cli
 
 
 # ---------------------------------------------------------------------------- the spike counter
@@ -196,23 +196,8 @@ def test_cli_bad_input_writes_nothing(tmp_path, monkeypatch):
     bad = cli("bench", "dssn", "--quick", "--spike-margin", "0", "--work-dir", tmp_path / "w", code=None)
     assert bad.exit_code != 0 and "spike_margin=0" in bad.output
     assert not (tmp_path / "results").exists() and not (tmp_path / "w").exists()
-    missing = cli("bench", "dssn", "--table", "--out", tmp_path / "none.json", code=None)
-    assert missing.exit_code != 0 and "does not exist" in missing.output
-    junk = tmp_path / "junk.json"
-    junk.write_text(json.dumps({"benchmark": "moe"}))
-    bad = cli("bench", "dssn", "--table", "--out", junk, code=None)
-    assert bad.exit_code != 0 and "not a `morphlm bench dssn` results file" in bad.output
+    check_table_errors("dssn", tmp_path)
 
 
 def test_script_is_the_cli(tmp_path, capsys):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "dssn.py"
-    spec = importlib.util.spec_from_file_location("bench_dssn_script", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    with pytest.raises(SystemExit) as exc:  # typer exits; a missing results file is a named error
-        script.main(["--table", "--out", str(tmp_path / "none.json")])
-    captured = capsys.readouterr()
-    assert exc.value.code != 0 and "does not exist" in captured.out + captured.err
+    check_script_is_the_cli("dssn", tmp_path, capsys)

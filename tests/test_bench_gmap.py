@@ -14,7 +14,7 @@ import pytest
 from morphlm.bench import gmap as gb
 from morphlm.bench.runner import STOP, BenchInterrupted
 
-from clihelp import cli
+from clihelp import check_script_is_the_cli, check_table_errors, cli
 
 POS = ["a moving , funny film", "great acting and a warm heart", "a delight from start to finish",
        "smart , tender and beautifully shot", "the best comedy of the year", "a rich and rewarding story",
@@ -281,22 +281,8 @@ def test_cli_bad_input_writes_nothing(toy, tmp_path, monkeypatch):
     bad = cli("bench", "gmap", "--quick", "--data-dir", tmp_path / "nowhere", "--work-dir", tmp_path / "w", code=None)
     assert bad.exit_code != 0 and "glue-sst2" in bad.output and "--data-dir" in bad.output
     assert not (tmp_path / "results").exists() and not (tmp_path / "w").exists()
-    missing = cli("bench", "gmap", "--table", "--out", tmp_path / "none.json", code=None)
-    assert missing.exit_code != 0 and "does not exist" in missing.output
-    junk = tmp_path / "junk.json"
-    junk.write_text(json.dumps({"benchmark": "moe"}))
-    bad = cli("bench", "gmap", "--table", "--out", junk, code=None)
-    assert bad.exit_code != 0 and "not a `morphlm bench gmap` results file" in bad.output
+    check_table_errors("gmap", tmp_path)
 
 
 def test_script_is_the_cli(tmp_path, capsys):
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gmap.py"
-    spec = importlib.util.spec_from_file_location("bench_gmap_script", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    with pytest.raises(SystemExit) as exc:  # typer exits; a missing results file is a named error
-        script.main(["--table", "--out", str(tmp_path / "none.json")])
-    captured = capsys.readouterr()
-    assert exc.value.code != 0 and "does not exist" in captured.out + captured.err
+    check_script_is_the_cli("gmap", tmp_path, capsys)

@@ -13,6 +13,8 @@ from typer.testing import CliRunner
 from morphlm.bench import growth as gb
 from morphlm.cli import app
 
+from clihelp import ctrl_c_in_fit
+
 
 def curve(*pairs):
     return [{"step": i, "flops": float(f), "val_loss": float(v)} for i, (f, v) in enumerate(pairs)]
@@ -162,26 +164,12 @@ def test_ctrl_c_stops_the_run_writes_nothing_and_the_rerun_continues(tmp_path, m
     """A real SIGINT during the first training run (a source's pretraining): the benchmark ends with
     BenchInterrupted (a KeyboardInterrupt) and writes no results JSON; the source keeps its resumable state
     and the same call then finishes."""
-    import os
-    import signal
-
     import morphlm.train.loop as loop
     from morphlm.bench import runner
 
     cfg = _tiny(methods=["stack"])
     out, work = tmp_path / "res" / "growth.json", tmp_path / "work"
-    real_fit, fired = loop.fit, []
-
-    class CtrlC:
-        def on_step_end(self, state, record):
-            if state.step == 2 and not fired:
-                fired.append(state.step)
-                os.kill(os.getpid(), signal.SIGINT)
-
-    def fit_with_ctrl_c(model, loss_fn, data, args, callbacks=(), **kw):
-        return real_fit(model, loss_fn, data, args, [*callbacks, CtrlC()], **kw)
-
-    monkeypatch.setattr(loop, "fit", fit_with_ctrl_c)
+    fired, real_fit = ctrl_c_in_fit(monkeypatch, step=2)
     with pytest.raises(runner.BenchInterrupted, match="rerun"):
         gb.run_benchmark(cfg, out_json=out, work_dir=work, workers=1, plot=False)
     assert fired == [2] and not out.exists()

@@ -5,15 +5,13 @@ Correctness only: nothing here asserts that an arm wins."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 
 import pytest
 
 from morphlm.bench import moe as mb
 from morphlm.train.flops import attention_matmul_params, ffn_matmul_params, training_flops_per_token
 
-from clihelp import cli
+from clihelp import check_script_is_the_cli, check_table_errors, cli, ctrl_c_in_fit
 
 SUMMARY_KEYS = {"unipool_minus_vanilla", "reduced_pool_minus_vanilla", "loopmoe_minus_vanilla", "moe_minus_dense",
                 "loss_free_max_vio", "aux_max_vio", "layer_speed_vs_hf", "simulator_mape", "seeds", "std", "goals",
@@ -133,18 +131,7 @@ def test_end_to_end_json_plot_cache_and_ctrl_c_resume(tmp_path, monkeypatch):
     cfg = _ci()
     out, work = tmp_path / "res" / "moe.json", tmp_path / "work"
     # a real SIGINT in the first run (LoopMoE, step 2): nothing written, its checkpoint stays, the rerun resumes it
-    real_fit, fired = loop.fit, []
-
-    class CtrlC:
-        def on_step_end(self, state, record):
-            if state.step == 2 and not fired:
-                fired.append(state.step)
-                os.kill(os.getpid(), signal.SIGINT)
-
-    def fit_with_ctrl_c(model, loss_fn, data, args, callbacks=(), **kw):
-        return real_fit(model, loss_fn, data, args, [*callbacks, CtrlC()], **kw)
-
-    monkeypatch.setattr(loop, "fit", fit_with_ctrl_c)
+    fired, _ = ctrl_c_in_fit(monkeypatch, step=2)
     with pytest.raises(runner.BenchInterrupted, match="rerun the same command"):
         mb.run_benchmark(cfg, out_json=out, work_dir=work, workers=1)
     assert fired == [2] and not out.exists() and not list((work / "arms").glob("*.json"))
@@ -200,8 +187,7 @@ def test_cli_bad_input_writes_nothing_and_table(tmp_path, monkeypatch):
     bad = cli("bench", "moe", "--quick", "--precision", "fp16", "--work-dir", tmp_path / "w", code=None)
     assert bad.exit_code != 0 and "precision='fp16'" in bad.output
     assert not (tmp_path / "results").exists() and not (tmp_path / "w").exists()
-    missing = cli("bench", "moe", "--table", "--out", tmp_path / "none.json", code=None)
-    assert missing.exit_code != 0 and "does not exist" in missing.output
+    check_table_errors("moe", tmp_path)
 
 
 def test_layer_benchmark_matches_hf_top2_and_caps_batched_mm(monkeypatch):
@@ -217,14 +203,4 @@ def test_layer_benchmark_matches_hf_top2_and_caps_batched_mm(monkeypatch):
 
 
 def test_script_is_the_cli(tmp_path, capsys):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "moe.py"
-    spec = importlib.util.spec_from_file_location("bench_moe_script", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    with pytest.raises(SystemExit) as exc:  # typer exits; a missing results file is a named error
-        script.main(["--table", "--out", str(tmp_path / "none.json")])
-    captured = capsys.readouterr()
-    assert exc.value.code != 0 and "does not exist" in captured.out + captured.err
+    check_script_is_the_cli("moe", tmp_path, capsys)

@@ -10,7 +10,7 @@ import pytest
 
 from morphlm.bench import switch_attn as sb
 
-from clihelp import cli
+from clihelp import check_script_is_the_cli, cli
 
 SUMMARY_KEYS = {"loss_gap_vs_full", "attn_flops_ratio", "attn_time_ratio", "retrieval_switch", "retrieval_swa",
                 "retrieval_full", "seeds", "goals"}
@@ -233,14 +233,4 @@ def test_end_to_end_json_plot_and_cached_rerun(tmp_path, monkeypatch):
 
 
 def test_script_is_the_cli(tmp_path, capsys):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "switch_attn.py"
-    spec = importlib.util.spec_from_file_location("bench_switch_attn_script", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    with pytest.raises(SystemExit) as exc:  # typer exits; a missing results file is a named error
-        script.main(["--table", "--out", str(tmp_path / "none.json")])
-    captured = capsys.readouterr()
-    assert exc.value.code != 0 and "does not exist" in captured.out + captured.err
+    check_script_is_the_cli("switch_attn", tmp_path, capsys)

@@ -40,16 +40,18 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .common import bench_work_dir, results_file
+from .common import (bench_work_dir, check_run_settings, prepare_store, provenance_note, pyplot, results_file,
+                     save_plot, store_meta)
+from .common import fmt as _f
 from .common import config_hash as _hash
-from .runner import STOP, BenchInterrupted, Outcomes, ResultCache, guarded_job, interruptible, run_jobs
+from .runner import (STOP, BenchInterrupted, Outcomes, ResultCache, fit_run, guarded_job,  # noqa: F401
+                     run_jobs, run_precision, worker_setup)
 from .stats import mean_std
 
 log = logging.getLogger("morphlm.bench.dssn")
@@ -98,15 +100,7 @@ class DSSNBenchConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
 
     def validate(self) -> None:
-        if self.profile not in ("full", "quick", "test"):
-            raise BenchError(f"profile={self.profile!r}: choose full, quick or test")
-        if self.steps < 2 or not 1 <= self.eval_every <= self.steps:
-            raise BenchError(f"steps={self.steps}, eval_every={self.eval_every}: need steps >= 2 and "
-                             f"1 <= eval_every <= steps so the validation curve has points")
-        if not self.seeds:
-            raise BenchError("no seeds: pass --seeds N with N >= 1")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise BenchError(f"precision={self.precision!r}: choose auto, fp32 or bf16")
+        check_run_settings(self, BenchError)
         if not self.lr > 0:
             raise BenchError(f"lr={self.lr}: the learning rate must be positive")
         if not self.spike_margin > 0:
@@ -240,13 +234,6 @@ def results_path(cfg: DSSNBenchConfig) -> Path:
     return results_file("dssn", cfg.profile)
 
 
-def prepare_store(cfg: DSSNBenchConfig, show_progress: bool = True):
-    from ..data import prepare_lm_store
-
-    return prepare_lm_store(cfg.corpus, cfg.vocab_size, max_bytes=cfg.max_bytes, val_fraction=cfg.val_fraction,
-                            seed=0, show_progress=show_progress)
-
-
 def _arm_key(cfg: DSSNBenchConfig, arm: str, seed: int, data_fp: str) -> str:
     relevant = {"model": cfg.arm_config(arm).to_dict(), "args": asdict(cfg.train_args(seed)),
                 "batch": [cfg.batch_size, cfg.seq_len, cfg.eval_batches], "data": data_fp, "v": SCHEMA_VERSION}
@@ -260,8 +247,6 @@ def run_arm(cfg: DSSNBenchConfig, arm: str, seed: int, work: Path) -> dict[str, 
 
     from ..data.batches import LMBatches, derive_seed
     from ..model import TransformerLM
-    from ..train.loop import fit
-    from ..train.metrics import read_metrics
 
     tokenizer, store = prepare_store(cfg, show_progress=False)
     key = _arm_key(cfg, arm, seed, store.meta["corpus_fingerprint"])
@@ -272,17 +257,11 @@ def run_arm(cfg: DSSNBenchConfig, arm: str, seed: int, work: Path) -> dict[str, 
     t0 = time.perf_counter()
     model_cfg = cfg.arm_config(arm)
     data = LMBatches(store, cfg.batch_size, cfg.seq_len, seed=seed, eval_batches=cfg.eval_batches)
-    args = cfg.train_args(seed)
     out = work / "runs" / key
-    args.out_dir, args.resume, args.save_every = str(out), "auto", max(cfg.steps // 4, 1)
     torch.manual_seed(derive_seed("dssn-bench-init", arm, seed) % (2**31))
     model = TransformerLM(model_cfg)
-    with interruptible(f"{arm} seed {seed}", f"{out} holds its state — rerun the same command to resume it"):
-        res = fit(model, None, data, args, tokenizer_json=tokenizer.to_json_str(),
-                  lineage={"verb": "train", "preset": f"dssn-bench {arm}", "parents": []})
-    if res.steps < args.max_steps:
-        raise BenchError(f"{arm} seed {seed} stopped at step {res.steps} of {args.max_steps}; rerun to resume it")
-    records = read_metrics(out)
+    res, records = fit_run(model, data, cfg.train_args(seed), out, tokenizer, what=f"{arm} seed {seed}",
+                           preset=f"dssn-bench {arm}", save_every=max(cfg.steps // 4, 1), error=BenchError)
     steps = [r for r in records if "loss" in r]
     trace = {"step": [int(r["step"]) for r in steps], "loss": [float(r["loss"]) for r in steps],
              "grad_norm": [float(r["grad_norm"]) if "grad_norm" in r else None for r in steps]}
@@ -290,13 +269,12 @@ def run_arm(cfg: DSSNBenchConfig, arm: str, seed: int, work: Path) -> dict[str, 
     if not curve:
         raise BenchError(f"{arm} seed {seed}: the run logged no validation loss; eval_every must be <= steps")
     spikes = count_spikes(trace["loss"], cfg.spike_margin, cfg.spike_window)
-    precisions = sorted({r.get("precision") for r in records if r.get("precision")})
     record = {"arm": arm, "seed": seed, "key": key, "config": model_cfg.to_dict(),
               "params": sum(p.numel() for p in model.parameters()), "tokens": int(res.tokens),
               "steps": int(res.steps), "final_val_loss": curve[-1]["val_loss"], "curve": curve, "trace": trace,
               "spike_steps": spikes["steps"], "spike_events": spikes["events"],
               "spike_at": [trace["step"][i] for i in spikes["at"]], "max_excess": spikes["max_excess"],
-              "precision": precisions[0] if len(precisions) == 1 else (precisions or [res.precision]),
+              "precision": run_precision(records, res.precision),
               "wall_s": time.perf_counter() - t0}
     cache.store(key, record, f"{arm} seed {seed}")
     shutil.rmtree(out, ignore_errors=True)
@@ -305,10 +283,7 @@ def run_arm(cfg: DSSNBenchConfig, arm: str, seed: int, work: Path) -> dict[str, 
 
 def job(payload: dict[str, Any]) -> dict[str, Any]:
     """Worker entry point (:func:`morphlm.bench.runner.run_jobs`): one (arm, seed) run from plain data."""
-    import torch
-
-    torch.set_num_threads(max(int(os.environ.get("MORPHLM_BENCH_THREADS", "1")), 1))
-    logging.getLogger("morphlm").setLevel(logging.WARNING)
+    worker_setup()
     cfg = DSSNBenchConfig(**payload["cfg"])
     return guarded_job(lambda: run_arm(cfg, payload["name"], payload["seed"], Path(payload["work"])))
 
@@ -369,12 +344,7 @@ def summarise(arms: dict[str, Any], seeds: list[int]) -> dict[str, Any]:
 def plot_results(results: dict[str, Any], png: str | Path) -> Path:
     """Two panels against the step, one line per (arm, seed): training loss (spike steps marked) and the gradient
     norm before clipping (log scale)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..train.metrics import save_figure
+    plt = pyplot()
 
     fig, (ax_l, ax_g) = plt.subplots(2, 1, figsize=(9, 7), dpi=120, sharex=True)
     colors = {"pre": "tab:red", "sandwich": "tab:blue", "dssn": "tab:green"}
@@ -406,14 +376,7 @@ def plot_results(results: dict[str, Any], png: str | Path) -> Path:
     ax_l.set_title(f"DSSN benchmark: d={c['d_model']}, L={c['n_layers']}, lr {c['lr']:g}, ctx {c['seq_len']}, "
                    f"{c['steps']} steps × {c['batch_size'] * c['seq_len']} tokens, {results['summary']['seeds']} "
                    f"seed(s), {results.get('precision', '?')}", fontsize=9)
-    try:
-        return save_figure(fig, png)
-    finally:
-        plt.close(fig)
-
-
-def _f(v: float | None, fmt: str = ".3f") -> str:
-    return "–" if v is None else format(v, fmt)
+    return save_plot(fig, png)
 
 
 def markdown_table(results: dict[str, Any]) -> str:
@@ -431,13 +394,10 @@ def markdown_table(results: dict[str, Any]) -> str:
     goals = ", ".join(f"{k}: {v}" + (f" ({s['goal_notes'][k]})" if k in s["goal_notes"] else "")
                       for k, v in s["goals"].items())
     c = results["config"]
-    machine = results.get("machine")
-    cpu = machine.get("cpu") if isinstance(machine, dict) else None
     lines += ["", f"{s['seeds']} seed(s); d={c['d_model']}, L={c['n_layers']}, lr {c['lr']:g}, "
                   f"{c['steps']} steps; spike = loss > running min of the {c['spike_window']}-step mean + "
                   f"{c['spike_margin']} nats. Goals — {goals}. "
-                  f"{cpu + ', ' if cpu else ''}torch {results.get('torch', '?')}, "
-                  f"commit {str(results.get('commit', '?'))[:10]}."]
+                  + provenance_note(results)]
     return "\n".join(lines)
 
 
@@ -454,7 +414,7 @@ def _run(cfg: DSSNBenchConfig, *, out_json, work_dir, workers, plot) -> dict[str
     import torch
 
     from ..train.steps import resolve_precision
-    from .common import metadata, usable_cores, write_json
+    from .common import metadata, usable_cores, write_results
 
     cfg.validate()
     work = Path(work_dir) if work_dir is not None else default_work_dir()
@@ -488,14 +448,9 @@ def _run(cfg: DSSNBenchConfig, *, out_json, work_dir, workers, plot) -> dict[str
         },
         "config": {**asdict(cfg), "tokens_per_run": cfg.steps * cfg.batch_size * cfg.seq_len},
         "data": {"corpus": cfg.corpus, "store": str(store.path), "vocab_size": tokenizer.vocab_size,
-                 **{k: store.meta.get(k) for k in ("n_train_docs", "n_val_docs", "n_train_tokens", "n_val_tokens",
-                                                   "split_mode", "val_doc_names")}},
+                 **store_meta(store, "val_doc_names")},
         "arm_descriptions": dict(ARMS), "arms": arm_stats,
         "runs": {a: {str(s): r for s, r in sorted(by.items())} for a, by in runs.items()},
         "failures": failures, "wall_s": time.perf_counter() - t0,
     }
-    write_json(out_json, results)
-    if plot:
-        results["plot"] = str(plot_results(results, out_json.with_suffix(".png")))
-        write_json(out_json, results)
-    return results
+    return write_results(out_json, results, plot_results if plot else None)

@@ -50,17 +50,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .common import bench_work_dir, config_hash, results_file
+from .common import (bench_work_dir, check_run_settings, config_hash, provenance_note, pyplot, results_file,
+                     save_plot, store_meta)
+from .common import fmt as _f
 from .gmap_data import (DOMAIN_SOURCES, BenchError, check_task_files, domain_sentences,  # noqa: F401 (re-exported)
                         lm_val_loss, prepare_domain_store, prepare_general_store, task_files, write_domain_corpus)
-from .runner import STOP, Outcomes, ResultCache, guarded_job, interruptible, run_jobs
+from .runner import STOP, Outcomes, ResultCache, guarded_job, interruptible, run_jobs, worker_setup
 from .stats import mean_std
 
 log = logging.getLogger("morphlm.bench.gmap")
@@ -116,12 +117,7 @@ class GMAPBenchConfig:
     def validate(self) -> None:
         from ..model.config import ConfigError
 
-        if self.profile not in ("full", "quick", "test"):
-            raise BenchError(f"profile={self.profile!r}: choose full, quick or test")
-        if not self.seeds:
-            raise BenchError("no seeds: pass --seeds N with N >= 1")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise BenchError(f"precision={self.precision!r}: choose auto, fp32 or bf16")
+        check_run_settings(self, BenchError, curve=False)
         for name in ("pretrain_steps", "domain_steps", "finetune_steps"):
             if getattr(self, name) < 1:
                 raise BenchError(f"{name}={getattr(self, name)}: every stage needs at least 1 step")
@@ -366,10 +362,7 @@ def run_arm(cfg: GMAPBenchConfig, arm: str, seed: int, work: Path, ctx: dict[str
 
 def job(payload: dict[str, Any]) -> dict[str, Any]:
     """Worker entry point (:func:`morphlm.bench.runner.run_jobs`): one (arm, seed) from plain data."""
-    import torch
-
-    torch.set_num_threads(max(int(os.environ.get("MORPHLM_BENCH_THREADS", "1")), 1))
-    logging.getLogger("morphlm").setLevel(logging.WARNING)
+    worker_setup()
     cfg = GMAPBenchConfig(**payload["cfg"])
     return guarded_job(lambda: run_arm(cfg, payload["name"], payload["seed"], Path(payload["work"]),
                                        payload["ctx"]))
@@ -446,12 +439,7 @@ def summarise(arms: dict[str, dict[str, Any]], seeds: list[int], n_dev: int = 87
 def plot_results(results: dict[str, Any], png: str | Path) -> Path:
     """Two panels, one bar per arm with the seeds' sample std as error bar and the seeds as dots: SST-2 dev accuracy
     and forgetting (general-domain loss after adaptation minus the general model's)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..train.metrics import save_figure
+    plt = pyplot()
 
     arms = results["arms"]
     names = [a for a in ARMS if a in arms]
@@ -478,14 +466,7 @@ def plot_results(results: dict[str, Any], png: str | Path) -> Path:
                  f"{c['finetune_steps']} fine-tuning steps, {s['seeds']} seed(s); best fusion {s['best_fusion']}: "
                  f"{'–' if gm is None else format(gm, '+.2f')} points vs DAPT", fontsize=9)
     fig.tight_layout()
-    try:
-        return save_figure(fig, png)
-    finally:
-        plt.close(fig)
-
-
-def _f(v: float | None, fmt: str = ".3f") -> str:
-    return "–" if v is None else format(v, fmt)
+    return save_plot(fig, png)
 
 
 def markdown_table(results: dict[str, Any]) -> str:
@@ -507,16 +488,13 @@ def markdown_table(results: dict[str, Any]) -> str:
     g, c = results.get("general", {}), results["config"]
     goal = s["goals"][GOAL]
     goal_txt = "not measurable" if goal is None else ("met" if goal else "missed")
-    machine = results.get("machine")
-    cpu = machine.get("cpu") if isinstance(machine, dict) else None
     lines += ["", f"{s['seeds']} seed(s); general model (books val loss {_f(g.get('general_val_loss'))}, domain val "
                   f"loss {_f(g.get('domain_val_loss'))}) shared by every arm; d={c['d_model']}, L={c['n_layers']}, "
                   f"G-MAP layers {c['gmap_layers']}; {c['domain_steps']} domain + {c['finetune_steps']} fine-tuning "
                   f"steps per arm. Goal (G-MAP ≥ DAPT + 0.5 points with less forgetting, best fusion "
                   f"{s['best_fusion']}: {_f(s['gmap_minus_dapt'], '+.2f')} points, forgetting "
                   f"{_f(s['forgetting_gmap'], '+.3f')} vs DAPT {_f(s['forgetting_dapt'], '+.3f')}): {goal_txt}. "
-                  f"{s['goal_notes'].get(GOAL, '')}. {cpu + ', ' if cpu else ''}torch {results.get('torch', '?')}, "
-                  f"commit {str(results.get('commit', '?'))[:10]}."]
+                  f"{s['goal_notes'].get(GOAL, '')}. " + provenance_note(results)]
     return "\n".join(lines)
 
 
@@ -547,7 +525,7 @@ def _run(cfg: GMAPBenchConfig, *, out_json, work_dir, workers, plot) -> dict[str
     import torch
 
     from ..train.steps import resolve_precision
-    from .common import metadata, usable_cores, write_json
+    from .common import metadata, usable_cores, write_results
 
     work = Path(work_dir) if work_dir is not None else default_work_dir()
     out_json = Path(out_json) if out_json is not None else results_path(cfg)
@@ -611,8 +589,7 @@ def _run(cfg: GMAPBenchConfig, *, out_json, work_dir, workers, plot) -> dict[str
                    "domain_tokens_per_arm": cfg.domain_steps * cfg.batch_size * cfg.seq_len,
                    "pretrain_tokens": cfg.pretrain_steps * cfg.batch_size * cfg.seq_len, "workers": workers},
         "data": {"corpus": cfg.corpus, "vocab_size": tokenizer.vocab_size,
-                 **{k: books.meta.get(k) for k in ("n_train_docs", "n_val_docs", "n_train_tokens", "n_val_tokens",
-                                                   "split_mode")},
+                 **store_meta(books),
                  "domain": {**domain_stats, **{k: domain_store.meta.get(k) for k in ("n_train_tokens",
                                                                                       "n_val_tokens")}},
                  "task": {"train": str(train_file), "dev": str(dev_file), "n_dev": n_dev,
@@ -623,8 +600,4 @@ def _run(cfg: GMAPBenchConfig, *, out_json, work_dir, workers, plot) -> dict[str
         "runs": {a: {str(s): r for s, r in sorted(by.items())} for a, by in runs.items()},
         "failures": failures, "wall_s": time.perf_counter() - t0,
     }
-    write_json(out_json, results)
-    if plot:
-        results["plot"] = str(plot_results(results, out_json.with_suffix(".png")))
-        write_json(out_json, results)
-    return results
+    return write_results(out_json, results, plot_results if plot else None)

@@ -42,7 +42,6 @@ reaching it only when every seed did.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -56,7 +55,7 @@ from .growth_config import (ARMS, SCHEDULE_NAMES, SCHEMA_VERSION, Arm, BenchErro
                             GrowthBenchConfig, default_corpus, full_config, quick_config, register_arm, select_arms)
 from .growth_jobs import (default_work_dir, derive_model_seed, job, make_batches, prepare_store,  # noqa: F401
                           run_arm, train_source)
-from .runner import STOP, run_jobs
+from .runner import STOP, Outcomes, run_jobs
 
 
 # ---------------------------------------------------------------------------- the benchmark
@@ -70,7 +69,7 @@ def run_benchmark(cfg: GrowthBenchConfig, *, out_json: str | Path | None = None,
 
 
 def _run(cfg: GrowthBenchConfig, *, out_json, work_dir, workers, plot) -> dict[str, Any]:
-    from .common import metadata, write_json
+    from .common import metadata, store_meta, write_results
 
     cfg.validate()
     arms, notes = select_arms(cfg.methods)
@@ -86,32 +85,25 @@ def _run(cfg: GrowthBenchConfig, *, out_json, work_dir, workers, plot) -> dict[s
 
         workers = min(usable_cores(), 2)
     payload_cfg = asdict(cfg)
-    failures: list[dict] = []
+    outcomes = Outcomes()
 
     sources = sorted({a.source for a in arms if a.source is not None})
     src_jobs = [{"kind": "source", "name": s, "seed": seed, "cfg": payload_cfg, "work": str(work)}
                 for seed in cfg.seeds for s in sources]
 
-    def collect_failure(p, r):
+    def collect_failure(p, r):  # a finished source is its checkpoint, not a record
         if not r["ok"]:
-            log.error("%s seed %s failed: %s\n%s", p["name"], p["seed"], r["error"], r.get("trace", ""))
-            failures.append({"arm": p["name"], "seed": p["seed"], "error": r["error"]})
+            outcomes.collect(p, r)
 
     if src_jobs:
         run_jobs(src_jobs, job, workers=workers, desc="growth bench: sources", on_done=collect_failure)
-    runs: dict[str, dict[int, dict]] = {}
-
-    def collect_arm(p, r):
-        if r["ok"]:
-            runs.setdefault(p["name"], {})[p["seed"]] = r["record"]
-        else:
-            collect_failure(p, r)
 
     # longest jobs first so two workers finish together
     order = {"scratch": 0, "ligo": 1, "mango": 1}
     arm_jobs = [{"kind": "arm", "name": a.name, "seed": seed, "cfg": payload_cfg, "work": str(work)}
                 for a in sorted(arms, key=lambda a: order.get(a.name, 2)) for seed in cfg.seeds]
-    run_jobs(arm_jobs, job, workers=workers, desc="growth bench: arms", on_done=collect_arm)
+    run_jobs(arm_jobs, job, workers=workers, desc="growth bench: arms", on_done=outcomes.collect)
+    runs, failures = outcomes.runs, outcomes.failures
     if "scratch" not in runs:
         raise BenchError(f"the scratch runs failed ({failures}); nothing to compare against")
     from ..model import TransformerLM
@@ -143,8 +135,7 @@ def _run(cfg: GrowthBenchConfig, *, out_json, work_dir, workers, plot) -> dict[s
                    "target_flops_per_token": training_flops_per_token(tgt, cfg.seq_len),
                    "target_tokens_per_parameter": cfg.steps * cfg.batch_size * cfg.seq_len / tgt_params},
         "data": {"corpus": cfg.corpus, "store": str(store.path), "vocab_size": tokenizer.vocab_size,
-                 **{k: store.meta.get(k) for k in ("n_train_docs", "n_val_docs", "n_train_tokens", "n_val_tokens",
-                                                   "split_mode", "val_doc_names")}},
+                 **store_meta(store, "val_doc_names")},
         "sources": src_info,
         "arms": {a.name: {"kind": a.kind, "method": a.method, "source": a.source, "description": a.description}
                  for a in arms},
@@ -152,20 +143,15 @@ def _run(cfg: GrowthBenchConfig, *, out_json, work_dir, workers, plot) -> dict[s
         "runs": {arm: {str(s): r for s, r in sorted(by.items())} for arm, by in runs.items()},
         "notes": notes, "failures": failures, "wall_s": time.perf_counter() - t0,
     }
-    write_json(out_json, results)
-    if plot:
-        results["plot"] = str(plot_results(results, out_json.with_suffix(".png")))
-        write_json(out_json, results)
-    return results
+    return write_results(out_json, results, plot_results if plot else None)
 
 
 def results_path(cfg: GrowthBenchConfig) -> Path:
-    """Where the results JSON goes by default: ``$MORPHLM_RESULTS`` or benchmarks/results/."""
-    from .common import RESULTS_DIR
+    """Where the results JSON goes by default: ``$MORPHLM_RESULTS`` or benchmarks/results/: growth.json,
+    growth-mlm.json for the MLM objective, ``-quick`` appended for --quick."""
+    from .common import results_file
 
-    folder = Path(os.environ["MORPHLM_RESULTS"]) if os.environ.get("MORPHLM_RESULTS") else RESULTS_DIR
-    name = "growth" + ("-mlm" if cfg.objective == "mlm" else "") + ("-quick" if cfg.quick else "")
-    return folder / f"{name}.json"
+    return results_file("growth" + ("-mlm" if cfg.objective == "mlm" else ""), "quick" if cfg.quick else "full")
 
 
 def _corpus_label(corpus: str) -> str:

@@ -8,7 +8,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from ..train.metrics import save_figure
+from .common import pyplot, save_plot
 from .growth_config import BenchError
 from .stats import mean_std
 
@@ -111,10 +111,7 @@ def mean_curve(by_seed: dict[str, dict], include_source: bool = False) -> tuple[
 def plot_results(results: dict[str, Any], png: str | Path) -> Path:
     """Validation loss against cumulative FLOPs (mean over seeds) for every arm; scratch dashed; the scratch
     final loss as a horizontal line. Left: source cost excluded (the papers' convention); right: included."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     runs = results["runs"]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), dpi=120, sharey=True)
@@ -141,10 +138,7 @@ def plot_results(results: dict[str, Any], png: str | Path) -> Path:
     fig.suptitle(f"growth benchmark: {results['config']['target_config']['d_model']}d x "
                  f"{results['config']['target_config']['n_layers']}L target, {s['seeds']} seed(s), mean curves; "
                  f"dotted: scratch's final loss", fontsize=10)
-    try:
-        return save_figure(fig, png)
-    finally:
-        plt.close(fig)
+    return save_plot(fig, png)
 
 
 def _pct(v: float | None, sd: float | None = None) -> str:

@@ -4,10 +4,7 @@ runnable in a worker process from plain data (:func:`job`)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import logging
-import os
 import time
 import traceback
 from dataclasses import asdict
@@ -15,25 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from .growth_config import ARMS, SCHEMA_VERSION, Arm, BenchError, GrowthBenchConfig
-from .runner import BenchInterrupted, ResultCache, interruptible, stop_requested
-
-
-def _hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+from .common import bench_work_dir, prepare_store  # noqa: F401 (re-exported)
+from .common import config_hash as _hash
+from .runner import BenchInterrupted, ResultCache, interruptible, stop_requested, worker_setup
 
 
 def default_work_dir() -> Path:
-    env = os.environ.get("MORPHLM_CACHE")
-    base = Path(env).expanduser() if env else Path.home() / ".cache" / "morphlm"
-    return base / "growth-bench"
-
-
-def prepare_store(cfg: GrowthBenchConfig, show_progress: bool = True):
-    """(tokenizer, token store) of the benchmark corpus: split by whole documents (one per book)."""
-    from ..data import prepare_lm_store
-
-    return prepare_lm_store(cfg.corpus, cfg.vocab_size, max_bytes=cfg.max_bytes, val_fraction=cfg.val_fraction,
-                            seed=0, show_progress=show_progress)
+    return bench_work_dir("growth-bench")
 
 
 def make_batches(cfg: GrowthBenchConfig, store, tokenizer, stream: str, seed: int):
@@ -91,13 +76,6 @@ def _loss_fn():
 
 
 # ---------------------------------------------------------------------------- one job (runs in a worker)
-def _set_threads() -> None:
-    import torch
-
-    n = int(os.environ.get("MORPHLM_BENCH_THREADS", "1"))
-    torch.set_num_threads(max(n, 1))
-
-
 def train_source(cfg: GrowthBenchConfig, name: str, seed: int, work: Path) -> Path:
     """Pretrain (or reuse, or resume) source ``name`` of ``seed``; returns its checkpoint directory."""
     import torch
@@ -233,8 +211,7 @@ def _jsonable(x: Any) -> Any:
 def job(payload: dict[str, Any]) -> dict[str, Any]:
     """Worker entry point (:func:`morphlm.bench.runner.run_jobs`): one source pretraining or one (arm, seed) run,
     from plain data. A run cut short by a stop reports ``interrupted`` (it was not cached)."""
-    _set_threads()
-    logging.getLogger("morphlm").setLevel(logging.WARNING)
+    worker_setup()
     cfg = GrowthBenchConfig(**payload["cfg"])
     work = Path(payload["work"])
     try:

@@ -34,14 +34,10 @@ README table are :mod:`.moe_report`'s.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
 import shutil
 import statistics
 import time
-import traceback
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -50,35 +46,21 @@ from .moe_config import (ARMS, SCHEMA_VERSION, BenchError, MoEBenchConfig, ci_co
                          quick_config)
 from .moe_report import (GOALS, LOAD_KEYS, analyse, loss_at_flops, markdown_table, mean_curve,  # noqa: F401
                          plot_results, summarise)
-from .runner import STOP, BenchInterrupted, ResultCache, interruptible, run_jobs, stop_requested
+from .common import bench_work_dir, prepare_store, results_file, store_meta  # noqa: F401
+from .common import config_hash as _hash
+from .runner import STOP, Outcomes, ResultCache, fit_run, guarded_job, run_jobs, run_precision, worker_setup
 
 log = logging.getLogger("morphlm.bench.moe")
 
 
-def _hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def default_work_dir() -> Path:
-    env = os.environ.get("MORPHLM_CACHE")
-    base = Path(env).expanduser() if env else Path.home() / ".cache" / "morphlm"
-    return base / "moe-bench"
+    return bench_work_dir("moe-bench")
 
 
 def results_path(cfg: MoEBenchConfig) -> Path:
     """benchmarks/results/moe.json (``$MORPHLM_RESULTS`` moves the folder); moe-quick.json / moe-test.json for the
     small profiles, so a smoke test never overwrites the committed results."""
-    from .common import RESULTS_DIR
-
-    folder = Path(os.environ["MORPHLM_RESULTS"]) if os.environ.get("MORPHLM_RESULTS") else RESULTS_DIR
-    return folder / ("moe.json" if cfg.profile == "full" else f"moe-{cfg.profile}.json")
-
-
-def prepare_store(cfg: MoEBenchConfig, show_progress: bool = True):
-    from ..data import prepare_lm_store
-
-    return prepare_lm_store(cfg.corpus, cfg.vocab_size, max_bytes=cfg.max_bytes, val_fraction=cfg.val_fraction,
-                            seed=0, show_progress=show_progress)
+    return results_file("moe", cfg.profile)
 
 
 # ------------------------------------------------------------------------------------------- one (arm, seed) run
@@ -108,8 +90,6 @@ def run_arm(cfg: MoEBenchConfig, arm: str, seed: int, work: Path) -> dict[str, A
     from ..data.batches import LMBatches, derive_seed
     from ..model import TransformerLM
     from ..train.flops import param_counts, training_flops_per_token
-    from ..train.loop import fit
-    from ..train.metrics import read_metrics
 
     tokenizer, store = prepare_store(cfg, show_progress=False)
     key = _arm_key(cfg, arm, seed, store.meta["corpus_fingerprint"])
@@ -120,55 +100,34 @@ def run_arm(cfg: MoEBenchConfig, arm: str, seed: int, work: Path) -> dict[str, A
     t0 = time.perf_counter()
     model_cfg = cfg.arm_config(arm)
     data = LMBatches(store, cfg.batch_size, cfg.seq_len, seed=seed, eval_batches=cfg.eval_batches)
-    args = cfg.train_args(seed)
     out = work / "runs" / key
-    args.out_dir, args.resume, args.save_every = str(out), "auto", max(cfg.steps // 4, 1)
     torch.manual_seed(derive_seed("moe-bench-init", arm, seed) % (2**31))
     model = TransformerLM(model_cfg)
-    with interruptible(f"{arm} seed {seed}", f"{out} holds its state — rerun the same command to resume it"):
-        res = fit(model, None, data, args, tokenizer_json=tokenizer.to_json_str(),
-                  lineage={"verb": "train", "preset": f"moe-bench {arm}", "parents": []})
-    if res.steps < args.max_steps:
-        raise BenchError(f"{arm} seed {seed} stopped at step {res.steps} of {args.max_steps}; rerun to resume it")
-    records = read_metrics(out)
+    res, records = fit_run(model, data, cfg.train_args(seed), out, tokenizer, what=f"{arm} seed {seed}",
+                           preset=f"moe-bench {arm}", save_every=max(cfg.steps // 4, 1), error=BenchError)
     curve = [{"step": int(r["step"]), "flops": float(r["flops"]), "tokens": int(r["tokens"]),
               "val_loss": float(r["val_loss"])} for r in records if "val_loss" in r]
     if not curve:
         raise BenchError(f"{arm} seed {seed}: the run logged no validation loss; eval_every must be <= steps")
     total, active = param_counts(model_cfg)
-    precisions = sorted({r.get("precision") for r in records if r.get("precision")})
     record = {"arm": arm, "seed": seed, "key": key, "config": model_cfg.to_dict(),
               "total_params": total, "active_params": active,
               "flops_per_token": training_flops_per_token(model_cfg, cfg.seq_len),
               "train_flops": float(res.flops), "tokens": int(res.tokens), "steps": int(res.steps),
               "final_val_loss": curve[-1]["val_loss"], "curve": curve, "load": load_summary(records),
               "tok_per_s": statistics.median([float(r["tok_per_s"]) for r in records if "tok_per_s" in r] or [0.0]),
-              "precision": precisions[0] if len(precisions) == 1 else (precisions or [res.precision]),
+              "precision": run_precision(records, res.precision),
               "wall_s": time.perf_counter() - t0}
     cache.store(key, record, f"{arm} seed {seed}")
     shutil.rmtree(out, ignore_errors=True)
     return record
 
 
-def _set_threads() -> None:
-    import torch
-
-    torch.set_num_threads(max(int(os.environ.get("MORPHLM_BENCH_THREADS", "1")), 1))
-
-
 def job(payload: dict[str, Any]) -> dict[str, Any]:
     """Worker entry point (:func:`morphlm.bench.runner.run_jobs`): one (arm, seed) run from plain data."""
-    _set_threads()
-    logging.getLogger("morphlm").setLevel(logging.WARNING)
+    worker_setup()
     cfg = MoEBenchConfig(**payload["cfg"])
-    try:
-        return {"ok": True, "record": run_arm(cfg, payload["name"], payload["seed"], Path(payload["work"]))}
-    except BenchInterrupted as exc:
-        return {"ok": False, "interrupted": True, "error": str(exc)}
-    except Exception as exc:  # reported by the parent with the job's name
-        if stop_requested():
-            return {"ok": False, "interrupted": True, "error": f"{type(exc).__name__}: {exc}"}
-        return {"ok": False, "error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()}
+    return guarded_job(lambda: run_arm(cfg, payload["name"], payload["seed"], Path(payload["work"])))
 
 
 # ------------------------------------------------------------------------------------------- layer and simulator
@@ -219,7 +178,7 @@ def run_benchmark(cfg: MoEBenchConfig, *, out_json: str | Path | None = None, wo
 
 def _run(cfg: MoEBenchConfig, *, out_json, work_dir, workers, plot) -> dict[str, Any]:
     from ..train.steps import resolve_precision
-    from .common import metadata, usable_cores, write_json
+    from .common import metadata, usable_cores, write_results
 
     cfg.validate()
     arms = cfg.selected_arms()
@@ -231,20 +190,12 @@ def _run(cfg: MoEBenchConfig, *, out_json, work_dir, workers, plot) -> dict[str,
     if workers is None:
         workers = min(usable_cores(), 2)
     payload = asdict(cfg)
-    runs: dict[str, dict[int, dict]] = {}
-    failures: list[dict] = []
-
-    def collect(p, r):
-        if r["ok"]:
-            runs.setdefault(p["name"], {})[p["seed"]] = r["record"]
-        else:
-            log.error("%s seed %s failed: %s\n%s", p["name"], p["seed"], r["error"], r.get("trace", ""))
-            failures.append({"arm": p["name"], "seed": p["seed"], "error": r["error"]})
-
+    outcomes = Outcomes()
     order = {"loopmoe": 0, "unipool": 1, "unipool-half": 1}  # longest first, so two workers finish together
     jobs = [{"name": a, "seed": s, "cfg": payload, "work": str(work)}
             for a in sorted(arms, key=lambda a: order.get(a, 2)) for s in cfg.seeds]
-    run_jobs(jobs, job, workers=workers, desc="moe bench: arms", on_done=collect)
+    run_jobs(jobs, job, workers=workers, desc="moe bench: arms", on_done=outcomes.collect)
+    runs, failures = outcomes.runs, outcomes.failures
     if "vanilla" not in runs:
         raise BenchError(f"the vanilla MoE runs failed ({failures}); every difference is measured against them")
     runs = {a: runs[a] for a in ARMS if a in runs}  # the report's order, not the order the workers finished in
@@ -271,15 +222,10 @@ def _run(cfg: MoEBenchConfig, *, out_json, work_dir, workers, plot) -> dict[str,
         "config": {**asdict(cfg), "vanilla_config": van_cfg.to_dict(),
                    "tokens_per_run": cfg.steps * cfg.batch_size * cfg.seq_len},
         "data": {"corpus": cfg.corpus, "store": str(store.path), "vocab_size": tokenizer.vocab_size,
-                 **{k: store.meta.get(k) for k in ("n_train_docs", "n_val_docs", "n_train_tokens", "n_val_tokens",
-                                                   "split_mode", "val_doc_names")}},
+                 **store_meta(store, "val_doc_names")},
         "arm_descriptions": {a: ARMS[a] for a in arms},
         "arms": arm_stats, "layer": layer, "simulator": sim,
         "runs": {a: {str(s): r for s, r in sorted(by.items())} for a, by in runs.items()},
         "failures": failures, "wall_s": time.perf_counter() - t0,
     }
-    write_json(out_json, results)
-    if plot:
-        results["plot"] = str(plot_results(results, out_json.with_suffix(".png")))
-        write_json(out_json, results)
-    return results
+    return write_results(out_json, results, plot_results if plot else None)

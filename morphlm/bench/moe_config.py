@@ -9,6 +9,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from .common import check_run_settings
+
 SCHEMA_VERSION = 1
 
 # arm name -> what it is (the order is the report's order)
@@ -74,15 +76,7 @@ class MoEBenchConfig:
     simulator: str = "full"
 
     def validate(self) -> None:
-        if self.profile not in ("full", "quick", "test"):
-            raise BenchError(f"profile={self.profile!r}: choose full, quick or test")
-        if self.steps < 2 or not 1 <= self.eval_every <= self.steps:
-            raise BenchError(f"steps={self.steps}, eval_every={self.eval_every}: need steps >= 2 and "
-                             f"1 <= eval_every <= steps so the validation curve has points")
-        if not self.seeds:
-            raise BenchError("no seeds: pass --seeds N with N >= 1")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise BenchError(f"precision={self.precision!r}: choose auto, fp32 or bf16")
+        check_run_settings(self, BenchError)
         if self.simulator not in ("full", "quick", "tiny", "off"):
             raise BenchError(f"simulator={self.simulator!r}: choose full, quick, tiny or off")
         if self.top_k > self.experts:

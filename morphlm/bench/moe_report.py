@@ -8,6 +8,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from .common import fmt as _f
+from .common import pyplot, save_plot
 from .stats import mean_std
 
 LOAD_KEYS = ("moe_cv", "moe_max_vio", "moe_dead", "pool0_cv", "pool0_max_vio", "pool0_dead", "loss_aux")
@@ -125,12 +127,7 @@ def mean_curve(by_seed: dict[str, dict]) -> tuple[list[float], list[float], list
 
 def plot_results(results: dict[str, Any], png: str | Path) -> Path:
     """Validation loss (held-out books) against cumulative training FLOPs, mean over seeds ± std band, per arm."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..train.metrics import save_figure
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
     for arm, by_seed in results["runs"].items():
@@ -155,14 +152,7 @@ def plot_results(results: dict[str, Any], png: str | Path) -> Path:
     ax.set_title(f"MoE benchmark: d={c['d_model']}, L={c['n_layers']}, ctx {c['seq_len']}, {c['steps']} steps × "
                  f"{c['batch_size'] * c['seq_len']} tokens, {results['summary']['seeds']} seed(s), "
                  f"{results.get('precision', '?')}", fontsize=9)
-    try:
-        return save_figure(fig, png)
-    finally:
-        plt.close(fig)
-
-
-def _f(v: float | None, fmt: str = ".3f") -> str:
-    return "–" if v is None else format(v, fmt)
+    return save_plot(fig, png)
 
 
 def markdown_table(results: dict[str, Any]) -> str:

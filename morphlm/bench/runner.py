@@ -193,7 +193,42 @@ def run_jobs(jobs: Iterable[dict], job_fn: Callable[[dict], dict], *, workers: i
                                + "; finished runs are cached — rerun the same command to continue")
 
 
+# ------------------------------------------------------------------------------------------ one training run
+def fit_run(model: Any, data: Any, args: Any, out: Path, tokenizer: Any, *, what: str, preset: str,
+              save_every: int, error: type[Exception]) -> tuple[Any, list[dict]]:
+    """One (arm, seed) training run of an LM benchmark: ``fit()`` writes its checkpoint into ``out`` every
+    ``save_every`` steps and resumes it when a previous run was cut short. A stop ends the run with
+    :class:`BenchInterrupted` (``out`` keeps its state); a run that ended before ``args.max_steps`` raises
+    ``error``. Returns fit's result and the run's metrics.jsonl records."""
+    from ..train.loop import fit
+    from ..train.metrics import read_metrics
+
+    args.out_dir, args.resume, args.save_every = str(out), "auto", save_every
+    with interruptible(what, f"{out} holds its state — rerun the same command to resume it"):
+        res = fit(model, None, data, args, tokenizer_json=tokenizer.to_json_str(),
+                  lineage={"verb": "train", "preset": preset, "parents": []})
+    if res.steps < args.max_steps:
+        raise error(f"{what} stopped at step {res.steps} of {args.max_steps}; rerun to resume it")
+    return res, read_metrics(out)
+
+
+def run_precision(records: list[dict], fallback: str) -> str | list[str]:
+    """The precision a run trained in, from its metrics records: the one value, or the sorted list when it changed
+    (a resumed run), or ``[fallback]`` when none was logged."""
+    precisions = sorted({r.get("precision") for r in records if r.get("precision")})
+    return precisions[0] if len(precisions) == 1 else (precisions or [fallback])
+
+
 # ------------------------------------------------------------------------------------------ job outcomes
+def worker_setup() -> None:
+    """The start of a worker's job: torch threads from ``$MORPHLM_BENCH_THREADS`` (default 1, at least 1) and
+    morphlm's log at WARNING (the parent reports progress)."""
+    import torch
+
+    torch.set_num_threads(max(int(os.environ.get("MORPHLM_BENCH_THREADS", "1")), 1))
+    logging.getLogger("morphlm").setLevel(logging.WARNING)
+
+
 def guarded_job(fn: Callable[[], dict]) -> dict:
     """A worker's body around ``fn()`` (one (arm, seed) record): ``{"ok": True, "record": ...}``; a stop (or any
     error raised while a stop was requested) ``{"ok": False, "interrupted": True, "error"}``; any other error

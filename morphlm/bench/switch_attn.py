@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import random
 import shutil
 import statistics
@@ -56,9 +55,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .common import bench_work_dir, results_file
+from .common import (bench_work_dir, check_run_settings, prepare_store, pyplot, results_file, save_plot,
+                     store_meta)
 from .common import config_hash as _hash
-from .runner import STOP, BenchInterrupted, Outcomes, ResultCache, guarded_job, interruptible, run_jobs
+from .runner import (STOP, BenchInterrupted, Outcomes, ResultCache, fit_run, guarded_job, run_jobs,  # noqa: F401
+                     worker_setup)
 
 log = logging.getLogger("morphlm.bench.switch_attn")
 
@@ -117,12 +118,7 @@ class SwitchBenchConfig:
     memory: bool = True
 
     def validate(self) -> None:
-        if self.profile not in ("full", "quick", "test"):
-            raise BenchError(f"profile={self.profile!r}: choose full, quick or test")
-        if not self.seeds:
-            raise BenchError("no seeds: pass --seeds N with N >= 1")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise BenchError(f"precision={self.precision!r}: choose auto, fp32 or bf16")
+        check_run_settings(self, BenchError, curve=False)
         if not 1 <= self.window < self.seq_len:
             raise BenchError(f"window={self.window} must be at least 1 and smaller than seq_len={self.seq_len}; "
                              f"lower the window or raise seq_len")
@@ -231,13 +227,6 @@ def results_path(cfg: SwitchBenchConfig) -> Path:
     """benchmarks/results/switch-attn.json (``$MORPHLM_RESULTS`` moves the folder); switch-attn-quick.json /
     switch-attn-test.json for the small profiles."""
     return results_file("switch-attn", cfg.profile)
-
-
-def prepare_store(cfg: SwitchBenchConfig, show_progress: bool = True):
-    from ..data import prepare_lm_store
-
-    return prepare_lm_store(cfg.corpus, cfg.vocab_size, max_bytes=cfg.max_bytes, val_fraction=cfg.val_fraction,
-                            seed=0, show_progress=show_progress)
 
 
 def _mean(xs):
@@ -438,7 +427,6 @@ def pretrain(cfg: SwitchBenchConfig, work: Path) -> Path:
 
     from ..data.batches import LMBatches, derive_seed
     from ..model import TransformerLM
-    from ..train.loop import fit
 
     tokenizer, store = prepare_store(cfg, show_progress=False)
     out = work / "pretrain" / _pretrain_key(cfg, store.meta["corpus_fingerprint"])
@@ -446,16 +434,12 @@ def pretrain(cfg: SwitchBenchConfig, work: Path) -> Path:
     if done.is_file():
         return out
     args = cfg.train_args(0, pretrain=True)
-    args.out_dir, args.resume, args.save_every = str(out), "auto", max(args.max_steps // 4, 1)
     data = LMBatches(store, cfg.batch_size, cfg.seq_len, seed=derive_seed("switch-bench-pretrain") % (2**31),
                      eval_batches=cfg.eval_batches)
     torch.manual_seed(derive_seed("switch-bench-init") % (2**31))
     model = TransformerLM(cfg.full_config())
-    with interruptible("the pretraining", f"{out} holds its state — rerun the same command to resume it"):
-        res = fit(model, None, data, args, tokenizer_json=tokenizer.to_json_str(),
-                  lineage={"verb": "train", "preset": "switch-attn-bench pretrain", "parents": []})
-    if res.steps < args.max_steps:
-        raise BenchError(f"the pretraining stopped at step {res.steps} of {args.max_steps}; rerun to resume it")
+    fit_run(model, data, args, out, tokenizer, what="the pretraining", preset="switch-attn-bench pretrain",
+            save_every=max(args.max_steps // 4, 1), error=BenchError)
     done.write_text("done\n")
     return out
 
@@ -475,8 +459,6 @@ def run_arm(cfg: SwitchBenchConfig, arm: str, seed: int, work: Path, pre_dir: st
     from ..model import TransformerLM
     from ..train import checkpoint as ckpt
     from ..train.flops import attention_flops_per_token
-    from ..train.loop import fit
-    from ..train.metrics import read_metrics
     from ..train.steps import resolve_precision
 
     tokenizer, store = prepare_store(cfg, show_progress=False)
@@ -488,9 +470,7 @@ def run_arm(cfg: SwitchBenchConfig, arm: str, seed: int, work: Path, pre_dir: st
     t0 = time.perf_counter()
     model_cfg = cfg.arm_config(arm)
     data = LMBatches(store, cfg.batch_size, cfg.seq_len, seed=seed, eval_batches=cfg.eval_batches)
-    args = cfg.train_args(seed)
     out = work / "runs" / key
-    args.out_dir, args.resume, args.save_every = str(out), "auto", max(cfg.steps // 4, 1)
     torch.manual_seed(derive_seed("switch-bench-arm", arm, seed) % (2**31))
     model = TransformerLM(model_cfg)
     state, _ = ckpt.load_state_dict(pre_dir)
@@ -499,13 +479,9 @@ def run_arm(cfg: SwitchBenchConfig, arm: str, seed: int, work: Path, pre_dir: st
     if missing:
         raise BenchError(f"{arm}: the pretrained model lacks {missing[:3]}; delete {pre_dir} and rerun")
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
-    with interruptible(f"{arm} seed {seed}", f"{out} holds its state — rerun the same command to resume it"):
-        res = fit(model, None, data, args, tokenizer_json=tokenizer.to_json_str(),
-                  lineage={"verb": "train", "preset": f"switch-attn-bench {arm}", "parents": []})
-    if res.steps < args.max_steps:
-        raise BenchError(f"{arm} seed {seed} stopped at step {res.steps} of {args.max_steps}; rerun to resume it")
+    res, records = fit_run(model, data, cfg.train_args(seed), out, tokenizer, what=f"{arm} seed {seed}",
+                           preset=f"switch-attn-bench {arm}", save_every=max(cfg.steps // 4, 1), error=BenchError)
     precision = resolve_precision(torch.device("cpu"), cfg.precision)
-    records = read_metrics(out)
     curve = [{"step": int(r["step"]), "tokens": int(r["tokens"]), "val_loss": float(r["val_loss"])}
              for r in records if "val_loss" in r]
     steps = [r for r in records if "loss" in r]
@@ -533,10 +509,7 @@ def run_arm(cfg: SwitchBenchConfig, arm: str, seed: int, work: Path, pre_dir: st
 
 def job(payload: dict[str, Any]) -> dict[str, Any]:
     """Worker entry point (:func:`morphlm.bench.runner.run_jobs`): one (arm, seed) continuation."""
-    import torch
-
-    torch.set_num_threads(max(int(os.environ.get("MORPHLM_BENCH_THREADS", "1")), 1))
-    logging.getLogger("morphlm").setLevel(logging.WARNING)
+    worker_setup()
     cfg = SwitchBenchConfig(**payload["cfg"])
     return guarded_job(lambda: run_arm(cfg, payload["name"], payload["seed"], Path(payload["work"]), payload["pre"]))
 
@@ -652,11 +625,7 @@ def markdown_table(results: dict[str, Any]) -> str:
 
 def plot_results(results: dict[str, Any], path: Path) -> Path:
     """Validation curves of the continuation (mean over seeds) and retrieval accuracy per arm."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     for arm, by in results["runs"].items():
         curves = [r["curve"] for r in by.values()]
@@ -671,11 +640,7 @@ def plot_results(results: dict[str, Any], path: Path) -> Path:
     ax2.set_ylabel("retrieval probe accuracy")
     ax2.set_ylim(0.0, 1.0)
     ax2.tick_params(axis="x", rotation=30)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_plot(fig, path, dpi=100)
 
 
 # ------------------------------------------------------------------------------------------------- the benchmark
@@ -692,7 +657,7 @@ def _run(cfg: SwitchBenchConfig, *, out_json, work_dir, workers, plot) -> dict[s
     import torch
 
     from ..train.steps import resolve_precision
-    from .common import metadata, usable_cores, write_json
+    from .common import metadata, usable_cores, write_results
 
     work = Path(work_dir) if work_dir is not None else default_work_dir()
     work.mkdir(parents=True, exist_ok=True)
@@ -732,14 +697,9 @@ def _run(cfg: SwitchBenchConfig, *, out_json, work_dir, workers, plot) -> dict[s
                    "tokens_per_arm": cfg.steps * cfg.batch_size * cfg.seq_len,
                    "pretrain_tokens": cfg.pretrain_steps * cfg.batch_size * cfg.seq_len},
         "data": {"corpus": cfg.corpus, "vocab_size": tokenizer.vocab_size,
-                 **{k: store.meta.get(k) for k in ("n_train_docs", "n_val_docs", "n_train_tokens", "n_val_tokens",
-                                                   "split_mode")}},
+                 **store_meta(store)},
         "arms": arm_stats, "timing": timing,
         "runs": {a: {str(s): r for s, r in sorted(by.items())} for a, by in runs.items()},
         "failures": failures, "wall_s": time.perf_counter() - t0,
     }
-    write_json(out_json, results)
-    if plot:
-        results["plot"] = str(plot_results(results, out_json.with_suffix(".png")))
-        write_json(out_json, results)
-    return results
+    return write_results(out_json, results, plot_results if plot else None)

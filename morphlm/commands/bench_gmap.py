@@ -8,6 +8,8 @@ from typing import Optional
 import typer
 
 from .base import _setup_logging, bench_app, friendly
+from .bench_options import (config_changes, out_option, precision_option, print_table, run_and_report, seeds_option,
+                            table_option, verbose_option, work_dir_option, workers_option)
 from .options import verb, with_config
 
 
@@ -24,22 +26,17 @@ def bench_gmap(
     data_dir: Optional[Path] = typer.Option(
         None, help="Folder that holds glue-sst2/ (the task, and domain sentences) and sst2-sentences/ (domain "
                    "sentences). Default: $MORPHLM_DATA, else ../shared/data next to the repository."),
-    seeds: Optional[int] = typer.Option(None, help="Number of seeds (default 3; --quick 1)."),
+    seeds: Optional[int] = seeds_option(),
     pretrain_steps: Optional[int] = typer.Option(None, help="Steps of the general model's pretraining (once)."),
     domain_steps: Optional[int] = typer.Option(None, help="Domain-pretraining steps of DAPT and every G-MAP arm."),
     finetune_steps: Optional[int] = typer.Option(None, help="SST-2 fine-tuning steps of every arm."),
-    precision: Optional[str] = typer.Option(
-        None, help="auto (default: bf16 autocast on CPUs with native bf16, else fp32) | fp32 | bf16."),
-    workers: Optional[int] = typer.Option(None, help="Parallel single-threaded runs (default min(cores, 2))."),
-    out: Optional[Path] = typer.Option(
-        None, help="Results JSON (default benchmarks/results/gmap.json, gmap-quick.json with --quick; "
-                   "$MORPHLM_RESULTS moves the folder). The plot is written next to it (.png)."),
-    work_dir: Optional[Path] = typer.Option(
-        None, help="Cache of the general model, the domain corpus and finished (arm, seed) runs; a rerun reuses them "
-                   "and resumes unfinished runs. Default $MORPHLM_CACHE/gmap-bench."),
-    table: bool = typer.Option(False, "--table", help="Print the README markdown table of an existing results JSON "
-                                                     "and exit (runs nothing)."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    precision: Optional[str] = precision_option(),
+    workers: Optional[int] = workers_option(),
+    out: Optional[Path] = out_option("gmap"),
+    work_dir: Optional[Path] = work_dir_option(
+        "gmap-bench", "the general model, the domain corpus and finished (arm, seed) runs"),
+    table: bool = table_option(),
+    verbose: bool = verbose_option(),
 ) -> None:
     """Pretrain a general model on the books once, then for several seeds: fine-tune it on SST-2; domain-adaptive
     pretraining (DAPT) on movie-review sentences then fine-tuning; G-MAP with each fusion strategy (the frozen
@@ -47,24 +44,12 @@ def bench_gmap(
     (general-domain loss after adaptation) and the compute of each arm."""
     _setup_logging(verbose)
     from ..bench import gmap as gb
-    from ..bench.common import results_table
 
     if table:
-        path = out or gb.results_path(gb.quick_config() if quick else gb.full_config())
-        typer.echo(results_table(path, gb.markdown_table, "gmap", gb.BenchError))
+        print_table("gmap", gb, gb.quick_config() if quick else gb.full_config(), out)
         return
-    changes: dict = {}
-    if seeds is not None:
-        if seeds < 1:
-            raise gb.BenchError(f"--seeds {seeds}: need at least 1")
-        changes["seeds"] = list(range(seeds))
-    if data_dir is not None:
-        changes["data_dir"] = str(data_dir)
-    for name, value in (("corpus", corpus), ("max_bytes", max_bytes), ("pretrain_steps", pretrain_steps),
-                        ("domain_steps", domain_steps), ("finetune_steps", finetune_steps), ("precision", precision)):
-        if value is not None:
-            changes[name] = value
+    changes = config_changes(gb.BenchError, seeds, data_dir=None if data_dir is None else str(data_dir),
+                             corpus=corpus, max_bytes=max_bytes, pretrain_steps=pretrain_steps,
+                             domain_steps=domain_steps, finetune_steps=finetune_steps, precision=precision)
     cfg = gb.quick_config(**changes) if quick else gb.full_config(**changes)
-    results = gb.run_benchmark(cfg, out_json=out, work_dir=work_dir, workers=workers)
-    typer.echo(gb.markdown_table(results))
-    typer.echo(f"\nwrote {out or gb.results_path(cfg)} and {results.get('plot')}")
+    run_and_report(gb, cfg, out, work_dir, workers)

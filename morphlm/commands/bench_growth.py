@@ -8,6 +8,8 @@ from typing import Optional
 import typer
 
 from .base import _setup_logging, bench_app, friendly
+from .bench_options import (comma_list, config_changes, max_bytes_option, print_table, run_and_report, seeds_option,
+                            table_option, verbose_option, workers_option)
 from .options import verb, with_config
 
 
@@ -21,14 +23,14 @@ def bench_growth(
         None, help="Corpus (name, folder, glob). Default: gutenberg/ of the data folder ($MORPHLM_DATA, default "
                    "../shared/data) when present, else shakespeare. "
                    "Train/validation are split by whole documents (one per book/file)."),
-    max_bytes: Optional[int] = typer.Option(None, help="Cap on corpus bytes (whole documents in order)."),
-    seeds: Optional[int] = typer.Option(None, help="Number of seeds (default 3; --quick 1)."),
+    max_bytes: Optional[int] = max_bytes_option(),
+    seeds: Optional[int] = seeds_option(),
     methods: Optional[str] = typer.Option(
         None, help="Comma-separated arms (default all): fpi,aki,stack,interpolate,msg,ligo,mango,two-stage,apollo,mslt. "
                    "scratch always runs."),
     steps: Optional[int] = typer.Option(
         None, "--max-steps", help="Training steps of every target run (scratch, grown, scheduled); sources train half as many."),
-    workers: Optional[int] = typer.Option(None, help="Parallel single-threaded runs (default min(cores, 2))."),
+    workers: Optional[int] = workers_option(),
     out: Optional[Path] = typer.Option(
         None, help="Results JSON (default benchmarks/results/growth.json; growth-quick.json with --quick, "
                    "growth-mlm*.json with --objective mlm; "
@@ -36,41 +38,23 @@ def bench_growth(
     work_dir: Optional[Path] = typer.Option(
         None, help="Cache of sources and finished (arm, seed) runs; a rerun reuses them. Default "
                    "$MORPHLM_CACHE/growth-bench."),
-    table: bool = typer.Option(False, "--table", help="Print the README markdown table of an existing results JSON "
-                                                     "and exit (runs nothing)."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    table: bool = table_option(),
+    verbose: bool = verbose_option(),
 ) -> None:
     """Train one target model from scratch and from every growth method (same data order, eval set and schedule
     for each), for several seeds, and report the FLOPs each needs to reach the scratch run's final validation
     loss: saving = 1 - C_method/C_scratch, with and without the source model's pretraining cost."""
     _setup_logging(verbose)
-    import json
-
     from ..bench import growth as gb
 
     if table:
-        path = out or gb.results_path((gb.quick_config if quick else gb.full_config)(objective=objective))
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"{path} does not exist; run `morphlm bench growth` first (or pass --out FILE)")
-        typer.echo(gb.markdown_table(json.loads(Path(path).read_text())))
+        print_table("growth", gb, (gb.quick_config if quick else gb.full_config)(objective=objective), out)
         return
-    changes: dict = {"objective": objective}
-    if corpus is not None:
-        changes["corpus"] = corpus
-    if max_bytes is not None:
-        changes["max_bytes"] = max_bytes
-    if seeds is not None:
-        if seeds < 1:
-            raise gb.BenchError(f"--seeds {seeds}: need at least 1")
-        changes["seeds"] = list(range(seeds))
-    if methods:
-        changes["methods"] = [m.strip() for m in methods.split(",") if m.strip()]
+    changes = config_changes(gb.BenchError, seeds, objective=objective, corpus=corpus, max_bytes=max_bytes,
+                             methods=comma_list(methods), steps=steps)
     if steps is not None:
-        changes["steps"] = steps
         changes["source_steps"] = max(steps // 2, 1)  # both presets train sources for half the target's steps
     cfg = gb.quick_config(**changes) if quick else gb.full_config(**changes)
     if steps is not None and cfg.eval_every > steps:
         cfg.eval_every = max(steps // 10, 1)
-    results = gb.run_benchmark(cfg, out_json=out, work_dir=work_dir, workers=workers)
-    typer.echo(gb.markdown_table(results))
-    typer.echo(f"\nwrote {out or gb.results_path(cfg)} and {results.get('plot')}")
+    run_and_report(gb, cfg, out, work_dir, workers)

