@@ -1,0 +1,274 @@
+"""Proof search through the TRIGO gym: a best-first prover guided by a morphlm causal LM policy, and its two
+anchors at equal expansions (Xiong et al., EMNLP 2023, arXiv 2310.10180, §4; TRIGO's search.py follows the
+GPT-f/Polu & Sutskever 2020, arXiv 2009.03393, §4.2 recipe).
+
+* **LM best-first**: a global priority queue of proof states; each expansion pops the state with the highest
+  cumulative log-probability (the sum over the actions that led to it), samples ``samples`` (8) actions from the
+  policy (deduplicated), applies each in the gym (every step checked there: an action that does not parse or does
+  not apply is dropped and counted) and pushes every child not seen before (dedup of visited states by their
+  text). ≤ ``max_expansions`` (128) expansions.
+* **Uniform BFS**: the same queue in first-in first-out order over ALL legal actions of a state (shuffled by the
+  attempt's seed, so attempts differ); ``width`` caps the children per expansion.
+* **Size heuristic**: best-first on the child's size — trig atoms first, then operations (fewest first, as SymPy's
+  ``fu`` simplification measures progress: Fu, Zhong & Zeng 2006, "Automated and readable simplification of
+  trigonometric expressions"), ties broken by the attempt's seed.
+
+A search stops at the first closed state (proved), when the queue empties (exhausted), after ``max_expansions``
+(budget) or after ``time_limit`` seconds (time); it reports the proof found (or none) and what it spent.
+
+pass@k from n ≥ k attempts of which c succeed: 1 − C(n−c, k)/C(n, k) (Chen et al. 2021, arXiv 2107.03374, §2.1).
+
+The gym is reached through :class:`SearchEnv`: anything with ``actions(state)``, ``step(state, action)`` (raising
+on an action that does not apply), ``is_closed(state)`` and text forms of states and actions;
+:func:`gym_env` wraps the TRIGO gym (morphlm.reason.trigo_gym).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import random
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterable, Protocol, Sequence
+
+SEARCHERS = ("bfs", "heuristic", "lm")
+
+
+class ProverError(ValueError):
+    """Bad input to the prover (unknown searcher, bad budget, a policy missing); the message says the fix."""
+
+
+class SearchEnv(Protocol):
+    def actions(self, state) -> list: ...
+
+    def step(self, state, action): ...
+
+    def is_closed(self, state) -> bool: ...
+
+    def state_text(self, state) -> str: ...
+
+    def action_text(self, action) -> str: ...
+
+    def parse_action(self, text: str): ...
+
+
+@dataclass
+class SearchResult:
+    """What one search found and spent. ``stop``: proved | exhausted | expansions | time."""
+
+    proved: bool
+    proof: list[str]
+    stop: str
+    expansions: int
+    children: int = 0
+    rejected: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ------------------------------------------------------------------------------------------------ sizes
+_TRIG = re.compile(r"\b(?:sin|cos|tan|cot|sec|csc)\b")
+_OPS = re.compile(r"\*\*|[-+*/^]")
+
+
+def text_size(text: str) -> tuple[int, int]:
+    """(trig atoms, arithmetic operations) of a state's text: the size heuristic's key, smaller is simpler."""
+    return len(_TRIG.findall(text)), len(_OPS.findall(text))
+
+
+# ------------------------------------------------------------------------------------------------ pass@k
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n attempts with c successes: 1 − C(n−c, k)/C(n, k)."""
+    if not 0 <= c <= n or k < 1:
+        raise ProverError(f"pass@k needs 0 <= c <= n and k >= 1 (got n={n}, c={c}, k={k})")
+    if k > n:
+        raise ProverError(f"pass@{k} needs at least {k} attempts per problem, got n={n}; raise the attempts")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+# ------------------------------------------------------------------------------------------------ the search
+@dataclass(order=True)
+class _Node:
+    priority: Any
+    order: int
+    state: Any = field(compare=False)
+    path: list = field(compare=False)
+    score: float = field(compare=False, default=0.0)
+
+
+def search(env: SearchEnv, start, expand: Callable[[Any, float], Iterable[tuple[Any, float]]],
+           priority: Callable[[_Node, Any, float], Any], *, max_expansions: int = 128,
+           time_limit: float | None = None) -> SearchResult:
+    """The one search loop. ``expand(state, score)`` yields (action, action score) candidates; ``priority(parent,
+    child_state, child_score)`` orders the queue (smallest first; a child's score = parent's + action's).
+    Visited states (by text) are expanded at most once; a state queued again is only re-queued when reached with a
+    strictly lower cumulative score (the searchers without scores keep the first path found)."""
+    if max_expansions < 1:
+        raise ProverError(f"max_expansions={max_expansions}: need at least 1 expansion")
+    t0 = time.perf_counter()
+    if env.is_closed(start):
+        return SearchResult(True, [], "proved", 0, seconds=time.perf_counter() - t0)
+    counter = itertools.count()
+    root = _Node(0, next(counter), start, [], 0.0)
+    queue = [root]
+    best = {env.state_text(start): 0.0}  # lowest cumulative score a queued state was reached with
+    expanded: set[str] = set()
+    expansions = children = rejected = 0
+
+    def out(proved: bool, proof: list, stop: str) -> SearchResult:
+        return SearchResult(proved, [env.action_text(a) for a in proof], stop, expansions, children, rejected,
+                            time.perf_counter() - t0)
+
+    while queue:
+        if time_limit is not None and time.perf_counter() - t0 > time_limit:
+            return out(False, [], "time")
+        node = heapq.heappop(queue)
+        key = env.state_text(node.state)
+        if key in expanded or node.score > best[key]:  # a stale entry: the state was reached more cheaply since
+            continue
+        if expansions >= max_expansions:
+            return out(False, [], "expansions")
+        expanded.add(key)
+        expansions += 1
+        for action, a_score in expand(node.state, node.score):
+            if time_limit is not None and time.perf_counter() - t0 > time_limit:
+                return out(False, [], "time")
+            try:
+                child = env.step(node.state, action)
+            except Exception:  # the gym refused it (no match, a guard failed): a rejected candidate
+                rejected += 1
+                continue
+            children += 1
+            if env.is_closed(child):
+                return out(True, node.path + [action], "proved")
+            ckey = env.state_text(child)
+            score = node.score + a_score
+            if ckey in expanded or (ckey in best and score >= best[ckey]):
+                continue
+            best[ckey] = score
+            heapq.heappush(queue, _Node(priority(node, child, score), next(counter), child, node.path + [action],
+                                        score))
+    return out(False, [], "exhausted")
+
+
+def _legal(env: SearchEnv, state, rng: random.Random, width: int | None) -> list:
+    acts = list(env.actions(state))
+    rng.shuffle(acts)
+    return acts if width is None else acts[:width]
+
+
+def bfs(env: SearchEnv, start, *, seed: int = 0, max_expansions: int = 128, time_limit: float | None = None,
+        width: int | None = None) -> SearchResult:
+    """Uniform breadth-first search over the legal actions (in an order shuffled by ``seed``)."""
+    rng = random.Random(seed)
+    return search(env, start, lambda s, _: ((a, 0.0) for a in _legal(env, s, rng, width)),
+                  lambda parent, child, score: 0, max_expansions=max_expansions, time_limit=time_limit)
+
+
+def heuristic(env: SearchEnv, start, *, seed: int = 0, max_expansions: int = 128, time_limit: float | None = None,
+              width: int | None = None, size: Callable[[Any], tuple] | None = None) -> SearchResult:
+    """Best-first on the child's size (fewest trig atoms, then operations; ties by ``seed``)."""
+    rng = random.Random(seed)
+    size = size or (lambda st: text_size(env.state_text(st)))
+    return search(env, start, lambda s, _: ((a, 0.0) for a in _legal(env, s, rng, width)),
+                  lambda parent, child, score: (*size(child), rng.random()), max_expansions=max_expansions,
+                  time_limit=time_limit)
+
+
+def lm_best_first(env: SearchEnv, start, policy, *, seed: int = 0, samples: int = 8, max_expansions: int = 128,
+                  time_limit: float | None = None, temperature: float = 1.0) -> SearchResult:
+    """Best-first on the cumulative log-probability of the policy's sampled actions (``samples`` per expansion,
+    deduplicated). ``policy.sample(context, n, temperature=, generator=)`` → [(action text, log-prob)]; the
+    context is :func:`policy_context` of the state's text. An action text that does not parse is rejected."""
+    import torch
+
+    if samples < 1:
+        raise ProverError(f"samples={samples}: need at least 1 sampled action per expansion")
+    g = torch.Generator().manual_seed(seed)
+    bad = [0]
+
+    def expand(state, _score):
+        for text, logp in policy.sample(policy_context(env.state_text(state)), samples, temperature=temperature,
+                                        generator=g):
+            try:
+                action = env.parse_action(text)
+            except Exception:
+                bad[0] += 1
+                continue
+            yield action, -logp  # the queue pops the smallest: cost = − cumulative log-prob
+
+    res = search(env, start, expand, lambda parent, child, score: score, max_expansions=max_expansions,
+                 time_limit=time_limit)
+    res.rejected += bad[0]
+    return res
+
+
+def run_searcher(name: str, env: SearchEnv, start, *, policy=None, seed: int = 0, max_expansions: int = 128,
+                 time_limit: float | None = None, samples: int = 8, width: int | None = None) -> SearchResult:
+    """One attempt of searcher ``name`` (bfs | heuristic | lm)."""
+    if name == "bfs":
+        return bfs(env, start, seed=seed, max_expansions=max_expansions, time_limit=time_limit, width=width)
+    if name == "heuristic":
+        return heuristic(env, start, seed=seed, max_expansions=max_expansions, time_limit=time_limit, width=width)
+    if name == "lm":
+        if policy is None:
+            raise ProverError("the lm searcher needs a trained policy (train one with the bench, or pass --policy "
+                              "DIR)")
+        return lm_best_first(env, start, policy, seed=seed, samples=samples, max_expansions=max_expansions,
+                             time_limit=time_limit)
+    raise ProverError(f"unknown searcher {name!r}; choose one of {', '.join(SEARCHERS)}")
+
+
+def attempts(name: str, env: SearchEnv, start, n: int, **kw) -> list[SearchResult]:
+    """``n`` independent attempts (seeds 0..n−1) of searcher ``name`` on one problem."""
+    if n < 1:
+        raise ProverError(f"attempts={n}: need at least 1")
+    return [run_searcher(name, env, start, seed=i, **kw) for i in range(n)]
+
+
+# ------------------------------------------------------------------------------------------------ policy data
+GYM_TAG = "[gym] "
+LEAN_TAG = "[lean] "
+
+
+def policy_context(state_text: str) -> str:
+    """The policy's context for a gym state (gym pairs carry a tag so Lean steps and gym actions, two
+    vocabularies of actions, stay apart in one model)."""
+    return GYM_TAG + state_text
+
+
+def lean_context(goal: str) -> str:
+    return LEAN_TAG + goal
+
+
+def trajectory_pairs(env: SearchEnv, problems: Iterable[tuple[Any, Sequence[Any]]]) -> tuple[list[tuple[str, str]], int]:
+    """(context, action text) pairs from gold trajectories: each problem is (start state, [actions]); the actions
+    are replayed in the gym, so a pair is only kept for a step the gym accepts. Returns (pairs, rejected steps)."""
+    pairs: list[tuple[str, str]] = []
+    bad = 0
+    for start, actions in problems:
+        state = start
+        for a in actions:
+            try:
+                nxt = env.step(state, a)
+            except Exception:
+                bad += 1
+                break
+            pairs.append((policy_context(env.state_text(state)), env.action_text(a)))
+            state = nxt
+    return pairs, bad
+
+
+def policy_pairs(lean_steps: Iterable[tuple[str, str]], gym_pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The policy's training set: TG-REAL GOAL → PROOFSTEP steps (tagged as Lean) and gym (state → action) pairs.
+    Reconstruction: TRIGO trains its policy on Lean steps only; here the search acts through the gym, whose
+    actions are the rule bank's, so the generated trajectories teach those while the real steps add their goals'
+    vocabulary."""
+    return [(lean_context(g), t) for g, t in lean_steps] + list(gym_pairs)
