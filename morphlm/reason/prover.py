@@ -272,3 +272,45 @@ def policy_pairs(lean_steps: Iterable[tuple[str, str]], gym_pairs: Sequence[tupl
     actions are the rule bank's, so the generated trajectories teach those while the real steps add their goals'
     vocabulary."""
     return [(lean_context(g), t) for g, t in lean_steps] + list(gym_pairs)
+
+
+# ------------------------------------------------------------------------------------------------ the TRIGO gym
+class TrigoEnv:
+    """:class:`SearchEnv` over the TRIGO gym (morphlm.reason.trigo_gym): states are ``TrigoState``, actions
+    ``Action`` in the gym's one-line text format (``RULE ->|<- lhs|rhs [K=k] : SUBTERM``)."""
+
+    def __init__(self, gym=None) -> None:
+        from .trigo_gym import Gym
+
+        self.gym = gym if gym is not None else Gym()
+
+    def start(self, statement):
+        """The gym state of a loaded statement (trigo_data.Statement)."""
+        from .trigo_gym import TrigoState
+
+        return TrigoState.make(statement.lhs, statement.rhs)
+
+    def actions(self, state) -> list:
+        return self.gym.actions(state)
+
+    def step(self, state, action):
+        return self.gym.step(state, action)
+
+    def is_closed(self, state) -> bool:
+        return self.gym.is_closed(state)
+
+    def state_text(self, state) -> str:
+        return state.to_text()
+
+    def action_text(self, action) -> str:
+        return action.to_text()
+
+    def parse_action(self, text: str):
+        from .trigo_gym import Action
+
+        return Action.from_text(text)
+
+
+def trigo_env(gym=None) -> TrigoEnv:
+    """The TRIGO gym as a search environment (the bench and ``morphlm reason trigo-prove`` use this)."""
+    return TrigoEnv(gym)
