@@ -245,3 +245,62 @@ def test_pair_lm_bad_settings():
         tc.train_pair_lm([("a", "b")], _tiny_cfg(steps=0))
     with pytest.raises(tc.TacticError, match="item 0"):
         tc.train_pair_lm([("a", 3)], _tiny_cfg())
+
+
+# ---------------------------------------------------------------------------- the real gym
+def test_search_in_the_trigo_gym_and_the_proof_replays():
+    from morphlm.reason.trigo_data import parse_statement
+
+    env = pv.trigo_env()
+    start = env.start(parse_statement("sin(pi/6) + sin(x)**2 + cos(x)**2 = 3/2"))
+    assert not env.is_closed(start)
+    res = pv.heuristic(env, start, max_expansions=8, width=30)
+    assert res.proved and 1 <= len(res.proof) <= 3
+    assert replay(env, start, res.proof)
+    # the LM searcher with a fake policy speaking the gym's action text
+    policy = FakePolicy([("sin_pi_div_six -> lhs : sin(pi/6)", -0.5), ("not an action", -0.1),
+                         ("sin_sq_add_cos_sq -> lhs : sin(x)**2 + cos(x)**2", -0.7)])
+    lm = pv.lm_best_first(env, start, policy, max_expansions=4)
+    assert lm.proved and lm.rejected >= 1 and replay(env, start, lm.proof)
+    assert policy.contexts[0] == pv.GYM_TAG + start.to_text()
+
+
+def test_generated_trajectories_become_policy_pairs():
+    pytest.importorskip("morphlm.reason.trigo_gen")
+    env = pv.trigo_env()
+    problems = env.generated_problems(1, seed=0, rule_counts=(1,))
+    pairs, bad = pv.trajectory_pairs(env, problems)
+    assert bad == 0 and len(pairs) == len(problems[0][1])
+    for ctx, act in pairs:
+        assert ctx.startswith(pv.GYM_TAG)
+        env.parse_action(act)  # the gym's own text format
+
+
+def test_trigo_prove_cli(tmp_path):
+    from clihelp import cli
+
+    f = tmp_path / "st.txt"
+    f.write_text("sin(x)**2 + cos(x)**2 = 1\nsin(pi/6) = 1/2\n")
+    out, lean = tmp_path / "r.json", tmp_path / "p.lean"
+    res = cli("reason", "trigo-prove", f, "--searcher", "bfs", "--width", "20", "--max-expansions", "4", "--out", out,
+              "--lean", lean)
+    assert "2/2 proved with bfs" in res.output
+    import json
+
+    data = json.loads(out.read_text())
+    assert data["proved"] == 2 and data["statements"][1]["proof"] == ["sin_pi_div_six -> lhs : sin(pi/6)"]
+    assert "lemma line2" in lean.read_text() and "rw sin_pi_div_six" in lean.read_text()
+    # a search that runs out of expansions reports it and what it spent
+    hard = tmp_path / "hard.txt"
+    hard.write_text("sin(13*pi/180)*cos(137*pi/180) + cos(13*pi/180)*cos(47*pi/180) = 1/2\n")
+    res = cli("reason", "trigo-prove", hard, "--searcher", "heuristic", "--width", "3", "--max-expansions", "1")
+    assert "not proved (expansions) after 1 expansions" in res.output and "0/1 proved" in res.output
+    # bad input: one clear line, exit 2
+    assert "needs --policy" in cli("reason", "trigo-prove", f, "--searcher", "lm", code=2).output
+    assert "choose one of" in cli("reason", "trigo-prove", f, "--searcher", "dfs", code=2).output
+    assert "does not exist" in cli("reason", "trigo-prove", tmp_path / "none.txt", code=2).output
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    assert "holds no statement" in cli("reason", "trigo-prove", empty, code=2).output
+    assert "no pair_lm.json" in cli("reason", "trigo-prove", f, "--searcher", "lm", "--policy", tmp_path,
+                                    code=2).output

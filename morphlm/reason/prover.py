@@ -310,6 +310,18 @@ class TrigoEnv:
 
         return Action.from_text(text)
 
+    def generated_problems(self, n: int, seed: int = 0, rule_counts: Sequence[int] = (1, 2, 3)) -> list:
+        """``n`` generated TG-k problems per k in ``rule_counts`` (morphlm.reason.trigo_gen, seeded ``seed + k``)
+        as (start state, gold actions)."""
+        from .trigo_gen import generate
+        from .trigo_gym import TrigoState
+
+        out = []
+        for k in rule_counts:
+            for proof in generate(k, n, seed=seed + k):
+                out.append((TrigoState.make(proof.statement.lhs, proof.statement.rhs), list(proof.actions)))
+        return out
+
 
 def trigo_env(gym=None) -> TrigoEnv:
     """The TRIGO gym as a search environment (the bench and ``morphlm reason trigo-prove`` use this)."""

@@ -345,8 +345,8 @@ def load_pair_lm(run_dir) -> PairLM:
 
     path = Path(run_dir) / PAIR_LM_FILE
     if not path.is_file():
-        raise TacticError(f"{run_dir} has no {PAIR_LM_FILE}: it is not a policy/tactic model written by the TRIGO "
-                          f"bench or `morphlm reason trigo-prove --train`; pass such a directory")
+        raise TacticError(f"{run_dir} has no {PAIR_LM_FILE}: it is not a policy written by `morphlm bench trigo` "
+                          f"(the policy-* folders of its work dir, $MORPHLM_CACHE/trigo-bench); pass such a directory")
     try:
         cfg = PairLMConfig(**json.loads(path.read_text(encoding="utf-8")))
     except (json.JSONDecodeError, TypeError) as exc:
