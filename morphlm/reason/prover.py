@@ -277,27 +277,53 @@ def policy_pairs(lean_steps: Iterable[tuple[str, str]], gym_pairs: Sequence[tupl
 # ------------------------------------------------------------------------------------------------ the TRIGO gym
 class TrigoEnv:
     """:class:`SearchEnv` over the TRIGO gym (morphlm.reason.trigo_gym): states are ``TrigoState``, actions
-    ``Action`` in the gym's one-line text format (``RULE ->|<- lhs|rhs [K=k] : SUBTERM``)."""
+    ``Action`` in the gym's one-line text format (``RULE ->|<- lhs|rhs [K=k] : SUBTERM``).
+
+    The gym is deterministic (its numeric guard draws its points from a fixed seed), so the legal actions of a
+    state, the outcome of (state, action) and the closing check are memoized per problem — :meth:`start` clears
+    the memo. Later attempts on the same problem then cost less time; their expansion budget is unchanged."""
 
     def __init__(self, gym=None) -> None:
         from .trigo_gym import Gym
 
         self.gym = gym if gym is not None else Gym()
+        self._clear()
+
+    def _clear(self) -> None:
+        self._actions: dict[str, list] = {}
+        self._steps: dict[tuple[str, str], Any] = {}
+        self._closed: dict[str, bool] = {}
 
     def start(self, statement):
-        """The gym state of a loaded statement (trigo_data.Statement)."""
+        """The gym state of a loaded statement (trigo_data.Statement); a new problem, so the memo is cleared."""
         from .trigo_gym import TrigoState
 
+        self._clear()
         return TrigoState.make(statement.lhs, statement.rhs)
 
     def actions(self, state) -> list:
-        return self.gym.actions(state)
+        key = state.to_text()
+        if key not in self._actions:
+            self._actions[key] = self.gym.actions(state)
+        return list(self._actions[key])
 
     def step(self, state, action):
-        return self.gym.step(state, action)
+        key = (state.to_text(), action.to_text())
+        if key not in self._steps:
+            try:
+                self._steps[key] = self.gym.step(state, action)
+            except Exception as exc:  # remembered and raised again: a refused action stays refused
+                self._steps[key] = exc
+        out = self._steps[key]
+        if isinstance(out, Exception):
+            raise out
+        return out
 
     def is_closed(self, state) -> bool:
-        return self.gym.is_closed(state)
+        key = state.to_text()
+        if key not in self._closed:
+            self._closed[key] = self.gym.is_closed(state)
+        return self._closed[key]
 
     def state_text(self, state) -> str:
         return state.to_text()
