@@ -3,9 +3,10 @@
 ``morphlm reason generate``), GOAL → PROOFSTEP step files (``train_raw_299_new.txt``) and name lists.
 
 Every loader takes a file or a folder (a folder: every file with the loader's suffix, sorted, recursively).
-A malformed lemma or step line is skipped and counted (``loader.skipped``); ``strict=True`` raises
-:class:`TrigoFormatError` naming the file and line instead. An expression SymPy cannot read raises
-:class:`~morphlm.reason.trigo_expr.TrigoParseError` (with file and line) in both modes."""
+A malformed lemma or step line, or a lemma with an expression the parser cannot read, is skipped and counted
+(in the :class:`LoadReport` passed as ``report``); ``strict=True`` refuses it instead, with
+:class:`TrigoFormatError` (malformed line) or :class:`~morphlm.reason.trigo_expr.TrigoParseError` (unreadable
+expression), both naming the file and line."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ class Statement:
 
     ``hyps`` are the hypotheses as Lean text (``cos(pi/12) ≠ 0``); ``proof`` the tactic block's lines (empty when
     ``sorry`` or absent); ``gold`` the gym actions of a gold proof when the file carries them (generator output);
-    ``source`` is ``file:line``."""
+    ``source`` is ``file:line``; ``ints`` the variables declared integer (``variable n : ℤ``, ``(n : ℤ)``)."""
 
     name: str
     lhs: object
@@ -37,6 +38,7 @@ class Statement:
     gold: Optional[list] = None
     source: str = ""
     text: str = ""
+    ints: list = field(default_factory=list)
 
 
 @dataclass
@@ -79,26 +81,6 @@ def _files(path, suffixes: tuple) -> list[Path]:
 _HEAD = re.compile(r"^\s*(?:lemma|theorem)\s+(?P<name>[^\s:(]+)\s*(?P<rest>.*)$")
 
 
-def _split_top(s: str, sep: str) -> list[str]:
-    """Split at ``sep`` outside parentheses."""
-    out, depth, cur, i = [], 0, [], 0
-    while i < len(s):
-        ch = s[i]
-        if ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-        if depth == 0 and s.startswith(sep, i):
-            out.append("".join(cur))
-            cur = []
-            i += len(sep)
-            continue
-        cur.append(ch)
-        i += 1
-    out.append("".join(cur))
-    return out
-
-
 def parse_statement(text: str, name: Optional[str] = None, where: str = "<text>") -> Statement:
     """A lemma header (``lemma N (h0 : ..) : lhs = rhs :=``) or a bare equation ``lhs = rhs`` → Statement.
 
@@ -106,6 +88,7 @@ def parse_statement(text: str, name: Optional[str] = None, where: str = "<text>"
     :class:`TrigoParseError` for a side SymPy cannot read (both name ``where``)."""
     src = text.strip()
     hyps: list[str] = []
+    ints: list[str] = []
     m = _HEAD.match(src)
     if m:
         name = m.group("name")
@@ -122,7 +105,12 @@ def parse_statement(text: str, name: Optional[str] = None, where: str = "<text>"
             inner = rest[1:j]
             if ":" not in inner:
                 raise TrigoFormatError(f"{where}: hypothesis ({inner}) of {name} has no ':'")
-            hyps.append(inner.split(":", 1)[1].strip())
+            names, typ = (p.strip() for p in inner.split(":", 1))
+            if typ in _TYPES:  # a binder `(n : ℤ)`, not a hypothesis
+                if typ in _INT_TYPES:
+                    ints.extend(names.split())
+            else:
+                hyps.append(typ)
             rest = rest[j + 1:].strip()
         if not rest.startswith(":"):
             raise TrigoFormatError(f"{where}: expected ': lhs = rhs :=' after the name and hypotheses of {name}")
@@ -134,15 +122,36 @@ def parse_statement(text: str, name: Optional[str] = None, where: str = "<text>"
         body = body[:-2]
     elif ":=" in body:
         body = body.split(":=", 1)[0]
-    sides = [s for s in _split_top(body, "=")]
-    # `≠`, `<=`, `>=` contain no bare '=' except `<=`/`>=`; refuse those
-    if len(sides) != 2 or body.count("=") != 1:
+    sides = body.split("=")
+    if len(sides) != 2:
         raise TrigoFormatError(f"{where}: statement {body.strip()!r} is not one equation 'lhs = rhs'")
     try:
         lhs, rhs = parse_expr(sides[0]), parse_expr(sides[1])
     except TrigoParseError as exc:
         raise TrigoParseError(f"{where}: {exc}") from None
-    return Statement(name=name or "statement", lhs=lhs, rhs=rhs, hyps=hyps, source=where, text=body.strip())
+    return Statement(name=name or "statement", lhs=lhs, rhs=rhs, hyps=hyps, source=where, text=body.strip(),
+                     ints=ints)
+
+
+_TYPES = {"ℝ", "real", "ℤ", "int", "ℕ", "nat"}
+_INT_TYPES = {"ℤ", "int", "ℕ", "nat"}
+_VARIABLE = re.compile(r"^\s*variables?\s+(?P<rest>.+)$")
+
+
+def _declared_ints(line: str) -> list[str]:
+    """Integer variables declared by a ``variable(s)`` line: ``variable n : ℤ`` or ``variables (n m : ℤ)``."""
+    m = _VARIABLE.match(line)
+    if not m:
+        return []
+    rest = m.group("rest").strip()
+    groups = re.findall(r"[({]([^(){}]*)[)}]", rest) or [rest]
+    out = []
+    for g in groups:
+        if ":" in g:
+            names, typ = (p.strip() for p in g.split(":", 1))
+            if typ in _INT_TYPES:
+                out.extend(names.split())
+    return out
 
 
 _GOLD = re.compile(r"^\s*--\s*gold:\s*(?P<act>.+?)\s*$")
@@ -157,9 +166,12 @@ def load_trigo(path, strict: bool = False, report: Optional[LoadReport] = None) 
         lines = f.read_text(encoding="utf-8", errors="replace").splitlines()
         cur: Optional[Statement] = None
         in_proof = False
+        ints: list[str] = []
         for no, line in enumerate(lines, 1):
             where = f"{f}:{no}"
             s = line.strip()
+            if cur is None or not in_proof:
+                ints.extend(_declared_ints(line))
             if re.match(r"^(lemma|theorem)\b", s):
                 cur = None
                 in_proof = False
@@ -178,6 +190,8 @@ def load_trigo(path, strict: bool = False, report: Optional[LoadReport] = None) 
                         raise
                     rep.skip(where, "an expression SymPy cannot read", strict)
                     continue
+                cur.ints = sorted(set(cur.ints) | {v for v in ints if v in {s.name for s in
+                                                                          cur.lhs.free_symbols | cur.rhs.free_symbols}})
                 out.append(cur)
                 rep.kept += 1
                 continue
@@ -221,21 +235,3 @@ def load_steps(path, strict: bool = False, report: Optional[LoadReport] = None) 
 def load_names(path) -> list[str]:
     """A name list (``test_valid_names_set.txt``, ``test_txt_step1.txt``): the first word of each line."""
     return [ln.split()[0] for ln in Path(path).read_text(encoding="utf-8").splitlines() if ln.strip()]
-
-
-def load_any(path, strict: bool = False, report: Optional[LoadReport] = None) -> list[Statement]:
-    """Statements from a ``.lean`` file/folder, or from a ``.txt`` with one ``lhs = rhs`` (or lemma) per line."""
-    p = Path(path)
-    if p.is_file() and p.suffix == ".txt":
-        rep = report if report is not None else LoadReport()
-        out = []
-        for no, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip() or line.lstrip().startswith("--"):
-                continue
-            try:
-                out.append(parse_statement(line, name=f"line{no}", where=f"{p}:{no}"))
-                rep.kept += 1
-            except TrigoFormatError as exc:
-                rep.skip(f"{p}:{no}", str(exc).split(": ", 2)[-1], strict)
-        return out
-    return load_trigo(path, strict=strict, report=report)

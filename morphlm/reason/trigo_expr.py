@@ -40,7 +40,8 @@ class TrigoParseError(TrigoError):
     """An expression that cannot be read as a Lean 3 real-number trigonometric expression."""
 
 
-_TOKEN = re.compile(r"\s*(?:(?P<num>\d+(?:\.\d+)?)|(?P<name>[A-Za-z_][A-Za-z0-9_.']*)|(?P<op>\*\*|⁻¹|[-+*/^()|↑π]))")
+_TOKEN = re.compile(r"\s*(?:(?P<num>\d+(?:\.\d+)?)|(?P<name>[A-Za-z_][A-Za-z0-9_.']*)"
+                    r"|(?P<op>\*\*|⁻¹|[-+*/^()|↑π]))")
 _FUNCS = {"sin", "cos", "tan", "sqrt", "abs", "Abs", "real.sin", "real.cos", "real.tan", "real.sqrt"}
 
 
@@ -49,10 +50,17 @@ def _is_trig(e) -> bool:
 
 
 def mul(*args):
-    """A flattened unevaluated product (a nested Mul's factors are spliced in; a lone factor is returned)."""
+    """A flattened unevaluated product (a nested Mul's factors are spliced in; a lone factor is returned), its
+    numerals multiplied into one leading factor (``a*(-1)*b*2`` is ``-2*a*b``: one spelling per product)."""
     flat = []
     for a in args:
         flat.extend(a.args if isinstance(a, Mul) else [a])
+    nums = [a for a in flat if isinstance(a, sp.Number)]
+    if len(nums) > 1 or (nums and flat[0] is not nums[0]):
+        c = Integer(1)
+        for a in nums:
+            c *= a
+        flat = [c] + [a for a in flat if not isinstance(a, sp.Number)]
     return flat[0] if len(flat) == 1 else Mul(*flat, evaluate=False)
 
 
@@ -196,7 +204,10 @@ class _Parser:
             return sp.Symbol(val, real=True)
         if val == "π":
             return sp.pi
-        if val == "↑":
+        if val == "↑":  # a coercion: `↑-2` is the integer -2 as a real
+            if self.peek() and self.peek()[1] == "-":
+                self.take()
+                return neg(self.atom())
             return self.atom()
         if val == "(":
             e = self.expr()
@@ -443,12 +454,15 @@ def free_vars(*exprs) -> list:
 
 
 def numerically_equal(a, b, total: bool = True, points: int = 3, seed: int = 0, dps: int = 40,
-                      hyps: tuple = (), box: tuple = (0.05, 0.75)) -> bool:
-    """Whether ``a`` and ``b`` agree at ``points`` random real points (variables uniform in ``box``, by default inside (0, π/4): the web exercises tacitly assume an acute angle, e.g. ``sqrt(1 - sin(x)**2)/cos(x) = 1``) to about 25
-    significant digits, under Lean's total division when ``total``; a point that raises counts as disagreement.
+                      hyps: tuple = (), box: tuple = (0.05, 0.75), ints: tuple = ()) -> bool:
+    """Whether ``a`` and ``b`` agree at ``points`` random real points (variables uniform in ``box``, by default
+    inside (0, π/4): the web exercises tacitly assume an acute angle, e.g. ``sqrt(1 - sin(x)**2)/cos(x) = 1``)
+    to about 25 significant digits, under Lean's total division when ``total``; a point that raises counts as
+    disagreement.
     ``hyps`` (parsed with :func:`parse_hyp`): a point where one is false proves nothing and is passed over, as
     Lean accepts a statement whose hypotheses cannot hold (TRIGO's generator adds ``D ≠ 0`` for every
-    denominator, true or not, so a few TG-k statements hold only vacuously)."""
+    denominator, true or not, so a few TG-k statements hold only vacuously). Variables named in ``ints`` take
+    integer values in [-5, 5] (an induction formula's ``n``)."""
     import random
 
     rng = random.Random(seed)
@@ -456,7 +470,7 @@ def numerically_equal(a, b, total: bool = True, points: int = 3, seed: int = 0, 
     n = points if syms else 1
     with mpmath.workdps(dps):
         for _ in range(n):
-            env = {s: mpmath.mpf(rng.uniform(*box)) for s in syms}
+            env = {s: mpmath.mpf(rng.randint(-5, 5) if s.name in ints else rng.uniform(*box)) for s in syms}
             try:
                 if total and hyps and not all(_hyp_holds(h, env, total) for h in hyps):
                     continue

@@ -10,6 +10,7 @@ side and the *target subterm as Lean text*. One line of text, which an LM policy
 
     RULE -> SIDE : SUBTERM          apply RULE left-to-right at SUBTERM
     RULE <- SIDE K=k : SUBTERM      right-to-left, with the integer K of an induction formula
+    field_calc -> SIDE : OLD ==> NEW    replace OLD by an algebraically equal NEW (TRIGO's field_calc)
 
 e.g. ``sin_two_mul <- lhs : 2*sin(x)*cos(x)``, ``cos_eq_cos_add_int_mul_two_pi <- rhs K=88 : cos(349*pi/2)``.
 SUBTERM is a subterm of the side, or (for sums and products) some of the terms/factors of one, in the
@@ -33,6 +34,7 @@ script back into the same gym actions."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 from dataclasses import dataclass
@@ -96,7 +98,24 @@ class TrigoState:
         return TrigoState(canon(new), self.rhs) if name == "lhs" else TrigoState(self.lhs, canon(new))
 
 
-_ACTION = re.compile(r"^\s*(?P<rule>\S+)\s+(?P<dir>->|<-)\s+(?P<side>lhs|rhs)(?:\s+K=(?P<k>-?\d+))?\s*:\s*(?P<target>.+?)\s*$")
+def goal_state(goal: str) -> TrigoState:
+    """The first goal of a pretty-printed Lean 3 tactic state (a TG-REAL ``GOAL`` field: hypotheses, ``⊢ lhs =
+    rhs``, further goals after two spaces) as a gym state; :class:`TrigoParseError` when it is not an equation
+    the parser reads (e.g. ``cos x ≠ 0`` side goals, ``no goals``)."""
+    if "⊢" not in goal:
+        raise TrigoParseError(f"no '⊢' in the goal {goal[:80]!r}")
+    rest = goal.split("⊢", 1)[1]
+    # the next goal starts after two or more spaces with hypothesis names and a colon (`  this : ...`)
+    first = " ".join(re.split(r"\s{2,}(?=[^\s:()]+(?: [^\s:()]+)* : )", rest, maxsplit=1)[0].split())
+    try:
+        st = parse_statement(first)
+    except TrigoError as exc:
+        raise TrigoParseError(f"goal {first[:80]!r} is not an equation the gym reads: {exc}") from None
+    return TrigoState.make(st.lhs, st.rhs)
+
+
+_ACTION = re.compile(r"^\s*(?P<rule>\S+)\s+(?P<dir>->|<-)\s+(?P<side>lhs|rhs)(?:\s+K=(?P<k>-?\d+))?"
+                     r"\s*:\s*(?P<target>.+?)\s*$")
 
 
 @dataclass(frozen=True)
@@ -132,48 +151,58 @@ class Action:
 
 # ---------------------------------------------------------------- matching
 
+@functools.lru_cache(maxsize=4096)
 def _is_const_template(t) -> bool:
     return not (t.free_symbols & set(_WILDS)) and not t.atoms(*TRIG_FUNCS)
 
 
-def _nested(t, s, eqs: list) -> Optional[list]:
-    """Structural match of template ``t`` against subject ``s`` (commutative nodes in any order)."""
+def _has_trig(e) -> bool:
+    if _is_trig(e):
+        return True
+    return any(_has_trig(a) for a in e.args)
+
+
+def _nested_all(t, s, eqs: list) -> Iterator[list]:
+    """Every structural match of template ``t`` against subject ``s`` (commutative nodes in any order), as the
+    argument equations it adds to ``eqs``."""
     if _is_trig(t):
-        if not _is_trig(s) or s.func != t.func:
-            return None
-        return eqs + [(t.args[0], s.args[0])]
+        if _is_trig(s) and s.func == t.func:
+            yield eqs + [(t.args[0], s.args[0])]
+        return
     if t in _WILDS:
-        return eqs + [(t, s)]
+        yield eqs + [(t, s)]
+        return
     if _is_const_template(t):
-        if s.free_symbols or s.atoms(*TRIG_FUNCS):
-            return None
+        if s.free_symbols or _has_trig(s):
+            return
         try:
             d = rebuild(t) - rebuild(s)
-            if d == 0:
-                return eqs
-            if abs(complex(sp.N(d, 20))) > 1e-12:
-                return None
-            return eqs if sp.expand(sp.radsimp(d)) == 0 else None
+            if d == 0 or (abs(complex(sp.N(d, 20))) <= 1e-12 and sp.expand(sp.radsimp(d)) == 0):
+                yield eqs
         except (TypeError, ValueError, ZeroDivisionError):
-            return None
+            return
+        return
     if type(t) is not type(s) or len(t.args) != len(s.args):
-        return None
+        return
     if isinstance(t, (Add, Mul)) and len(t.args) <= 4:
         for perm in itertools.permutations(s.args):
-            out = eqs
-            for ta, sa in zip(t.args, perm):
-                out = _nested(ta, sa, out)
-                if out is None:
-                    break
-            if out is not None:
-                return out
-        return None
-    out = eqs
-    for ta, sa in zip(t.args, s.args):
-        out = _nested(ta, sa, out)
-        if out is None:
-            return None
-    return out
+            yield from _seq_all(list(zip(t.args, perm)), eqs)
+        return
+    yield from _seq_all(list(zip(t.args, s.args)), eqs)
+
+
+def _seq_all(pairs: list, eqs: list) -> Iterator[list]:
+    if not pairs:
+        yield eqs
+        return
+    (ta, sa), rest = pairs[0], pairs[1:]
+    for out in _nested_all(ta, sa, eqs):
+        yield from _seq_all(rest, out)
+
+
+def _nested(t, s, eqs: list) -> Optional[list]:
+    """The first structural match (see :func:`_nested_all`), or None."""
+    return next(_nested_all(t, s, eqs), None)
 
 
 def _numeric_part(args) -> tuple:
@@ -181,8 +210,7 @@ def _numeric_part(args) -> tuple:
     for a in args:
         if isinstance(a, sp.Number):
             num *= a
-        elif not a.free_symbols and not a.atoms(*TRIG_FUNCS) and isinstance(a, Pow) and a.exp == -1 \
-                and isinstance(a.base, sp.Number):
+        elif isinstance(a, Pow) and isinstance(a.base, sp.Number) and a.exp == -1:
             num *= 1 / a.base
         else:
             rest.append(a)
@@ -207,12 +235,7 @@ def _top_matches(t, s, order: Optional[tuple] = None) -> Iterator[_Match]:
     if isinstance(t, Add) and isinstance(s, Add) and len(s.args) >= len(t.args):
         sels = [order] if order is not None else itertools.permutations(range(len(s.args)), len(t.args))
         for sel in sels:
-            eqs: Optional[list] = []
-            for ta, i in zip(t.args, sel):
-                eqs = _nested(ta, s.args[i], eqs)
-                if eqs is None:
-                    break
-            if eqs is not None:
+            for eqs in _seq_all([(ta, s.args[i]) for ta, i in zip(t.args, sel)], []):
                 yield _Match(eqs, Integer(1), None if len(sel) == len(s.args) else tuple(sel))
         return
     if isinstance(t, Mul):
@@ -220,29 +243,45 @@ def _top_matches(t, s, order: Optional[tuple] = None) -> Iterator[_Match]:
         sargs = s.args if isinstance(s, Mul) else (s,)
         d, _ = _numeric_part(sargs)
         nonnum = [i for i, a in enumerate(sargs) if _numeric_part((a,))[1]]
-        if len(nonnum) < len(tf) or not tf or d == 0 or (d / c) < 0:
-            return  # a leftover factor may scale the match, never flip its sign (no `sin a = -(-sin a)` spam)
+        if len(nonnum) < len(tf) or not tf or d == 0 or (c < 0 < d):
+            return  # a negative template needs a negative subject (no `sin a = -(-sin a)` spam)
         sels = [order] if order is not None else itertools.permutations(nonnum, len(tf))
         for sel in sels:
             if any(i not in nonnum for i in sel):
                 continue
-            eqs = []
-            for ta, i in zip(tf, sel):
-                eqs = _nested(ta, sargs[i], eqs)
-                if eqs is None:
-                    break
-            if eqs is not None:
-                whole = len(sel) == len(nonnum) or not isinstance(s, Mul)
+            whole = len(sel) == len(nonnum) or not isinstance(s, Mul)
+            for eqs in _seq_all([(ta, sargs[i]) for ta, i in zip(tf, sel)], []):
                 yield _Match(eqs, d / c, None if whole else tuple(sel))
         return
     if order is None:
-        eqs = _nested(t, s, [])
-        if eqs is not None:
+        for eqs in _nested_all(t, s, []):
             yield _Match(eqs, Integer(1), None)
 
 
 def _pi_coeff(e) -> object:
     return sp.expand(e).coeff(sp.pi)
+
+
+def _linsolve(system: list, unknowns: list) -> Optional[dict]:
+    """Gaussian elimination on equations linear in ``unknowns`` (coefficients may hold pi); an unknown left free
+    is absent from the result; None when inconsistent."""
+    eqs = [sp.expand(e) for e in system]
+    pivots: list = []
+    sol: dict = {}
+    for w in unknowns:
+        for i, e in enumerate(eqs):
+            c = e.coeff(w)
+            if c != 0:
+                expr = sp.expand(-(e - c * w) / c)
+                sol[w] = expr
+                pivots.append(w)
+                eqs = [sp.expand(f.xreplace({w: expr})) for j, f in enumerate(eqs) if j != i]
+                break
+    if any(e != 0 for e in eqs):
+        return None
+    for w in reversed(pivots):
+        sol[w] = sp.expand(sol[w].xreplace({v: sol[v] for v in pivots if v != w and v in sol[w].free_symbols}))
+    return sol
 
 
 def _solve(eqs: list, k: Optional[int], out_template) -> Optional[dict]:
@@ -261,12 +300,11 @@ def _solve(eqs: list, k: Optional[int], out_template) -> Optional[dict]:
     rest = [w for w in unknown if w not in bind]
     system = [sp.expand(rebuild(ta).xreplace(bind)) - sv for ta, sv in pairs]
     if rest:
-        sol = sp.linsolve(system, rest)
-        if not sol or sol is sp.S.EmptySet:
+        sol = _linsolve(system, rest)
+        if sol is None:
             return None
-        vals = next(iter(sol))
-        for w, v in zip(rest, vals):
-            bind[w] = v
+        for w in rest:
+            bind[w] = sol.get(w, w)
         free_n = _N in rest and any(_N in sp.sympify(v).free_symbols for w, v in bind.items() if w != _N)
         if _N in rest and (bind[_N] == _N or free_n):
             # the induction integer is free: the input side's X(n) as close to 0 (in multiples of pi) as it gets
@@ -277,16 +315,19 @@ def _solve(eqs: list, k: Optional[int], out_template) -> Optional[dict]:
             n = int(sp.floor(-a / b + Rational(1, 2)))
             bind = {w: sp.expand(sp.sympify(v).subs(_N, n)) for w, v in bind.items()}
             bind[_N] = Integer(n)
-        if any(w in sp.sympify(v).free_symbols for w, v in bind.items() for w in _WILDS):
-            return None
+        if any(sp.sympify(v).free_symbols & set(_WILDS) for v in bind.values()):
+            return None  # under-determined (a wild still free)
     else:
         if any(sp.expand(e) != 0 for e in system):
             return None
     if _N in bind and not (bind[_N].is_integer or sp.sympify(bind[_N]).is_Integer):
         return None
+    if any(w not in bind for w in (_X, _Y) if w in out_template.free_symbols):
+        return None  # e.g. `1 → sin(X)**2 + cos(X)**2`: nothing fixes X
     # the integer of an induction formula that sits only in the output: its new angle nearest to 0
     if _N not in bind and _N in out_template.free_symbols:
-        arg = next(c.args[0] for c in sp.preorder_traversal(out_template) if _is_trig(c) and _N in c.args[0].free_symbols)
+        arg = next(c.args[0] for c in sp.preorder_traversal(out_template)
+                   if _is_trig(c) and _N in c.args[0].free_symbols)
         av = sp.expand(rebuild(arg).xreplace(bind))
         a, b = _pi_coeff(av.subs(_N, 0)), _pi_coeff(av.coeff(_N))
         bind[_N] = Integer(int(sp.floor(-a / b + Rational(1, 2)))) if b != 0 else Integer(0)
@@ -382,6 +423,11 @@ def _locate(side, target) -> tuple:
     for node, path in _nodes(side):
         if node == target:
             return path, None
+    if _is_trig(target):  # the same call with its angle written another way: sin(10*pi - pi) names sin(9*pi)
+        angle = sp.expand(rebuild(target.args[0]))
+        for node, path in _nodes(side):
+            if _is_trig(node) and node.func == target.func and sp.expand(rebuild(node.args[0])) == angle:
+                return path, None
     if isinstance(target, (Add, Mul)):
         for node, path in _nodes(side):
             if type(node) is type(target) and len(node.args) > len(target.args):
@@ -419,7 +465,7 @@ class Gym:
                 continue
             new = _inst(dst, bind)
             if m.coeff != 1:
-                new = mul(m.coeff, new) if not isinstance(new, Add) else mul(m.coeff, new)
+                new = mul(m.coeff, new)
             return m, new, bind
         return None
 
@@ -442,21 +488,38 @@ class Gym:
     def rewrite(self, state: TrigoState, action: Action) -> tuple:
         """(new state, the replaced subterm, its replacement, the solved K) without the guard."""
         side = state.side(action.side)
+        target_text, new_text = action.target, None
+        if action.rule == "field_calc":
+            if " ==> " not in target_text:
+                raise ActionSyntaxError(f"action {action.to_text()!r}: field_calc needs 'OLD ==> NEW'")
+            target_text, new_text = (t.strip() for t in target_text.split(" ==> ", 1))
         try:
-            target = canon(parse_expr(action.target))
+            target = canon(parse_expr(target_text))
+            new_given = canon(parse_expr(new_text)) if new_text is not None else None
         except TrigoParseError as exc:
             raise ActionSyntaxError(f"action {action.to_text()!r}: {exc}") from None
         path, picked = _locate(side, target)
         node = _get(side, path)
         part = _part(node, picked)
+        # a trig call named with its angle written another way is matched as written: `cos(-pi - pi/2)` lets
+        # cos_sub split the angle of cos(-3*pi/2) (TRIGO's `have : cos(-3*pi/2) = cos(-pi - pi/2), congr_arg`)
+        written = target if picked is None and _is_trig(target) and target != node else None
+        if written is not None:
+            part = written
         kk = action.k
-        if action.rule in HELPERS:
+        if action.rule == "field_calc":
+            if not is_zero_symbolic(add(part, neg(new_given))):
+                raise RuleMismatch(f"field_calc: {expr_to_lean(part)!r} and {expr_to_lean(new_given)!r} are not "
+                                   "equal as rational functions of the trig calls (no trig evaluation here)")
+            new = new_given
+        elif action.rule in HELPERS:
             new = self._helper(action.rule, part)
         else:
             rule = BY_NAME.get(action.rule)
             if rule is None:
                 raise ActionSyntaxError(f"unknown rule {action.rule!r}")
-            res = self._apply_rule(rule, action.reverse, node, picked, action.k)
+            res = self._apply_rule(rule, action.reverse, written if written is not None else node, picked,
+                                   action.k)
             if res is None:
                 raise RuleMismatch(f"{action.rule} ({'right-to-left' if action.reverse else 'left-to-right'}: "
                                    f"{rule.rhs_text if action.reverse else rule.lhs_text}) does not match "
@@ -516,10 +579,7 @@ class Gym:
                         src, dst = (rule.rhs, rule.lhs) if reverse else (rule.lhs, rule.rhs)
                         if not _head_ok(src, node):
                             continue
-                        for m in _top_matches(src, node):
-                            bind = _solve(m.eqs, None, dst)
-                            if bind is None:
-                                continue
+                        for m, bind in _matches(rule.name, reverse, node):
                             if m.picked is None:
                                 target = node
                             elif isinstance(node, Mul):
@@ -529,13 +589,20 @@ class Gym:
                                 target = _part(node, m.picked)
                             k = int(bind[_N]) if rule.periodic else None
                             a = Action(rule.name, reverse, side_name, expr_to_lean(target), k)
-                            if a not in seen and self._applies(state, a):
+                            if a in seen:
+                                continue
+                            if m.picked is None and not _is_const_template(src):
+                                # a whole node: found again by its text (canonical trees)
+                                ok = expr_to_lean(_inst(dst, bind)) != a.target
+                            else:  # a part of a sum/product: check that its text finds it
+                                ok = self._applies(state, a)
+                            if ok:
                                 seen.add(a)
                                 out.append(a)
             if self.helpers:
                 for h in ("ring_nf", "expand"):
                     a = Action(h, False, side_name, expr_to_lean(side))
-                    if a not in seen:
+                    if a not in seen and self._applies(state, a):
                         seen.add(a)
                         out.append(a)
                 for node, _ in _nodes(side):
@@ -549,6 +616,19 @@ class Gym:
                             seen.add(a)
                             out.append(a)
         return out
+
+
+@functools.lru_cache(maxsize=65536)
+def _matches(rule_name: str, reverse: bool, node) -> tuple:
+    """Every (match, solved binding) of a rule at a node, with K solved (cached: search trees share subterms)."""
+    rule = BY_NAME[rule_name]
+    src, dst = (rule.rhs, rule.lhs) if reverse else (rule.lhs, rule.rhs)
+    out = []
+    for m in _top_matches(src, node):
+        bind = _solve(m.eqs, None, dst)
+        if bind is not None:
+            out.append((m, bind))
+    return tuple(out)
 
 
 def _head_ok(t, s) -> bool:
@@ -581,7 +661,8 @@ class Proof:
 
 
 def _inner_tactics(a: Action, k: Optional[int], x_text: Optional[str]) -> str:
-    helper = {"ring_nf": "field_simp, ring_nf", "expand": "ring_exp", "abs_pos": "rw abs_of_nonneg, assumption",
+    helper = {"ring_nf": "field_simp, ring_nf", "expand": "ring_exp", "field_calc": "field_simp at *, ring_nf",
+              "abs_pos": "rw abs_of_nonneg, assumption",
               "abs_neg": "rw abs_of_nonpos, ring, assumption", "sqrt_sq": "rw real.sqrt_sq_eq_abs"}
     if a.rule in helper:
         return helper[a.rule]
@@ -631,7 +712,8 @@ def _locate_node(side, target_text: str) -> tuple:
 _HAVE = re.compile(r"^\s*have\s*:\s*(?P<old>.+?)\s*=\s*(?P<new>.+?),\s*$")
 _TAC = re.compile(r"^\s*\{\s*(?P<tac>.*)\}\s*,\s*$")
 _CONV = re.compile(r"^\s*conv\s*\{\s*to_(?P<side>lhs|rhs)\s*,\s*rw\s+this\s*\}\s*,\s*$")
-_HELPER_OF = {"field_simp, ring_nf": "ring_nf", "ring_exp": "expand", "rw abs_of_nonneg": "abs_pos",
+_HELPER_OF = {"field_simp, ring_nf": "ring_nf", "ring_exp": "expand", "field_simp at *, ring_nf": "field_calc",
+              "rw abs_of_nonneg": "abs_pos",
               "rw abs_of_nonpos": "abs_neg", "rw real.sqrt_sq_eq_abs": "sqrt_sq"}
 
 
@@ -657,13 +739,54 @@ def from_lean(script: str) -> Proof:
             raise TrigoError(f"<script>:{i + 2}: expected '{{ tactics }},' then 'conv {{to_lhs, rw this}},'")
         tac = t.group("tac").strip()
         helper = next((h for pre, h in _HELPER_OF.items() if tac.startswith(pre)), None)
-        if helper:
+        if helper == "field_calc":
+            actions.append(Action(helper, False, c.group("side"), f"{m.group('old')} ==> {m.group('new')}"))
+        elif helper:
             actions.append(Action(helper, False, c.group("side"), m.group("old")))
         else:
-            r = re.match(r"rw\s+(?P<rev>←\s*)?(?P<rule>[^\s,]+)(?:\s+\((?P<x>[^()]*(?:\([^()]*\)[^()]*)*)\)\s+\((?P<k>-?\d+)\))?", tac)
+            r = re.match(r"rw\s+(?P<rev>←\s*)?(?P<rule>[^\s,]+)"
+                         r"(?:\s+\((?P<x>[^()]*(?:\([^()]*\)[^()]*)*)\)\s+\((?P<k>-?\d+)\))?", tac)
             if not r or r.group("rule") not in BY_NAME:
                 raise TrigoError(f"<script>:{i + 2}: no known rule in {tac!r}")
             k = int(r.group("k")) if r.group("k") else None
             actions.append(Action(r.group("rule"), bool(r.group("rev")), c.group("side"), m.group("old"), k))
         i += 3
     return Proof(stmt, actions)
+
+
+@dataclass
+class CheckResult:
+    """One statement's verdict: ``status`` is ``"equal"`` (numerically equal in plain real arithmetic),
+    ``"total"`` (equal only under Lean's total division — a division by zero, or a hypothesis that cannot hold
+    at the sampled points), ``"false"`` or ``"error"``; ``gold`` is None (no gold proof), True or False (replays
+    to a closed goal or not)."""
+
+    name: str
+    status: str
+    gold: Optional[bool] = None
+    detail: str = ""
+
+
+def check_statement(st: Statement, gym: Optional[Gym] = None, points: int = 3) -> CheckResult:
+    """The numeric check of a statement (plain, then under Lean's total division with its hypotheses), and
+    the replay of its gold proof when it has one."""
+    from .trigo_expr import parse_hyp
+
+    try:
+        ints = tuple(st.ints)
+        if numerically_equal(st.lhs, st.rhs, total=False, points=points, ints=ints):
+            status = "equal"
+        else:
+            hyps = tuple(parse_hyp(h) for h in st.hyps)
+            status = "total" if numerically_equal(st.lhs, st.rhs, total=True, points=points, hyps=hyps,
+                                                  ints=ints) else "false"
+    except TrigoError as exc:
+        return CheckResult(st.name, "error", None, str(exc))
+    gold = None
+    detail = ""
+    if st.gold:
+        try:
+            gold, _ = Proof(st, [Action.from_text(a) for a in st.gold]).replay(gym or Gym(helpers=False))
+        except TrigoError as exc:
+            gold, detail = False, str(exc)
+    return CheckResult(st.name, status, gold, detail)

@@ -11,6 +11,7 @@ reconstruction from the lemmas TRIGO's data uses.
 
 Helpers (reconstruction of the generator's ``ABC`` field_calc, ``A=X`` constant and ``Abs(X)=±X`` classes):
 ``ring_nf`` (a subterm → its cancelled rational form, trig calls kept opaque), ``expand`` (multiplied out),
+``field_calc`` (a subterm → any algebraically equal expression the action writes, ``OLD ==> NEW``),
 ``abs_pos`` / ``abs_neg`` (``abs A → ±A``: the numeric guard refuses the wrong sign) and ``sqrt_sq``
 (``sqrt(A**2) → abs A``)."""
 
@@ -98,7 +99,7 @@ _IDENTITIES = [
     ("sin_three_mul", "sin(3*X)", "3*sin(X) - 4*sin(X)**3", "multiple"),
     ("cos_two_mul", "cos(2*X)", "2*cos(X)**2 - 1", "multiple"),
     ("cos_two_mul''", "cos(2*X)", "1 - 2*sin(X)**2", "multiple"),
-    ("cos_sq_sub_sin_sq", "cos(2*X)", "cos(X)**2 - sin(X)**2", "multiple"),
+    ("cos_two_mul'", "cos(2*X)", "cos(X)**2 - sin(X)**2", "multiple"),
     ("cos_three_mul", "cos(3*X)", "4*cos(X)**3 - 3*cos(X)", "multiple"),
     ("tan_two_mul", "tan(2*X)", "2*tan(X)/(1 - tan(X)**2)", "multiple"),
     ("sin_sq_eq_half_sub", "sin(X)**2", "1/2 - cos(2*X)/2", "multiple"),
@@ -143,10 +144,12 @@ RULES: list[Rule] = (_values() + [Rule(n, a, b, "periodic") for n, a, b in _PERI
                      + [Rule(n, a, b, k) for n, a, b, k in _IDENTITIES])
 BY_NAME: dict[str, Rule] = {r.name: r for r in RULES}
 
-HELPERS = ("ring_nf", "expand", "abs_pos", "abs_neg", "sqrt_sq")
+HELPERS = ("ring_nf", "expand", "field_calc", "abs_pos", "abs_neg", "sqrt_sq")
 HELPER_DOC = {
     "ring_nf": "the subterm in cancelled rational form (trig calls opaque), Lean's field_simp/ring_nf",
     "expand": "the subterm multiplied out, Lean's ring_exp",
+    "field_calc": "OLD ==> NEW: the subterm replaced by any NEW equal to it as a rational function of opaque trig "
+                  "calls (the action writes NEW; never listed by Gym.actions)",
     "abs_pos": "abs(A) → A (valid when A ≥ 0; the numeric guard refuses it otherwise)",
     "abs_neg": "abs(A) → -A (valid when A ≤ 0)",
     "sqrt_sq": "sqrt(A**2) → abs(A)",
