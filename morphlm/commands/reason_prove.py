@@ -43,7 +43,6 @@ def trigo_prove(
     _setup_logging(verbose)
     from ..bench.common import write_json
     from ..reason import prover as pv
-    from ..reason.trigo_data import LoadReport, load_any
 
     if searcher not in pv.SEARCHERS:
         raise pv.ProverError(f"--searcher {searcher!r}: choose one of {', '.join(pv.SEARCHERS)}")
@@ -56,8 +55,8 @@ def trigo_prove(
         raise pv.ProverError(f"--limit {limit}: must be >= 1")
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist; pass a .lean file or folder, or a .txt of LHS = RHS lines")
-    rep = LoadReport()
-    stmts = load_any(path, strict=strict, report=rep)[:limit]
+    stmts, rep = pv.load_statements(path, strict=strict)
+    stmts = stmts[:limit]
     if not stmts:
         raise pv.ProverError(f"{path} holds no statement the gym can read ({rep.skipped} skipped: "
                              f"{'; '.join(rep.reasons[:3]) or 'none found'})")

@@ -352,3 +352,31 @@ class TrigoEnv:
 def trigo_env(gym=None) -> TrigoEnv:
     """The TRIGO gym as a search environment (the bench and ``morphlm reason trigo-prove`` use this)."""
     return TrigoEnv(gym)
+
+
+def load_statements(path, strict: bool = False):
+    """Statements to prove: a Lean 3 file or folder (trigo_data.load_trigo), or a ``.txt`` with one ``LHS = RHS``
+    (or one-line lemma) per line (blank and ``--`` lines ignored). A malformed line is skipped and counted, or
+    refused under ``strict`` naming its file and line. Returns (statements, trigo_data.LoadReport)."""
+    from pathlib import Path
+
+    from .trigo_data import LoadReport, load_trigo, parse_statement
+    from .trigo_expr import TrigoError
+
+    p = Path(path)
+    rep = LoadReport()
+    if not (p.is_file() and p.suffix == ".txt"):
+        return load_trigo(p, strict=strict, report=rep), rep
+    out = []
+    for no, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("--"):
+            continue
+        where = f"{p}:{no}"
+        try:
+            out.append(parse_statement(line, name=f"line{no}", where=where))
+            rep.kept += 1
+        except TrigoError as exc:
+            if strict:  # the error names the file and line already
+                raise
+            rep.skip(where, str(exc), False)
+    return out, rep
