@@ -60,6 +60,7 @@ class TrigoBenchConfig:
     profile: str = "full"  # full | quick | test
     data: str = ""
     limit: int | None = None  # first N valid steps (A) and problems per subset (B); None = all
+    problems: int | None = None  # first N problems per subset of B when it differs from ``limit``
     train_limit: int | None = None  # first N train steps for the tactic LM and the policy; None = all 7,338
     tactic: dict = field(default_factory=dict)  # PairLMConfig fields of the next-tactic LM
     policy: dict = field(default_factory=dict)  # PairLMConfig fields of the prover's policy
@@ -82,7 +83,7 @@ class TrigoBenchConfig:
         if not Path(self.data).is_dir():
             raise BenchError(f"TRIGO data folder {self.data!r} does not exist; set $MORPHLM_DATA (its trigo/ "
                              f"folder) or pass --data DIR with TG-1/, TG-2/ and TG-REAL/")
-        for name in ("limit", "train_limit"):
+        for name in ("limit", "train_limit", "problems"):
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise BenchError(f"{name}={v}: must be >= 1 (or unset for everything)")
@@ -129,19 +130,19 @@ def full_config(**changes: Any) -> TrigoBenchConfig:
 
 
 def quick_config(**changes: Any) -> TrigoBenchConfig:
-    """A smoke test of the whole pipeline in seconds: tiny models, 40 training steps, 12 valid steps, 1 problem
-    per subset, ≤ 4 expansions. Not a measurement."""
+    """A smoke test of the whole pipeline in well under a minute: tiny models, 40 training steps, 12 valid steps,
+    1 problem per subset, 8 attempts of ≤ 2 expansions (2 children or samples each). Not a measurement."""
     model = dict(vocab_size=300, d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, max_prompt_tokens=64,
-                 max_target_tokens=16, batch_size=8, steps=40, lr=1e-2, warmup_steps=4)
-    cfg = TrigoBenchConfig(profile="quick", data=default_data(), limit=12, train_limit=400, tactic=dict(model),
-                           policy=dict(model), gen_problems=4, max_expansions=4, samples=4, time_limit=10.0,
-                           width=8)
+                 max_target_tokens=24, batch_size=8, steps=40, lr=1e-2, warmup_steps=4)
+    cfg = TrigoBenchConfig(profile="quick", data=default_data(), limit=12, problems=1, train_limit=400,
+                           tactic=dict(model), policy=dict(model), gen_problems=2, max_expansions=2, samples=2,
+                           time_limit=10.0, width=2)
     return dataclasses.replace(cfg, **changes)
 
 
 def ci_config(**changes: Any) -> TrigoBenchConfig:
     """The CI profile (tests/test_bench_trigo.py): --quick, smaller still."""
-    cfg = quick_config(profile="test", limit=6, train_limit=120, gen_problems=2, max_expansions=2, samples=2)
+    cfg = quick_config(profile="test", limit=6, train_limit=120, gen_problems=1, max_expansions=2, samples=2)
     cfg.tactic = {**cfg.tactic, "steps": 10}
     cfg.policy = {**cfg.policy, "steps": 10}
     return dataclasses.replace(cfg, **changes)
@@ -206,7 +207,8 @@ def load_subset(cfg: TrigoBenchConfig, subset: str) -> tuple[list, dict]:
         stmts = sorted(stmts, key=lambda s: s.name)
     else:
         raise BenchError(f"unknown subset {subset!r}; choose from {', '.join(SUBSETS)}")
-    return stmts[: cfg.limit], {"kept": rep.kept, "skipped": rep.skipped, "used": len(stmts[: cfg.limit])}
+    n = cfg.problems if cfg.problems is not None else cfg.limit
+    return stmts[:n], {"kept": rep.kept, "skipped": rep.skipped, "used": len(stmts[:n])}
 
 
 # ------------------------------------------------------------------------------------------------ part A
@@ -270,7 +272,7 @@ def run_cell(cfg: TrigoBenchConfig, env, subset: str, searcher: str, policy, wor
     from ..reason import prover as pv
 
     stmts, report = load_subset(cfg, subset)
-    shaping = {k: getattr(cfg, k) for k in ("limit", "attempts", "max_expansions", "samples", "time_limit", "width")}
+    shaping = {k: getattr(cfg, k) for k in ("limit", "problems", "attempts", "max_expansions", "samples", "time_limit", "width")}
     if searcher == "lm":
         shaping["policy"] = [cfg.policy, cfg.train_limit, cfg.gen_problems, cfg.gen_seed]
     key = f"prover-{subset}-{searcher}-{_hash({'s': shaping, 'data': cfg.data, 'v': SCHEMA_VERSION})}"
@@ -382,7 +384,9 @@ def markdown_table(results: dict[str, Any]) -> str:
                       for k, v in s["goals"].items())
     machine = results.get("machine")
     cpu = machine.get("cpu") if isinstance(machine, dict) else None
-    limit = f"first {c['limit']} items per set" if c.get("limit") else "full sets"
+    a = f"first {c['limit']} valid steps" if c.get("limit") else "all valid steps"
+    n_b = c.get("problems") if c.get("problems") is not None else c.get("limit")
+    limit = f"{a}, " + (f"first {n_b} problems per subset" if n_b else "every problem")
     lines.append(f"Profile {c['profile']} ({limit}). Goals — {goals}. {cpu + ', ' if cpu else ''}torch "
                  f"{results.get('torch', '?')}, commit {str(results.get('commit', '?'))[:10]}.")
     return "\n".join(lines)

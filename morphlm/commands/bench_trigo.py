@@ -21,6 +21,8 @@ def bench_trigo(
                                                    "of the data folder, $MORPHLM_DATA)."),
     limit: Optional[int] = typer.Option(None, help="Keep the first N valid steps (part A) and N problems per subset "
                                                    "(part B). The full sets take hours on a CPU."),
+    problems: Optional[int] = typer.Option(None, help="Problems per subset of part B when it should differ from "
+                                                      "--limit."),
     train_limit: Optional[int] = typer.Option(None, help="Keep the first N TG-REAL train steps for training."),
     part: Optional[list[str]] = typer.Option(None, "--part", help="tactic | prover (repeatable; default both)."),
     subset: Optional[list[str]] = typer.Option(None, "--subset", help="tg1 | tg2 | real (repeatable; default all)."),
@@ -66,6 +68,10 @@ def bench_trigo(
                         ("attempts", attempts), ("time_limit", time_limit), ("gen_problems", gen_problems)):
         if value is not None:
             changes[name] = value
+    if limit is not None:
+        changes["problems"] = None  # --limit applies to both parts ...
+    if problems is not None:
+        changes["problems"] = problems  # ... unless part B is given its own
     if data is not None:
         changes["data"] = str(data)
     if part:
