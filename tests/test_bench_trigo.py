@@ -76,7 +76,9 @@ def _fake_subsets(monkeypatch):
 @needs_data
 def test_part_b_cells_pass_at_k_and_cache(tmp_path, monkeypatch):
     _fake_subsets(monkeypatch)
-    cfg = tb.ci_config(parts=["prover"], searchers=["bfs", "heuristic", "lm"], max_expansions=3, width=None)
+    cfg = tb.ci_config(parts=["prover"], searchers=["bfs", "heuristic", "lm"], max_expansions=3, width=None,
+                       problems=None, subsets=["tg1", "tg2"])
+    cfg.policy = {**cfg.policy, "max_target_tokens": 6}
     res = tb.run_benchmark(cfg, out_json=tmp_path / "t.json", work_dir=tmp_path / "w", plot=False)
     cells = res["prover"]["cells"]
     bfs1 = cells["tg1"]["bfs"]
