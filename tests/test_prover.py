@@ -54,6 +54,13 @@ class Toy:
         return text
 
 
+def replay_to(env, start, path):
+    s = start
+    for a in path:
+        s = env.step(s, env.parse_action(a))
+    return s
+
+
 def replay(env, start, proof):
     s = start
     for a in proof:
@@ -94,6 +101,9 @@ def test_budget_stops_report_what_was_spent():
     res = pv.bfs(Toy(10_000), 1, max_expansions=5)
     assert not res.proved and res.stop == "expansions" and res.expansions == 5 and res.proof == []
     assert res.children == 15  # three legal actions per expansion, all applied
+    # what it found: the next state it would have expanded and the path to it (BFS: a depth-2 state)
+    assert res.frontier is not None and len(res.frontier_path) == 2
+    assert str(replay_to(Toy(10_000), 1, res.frontier_path)) == res.frontier
     timed = pv.bfs(Toy(10_000), 1, time_limit=0.0)
     assert not timed.proved and timed.stop == "time"
     with pytest.raises(pv.ProverError, match="max_expansions=0"):
@@ -296,6 +306,7 @@ def test_trigo_prove_cli(tmp_path):
     hard.write_text("sin(13*pi/180)*cos(137*pi/180) + cos(13*pi/180)*cos(47*pi/180) = 1/2\n")
     res = cli("reason", "trigo-prove", hard, "--searcher", "heuristic", "--width", "3", "--max-expansions", "1")
     assert "not proved (expansions) after 1 expansions" in res.output and "0/1 proved" in res.output
+    assert "best lead after 1 step(s): " in res.output
     # bad input: one clear line, exit 2
     assert "needs --policy" in cli("reason", "trigo-prove", f, "--searcher", "lm", code=2).output
     assert "choose one of" in cli("reason", "trigo-prove", f, "--searcher", "dfs", code=2).output

@@ -80,6 +80,8 @@ def trigo_prove(
         typer.echo(f"{st.name}: {status} after {best.expansions} expansions, {best.seconds:.1f} s")
         for a in best.proof:
             typer.echo(f"    {a}")
+        if not best.proved and best.frontier is not None:
+            typer.echo(f"    best lead after {len(best.frontier_path)} step(s): {best.frontier}")
         if lean is not None and best.proved:
             from ..reason.trigo_gym import Proof, to_lean
 

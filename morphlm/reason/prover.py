@@ -66,6 +66,8 @@ class SearchResult:
     children: int = 0
     rejected: int = 0
     seconds: float = 0.0
+    frontier: str | None = None  # unproved: the state the search would have expanded next (its best lead)
+    frontier_path: list[str] = field(default_factory=list)  # the actions that reached it
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -122,9 +124,17 @@ def search(env: SearchEnv, start, expand: Callable[[Any, float], Iterable[tuple[
     expanded: set[str] = set()
     expansions = children = rejected = 0
 
-    def out(proved: bool, proof: list, stop: str) -> SearchResult:
-        return SearchResult(proved, [env.action_text(a) for a in proof], stop, expansions, children, rejected,
-                            time.perf_counter() - t0)
+    def out(proved: bool, proof: list, stop: str, lead: _Node | None = None) -> SearchResult:
+        res = SearchResult(proved, [env.action_text(a) for a in proof], stop, expansions, children, rejected,
+                           time.perf_counter() - t0)
+        while lead is None and queue:  # the queue's best live entry
+            top = heapq.heappop(queue)
+            k = env.state_text(top.state)
+            if k not in expanded and top.score <= best[k]:
+                lead = top
+        if not proved and lead is not None:
+            res.frontier, res.frontier_path = env.state_text(lead.state), [env.action_text(a) for a in lead.path]
+        return res
 
     while queue:
         if time_limit is not None and time.perf_counter() - t0 > time_limit:
@@ -134,12 +144,12 @@ def search(env: SearchEnv, start, expand: Callable[[Any, float], Iterable[tuple[
         if key in expanded or node.score > best[key]:  # a stale entry: the state was reached more cheaply since
             continue
         if expansions >= max_expansions:
-            return out(False, [], "expansions")
+            return out(False, [], "expansions", node)
         expanded.add(key)
         expansions += 1
         for action, a_score in expand(node.state, node.score):
             if time_limit is not None and time.perf_counter() - t0 > time_limit:
-                return out(False, [], "time")
+                return out(False, [], "time", node)
             try:
                 child = env.step(node.state, action)
             except Exception:  # the gym refused it (no match, a guard failed): a rejected candidate

@@ -313,7 +313,8 @@ def train_pair_lm(train_pairs: Sequence[tuple[str, str]], cfg: PairLMConfig, *,
     torch.manual_seed(derive_seed("trigo-pair-lm-init", cfg.seed) % (2**31))
     model = TransformerLM(cfg.model_config(tokenizer.vocab_size))
     args = cfg.train_args()
-    args.out_dir = out_dir
+    if out_dir is not None:  # a run stopped by a signal saved its state there: the same call resumes it
+        args.out_dir, args.resume, args.save_every = str(out_dir), "auto", max(cfg.steps // 4, 1)
     res = fit(model, None, data, args, tokenizer_json=tokenizer.to_json_str(),
               lineage={"verb": "train", "preset": "trigo pair LM", "config": asdict(cfg), "parents": []})
     model.eval()
