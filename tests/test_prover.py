@@ -147,6 +147,11 @@ class FakePolicy:
         self.contexts.append(context)
         return list(self.table)[:n]
 
+    def target_logprobs(self, context, targets):
+        self.contexts.append(context)
+        table = dict(self.table)
+        return [(table.get(t, -50.0), 1) for t in targets]
+
 
 def test_lm_best_first_follows_cumulative_log_probability():
     # '+1' is likely, '*2' unlikely: from 1 to 5 the likely path is four '+1' (cost 0.4) although '*2' paths are
@@ -160,6 +165,21 @@ def test_lm_best_first_follows_cumulative_log_probability():
     # flip the probabilities: the doubling path wins
     res2 = pv.lm_best_first(Toy(8), 1, FakePolicy([("*2", -0.1), ("+1", -5.0)]), max_expansions=50)
     assert res2.proof == ["*2", "*2", "*2"]
+
+
+def test_lm_rank_mode_samples_among_legal_actions():
+    # the policy's free samples are all malformed, but ranked among the gym's legal actions it still steers:
+    # '+1' is likely, so the cheap path is four '+1' from 1 to 5; with 1 sample per expansion the search follows it
+    policy = FakePolicy([("+1", -0.1), ("*2", -5.0), ("-1", -9.0)])
+    free = pv.lm_best_first(Toy(5), 1, FakePolicy([("garbage", -0.1)]), max_expansions=5)
+    assert not free.proved and free.stop == "exhausted" and free.rejected == 1
+    res = pv.lm_best_first(Toy(5), 1, policy, mode="rank", samples=3, max_expansions=50)
+    assert res.proved and res.proof == ["+1", "+1", "+1", "+1"]
+    # samples bounds the children per expansion: one child each, drawn from the renormalised distribution
+    one = pv.lm_best_first(Toy(5), 1, policy, mode="rank", samples=1, max_expansions=50, seed=1)
+    assert one.proved and one.children == len(one.proof)
+    with pytest.raises(pv.ProverError, match="policy mode 'beam'"):
+        pv.lm_best_first(Toy(5), 1, policy, mode="beam")
 
 
 def test_run_searcher_and_attempts():

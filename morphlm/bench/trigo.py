@@ -73,6 +73,7 @@ class TrigoBenchConfig:
     samples: int = 8
     time_limit: float = 120.0  # seconds per attempt
     width: int | None = None  # children per expansion of BFS / heuristic (None: every legal action)
+    policy_mode: str = "sample"  # sample: free LM samples (TRIGO's) | rank: LM-sampled among the gym's legal actions
     parts: list[str] = field(default_factory=lambda: ["tactic", "prover"])
 
     def validate(self) -> None:
@@ -100,6 +101,8 @@ class TrigoBenchConfig:
             raise BenchError(f"attempts={self.attempts}: pass@8 needs at least 8 attempts per problem")
         if self.max_expansions < 1 or self.samples < 1:
             raise BenchError(f"max_expansions={self.max_expansions}, samples={self.samples}: both must be >= 1")
+        if self.policy_mode not in ("sample", "rank"):
+            raise BenchError(f"policy_mode={self.policy_mode!r}: choose sample or rank")
         if not self.time_limit > 0:
             raise BenchError(f"time_limit={self.time_limit}: seconds per attempt must be > 0")
         for name in ("tactic", "policy"):
@@ -217,7 +220,8 @@ def run_tactic(cfg: TrigoBenchConfig, work: Path) -> dict[str, Any]:
     from ..reason import tactic as tc
 
     train, valid, report = load_step_pairs(cfg)
-    key = f"tactic-{_hash({'cfg': asdict(cfg.tactic_cfg()), 'train': len(train), 'valid': len(valid), 'data': cfg.data, 'v': SCHEMA_VERSION})}"
+    key = f"tactic-{_hash({'cfg': asdict(cfg.tactic_cfg()), 'train': len(train), 'valid': len(valid),
+                           'data': cfg.data, 'v': SCHEMA_VERSION})}"
     cache = ResultCache(work / "parts")
     hit = cache.load(key)
     if hit is not None:
@@ -272,9 +276,12 @@ def run_cell(cfg: TrigoBenchConfig, env, subset: str, searcher: str, policy, wor
     from ..reason import prover as pv
 
     stmts, report = load_subset(cfg, subset)
-    shaping = {k: getattr(cfg, k) for k in ("limit", "problems", "attempts", "max_expansions", "samples", "time_limit", "width")}
+    shaping = {k: getattr(cfg, k)
+               for k in ("limit", "problems", "attempts", "max_expansions", "samples", "time_limit", "width")}
     if searcher == "lm":
         shaping["policy"] = [cfg.policy, cfg.train_limit, cfg.gen_problems, cfg.gen_seed]
+        if cfg.policy_mode != "sample":  # (the key of a default run stays what it was)
+            shaping["policy_mode"] = cfg.policy_mode
     key = f"prover-{subset}-{searcher}-{_hash({'s': shaping, 'data': cfg.data, 'v': SCHEMA_VERSION})}"
     cache = ResultCache(work / "parts")
     hit = cache.load(key)
@@ -295,7 +302,8 @@ def run_cell(cfg: TrigoBenchConfig, env, subset: str, searcher: str, policy, wor
             p8.append(0.0)
             continue
         runs = pv.attempts(searcher, env, start, cfg.attempts, policy=policy, max_expansions=cfg.max_expansions,
-                           time_limit=cfg.time_limit, samples=cfg.samples, width=cfg.width)
+                           time_limit=cfg.time_limit, samples=cfg.samples, width=cfg.width,
+                           policy_mode=cfg.policy_mode)
         c = sum(r.proved for r in runs)
         for r in runs:
             stops[r.stop] = stops.get(r.stop, 0) + 1
@@ -372,8 +380,10 @@ def markdown_table(results: dict[str, Any]) -> str:
     cells = (results.get("prover") or {}).get("cells") or {}
     if cells:
         searchers = [x for x in SEARCHERS if any(x in by for by in cells.values())]
+        mode = c.get("policy_mode", "sample")
+        how = "free LM samples" if mode == "sample" else "LM-sampled among the gym's legal actions"
         lines += [f"Gym proving: pass@1 / pass@8 over {c['attempts']} attempts, ≤ {c['max_expansions']} expansions "
-                  f"({c['samples']} sampled actions per LM expansion), ≤ {c['time_limit']:g} s per attempt:", "",
+                  f"({c['samples']} {how} per LM expansion), ≤ {c['time_limit']:g} s per attempt:", "",
                   "| subset | problems | " + " | ".join(searchers) + " |", "|---|---|" + "---|" * len(searchers)]
         for subset, by in cells.items():
             n = next(iter(by.values()))["n"]

@@ -30,6 +30,8 @@ def bench_trigo(
                                                  help="bfs | heuristic | lm (repeatable; default all)."),
     steps: Optional[int] = typer.Option(None, "--max-steps", help="Training steps of the tactic LM and the policy."),
     max_expansions: Optional[int] = typer.Option(None, help="Expansions per attempt (default 128)."),
+    policy_mode: Optional[str] = typer.Option(None, help="sample (default: free LM samples, TRIGO's) | rank "
+                                                         "(LM-sampled among the gym's legal actions)."),
     attempts: Optional[int] = typer.Option(None, help="Attempts per problem (default 8; pass@8 needs >= 8)."),
     time_limit: Optional[float] = typer.Option(None, help="Seconds per attempt (default 120)."),
     gen_problems: Optional[int] = typer.Option(None, help="Generated problems per rule count (1..3) whose gold "
@@ -65,7 +67,8 @@ def bench_trigo(
         return
     changes: dict = {}
     for name, value in (("limit", limit), ("train_limit", train_limit), ("max_expansions", max_expansions),
-                        ("attempts", attempts), ("time_limit", time_limit), ("gen_problems", gen_problems)):
+                        ("attempts", attempts), ("time_limit", time_limit), ("gen_problems", gen_problems),
+                        ("policy_mode", policy_mode)):
         if value is not None:
             changes[name] = value
     if limit is not None:

@@ -23,6 +23,8 @@ def trigo_prove(
                                                      "`morphlm bench trigo`'s work dir."),
     max_expansions: int = typer.Option(128, help="Expansions per attempt."),
     samples: int = typer.Option(8, help="Sampled actions per expansion (lm)."),
+    policy_mode: str = typer.Option("sample", help="lm: sample (free LM samples, TRIGO's) | rank (LM-sampled among "
+                                                   "the gym's legal actions)."),
     attempts: int = typer.Option(1, help="Attempts per statement (seeds 0..N-1); a statement counts as proved when "
                                          "any attempt closes it."),
     time_limit: Optional[float] = typer.Option(None, help="Seconds per attempt (default: no limit)."),
@@ -46,6 +48,8 @@ def trigo_prove(
 
     if searcher not in pv.SEARCHERS:
         raise pv.ProverError(f"--searcher {searcher!r}: choose one of {', '.join(pv.SEARCHERS)}")
+    if policy_mode not in pv.POLICY_MODES:
+        raise pv.ProverError(f"--policy-mode {policy_mode!r}: choose one of {', '.join(pv.POLICY_MODES)}")
     if searcher == "lm" and policy is None:
         raise pv.ProverError("--searcher lm needs --policy DIR (a policy-* folder written by `morphlm bench trigo`)")
     if attempts < 1 or samples < 1 or max_expansions < 1:
@@ -72,7 +76,8 @@ def trigo_prove(
     rows, scripts = [], []
     for st in stmts:
         runs = pv.attempts(searcher, env, env.start(st), attempts, policy=lm, max_expansions=max_expansions,
-                           time_limit=time_limit, samples=samples, width=width)
+                           time_limit=time_limit, samples=samples, width=width,
+                           policy_mode=policy_mode)
         best = next((r for r in runs if r.proved), runs[-1])
         rows.append({"name": st.name, "proved": best.proved, "successes": sum(r.proved for r in runs),
                      "attempts": len(runs), **{k: v for k, v in best.to_dict().items() if k != "proved"}})

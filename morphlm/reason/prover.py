@@ -192,19 +192,31 @@ def heuristic(env: SearchEnv, start, *, seed: int = 0, max_expansions: int = 128
                   time_limit=time_limit)
 
 
+POLICY_MODES = ("sample", "rank")
+
+
 def lm_best_first(env: SearchEnv, start, policy, *, seed: int = 0, samples: int = 8, max_expansions: int = 128,
-                  time_limit: float | None = None, temperature: float = 1.0) -> SearchResult:
-    """Best-first on the cumulative log-probability of the policy's sampled actions (``samples`` per expansion,
-    deduplicated). ``policy.sample(context, n, temperature=, generator=)`` → [(action text, log-prob)]; the
-    context is :func:`policy_context` of the state's text. An action text that does not parse is rejected."""
+                  time_limit: float | None = None, temperature: float = 1.0, mode: str = "sample") -> SearchResult:
+    """Best-first on the cumulative log-probability of the policy's actions, ``samples`` per expansion.
+
+    ``mode="sample"`` (TRIGO's): ``samples`` free samples from the LM (deduplicated; ``policy.sample(context, n,
+    temperature=, generator=)`` → [(action text, log-prob)]), an action text that does not parse or apply is
+    rejected. ``mode="rank"``: the gym's legal actions of the state are scored by the LM (teacher-forced
+    log-probability of each action's text, ``policy.target_logprobs``) and ``samples`` of them are drawn without
+    replacement from the LM's distribution renormalised over them — sampling constrained to well-formed actions
+    (reconstruction: TRIGO samples freely and lets Lean reject; a small policy that rarely writes a well-formed
+    gym action is still measured on its ranking this way). Either way the cost is − the action's log-prob under
+    the LM (not renormalised), and the context is :func:`policy_context` of the state's text."""
     import torch
 
     if samples < 1:
         raise ProverError(f"samples={samples}: need at least 1 sampled action per expansion")
+    if mode not in POLICY_MODES:
+        raise ProverError(f"policy mode {mode!r}: choose one of {', '.join(POLICY_MODES)}")
     g = torch.Generator().manual_seed(seed)
     bad = [0]
 
-    def expand(state, _score):
+    def expand_sample(state, _score):
         for text, logp in policy.sample(policy_context(env.state_text(state)), samples, temperature=temperature,
                                         generator=g):
             try:
@@ -214,14 +226,26 @@ def lm_best_first(env: SearchEnv, start, policy, *, seed: int = 0, samples: int 
                 continue
             yield action, -logp  # the queue pops the smallest: cost = − cumulative log-prob
 
-    res = search(env, start, expand, lambda parent, child, score: score, max_expansions=max_expansions,
-                 time_limit=time_limit)
+    def expand_rank(state, _score):
+        acts = list(env.actions(state))
+        if not acts:
+            return
+        scored = policy.target_logprobs(policy_context(env.state_text(state)), [env.action_text(a) for a in acts])
+        lp = torch.tensor([s for s, _ in scored], dtype=torch.float64)
+        probs = torch.softmax(lp / max(temperature, 1e-6), dim=0)
+        picked = torch.multinomial(probs.float(), min(samples, len(acts)), replacement=False, generator=g)
+        for i in picked.tolist():
+            yield acts[i], -float(lp[i])
+
+    res = search(env, start, expand_rank if mode == "rank" else expand_sample,
+                 lambda parent, child, score: score, max_expansions=max_expansions, time_limit=time_limit)
     res.rejected += bad[0]
     return res
 
 
 def run_searcher(name: str, env: SearchEnv, start, *, policy=None, seed: int = 0, max_expansions: int = 128,
-                 time_limit: float | None = None, samples: int = 8, width: int | None = None) -> SearchResult:
+                 time_limit: float | None = None, samples: int = 8, width: int | None = None,
+                 policy_mode: str = "sample") -> SearchResult:
     """One attempt of searcher ``name`` (bfs | heuristic | lm)."""
     if name == "bfs":
         return bfs(env, start, seed=seed, max_expansions=max_expansions, time_limit=time_limit, width=width)
@@ -232,7 +256,7 @@ def run_searcher(name: str, env: SearchEnv, start, *, policy=None, seed: int = 0
             raise ProverError("the lm searcher needs a trained policy (train one with the bench, or pass --policy "
                               "DIR)")
         return lm_best_first(env, start, policy, seed=seed, samples=samples, max_expansions=max_expansions,
-                             time_limit=time_limit)
+                             time_limit=time_limit, mode=policy_mode)
     raise ProverError(f"unknown searcher {name!r}; choose one of {', '.join(SEARCHERS)}")
 
 
@@ -258,7 +282,8 @@ def lean_context(goal: str) -> str:
     return LEAN_TAG + goal
 
 
-def trajectory_pairs(env: SearchEnv, problems: Iterable[tuple[Any, Sequence[Any]]]) -> tuple[list[tuple[str, str]], int]:
+def trajectory_pairs(env: SearchEnv,
+                     problems: Iterable[tuple[Any, Sequence[Any]]]) -> tuple[list[tuple[str, str]], int]:
     """(context, action text) pairs from gold trajectories: each problem is (start state, [actions]); the actions
     are replayed in the gym, so a pair is only kept for a step the gym accepts. Returns (pairs, rejected steps)."""
     pairs: list[tuple[str, str]] = []
