@@ -220,8 +220,9 @@ def run_tactic(cfg: TrigoBenchConfig, work: Path) -> dict[str, Any]:
     from ..reason import tactic as tc
 
     train, valid, report = load_step_pairs(cfg)
-    key = f"tactic-{_hash({'cfg': asdict(cfg.tactic_cfg()), 'train': len(train), 'valid': len(valid),
-                           'data': cfg.data, 'v': SCHEMA_VERSION})}"
+    shaping = {"cfg": asdict(cfg.tactic_cfg()), "train": len(train), "valid": len(valid), "data": cfg.data,
+               "v": SCHEMA_VERSION}
+    key = f"tactic-{_hash(shaping)}"
     cache = ResultCache(work / "parts")
     hit = cache.load(key)
     if hit is not None:
