@@ -197,6 +197,13 @@ def test_trajectory_pairs_replay_in_the_gym():
     assert pairs == [(pv.GYM_TAG + "1", "+1"), (pv.GYM_TAG + "2", "*2")] and bad == 1
     mixed = pv.policy_pairs([("x : R ⊢ a = b", "ring,")], pairs)
     assert mixed[0] == (pv.LEAN_TAG + "x : R ⊢ a = b", "ring,") and mixed[1:] == pairs
+    # oversampling: 10 Lean rows and 2 gym pairs at a share of at least 0.5 -> 10 gym rows (5 whole copies)
+    lean = [("g", "ring,")] * 10
+    assert len(pv.policy_pairs(lean, pairs, 0.5)) == 20
+    assert len(pv.policy_pairs(lean, pairs, 0.6)) == 10 + 16  # ceil(15 / 2) = 8 copies
+    assert len(pv.policy_pairs(lean, [], 0.5)) == 10
+    with pytest.raises(pv.ProverError, match="gym_share=1"):
+        pv.policy_pairs(lean, pairs, 1.0)
 
 
 # ---------------------------------------------------------------------------- anchors

@@ -66,6 +66,7 @@ class TrigoBenchConfig:
     policy: dict = field(default_factory=dict)  # PairLMConfig fields of the prover's policy
     gen_problems: int = 300  # generated problems per rule count (1, 2, 3) for the policy's trajectories
     gen_seed: int = 0
+    gym_share: float = 0.5  # the gym pairs are repeated until they are at least this share of the policy's rows
     subsets: list[str] = field(default_factory=lambda: list(SUBSETS))
     searchers: list[str] = field(default_factory=lambda: list(SEARCHERS))
     attempts: int = 8
@@ -101,6 +102,8 @@ class TrigoBenchConfig:
             raise BenchError(f"attempts={self.attempts}: pass@8 needs at least 8 attempts per problem")
         if self.max_expansions < 1 or self.samples < 1:
             raise BenchError(f"max_expansions={self.max_expansions}, samples={self.samples}: both must be >= 1")
+        if not 0.0 <= self.gym_share < 1.0:
+            raise BenchError(f"gym_share={self.gym_share}: the share of gym pairs must be in [0, 1)")
         if self.policy_mode not in ("sample", "rank"):
             raise BenchError(f"policy_mode={self.policy_mode!r}: choose sample or rank")
         if not self.time_limit > 0:
@@ -253,18 +256,22 @@ def _policy(cfg: TrigoBenchConfig, env, work: Path):
 
     train, _, _ = load_step_pairs(cfg)
     pcfg = cfg.policy_cfg()
-    key = _hash({"cfg": asdict(pcfg), "train": len(train), "gen": [cfg.gen_problems, cfg.gen_seed], "data": cfg.data,
-                 "v": SCHEMA_VERSION})
+    shaping = {"cfg": asdict(pcfg), "train": len(train), "gen": [cfg.gen_problems, cfg.gen_seed], "data": cfg.data,
+               "v": SCHEMA_VERSION}
+    if cfg.gym_share:  # (a run without oversampling keeps its earlier key)
+        shaping["gym_share"] = cfg.gym_share
+    key = _hash(shaping)
     out = work / f"policy-{key}"
     info_path = out / "policy_data.json"
     if info_path.is_file() and (out / tc.PAIR_LM_FILE).is_file():
         return tc.load_pair_lm(out), json.loads(info_path.read_text(encoding="utf-8"))
     problems = env.generated_problems(cfg.gen_problems, cfg.gen_seed)
     gym_pairs, rejected = pv.trajectory_pairs(env, problems)
-    pairs = pv.policy_pairs(train, gym_pairs)
+    pairs = pv.policy_pairs(train, gym_pairs, cfg.gym_share)
     with interruptible("training the prover's policy"):
         lm, res = tc.train_pair_lm(pairs, pcfg, out_dir=str(out))
-    info = {"lean_pairs": len(train), "gym_pairs": len(gym_pairs), "gym_steps_rejected": rejected,
+    info = {"lean_pairs": len(train), "gym_pairs": len(gym_pairs), "gym_rows": len(pairs) - len(train),
+            "gym_steps_rejected": rejected,
             "generated_problems": len(problems), "steps": res.steps, "final_loss": res.final_loss}
     from ..io import write_atomic
 
@@ -281,6 +288,8 @@ def run_cell(cfg: TrigoBenchConfig, env, subset: str, searcher: str, policy, wor
                for k in ("limit", "problems", "attempts", "max_expansions", "samples", "time_limit", "width")}
     if searcher == "lm":
         shaping["policy"] = [cfg.policy, cfg.train_limit, cfg.gen_problems, cfg.gen_seed]
+        if cfg.gym_share:
+            shaping["gym_share"] = cfg.gym_share
         if cfg.policy_mode != "sample":  # (the key of a default run stays what it was)
             shaping["policy_mode"] = cfg.policy_mode
     key = f"prover-{subset}-{searcher}-{_hash({'s': shaping, 'data': cfg.data, 'v': SCHEMA_VERSION})}"

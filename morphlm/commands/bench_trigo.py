@@ -36,6 +36,8 @@ def bench_trigo(
     time_limit: Optional[float] = typer.Option(None, help="Seconds per attempt (default 120)."),
     gen_problems: Optional[int] = typer.Option(None, help="Generated problems per rule count (1..3) whose gold "
                                                           "trajectories train the policy (default 300)."),
+    gym_share: Optional[float] = typer.Option(None, help="Least share of the policy's training rows that are gym "
+                                                         "pairs (repeated to reach it; default 0.5; 0: no repeats)."),
     out: Optional[Path] = typer.Option(
         None, help="Results JSON (default benchmarks/results/trigo.json, trigo-quick.json with --quick; "
                    "$MORPHLM_RESULTS moves the folder). The plot is written next to it (.png)."),
@@ -68,7 +70,7 @@ def bench_trigo(
     changes: dict = {}
     for name, value in (("limit", limit), ("train_limit", train_limit), ("max_expansions", max_expansions),
                         ("attempts", attempts), ("time_limit", time_limit), ("gen_problems", gen_problems),
-                        ("policy_mode", policy_mode)):
+                        ("policy_mode", policy_mode), ("gym_share", gym_share)):
         if value is not None:
             changes[name] = value
     if limit is not None:

@@ -301,12 +301,23 @@ def trajectory_pairs(env: SearchEnv,
     return pairs, bad
 
 
-def policy_pairs(lean_steps: Iterable[tuple[str, str]], gym_pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
-    """The policy's training set: TG-REAL GOAL → PROOFSTEP steps (tagged as Lean) and gym (state → action) pairs.
+def policy_pairs(lean_steps: Iterable[tuple[str, str]], gym_pairs: Sequence[tuple[str, str]],
+                 gym_share: float = 0.0) -> list[tuple[str, str]]:
+    """The policy's training set: TG-REAL GOAL → PROOFSTEP steps (tagged as Lean) and gym (state → action) pairs,
+    the gym pairs repeated (whole copies) until they are at least ``gym_share`` of the rows.
     Reconstruction: TRIGO trains its policy on Lean steps only; here the search acts through the gym, whose
     actions are the rule bank's, so the generated trajectories teach those while the real steps add their goals'
-    vocabulary."""
-    return [(lean_context(g), t) for g, t in lean_steps] + list(gym_pairs)
+    vocabulary (a few hundred generated steps beside 7,338 real ones are 3.5% of the rows: ``gym_share``
+    oversamples them)."""
+    if not 0.0 <= gym_share < 1.0:
+        raise ProverError(f"gym_share={gym_share}: the share of gym pairs must be in [0, 1)")
+    lean = [(lean_context(g), t) for g, t in lean_steps]
+    gym = list(gym_pairs)
+    copies = 1
+    if gym and gym_share > 0:
+        need = gym_share * len(lean) / (1.0 - gym_share)  # gym rows for that share
+        copies = max(1, math.ceil(need / len(gym)))
+    return lean + gym * copies
 
 
 # ------------------------------------------------------------------------------------------------ the TRIGO gym
