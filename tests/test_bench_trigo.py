@@ -147,6 +147,10 @@ def test_bad_input(tmp_path):
         tb.ci_config(searchers=["dfs"], **base).validate()
     with pytest.raises(tb.BenchError, match="limit=0"):
         tb.ci_config(limit=0, **base).validate()
+    with pytest.raises(tb.BenchError, match="policy_mode='beam'"):
+        tb.ci_config(policy_mode="beam", **base).validate()
+    with pytest.raises(tb.BenchError, match="gym_share=1.0"):
+        tb.ci_config(gym_share=1.0, **base).validate()
     with pytest.raises(tb.BenchError, match="tactic settings"):
         tb.ci_config(tactic={"nope": 1}, **base).validate()
     res = cli("bench", "trigo", "--quick", "--data", tmp_path / "nope", "--out", tmp_path / "x.json", code=2)
