@@ -412,7 +412,7 @@ def markdown_table(results: dict[str, Any]) -> str:
     cpu = machine.get("cpu") if isinstance(machine, dict) else None
     a = f"first {c['limit']} valid steps" if c.get("limit") else "all valid steps"
     n_b = c.get("problems") if c.get("problems") is not None else c.get("limit")
-    limit = f"{a}, " + (f"first {n_b} problems per subset" if n_b else "every problem")
+    limit = a if not cells else f"{a}, " + (f"first {n_b} problems per subset" if n_b else "every problem")
     lines.append(f"Profile {c['profile']} ({limit}). Goals — {goals}. {cpu + ', ' if cpu else ''}torch "
                  f"{results.get('torch', '?')}, commit {str(results.get('commit', '?'))[:10]}.")
     return "\n".join(lines)
