@@ -13,7 +13,7 @@ from morphlm.bench import switch_attn as sb
 from clihelp import check_script_is_the_cli, cli
 
 SUMMARY_KEYS = {"loss_gap_vs_full", "attn_flops_ratio", "attn_time_ratio", "retrieval_switch", "retrieval_swa",
-                "retrieval_full", "seeds", "goals"}
+                "retrieval_full", "seeds", "goals", "goal_notes"}
 
 
 def _ci(**changes):
@@ -135,6 +135,14 @@ def test_summary_and_goals_on_hand_made_records():
     assert bad["goals"] == {"loss_within_0.02_of_full": False, "attn_flops_at_most_40pct": True,
                             "attn_time_at_most_0.6x": False, "retrieval_far_above_swa": False,
                             "retrieval_close_to_full": False}
+    # a probe the full model cannot do measures nothing: both retrieval goals None, with the reason
+    floor_arms = sb.analyse(_runs(sw_retrieval=0.03))
+    floor_arms["full"]["retrieval"] = 0.02
+    floor_arms["sliding"]["retrieval"] = 0.02
+    floor = sb.summarise(floor_arms, [0, 1], timing)
+    assert floor["goals"]["retrieval_far_above_swa"] is None and floor["goals"]["retrieval_close_to_full"] is None
+    assert "not measurable" in floor["goal_notes"]["retrieval"]
+    assert s["goal_notes"] == {}
     # missing arms and timing: None, not a guess
     none = sb.summarise(sb.analyse({"full": _runs()["full"]}), [0, 1], None)
     assert none["loss_gap_vs_full"] is None and none["attn_time_ratio"] is None
