@@ -271,6 +271,12 @@ def test_pair_lm_learns_a_mapping_and_round_trips(tmp_path):
     # the reported log-prob is the teacher-forced one
     (lp, n), = lm.target_logprobs("alpha", ["rw one,"])
     assert dict(samples)["rw one,"] == pytest.approx(lp, abs=1e-4) and n == len(lm.tokenizer.encode("rw one,")) + 1
+    # one prompt run once for many targets (cached keys/values repeated) == each row teacher-forced on its own
+    targets = ["rw one,", "ring,", "rw one, ring, simp, linarith,", "x"]
+    shared = lm.shared_prompt_logprobs("alpha", targets)
+    for (a, na), (b, nb) in zip(shared, lm.target_logprobs("alpha", targets)):
+        assert na == nb and a == pytest.approx(b, abs=1e-4)
+    assert lm.shared_prompt_logprobs("alpha", []) == []
     with pytest.raises(tc.TacticError, match="no pair_lm.json"):
         tc.load_pair_lm(tmp_path)
 

@@ -66,6 +66,18 @@ class KVCache:
                 f"not fit; ask for fewer new tokens (or a shorter prompt), or build the cache with a larger "
                 f"max_len (at most the model's max_seq_len)")
 
+    def repeat(self, n: int) -> "KVCache":
+        """A new cache holding this (batch-1) cache's positions for ``n`` sequences: a shared prefix (one prompt)
+        continued by ``n`` different suffixes."""
+        out = KVCache(len(self.keys), self.max_len)
+        out.length = self.length
+        for i, (k, v) in enumerate(zip(self.keys, self.values)):
+            if k is not None:
+                if k.shape[0] != 1:
+                    raise ValueError(f"only a cache of one sequence can be repeated, this one holds {k.shape[0]}")
+                out.keys[i], out.values[i] = k.repeat(n, 1, 1, 1), v.repeat(n, 1, 1, 1)
+        return out
+
     def layer(self, i: int) -> "LayerKV":
         return LayerKV(self, i)
 

@@ -202,7 +202,8 @@ def lm_best_first(env: SearchEnv, start, policy, *, seed: int = 0, samples: int 
     ``mode="sample"`` (TRIGO's): ``samples`` free samples from the LM (deduplicated; ``policy.sample(context, n,
     temperature=, generator=)`` → [(action text, log-prob)]), an action text that does not parse or apply is
     rejected. ``mode="rank"``: the gym's legal actions of the state are scored by the LM (teacher-forced
-    log-probability of each action's text, ``policy.target_logprobs``) and ``samples`` of them are drawn without
+    log-probability of each action's text, ``policy.shared_prompt_logprobs`` where the policy has it, else
+    ``policy.target_logprobs``) and ``samples`` of them are drawn without
     replacement from the LM's distribution renormalised over them — sampling constrained to well-formed actions
     (reconstruction: TRIGO samples freely and lets Lean reject; a small policy that rarely writes a well-formed
     gym action is still measured on its ranking this way). Either way the cost is − the action's log-prob under
@@ -230,7 +231,8 @@ def lm_best_first(env: SearchEnv, start, policy, *, seed: int = 0, samples: int 
         acts = list(env.actions(state))
         if not acts:
             return
-        scored = policy.target_logprobs(policy_context(env.state_text(state)), [env.action_text(a) for a in acts])
+        score = getattr(policy, "shared_prompt_logprobs", None) or policy.target_logprobs
+        scored = score(policy_context(env.state_text(state)), [env.action_text(a) for a in acts])
         lp = torch.tensor([s for s, _ in scored], dtype=torch.float64)
         probs = torch.softmax(lp / max(temperature, 1e-6), dim=0)
         picked = torch.multinomial(probs.float(), min(samples, len(acts)), replacement=False, generator=g)

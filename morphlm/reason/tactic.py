@@ -246,6 +246,39 @@ class PairLM:
                             self.cfg.max_target_tokens) for t in targets]
         return self._score_rows(rows)
 
+    def shared_prompt_logprobs(self, context: str, targets: Sequence[str]) -> list[tuple[float, int]]:
+        """:meth:`target_logprobs` for many targets of one context, the prompt run once: its keys and values are
+        cached and repeated for every target (the same numbers up to float rounding, ≈ (prompt + target) / target
+        times fewer FLOPs). Falls back to :meth:`target_logprobs` for a model without a KV cache."""
+        import torch
+
+        from ..model.attention import KVCache
+        from ..model.transformer import kv_cache_unsupported
+
+        if not targets:
+            return []
+        if kv_cache_unsupported(self.model.config) is not None:
+            return self.target_logprobs(context, targets)
+        p = self.prompt_ids(context)
+        tgt = [encode_pair(self.tokenizer, "", t, 0, self.cfg.max_target_tokens)[0] for t in targets]
+        width = max(len(t) for t in tgt)
+        cache = KVCache(self.model.config.n_layers, len(p) + width)
+        was = self.model.training
+        self.model.eval()
+        with torch.no_grad():
+            first = torch.log_softmax(self.model(torch.tensor([p]), kv_cache=cache).logits[0, -1].float(), dim=-1)
+            out = [float(first[t[0]]) for t in tgt]
+            if width > 1:
+                ids = torch.full((len(tgt), width - 1), self.tokenizer.pad_id, dtype=torch.long)
+                for r, t in enumerate(tgt):
+                    ids[r, : len(t) - 1] = torch.tensor(t[:-1])
+                logp = torch.log_softmax(self.model(ids, kv_cache=cache.repeat(len(tgt))).logits.float(), dim=-1)
+                for r, t in enumerate(tgt):
+                    if len(t) > 1:
+                        out[r] += float(logp[r, torch.arange(len(t) - 1), torch.tensor(t[1:])].sum())
+        self.model.train(was)
+        return [(s, len(t)) for s, t in zip(out, tgt)]
+
     def _score_rows(self, rows: list[tuple[list[int], int]]) -> list[tuple[float, int]]:
         import torch
 

@@ -350,12 +350,73 @@ def atomize(e):
     return e.xreplace({c: sp.Symbol(f"_{c.func.__name__}_{i}") for i, c in enumerate(calls)})
 
 
+class _Unsure(ArithmeticError):
+    pass
+
+
+def _atom_value(sym) -> "mpmath.mpf":
+    """A fixed pseudo-random value in [0.3, 1.7] for an opaque atom or variable (by its name: reproducible)."""
+    import zlib
+
+    return mpmath.mpf(3) / 10 + mpmath.mpf(zlib.crc32(sym.name.encode()) % 1_000_003) / 1_000_003 * mpmath.mpf(1.4)
+
+
+def _probe(e, top: list) -> "mpmath.mpf":
+    """Value of an evaluated, atomized expression at :func:`_atom_value`; ``top[0]`` collects the largest
+    magnitude met (the rounding scale). :class:`_Unsure` wherever the value is not plainly defined."""
+    if isinstance(e, sp.Symbol):
+        v = _atom_value(e)
+    elif isinstance(e, Rational):  # Integer included
+        v = mpmath.mpf(e.p) / e.q
+    elif e is sp.pi:
+        v = +mpmath.pi
+    elif isinstance(e, Add):
+        terms = [_probe(a, top) for a in e.args]
+        v = mpmath.fsum(terms)
+    elif isinstance(e, Mul):
+        v = mpmath.mpf(1)
+        for a in e.args:
+            v *= _probe(a, top)
+    elif isinstance(e, Pow):
+        b, x = _probe(e.base, top), _probe(e.exp, top)
+        if abs(b) < mpmath.mpf(10) ** -20 or (b < 0 and x != int(x)):
+            raise _Unsure("a pole or a root of a negative")
+        v = b ** x
+    elif isinstance(e, sp.Abs):
+        v = abs(_probe(e.args[0], top))
+    elif isinstance(e, sp.Number) and e.is_real:
+        v = mpmath.mpf(str(sp.N(e, 60)))
+    else:
+        raise _Unsure(f"no numeric probe for {type(e).__name__}")
+    top[0] = max(top[0], abs(v))
+    return v
+
+
+def plainly_nonzero(d) -> bool:
+    """True when an evaluated expression whose trig calls are opaque symbols (:func:`atomize`) is certainly not 0
+    as a rational function of those symbols: its value at one fixed point (every symbol in [0.3, 1.7], 60 digits)
+    is far from 0 relative to the largest intermediate value. A zero rational function is 0 at every point where
+    it is defined, so a True answer is never wrong; False means "not decided" (a pole, a root of a negative, an
+    unknown node, or a value near 0) and the exact check decides. A cheap first test for :func:`is_zero_symbolic`
+    (most candidate states of a search are not closed)."""
+    top = [mpmath.mpf(1)]
+    try:
+        with mpmath.workdps(60):
+            v = _probe(d, top)
+            return bool(mpmath.isfinite(v)) and abs(v) > mpmath.mpf(10) ** -30 * top[0]
+    except (_Unsure, ArithmeticError, TypeError, ValueError):
+        return False
+
+
 def is_zero_symbolic(e, total: bool = True) -> bool:
     """Whether an unevaluated difference is 0 without evaluating any trig function: trig calls → opaque atoms,
-    then rational cancellation with radicals rationalised (the stand-in for Lean's ``ring``/``field_simp``)."""
+    then rational cancellation with radicals rationalised (the stand-in for Lean's ``ring``/``field_simp``).
+    A difference that :func:`plainly_nonzero` rules out skips the cancellation."""
     d = atomize(rebuild(e, total))
     if d == 0:
         return True
+    if plainly_nonzero(d):
+        return False
     try:
         c = sp.cancel(sp.radsimp(sp.cancel(d)))
         if c == 0:

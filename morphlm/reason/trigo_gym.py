@@ -87,6 +87,10 @@ class TrigoState:
 
     def to_text(self) -> str:
         """The goal as one Lean line, ``lhs = rhs`` (the policy's prompt)."""
+        return self._text
+
+    @functools.cached_property
+    def _text(self) -> str:  # printed once per state (a search keys its memo and dedup on it)
         return f"{expr_to_lean(self.lhs)} = {expr_to_lean(self.rhs)}"
 
     def side(self, name: str):
