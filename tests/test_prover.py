@@ -180,6 +180,13 @@ def test_lm_rank_mode_samples_among_legal_actions():
     assert one.proved and one.children == len(one.proof)
     with pytest.raises(pv.ProverError, match="policy mode 'beam'"):
         pv.lm_best_first(Toy(5), 1, policy, mode="beam")
+    # attempts share the scores of the states they meet: the same results, fewer policy calls
+    counting = FakePolicy([("+1", -0.1), ("*2", -5.0), ("-1", -9.0)])
+    runs = pv.attempts("lm", Toy(5), 1, 4, policy=counting, policy_mode="rank", samples=2, max_expansions=50)
+    alone = [pv.lm_best_first(Toy(5), 1, policy, mode="rank", samples=2, max_expansions=50, seed=i)
+             for i in range(4)]
+    assert [r.proof for r in runs] == [r.proof for r in alone]
+    assert len(counting.contexts) == len(set(counting.contexts)) < sum(r.expansions for r in runs)
 
 
 def test_run_searcher_and_attempts():

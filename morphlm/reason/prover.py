@@ -196,7 +196,8 @@ POLICY_MODES = ("sample", "rank")
 
 
 def lm_best_first(env: SearchEnv, start, policy, *, seed: int = 0, samples: int = 8, max_expansions: int = 128,
-                  time_limit: float | None = None, temperature: float = 1.0, mode: str = "sample") -> SearchResult:
+                  time_limit: float | None = None, temperature: float = 1.0, mode: str = "sample",
+                  memo: dict | None = None) -> SearchResult:
     """Best-first on the cumulative log-probability of the policy's actions, ``samples`` per expansion.
 
     ``mode="sample"`` (TRIGO's): ``samples`` free samples from the LM (deduplicated; ``policy.sample(context, n,
@@ -207,7 +208,10 @@ def lm_best_first(env: SearchEnv, start, policy, *, seed: int = 0, samples: int 
     replacement from the LM's distribution renormalised over them — sampling constrained to well-formed actions
     (reconstruction: TRIGO samples freely and lets Lean reject; a small policy that rarely writes a well-formed
     gym action is still measured on its ranking this way). Either way the cost is − the action's log-prob under
-    the LM (not renormalised), and the context is :func:`policy_context` of the state's text."""
+    the LM (not renormalised), and the context is :func:`policy_context` of the state's text.
+
+    ``memo`` (rank mode): a dict shared by the attempts on one problem; a state's legal actions and their scores
+    are a pure function of the state and the policy, so later attempts reuse them (only the sampling differs)."""
     import torch
 
     if samples < 1:
@@ -228,12 +232,18 @@ def lm_best_first(env: SearchEnv, start, policy, *, seed: int = 0, samples: int 
             yield action, -logp  # the queue pops the smallest: cost = − cumulative log-prob
 
     def expand_rank(state, _score):
-        acts = list(env.actions(state))
+        key = env.state_text(state)
+        if memo is not None and key in memo:
+            acts, lp = memo[key]
+        else:
+            acts = list(env.actions(state))
+            score = getattr(policy, "shared_prompt_logprobs", None) or policy.target_logprobs
+            scored = score(policy_context(key), [env.action_text(a) for a in acts]) if acts else []
+            lp = torch.tensor([s for s, _ in scored], dtype=torch.float64)
+            if memo is not None:
+                memo[key] = (acts, lp)
         if not acts:
             return
-        score = getattr(policy, "shared_prompt_logprobs", None) or policy.target_logprobs
-        scored = score(policy_context(env.state_text(state)), [env.action_text(a) for a in acts])
-        lp = torch.tensor([s for s, _ in scored], dtype=torch.float64)
         probs = torch.softmax(lp / max(temperature, 1e-6), dim=0)
         picked = torch.multinomial(probs.float(), min(samples, len(acts)), replacement=False, generator=g)
         for i in picked.tolist():
@@ -247,8 +257,8 @@ def lm_best_first(env: SearchEnv, start, policy, *, seed: int = 0, samples: int 
 
 def run_searcher(name: str, env: SearchEnv, start, *, policy=None, seed: int = 0, max_expansions: int = 128,
                  time_limit: float | None = None, samples: int = 8, width: int | None = None,
-                 policy_mode: str = "sample") -> SearchResult:
-    """One attempt of searcher ``name`` (bfs | heuristic | lm)."""
+                 policy_mode: str = "sample", memo: dict | None = None) -> SearchResult:
+    """One attempt of searcher ``name`` (bfs | heuristic | lm); ``memo``: see :func:`lm_best_first`."""
     if name == "bfs":
         return bfs(env, start, seed=seed, max_expansions=max_expansions, time_limit=time_limit, width=width)
     if name == "heuristic":
@@ -258,15 +268,17 @@ def run_searcher(name: str, env: SearchEnv, start, *, policy=None, seed: int = 0
             raise ProverError("the lm searcher needs a trained policy (train one with the bench, or pass --policy "
                               "DIR)")
         return lm_best_first(env, start, policy, seed=seed, samples=samples, max_expansions=max_expansions,
-                             time_limit=time_limit, mode=policy_mode)
+                             time_limit=time_limit, mode=policy_mode, memo=memo)
     raise ProverError(f"unknown searcher {name!r}; choose one of {', '.join(SEARCHERS)}")
 
 
 def attempts(name: str, env: SearchEnv, start, n: int, **kw) -> list[SearchResult]:
-    """``n`` independent attempts (seeds 0..n−1) of searcher ``name`` on one problem."""
+    """``n`` independent attempts (seeds 0..n−1) of searcher ``name`` on one problem (the LM's scores of the
+    states they share are computed once)."""
     if n < 1:
         raise ProverError(f"attempts={n}: need at least 1")
-    return [run_searcher(name, env, start, seed=i, **kw) for i in range(n)]
+    memo: dict = {}
+    return [run_searcher(name, env, start, seed=i, memo=memo if name == "lm" else None, **kw) for i in range(n)]
 
 
 # ------------------------------------------------------------------------------------------------ policy data
