@@ -231,6 +231,11 @@ def load_subset(cfg: TrigoBenchConfig, subset: str) -> tuple[list, dict]:
 
 
 # ------------------------------------------------------------------------------------------------ part A
+def _bars(cfg: TrigoBenchConfig) -> bool:
+    """Progress bars for the long steps of a full run (the small profiles stay quiet)."""
+    return cfg.profile == "full"
+
+
 def run_tactic(cfg: TrigoBenchConfig, work: Path) -> dict[str, Any]:
     """Part A: anchors and the next-tactic LM on the (limited) valid steps; cached."""
     from ..reason import tactic as tc
@@ -248,9 +253,9 @@ def run_tactic(cfg: TrigoBenchConfig, work: Path) -> dict[str, Any]:
     bm25 = tc.anchor_bm25(train, valid)
     check_stop("the tactic anchors")
     with interruptible("training the next-tactic LM"):
-        lm, res = tc.train_pair_lm(train, cfg.tactic_cfg(), val_pairs=valid)
+        lm, res = tc.train_pair_lm(train, cfg.tactic_cfg(), val_pairs=valid, progress=_bars(cfg))
     t1 = time.perf_counter()
-    ev = tc.evaluate_pair_lm(lm, valid)
+    ev = tc.evaluate_pair_lm(lm, valid, progress=_bars(cfg))
     record = {"n_valid": len(valid), "n_train": len(train), "load": report,
               "always": always, "bm25": bm25, "lm": ev,
               "lm_params": sum(p.numel() for p in lm.model.parameters()), "lm_vocab": lm.tokenizer.vocab_size,
@@ -278,11 +283,14 @@ def _policy(cfg: TrigoBenchConfig, env, work: Path):
     info_path = out / "policy_data.json"
     if info_path.is_file() and (out / tc.PAIR_LM_FILE).is_file():
         return tc.load_pair_lm(out), json.loads(info_path.read_text(encoding="utf-8"))
+    log.info("generating %d problems per rule count (1, 2, 3) for the policy's trajectories", cfg.gen_problems)
     problems = env.generated_problems(cfg.gen_problems, cfg.gen_seed)
     gym_pairs, rejected = pv.trajectory_pairs(env, problems)
+    log.info("%d gym (state → action) pairs from %d problems (%d steps the gym refused)", len(gym_pairs),
+             len(problems), rejected)
     pairs = pv.policy_pairs(train, gym_pairs, cfg.gym_share)
     with interruptible("training the prover's policy"):
-        lm, res = tc.train_pair_lm(pairs, pcfg, out_dir=str(out))
+        lm, res = tc.train_pair_lm(pairs, pcfg, out_dir=str(out), progress=_bars(cfg))
     info = {"lean_pairs": len(train), "gym_pairs": len(gym_pairs), "gym_rows": len(pairs) - len(train),
             "gym_steps_rejected": rejected,
             "generated_problems": len(problems), "steps": res.steps, "final_loss": res.final_loss}
@@ -314,7 +322,13 @@ def run_cell(cfg: TrigoBenchConfig, env, subset: str, searcher: str, policy, wor
     rows, p1, p8 = [], [], []
     stops: dict[str, int] = {}
     unloadable = 0
+    from ..progress import progress_bar
+
+    bar = progress_bar(total=len(stmts), desc=f"{searcher} on {subset}", unit="problem", disable=not _bars(cfg))
     for st in stmts:
+        if rows:  # the previous problem is done
+            bar.update(1)
+        bar.set_postfix(pass8=f"{sum(p8) / max(len(p8), 1):.2f}", refresh=False)
         check_stop(f"{searcher} on {subset}")
         try:
             start = env.start(st)
@@ -335,6 +349,9 @@ def run_cell(cfg: TrigoBenchConfig, env, subset: str, searcher: str, policy, wor
         best = next((r for r in runs if r.proved), None)
         rows.append({"name": st.name, "successes": c, "expansions": [r.expansions for r in runs],
                      "proof": best.proof if best else None})
+    if rows:
+        bar.update(1)
+    bar.close()
     n = len(stmts)
     record = {"subset": subset, "searcher": searcher, "n": n, "load": report, "unloadable": unloadable,
               "pass1": sum(p1) / n if n else None, "pass8": sum(p8) / n if n else None, "stops": stops,

@@ -35,9 +35,9 @@ def bench_trigo(
     attempts: Optional[int] = typer.Option(None, help="Attempts per problem (default 8; pass@8 needs >= 8)."),
     time_limit: Optional[float] = typer.Option(None, help="Seconds per attempt (default 120)."),
     gen_problems: Optional[int] = typer.Option(None, help="Generated problems per rule count (1..3) whose gold "
-                                                          "trajectories train the policy (default 300)."),
+                                                          "trajectories train the policy (full profile: 2,000)."),
     gym_share: Optional[float] = typer.Option(None, help="Least share of the policy's training rows that are gym "
-                                                         "pairs (repeated to reach it; default 0.5; 0: no repeats)."),
+                                                         "pairs (repeated to reach it; full profile: 0.7; 0: no repeats)."),
     out: Optional[Path] = typer.Option(
         None, help="Results JSON (default benchmarks/results/trigo.json, trigo-quick.json with --quick; "
                    "$MORPHLM_RESULTS moves the folder). The plot is written next to it (.png)."),

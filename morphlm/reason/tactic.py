@@ -321,9 +321,10 @@ class PairLM:
 
 def train_pair_lm(train_pairs: Sequence[tuple[str, str]], cfg: PairLMConfig, *,
                   val_pairs: Sequence[tuple[str, str]] | None = None, out_dir: str | None = None,
-                  tokenizer=None) -> tuple[PairLM, Any]:
+                  tokenizer=None, progress: bool = False) -> tuple[PairLM, Any]:
     """Train a tokenizer (byte-level BPE on the prompts and targets, unless given) and a morphlm causal LM on
-    ``train_pairs`` with the one training loop (morphlm.train.fit). Returns (PairLM, FitResult)."""
+    ``train_pairs`` with the one training loop (morphlm.train.fit; ``progress``: its progress bar). Returns
+    (PairLM, FitResult)."""
     import torch
 
     from ..data.batches import derive_seed
@@ -346,6 +347,7 @@ def train_pair_lm(train_pairs: Sequence[tuple[str, str]], cfg: PairLMConfig, *,
     torch.manual_seed(derive_seed("trigo-pair-lm-init", cfg.seed) % (2**31))
     model = TransformerLM(cfg.model_config(tokenizer.vocab_size))
     args = cfg.train_args()
+    args.progress = progress
     if out_dir is not None:  # a run stopped by a signal saved its state there: the same call resumes it
         args.out_dir, args.resume, args.save_every = str(out_dir), "auto", max(cfg.steps // 4, 1)
     res = fit(model, None, data, args, tokenizer_json=tokenizer.to_json_str(),
@@ -393,13 +395,16 @@ def load_pair_lm(run_dir) -> PairLM:
     return PairLM(model, Tokenizer.from_json_str(tk_json), cfg)
 
 
-def evaluate_pair_lm(lm: PairLM, pairs: Sequence[tuple[str, str]], *, batch: int = 32) -> dict[str, Any]:
+def evaluate_pair_lm(lm: PairLM, pairs: Sequence[tuple[str, str]], *, batch: int = 32,
+                     progress: bool = False) -> dict[str, Any]:
     """Exact match of the greedy prediction and NLL of the gold target (nats per target token incl. eos, and per
     target) over ``pairs``."""
+    from ..progress import progress_bar
+
     _check_pairs(pairs, "evaluation")
     hits = 0
     nll, ntok = 0.0, 0
-    for g, t in pairs:
+    for g, t in progress_bar(pairs, desc="greedy tactics", unit="step", disable=not progress):
         hits += normalize(lm.greedy(g)) == normalize(t)
     for i in range(0, len(pairs), batch):
         chunk = pairs[i: i + batch]
