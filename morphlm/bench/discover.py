@@ -177,6 +177,10 @@ def checkpoint_chat(run_dir: str, max_new_tokens: int, *, retry_temperature: flo
     return chat, model, sample
 
 
+def _speed(x) -> str:
+    return "not measured" if x is None else f"{x:.2f}×"
+
+
 def kv_cache_speedup(model, sample_ids, max_new_tokens: int) -> tuple[float | None, str]:
     """The generation module's ``measure_kv_speedup`` on ``model`` (None with the reason when it is missing)."""
     if model is None:
@@ -348,7 +352,7 @@ def markdown_table(results: dict[str, Any]) -> str:
     lines += ["", f"Summary — recovered on test: SymPy {s['discover_sympy_test']}/{n_test}, single-shot "
                   f"{s['discover_single_test']}, loop {s['discover_loop_test']} (LM arms: of their first "
                   f"{results['config']['lm_limit']} answer-style statements); KV-cache speed-up "
-                  f"{s['kv_cache_speedup']}. {notes}. "
+                  f"{_speed(s['kv_cache_speedup'])}. {notes}. "
                   f"Model: {results.get('model') or 'none'}. {cpu + ', ' if cpu else ''}torch "
                   f"{results.get('torch', '?')}, commit {str(results.get('commit', '?'))[:10]}."]
     return "\n".join(lines)
