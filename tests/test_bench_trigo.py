@@ -102,6 +102,28 @@ def test_part_b_cells_pass_at_k_and_cache(tmp_path, monkeypatch):
     assert calls == [] and again["summary"]["pass8_tg2_lm"] == res["summary"]["pass8_tg2_lm"]
 
 
+class BrokenEnv(CountEnv):
+    """CountEnv whose search fails on target 3 (a gym bug on one problem)."""
+
+    def actions(self, s):
+        if self.target == 3:
+            raise TypeError("Invalid comparison of non-real zoo")
+        return super().actions(s)
+
+
+def test_a_failing_problem_is_reported_and_the_cell_goes_on(tmp_path, monkeypatch):
+    _fake_subsets(monkeypatch)
+    monkeypatch.setattr(pv, "trigo_env", BrokenEnv)
+    cfg = tb.ci_config(parts=["prover"], searchers=["bfs"], max_expansions=3, width=None, problems=None,
+                       subsets=["tg1", "tg2"], data=str(tmp_path))
+    monkeypatch.setattr(tb.TrigoBenchConfig, "validate", lambda self: None)
+    res = tb.run_benchmark(cfg, out_json=tmp_path / "t.json", work_dir=tmp_path / "w", plot=False)
+    cell = res["prover"]["cells"]["tg2"]["bfs"]
+    assert cell["search_errors"] == 1 and cell["unloadable"] == 1 and cell["pass8"] == 0.0
+    assert "zoo" in cell["problems"][0]["error"]
+    assert res["prover"]["cells"]["tg1"]["bfs"]["search_errors"] == 0
+
+
 @needs_data
 def test_quick_tactic_part_end_to_end_and_table(tmp_path):
     out = tmp_path / "trigo-test.json"

@@ -323,7 +323,7 @@ def run_cell(cfg: TrigoBenchConfig, env, subset: str, searcher: str, policy, wor
     t0 = time.perf_counter()
     rows, p1, p8 = [], [], []
     stops: dict[str, int] = {}
-    unloadable = 0
+    unloadable = errors = 0
     from ..progress import progress_bar
 
     bar = progress_bar(total=len(stmts), desc=f"{searcher} on {subset}", unit="problem", disable=not _bars(cfg))
@@ -340,9 +340,17 @@ def run_cell(cfg: TrigoBenchConfig, env, subset: str, searcher: str, policy, wor
             p1.append(0.0)
             p8.append(0.0)
             continue
-        runs = pv.attempts(searcher, env, start, cfg.attempts, policy=policy, max_expansions=cfg.max_expansions,
-                           time_limit=cfg.time_limit, samples=cfg.samples, width=cfg.width,
-                           policy_mode=cfg.policy_mode)
+        try:
+            runs = pv.attempts(searcher, env, start, cfg.attempts, policy=policy,
+                               max_expansions=cfg.max_expansions, time_limit=cfg.time_limit, samples=cfg.samples,
+                               width=cfg.width, policy_mode=cfg.policy_mode)
+        except Exception as exc:  # (Ctrl-C is not an Exception) a gym failure on one problem: counted as unproved and reported, the run goes on
+            log.warning("%s on %s: %s failed with %s: %s", searcher, subset, st.name, type(exc).__name__, exc)
+            errors += 1
+            rows.append({"name": st.name, "error": f"{type(exc).__name__}: {str(exc)[:300]}", "successes": 0})
+            p1.append(0.0)
+            p8.append(0.0)
+            continue
         c = sum(r.proved for r in runs)
         for r in runs:
             stops[r.stop] = stops.get(r.stop, 0) + 1
@@ -355,7 +363,7 @@ def run_cell(cfg: TrigoBenchConfig, env, subset: str, searcher: str, policy, wor
         bar.update(1)
     bar.close()
     n = len(stmts)
-    record = {"subset": subset, "searcher": searcher, "n": n, "load": report, "unloadable": unloadable,
+    record = {"subset": subset, "searcher": searcher, "n": n, "load": report, "unloadable": unloadable, "search_errors": errors,
               "pass1": sum(p1) / n if n else None, "pass8": sum(p8) / n if n else None, "stops": stops,
               "problems": rows, "seconds": time.perf_counter() - t0}
     return cache.store(key, record, f"{searcher} on {subset}")
@@ -431,6 +439,12 @@ def markdown_table(results: dict[str, Any]) -> str:
             n = next(iter(by.values()))["n"]
             lines.append(f"| {SUBSETS.get(subset, subset)} | {n} | " + " | ".join(
                 f"{_f(by[x]['pass1'])} / {_f(by[x]['pass8'])}" if x in by else "–" for x in searchers) + " |")
+        bad = [f"{subset} {x}: {c.get('unloadable', 0)} unloadable, {c.get('search_errors', 0)} failed"
+               for subset, by in cells.items() for x, c in by.items()
+               if c.get("unloadable", 0) or c.get("search_errors", 0)]
+        if bad:
+            lines += ["", "Counted as unproved (the gym could not hold the statement, or the search failed): "
+                      + "; ".join(bad) + "."]
         lines.append("")
     goals = ", ".join(f"{k}: {v}" + (f" ({s['goal_notes'][k]})" if k in s.get("goal_notes", {}) else "")
                       for k, v in s["goals"].items())

@@ -214,8 +214,8 @@ def _numeric_part(args) -> tuple:
     for a in args:
         if isinstance(a, sp.Number):
             num *= a
-        elif isinstance(a, Pow) and isinstance(a.base, sp.Number) and a.exp == -1:
-            num *= 1 / a.base
+        elif isinstance(a, Pow) and isinstance(a.base, sp.Number) and a.exp == -1 and a.base != 0:
+            num *= 1 / a.base  # (1/0 is Lean's 0, not a coefficient: it stays a factor)
         else:
             rest.append(a)
     return num, rest
