@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -51,7 +50,7 @@ from .common import (bench_work_dir, check_run_settings, prepare_store, provenan
 from .common import fmt as _f
 from .common import config_hash as _hash
 from .runner import (STOP, BenchInterrupted, Outcomes, ResultCache, fit_run, guarded_job,  # noqa: F401
-                     run_jobs, run_precision, worker_setup)
+                     run_jobs, run_precision, train_lm_arm, worker_setup)
 from .stats import mean_std
 
 log = logging.getLogger("morphlm.bench.dssn")
@@ -243,42 +242,25 @@ def _arm_key(cfg: DSSNBenchConfig, arm: str, seed: int, data_fp: str) -> str:
 def run_arm(cfg: DSSNBenchConfig, arm: str, seed: int, work: Path) -> dict[str, Any]:
     """Train ``arm`` for ``seed`` (resuming its checkpoint when a previous run was cut short); returns and caches its
     record (traces included); the run folder is removed once the record is cached."""
-    import torch
-
-    from ..data.batches import LMBatches, derive_seed
-    from ..model import TransformerLM
-
     tokenizer, store = prepare_store(cfg, show_progress=False)
-    key = _arm_key(cfg, arm, seed, store.meta["corpus_fingerprint"])
-    cache = ResultCache(work / "arms")
-    hit = cache.load(key)
-    if hit is not None:
-        return hit
-    t0 = time.perf_counter()
-    model_cfg = cfg.arm_config(arm)
-    data = LMBatches(store, cfg.batch_size, cfg.seq_len, seed=seed, eval_batches=cfg.eval_batches)
-    out = work / "runs" / key
-    torch.manual_seed(derive_seed("dssn-bench-init", arm, seed) % (2**31))
-    model = TransformerLM(model_cfg)
-    res, records = fit_run(model, data, cfg.train_args(seed), out, tokenizer, what=f"{arm} seed {seed}",
-                           preset=f"dssn-bench {arm}", save_every=max(cfg.steps // 4, 1), error=BenchError)
-    steps = [r for r in records if "loss" in r]
-    trace = {"step": [int(r["step"]) for r in steps], "loss": [float(r["loss"]) for r in steps],
-             "grad_norm": [float(r["grad_norm"]) if "grad_norm" in r else None for r in steps]}
-    curve = [{"step": int(r["step"]), "val_loss": float(r["val_loss"])} for r in records if "val_loss" in r]
-    if not curve:
-        raise BenchError(f"{arm} seed {seed}: the run logged no validation loss; eval_every must be <= steps")
-    spikes = count_spikes(trace["loss"], cfg.spike_margin, cfg.spike_window)
-    record = {"arm": arm, "seed": seed, "key": key, "config": model_cfg.to_dict(),
-              "params": sum(p.numel() for p in model.parameters()), "tokens": int(res.tokens),
-              "steps": int(res.steps), "final_val_loss": curve[-1]["val_loss"], "curve": curve, "trace": trace,
-              "spike_steps": spikes["steps"], "spike_events": spikes["events"],
-              "spike_at": [trace["step"][i] for i in spikes["at"]], "max_excess": spikes["max_excess"],
-              "precision": run_precision(records, res.precision),
-              "wall_s": time.perf_counter() - t0}
-    cache.store(key, record, f"{arm} seed {seed}")
-    shutil.rmtree(out, ignore_errors=True)
-    return record
+
+    def describe(model, model_cfg, data, res, records) -> dict[str, Any]:
+        steps = [r for r in records if "loss" in r]
+        trace = {"step": [int(r["step"]) for r in steps], "loss": [float(r["loss"]) for r in steps],
+                 "grad_norm": [float(r["grad_norm"]) if "grad_norm" in r else None for r in steps]}
+        curve = [{"step": int(r["step"]), "val_loss": float(r["val_loss"])} for r in records if "val_loss" in r]
+        if not curve:
+            raise BenchError(f"{arm} seed {seed}: the run logged no validation loss; eval_every must be <= steps")
+        spikes = count_spikes(trace["loss"], cfg.spike_margin, cfg.spike_window)
+        return {"params": sum(p.numel() for p in model.parameters()), "tokens": int(res.tokens),
+                "steps": int(res.steps), "final_val_loss": curve[-1]["val_loss"], "curve": curve, "trace": trace,
+                "spike_steps": spikes["steps"], "spike_events": spikes["events"],
+                "spike_at": [trace["step"][i] for i in spikes["at"]], "max_excess": spikes["max_excess"],
+                "precision": run_precision(records, res.precision)}
+
+    return train_lm_arm(cfg, arm, seed, work, _arm_key(cfg, arm, seed, store.meta["corpus_fingerprint"]),
+                        tokenizer=tokenizer, store=store, init_label="dssn-bench-init", preset=f"dssn-bench {arm}",
+                        error=BenchError, describe=describe)
 
 
 def job(payload: dict[str, Any]) -> dict[str, Any]:

@@ -35,7 +35,6 @@ README table are :mod:`.moe_report`'s.
 from __future__ import annotations
 
 import logging
-import shutil
 import statistics
 import time
 from dataclasses import asdict
@@ -48,7 +47,8 @@ from .moe_report import (GOALS, LOAD_KEYS, analyse, loss_at_flops, markdown_tabl
                          plot_results, summarise)
 from .common import bench_work_dir, prepare_store, results_file, store_meta  # noqa: F401
 from .common import config_hash as _hash
-from .runner import STOP, Outcomes, ResultCache, fit_run, guarded_job, run_jobs, run_precision, worker_setup
+from .runner import (STOP, Outcomes, ResultCache, guarded_job, run_jobs, run_precision, train_lm_arm,
+                     worker_setup)
 
 log = logging.getLogger("morphlm.bench.moe")
 
@@ -85,42 +85,27 @@ def load_summary(records: list[dict[str, Any]], fraction: float = 0.25) -> dict[
 def run_arm(cfg: MoEBenchConfig, arm: str, seed: int, work: Path) -> dict[str, Any]:
     """Train ``arm`` for ``seed`` (resuming its checkpoint when a previous run was cut short); returns and caches its
     record. The run folder is removed once the record is cached (the record keeps the curve and load metrics)."""
-    import torch
-
-    from ..data.batches import LMBatches, derive_seed
-    from ..model import TransformerLM
     from ..train.flops import param_counts, training_flops_per_token
 
     tokenizer, store = prepare_store(cfg, show_progress=False)
-    key = _arm_key(cfg, arm, seed, store.meta["corpus_fingerprint"])
-    cache = ResultCache(work / "arms")
-    hit = cache.load(key)
-    if hit is not None:
-        return hit
-    t0 = time.perf_counter()
-    model_cfg = cfg.arm_config(arm)
-    data = LMBatches(store, cfg.batch_size, cfg.seq_len, seed=seed, eval_batches=cfg.eval_batches)
-    out = work / "runs" / key
-    torch.manual_seed(derive_seed("moe-bench-init", arm, seed) % (2**31))
-    model = TransformerLM(model_cfg)
-    res, records = fit_run(model, data, cfg.train_args(seed), out, tokenizer, what=f"{arm} seed {seed}",
-                           preset=f"moe-bench {arm}", save_every=max(cfg.steps // 4, 1), error=BenchError)
-    curve = [{"step": int(r["step"]), "flops": float(r["flops"]), "tokens": int(r["tokens"]),
-              "val_loss": float(r["val_loss"])} for r in records if "val_loss" in r]
-    if not curve:
-        raise BenchError(f"{arm} seed {seed}: the run logged no validation loss; eval_every must be <= steps")
-    total, active = param_counts(model_cfg)
-    record = {"arm": arm, "seed": seed, "key": key, "config": model_cfg.to_dict(),
-              "total_params": total, "active_params": active,
-              "flops_per_token": training_flops_per_token(model_cfg, cfg.seq_len),
-              "train_flops": float(res.flops), "tokens": int(res.tokens), "steps": int(res.steps),
-              "final_val_loss": curve[-1]["val_loss"], "curve": curve, "load": load_summary(records),
-              "tok_per_s": statistics.median([float(r["tok_per_s"]) for r in records if "tok_per_s" in r] or [0.0]),
-              "precision": run_precision(records, res.precision),
-              "wall_s": time.perf_counter() - t0}
-    cache.store(key, record, f"{arm} seed {seed}")
-    shutil.rmtree(out, ignore_errors=True)
-    return record
+
+    def describe(model, model_cfg, data, res, records) -> dict[str, Any]:
+        curve = [{"step": int(r["step"]), "flops": float(r["flops"]), "tokens": int(r["tokens"]),
+                  "val_loss": float(r["val_loss"])} for r in records if "val_loss" in r]
+        if not curve:
+            raise BenchError(f"{arm} seed {seed}: the run logged no validation loss; eval_every must be <= steps")
+        total, active = param_counts(model_cfg)
+        return {"total_params": total, "active_params": active,
+                "flops_per_token": training_flops_per_token(model_cfg, cfg.seq_len),
+                "train_flops": float(res.flops), "tokens": int(res.tokens), "steps": int(res.steps),
+                "final_val_loss": curve[-1]["val_loss"], "curve": curve, "load": load_summary(records),
+                "tok_per_s": statistics.median([float(r["tok_per_s"]) for r in records if "tok_per_s" in r]
+                                               or [0.0]),
+                "precision": run_precision(records, res.precision)}
+
+    return train_lm_arm(cfg, arm, seed, work, _arm_key(cfg, arm, seed, store.meta["corpus_fingerprint"]),
+                        tokenizer=tokenizer, store=store, init_label="moe-bench-init", preset=f"moe-bench {arm}",
+                        error=BenchError, describe=describe)
 
 
 def job(payload: dict[str, Any]) -> dict[str, Any]:

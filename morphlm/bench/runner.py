@@ -212,6 +212,46 @@ def fit_run(model: Any, data: Any, args: Any, out: Path, tokenizer: Any, *, what
     return res, read_metrics(out)
 
 
+def train_lm_arm(cfg: Any, arm: str, seed: int, work: Path, key: str, *, tokenizer: Any, store: Any,
+                 init_label: str, preset: str, error: type[Exception],
+                 describe: Callable[[Any, Any, Any, Any, list[dict]], dict],
+                 warm_start: Callable[[Any], None] | None = None) -> dict:
+    """One cached (arm, seed) run of an LM benchmark whose config has ``arm_config(arm)``, ``train_args(seed)``,
+    ``batch_size``, ``seq_len``, ``eval_batches`` and ``steps``: the cached record under ``key`` when there is one;
+    else a model seeded by ``derive_seed(init_label, arm, seed)`` (``warm_start(model)`` may load weights into it)
+    is trained with :func:`fit_run` on the store's batches (resuming a cut run from ``work/runs/key``), and the
+    record — arm, seed, key, model config, what ``describe(model, model_cfg, data, fit_result, records)`` returns,
+    wall time — is cached and the run folder removed."""
+    import shutil
+    import time
+
+    import torch
+
+    from ..data.batches import LMBatches, derive_seed
+    from ..model import TransformerLM
+
+    out = work / "runs" / key
+
+    def run() -> dict:
+        t0 = time.perf_counter()
+        model_cfg = cfg.arm_config(arm)
+        data = LMBatches(store, cfg.batch_size, cfg.seq_len, seed=seed, eval_batches=cfg.eval_batches)
+        torch.manual_seed(derive_seed(init_label, arm, seed) % (2**31))
+        model = TransformerLM(model_cfg)
+        if warm_start is not None:
+            warm_start(model)
+        res, records = fit_run(model, data, cfg.train_args(seed), out, tokenizer, what=f"{arm} seed {seed}",
+                               preset=preset, save_every=max(cfg.steps // 4, 1), error=error)
+        record = {"arm": arm, "seed": seed, "key": key, "config": model_cfg.to_dict(),
+                  **describe(model, model_cfg, data, res, records)}
+        record["wall_s"] = time.perf_counter() - t0
+        return record
+
+    record = ResultCache(work / "arms").get_or_run(key, run, f"{arm} seed {seed}")
+    shutil.rmtree(out, ignore_errors=True)
+    return record
+
+
 def run_precision(records: list[dict], fallback: str) -> str | list[str]:
     """The precision a run trained in, from its metrics records: the one value, or the sorted list when it changed
     (a resumed run), or ``[fallback]`` when none was logged."""

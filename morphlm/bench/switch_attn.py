@@ -48,7 +48,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
-import shutil
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -59,7 +58,7 @@ from .common import (bench_work_dir, check_run_settings, prepare_store, pyplot, 
                      store_meta)
 from .common import config_hash as _hash
 from .runner import (STOP, BenchInterrupted, Outcomes, ResultCache, fit_run, guarded_job, run_jobs,  # noqa: F401
-                     worker_setup)
+                     train_lm_arm, worker_setup)
 
 log = logging.getLogger("morphlm.bench.switch_attn")
 
@@ -455,56 +454,46 @@ def run_arm(cfg: SwitchBenchConfig, arm: str, seed: int, work: Path, pre_dir: st
     """Continue the pretrained model as ``arm`` for ``seed`` (resuming a cut run); returns and caches its record."""
     import torch
 
-    from ..data.batches import LMBatches, derive_seed
-    from ..model import TransformerLM
     from ..train import checkpoint as ckpt
     from ..train.flops import attention_flops_per_token
     from ..train.steps import resolve_precision
 
     tokenizer, store = prepare_store(cfg, show_progress=False)
-    key = _arm_key(cfg, arm, seed, Path(pre_dir).name)
-    cache = ResultCache(work / "arms")
-    hit = cache.load(key)
-    if hit is not None:
-        return hit
-    t0 = time.perf_counter()
-    model_cfg = cfg.arm_config(arm)
-    data = LMBatches(store, cfg.batch_size, cfg.seq_len, seed=seed, eval_batches=cfg.eval_batches)
-    out = work / "runs" / key
-    torch.manual_seed(derive_seed("switch-bench-arm", arm, seed) % (2**31))
-    model = TransformerLM(model_cfg)
-    state, _ = ckpt.load_state_dict(pre_dir)
-    own = model.state_dict()
-    missing = [k for k in own if k not in state and ".attn.switch." not in k]
-    if missing:
-        raise BenchError(f"{arm}: the pretrained model lacks {missing[:3]}; delete {pre_dir} and rerun")
-    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
-    res, records = fit_run(model, data, cfg.train_args(seed), out, tokenizer, what=f"{arm} seed {seed}",
-                           preset=f"switch-attn-bench {arm}", save_every=max(cfg.steps // 4, 1), error=BenchError)
-    precision = resolve_precision(torch.device("cpu"), cfg.precision)
-    curve = [{"step": int(r["step"]), "tokens": int(r["tokens"]), "val_loss": float(r["val_loss"])}
-             for r in records if "val_loss" in r]
-    steps = [r for r in records if "loss" in r]
-    tail = steps[-max(1, len(steps) // 4):]
-    train_full = None
-    if model_cfg.attention == "switch":
-        train_full = [_mean([r.get(f"switch{i}_full") for r in tail]) for i in range(model_cfg.n_layers)]
-    ev = evaluate(model, data.val_batches(), cfg.window, precision)
-    probe = build_probe(tokenizer, store.val, seq_len=cfg.seq_len, window=cfg.window, samples=cfg.probe_samples)
-    full_cfg = cfg.full_config()
-    flops = attention_flops_per_token(model_cfg, cfg.seq_len,
-                                      ev["full_fraction_per_layer"] if model_cfg.attention == "switch" else None)
-    record = {"arm": arm, "seed": seed, "key": key, "config": model_cfg.to_dict(), "steps": int(res.steps),
-              "pretrained": Path(pre_dir).name, "tokens": int(res.tokens), **ev,
-              "train_full_fraction_per_layer": train_full,
-              "retrieval": probe_accuracy(model, probe, precision),
-              "attn_flops_per_token": flops,
-              "attn_flops_ratio": flops / attention_flops_per_token(full_cfg, cfg.seq_len),
-              "peak_train_bytes": (peak_step_bytes(model, data.train_batch(0), precision) if cfg.memory else None),
-              "curve": curve, "precision": precision, "wall_s": time.perf_counter() - t0}
-    cache.store(key, record, f"{arm} seed {seed}")
-    shutil.rmtree(out, ignore_errors=True)
-    return record
+
+    def warm_start(model) -> None:
+        state, _ = ckpt.load_state_dict(pre_dir)
+        own = model.state_dict()
+        missing = [k for k in own if k not in state and ".attn.switch." not in k]
+        if missing:
+            raise BenchError(f"{arm}: the pretrained model lacks {missing[:3]}; delete {pre_dir} and rerun")
+        model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+
+    def describe(model, model_cfg, data, res, records) -> dict[str, Any]:
+        precision = resolve_precision(torch.device("cpu"), cfg.precision)
+        curve = [{"step": int(r["step"]), "tokens": int(r["tokens"]), "val_loss": float(r["val_loss"])}
+                 for r in records if "val_loss" in r]
+        steps = [r for r in records if "loss" in r]
+        tail = steps[-max(1, len(steps) // 4):]
+        train_full = None
+        if model_cfg.attention == "switch":
+            train_full = [_mean([r.get(f"switch{i}_full") for r in tail]) for i in range(model_cfg.n_layers)]
+        ev = evaluate(model, data.val_batches(), cfg.window, precision)
+        probe = build_probe(tokenizer, store.val, seq_len=cfg.seq_len, window=cfg.window,
+                            samples=cfg.probe_samples)
+        flops = attention_flops_per_token(model_cfg, cfg.seq_len,
+                                          ev["full_fraction_per_layer"] if model_cfg.attention == "switch" else None)
+        return {"steps": int(res.steps), "pretrained": Path(pre_dir).name, "tokens": int(res.tokens), **ev,
+                "train_full_fraction_per_layer": train_full,
+                "retrieval": probe_accuracy(model, probe, precision),
+                "attn_flops_per_token": flops,
+                "attn_flops_ratio": flops / attention_flops_per_token(cfg.full_config(), cfg.seq_len),
+                "peak_train_bytes": (peak_step_bytes(model, data.train_batch(0), precision) if cfg.memory
+                                     else None),
+                "curve": curve, "precision": precision}
+
+    return train_lm_arm(cfg, arm, seed, work, _arm_key(cfg, arm, seed, Path(pre_dir).name), tokenizer=tokenizer,
+                        store=store, init_label="switch-bench-arm", preset=f"switch-attn-bench {arm}",
+                        error=BenchError, describe=describe, warm_start=warm_start)
 
 
 def job(payload: dict[str, Any]) -> dict[str, Any]:

@@ -246,25 +246,23 @@ def run_tactic(cfg: TrigoBenchConfig, work: Path) -> dict[str, Any]:
     shaping = {"cfg": asdict(cfg.tactic_cfg()), "train": len(train), "valid": len(valid), "data": cfg.data,
                "v": SCHEMA_VERSION}
     key = f"tactic-{_hash(shaping)}"
-    cache = ResultCache(work / "parts")
-    hit = cache.load(key)
-    if hit is not None:
-        return hit
-    t0 = time.perf_counter()
-    always = tc.anchor_always(valid)
-    bm25 = tc.anchor_bm25(train, valid)
-    check_stop("the tactic anchors")
-    with interruptible("training the next-tactic LM"):
+
+    def run() -> dict[str, Any]:
+        t0 = time.perf_counter()
+        always = tc.anchor_always(valid)
+        bm25 = tc.anchor_bm25(train, valid)
+        check_stop("the tactic anchors")
         lm, res = tc.train_pair_lm(train, cfg.tactic_cfg(), val_pairs=valid, progress=_bars(cfg))
-    t1 = time.perf_counter()
-    ev = tc.evaluate_pair_lm(lm, valid, progress=_bars(cfg))
-    record = {"n_valid": len(valid), "n_train": len(train), "load": report,
-              "always": always, "bm25": bm25, "lm": ev,
-              "lm_params": sum(p.numel() for p in lm.model.parameters()), "lm_vocab": lm.tokenizer.vocab_size,
-              "lm_train": {"steps": res.steps, "tokens": res.tokens, "final_loss": res.final_loss,
-                           "val_loss": res.val_loss, "seconds": t1 - t0},
-              "eval_seconds": time.perf_counter() - t1}
-    return cache.store(key, record, "the tactic evaluation")
+        t1 = time.perf_counter()
+        ev = tc.evaluate_pair_lm(lm, valid, progress=_bars(cfg))
+        return {"n_valid": len(valid), "n_train": len(train), "load": report, "always": always, "bm25": bm25,
+                "lm": ev, "lm_params": sum(p.numel() for p in lm.model.parameters()),
+                "lm_vocab": lm.tokenizer.vocab_size,
+                "lm_train": {"steps": res.steps, "tokens": res.tokens, "final_loss": res.final_loss,
+                             "val_loss": res.val_loss, "seconds": t1 - t0},
+                "eval_seconds": time.perf_counter() - t1}
+
+    return ResultCache(work / "parts").get_or_run(key, run, "the next-tactic LM (training and evaluation)")
 
 
 # ------------------------------------------------------------------------------------------------ part B
