@@ -124,6 +124,44 @@ def test_a_failing_problem_is_reported_and_the_cell_goes_on(tmp_path, monkeypatc
     assert res["prover"]["cells"]["tg1"]["bfs"]["search_errors"] == 0
 
 
+def test_a_stopped_cell_resumes_at_its_problem_and_assembles_from_the_cache(tmp_path, monkeypatch):
+    from morphlm.bench.runner import BenchInterrupted
+
+    _fake_subsets(monkeypatch)
+    monkeypatch.setattr(tb.TrigoBenchConfig, "validate", lambda self: None)
+    cfg = tb.ci_config(parts=["prover"], searchers=["bfs"], max_expansions=3, width=None, problems=None,
+                       subsets=["tg1", "tg2"], data=str(tmp_path))
+    real_attempts = pv.attempts
+    calls = []
+
+    def stop_on_second(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise BenchInterrupted("stopped by a signal")
+        return real_attempts(*a, **k)
+
+    monkeypatch.setattr(pv, "attempts", stop_on_second)
+    with pytest.raises(BenchInterrupted):
+        tb.run_benchmark(cfg, out_json=tmp_path / "t.json", work_dir=tmp_path / "w", plot=False)
+    # assembled from the cache: tg1/bfs partial (problem a done), tg2/bfs never started; nothing is searched
+    monkeypatch.setattr(pv, "attempts", lambda *a, **k: pytest.fail("--only-cached searched"))
+    part = tb.run_benchmark(tb.dataclasses.replace(cfg, only_cached=True), out_json=tmp_path / "p.json",
+                            work_dir=tmp_path / "w", plot=False)
+    cell = part["prover"]["cells"]["tg1"]["bfs"]
+    assert cell["partial"] == {"done": 1, "planned": 2} and cell["pass8"] == 1.0
+    assert part["prover"]["not_run"] == ["tg2/bfs"]
+    assert "(1 of 2)" in tb.markdown_table(part) and "not run: tg2/bfs" in tb.markdown_table(part)
+    # the rerun searches only what is left: b, then tg2's two problems (one of them unloadable: no search)
+    calls.clear()
+    monkeypatch.setattr(pv, "attempts", lambda *a, **k: calls.append(1) or real_attempts(*a, **k))
+    res = tb.run_benchmark(cfg, out_json=tmp_path / "t.json", work_dir=tmp_path / "w", plot=False)
+    assert len(calls) == 2
+    full = res["prover"]["cells"]["tg1"]["bfs"]
+    assert "partial" not in full and full["n"] == 2 and full["pass8"] == 0.5
+    assert [r["name"] for r in full["problems"]] == ["a", "b"]
+    assert not list((tmp_path / "w" / "parts").glob("*.partial.jsonl"))
+
+
 @needs_data
 def test_quick_tactic_part_end_to_end_and_table(tmp_path):
     out = tmp_path / "trigo-test.json"

@@ -75,6 +75,7 @@ class TrigoBenchConfig:
     time_limit: float = 120.0  # seconds per attempt
     width: int | None = None  # children per expansion of BFS / heuristic (None: every legal action)
     policy_mode: str = "sample"  # sample: free LM samples (TRIGO's) | rank: LM-sampled among the gym's legal actions
+    only_cached: bool = False  # assemble the results from the cache (partial cells marked), train and search nothing
     parts: list[str] = field(default_factory=lambda: ["tactic", "prover"])
 
     def validate(self) -> None:
@@ -233,6 +234,18 @@ def load_subset(cfg: TrigoBenchConfig, subset: str) -> tuple[list, dict]:
 
 
 # ------------------------------------------------------------------------------------------------ part A
+def _tactic_key(cfg: TrigoBenchConfig, n_train: int, n_valid: int) -> str:
+    shaping = {"cfg": asdict(cfg.tactic_cfg()), "train": n_train, "valid": n_valid, "data": cfg.data,
+               "v": SCHEMA_VERSION}
+    return f"tactic-{_hash(shaping)}"
+
+
+def cached_tactic(cfg: TrigoBenchConfig, work: Path) -> dict[str, Any] | None:
+    """Part A from the cache only (``--only-cached``), or None."""
+    train, valid, _ = load_step_pairs(cfg)
+    return ResultCache(work / "parts").load(_tactic_key(cfg, len(train), len(valid)))
+
+
 def _bars(cfg: TrigoBenchConfig) -> bool:
     """Progress bars for the long steps of a full run (the small profiles stay quiet)."""
     return cfg.profile == "full"
@@ -243,9 +256,7 @@ def run_tactic(cfg: TrigoBenchConfig, work: Path) -> dict[str, Any]:
     from ..reason import tactic as tc
 
     train, valid, report = load_step_pairs(cfg)
-    shaping = {"cfg": asdict(cfg.tactic_cfg()), "train": len(train), "valid": len(valid), "data": cfg.data,
-               "v": SCHEMA_VERSION}
-    key = f"tactic-{_hash(shaping)}"
+    key = _tactic_key(cfg, len(train), len(valid))
 
     def run() -> dict[str, Any]:
         t0 = time.perf_counter()
@@ -266,6 +277,14 @@ def run_tactic(cfg: TrigoBenchConfig, work: Path) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------ part B
+def _policy_dir(cfg: TrigoBenchConfig, work: Path, n_train: int) -> Path:
+    shaping = {"cfg": asdict(cfg.policy_cfg()), "train": n_train, "gen": [cfg.gen_problems, cfg.gen_seed],
+               "data": cfg.data, "v": SCHEMA_VERSION}
+    if cfg.gym_share:  # (a run without oversampling keeps its earlier key)
+        shaping["gym_share"] = cfg.gym_share
+    return work / f"policy-{_hash(shaping)}"
+
+
 def _policy(cfg: TrigoBenchConfig, env, work: Path):
     """The prover's policy: trained on TG-REAL train steps + generated gym trajectories, or reloaded from its
     cached checkpoint."""
@@ -274,12 +293,7 @@ def _policy(cfg: TrigoBenchConfig, env, work: Path):
 
     train, _, _ = load_step_pairs(cfg)
     pcfg = cfg.policy_cfg()
-    shaping = {"cfg": asdict(pcfg), "train": len(train), "gen": [cfg.gen_problems, cfg.gen_seed], "data": cfg.data,
-               "v": SCHEMA_VERSION}
-    if cfg.gym_share:  # (a run without oversampling keeps its earlier key)
-        shaping["gym_share"] = cfg.gym_share
-    key = _hash(shaping)
-    out = work / f"policy-{key}"
+    out = _policy_dir(cfg, work, len(train))
     info_path = out / "policy_data.json"
     if info_path.is_file() and (out / tc.PAIR_LM_FILE).is_file():
         return tc.load_pair_lm(out), json.loads(info_path.read_text(encoding="utf-8"))
@@ -300,11 +314,8 @@ def _policy(cfg: TrigoBenchConfig, env, work: Path):
     return lm, info
 
 
-def run_cell(cfg: TrigoBenchConfig, env, subset: str, searcher: str, policy, work: Path) -> dict[str, Any]:
-    """One (subset, searcher) cell of B: ``attempts`` attempts per problem; pass@1, pass@8 and what was spent."""
-    from ..reason import prover as pv
-
-    stmts, report = load_subset(cfg, subset)
+def cell_key(cfg: TrigoBenchConfig, subset: str, searcher: str) -> str:
+    """The cache name of one (subset, searcher) cell: a hash of everything that shapes it."""
     shaping = {k: getattr(cfg, k)
                for k in ("limit", "problems", "attempts", "max_expansions", "samples", "time_limit", "width")}
     if searcher == "lm":
@@ -313,63 +324,131 @@ def run_cell(cfg: TrigoBenchConfig, env, subset: str, searcher: str, policy, wor
             shaping["gym_share"] = cfg.gym_share
         if cfg.policy_mode != "sample":  # (the key of a default run stays what it was)
             shaping["policy_mode"] = cfg.policy_mode
-    key = f"prover-{subset}-{searcher}-{_hash({'s': shaping, 'data': cfg.data, 'v': SCHEMA_VERSION})}"
+    return f"prover-{subset}-{searcher}-{_hash({'s': shaping, 'data': cfg.data, 'v': SCHEMA_VERSION})}"
+
+
+class _Rows:
+    """The finished problems of a cell that is still running: one JSON line each in ``<key>.partial.jsonl`` beside
+    the cache, so a stopped cell resumes at the problem where it stopped (a torn last line is ignored)."""
+
+    def __init__(self, work: Path, key: str) -> None:
+        self.path = work / "parts" / f"{key}.partial.jsonl"
+        self.rows: dict[str, dict] = {}
+        if self.path.is_file():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    row = json.loads(line)
+                    self.rows[row["name"]] = row
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue
+
+    def add(self, row: dict) -> None:
+        self.rows[row["name"]] = row
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _cell_record(subset: str, searcher: str, rows: list[dict], report: dict, seconds: float,
+                 planned: int) -> dict[str, Any]:
+    """pass@1 / pass@8 and what was spent, from the cell's per-problem rows (``planned`` problems; fewer rows is a
+    partial cell, marked so)."""
+    from ..reason import prover as pv
+
+    p1, p8, stops = [], [], {}
+    for r in rows:
+        n_att = r.get("attempts", 0)
+        p1.append(pv.pass_at_k(n_att, r["successes"], 1) if n_att else 0.0)
+        p8.append(pv.pass_at_k(n_att, r["successes"], 8) if n_att else 0.0)
+        for stop in r.get("stops", []):
+            stops[stop] = stops.get(stop, 0) + 1
+    n = len(rows)
+    rec = {"subset": subset, "searcher": searcher, "n": n, "load": report,
+           "unloadable": sum(r.get("kind") == "unloadable" for r in rows),
+           "search_errors": sum(r.get("kind") == "error" for r in rows),
+           "pass1": sum(p1) / n if n else None, "pass8": sum(p8) / n if n else None, "stops": stops,
+           "problems": rows, "seconds": seconds}
+    if n < planned:
+        rec["partial"] = {"done": n, "planned": planned}
+    return rec
+
+
+def run_cell(cfg: TrigoBenchConfig, env, subset: str, searcher: str, policy, work: Path) -> dict[str, Any]:
+    """One (subset, searcher) cell of B: ``attempts`` attempts per problem; pass@1, pass@8 and what was spent.
+    Each finished problem is kept (:class:`_Rows`), so a stopped cell resumes where it stopped."""
+    from ..reason import prover as pv
+
+    stmts, report = load_subset(cfg, subset)
+    key = cell_key(cfg, subset, searcher)
     cache = ResultCache(work / "parts")
     hit = cache.load(key)
     if hit is not None:
         return hit
-    t0 = time.perf_counter()
-    rows, p1, p8 = [], [], []
-    stops: dict[str, int] = {}
-    unloadable = errors = 0
+    done = _Rows(work, key)
+    t0 = time.perf_counter() - sum(r.get("seconds", 0.0) for r in done.rows.values())
     from ..progress import progress_bar
 
-    bar = progress_bar(total=len(stmts), desc=f"{searcher} on {subset}", unit="problem", disable=not _bars(cfg))
+    bar = progress_bar(total=len(stmts), desc=f"{searcher} on {subset}", unit="problem", disable=not _bars(cfg),
+                       initial=sum(st.name in done.rows for st in stmts))
     for st in stmts:
-        if rows:  # the previous problem is done
-            bar.update(1)
-        bar.set_postfix(pass8=f"{sum(p8) / max(len(p8), 1):.2f}", refresh=False)
+        if st.name in done.rows:
+            continue
         check_stop(f"{searcher} on {subset}")
+        t1 = time.perf_counter()
         try:
             start = env.start(st)
         except ValueError as exc:  # a statement the gym cannot hold: counted as unproved, reported
-            unloadable += 1
-            rows.append({"name": st.name, "error": str(exc)[:300], "successes": 0})
-            p1.append(0.0)
-            p8.append(0.0)
+            done.add({"name": st.name, "kind": "unloadable", "error": str(exc)[:300], "successes": 0})
+            bar.update(1)
             continue
         try:
             runs = pv.attempts(searcher, env, start, cfg.attempts, policy=policy,
                                max_expansions=cfg.max_expansions, time_limit=cfg.time_limit, samples=cfg.samples,
                                width=cfg.width, policy_mode=cfg.policy_mode)
-        except Exception as exc:  # (Ctrl-C is not an Exception) a gym failure on one problem: counted as unproved and reported, the run goes on
+        except Exception as exc:  # (Ctrl-C is not an Exception) a gym failure on one problem: unproved, reported
             log.warning("%s on %s: %s failed with %s: %s", searcher, subset, st.name, type(exc).__name__, exc)
-            errors += 1
-            rows.append({"name": st.name, "error": f"{type(exc).__name__}: {str(exc)[:300]}", "successes": 0})
-            p1.append(0.0)
-            p8.append(0.0)
+            done.add({"name": st.name, "kind": "error", "error": f"{type(exc).__name__}: {str(exc)[:300]}",
+                      "successes": 0})
+            bar.update(1)
             continue
-        c = sum(r.proved for r in runs)
-        for r in runs:
-            stops[r.stop] = stops.get(r.stop, 0) + 1
-        p1.append(pv.pass_at_k(len(runs), c, 1))
-        p8.append(pv.pass_at_k(len(runs), c, 8))
+        check_stop(f"{searcher} on {subset}")  # a search cut short by the stop is not kept
         best = next((r for r in runs if r.proved), None)
-        rows.append({"name": st.name, "successes": c, "expansions": [r.expansions for r in runs],
-                     "proof": best.proof if best else None})
-    if rows:
+        done.add({"name": st.name, "successes": sum(r.proved for r in runs), "attempts": len(runs),
+                  "stops": [r.stop for r in runs], "expansions": [r.expansions for r in runs],
+                  "proof": best.proof if best else None, "seconds": time.perf_counter() - t1})
         bar.update(1)
+        bar.set_postfix(pass8=f"{_cell_record(subset, searcher, list(done.rows.values()), report, 0, 0)['pass8']:.2f}",
+                        refresh=False)
     bar.close()
-    n = len(stmts)
-    record = {"subset": subset, "searcher": searcher, "n": n, "load": report, "unloadable": unloadable, "search_errors": errors,
-              "pass1": sum(p1) / n if n else None, "pass8": sum(p8) / n if n else None, "stops": stops,
-              "problems": rows, "seconds": time.perf_counter() - t0}
-    return cache.store(key, record, f"{searcher} on {subset}")
+    rows = [done.rows[st.name] for st in stmts]
+    record = cache.store(key, _cell_record(subset, searcher, rows, report, time.perf_counter() - t0, len(stmts)),
+                         f"{searcher} on {subset}")
+    done.path.unlink(missing_ok=True)
+    return record
+
+
+def cached_cell(cfg: TrigoBenchConfig, subset: str, searcher: str, work: Path) -> dict[str, Any] | None:
+    """A cell from the cache without running anything: the finished cell, else a partial one from the problems
+    already done (marked ``partial``), else None."""
+    key = cell_key(cfg, subset, searcher)
+    hit = ResultCache(work / "parts").load(key)
+    if hit is not None:
+        return hit
+    done = _Rows(work, key)
+    if not done.rows:
+        return None
+    stmts, report = load_subset(cfg, subset)
+    rows = [done.rows[st.name] for st in stmts if st.name in done.rows]
+    return _cell_record(subset, searcher, rows, report, sum(r.get("seconds", 0.0) for r in rows), len(stmts))
 
 
 def run_prover(cfg: TrigoBenchConfig, work: Path) -> dict[str, Any]:
     from ..reason import prover as pv
 
+    if cfg.only_cached:
+        return cached_prover(cfg, work)
     env = pv.trigo_env()
     policy, policy_info = (None, None)
     if "lm" in cfg.searchers:
@@ -379,6 +458,25 @@ def run_prover(cfg: TrigoBenchConfig, work: Path) -> dict[str, Any]:
         for searcher in cfg.searchers:
             cells.setdefault(subset, {})[searcher] = run_cell(cfg, env, subset, searcher, policy, work)
     return {"cells": cells, "policy": policy_info}
+
+
+def cached_prover(cfg: TrigoBenchConfig, work: Path) -> dict[str, Any]:
+    """Part B from the cache only (``--only-cached``): finished cells, partial ones marked ``partial``, and the
+    cells with nothing cached listed under ``not_run``; nothing is trained or searched."""
+    info = None
+    if "lm" in cfg.searchers:
+        path = _policy_dir(cfg, work, len(load_step_pairs(cfg)[0])) / "policy_data.json"
+        info = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    cells: dict[str, dict[str, Any]] = {}
+    missing = []
+    for subset in cfg.subsets:
+        for searcher in cfg.searchers:
+            cell = cached_cell(cfg, subset, searcher, work)
+            if cell is None:
+                missing.append(f"{subset}/{searcher}")
+            else:
+                cells.setdefault(subset, {})[searcher] = cell
+    return {"cells": cells, "policy": info, "not_run": missing}
 
 
 # ------------------------------------------------------------------------------------------------ summary
@@ -401,7 +499,10 @@ def summarise(tactic: dict | None, prover: dict | None) -> dict[str, Any]:
         for searcher, cell in by.items():
             s[f"pass1_{subset}_{searcher}"] = cell["pass1"]
             s[f"pass8_{subset}_{searcher}"] = cell["pass8"]
-    if s.get("pass8_tg2_lm") is not None and s.get("pass8_tg2_heuristic") is not None:
+    partial = [f"{sub}/{x}" for sub, by in cells.items() for x, c in by.items() if c.get("partial")]
+    if any(p in partial for p in ("tg2/lm", "tg2/heuristic")):
+        notes["lm_prover_ge_heuristic_pass8_tg2"] = "a TG-2 cell is partial (not every problem was searched)"
+    elif s.get("pass8_tg2_lm") is not None and s.get("pass8_tg2_heuristic") is not None:
         goals["lm_prover_ge_heuristic_pass8_tg2"] = s["pass8_tg2_lm"] >= s["pass8_tg2_heuristic"]
     else:
         notes["lm_prover_ge_heuristic_pass8_tg2"] = "TG-2 was not run with both the lm and heuristic searchers"
@@ -433,10 +534,18 @@ def markdown_table(results: dict[str, Any]) -> str:
         lines += [f"Gym proving: pass@1 / pass@8 over {c['attempts']} attempts, ≤ {c['max_expansions']} expansions "
                   f"({c['samples']} {how} per LM expansion), ≤ {c['time_limit']:g} s per attempt:", "",
                   "| subset | problems | " + " | ".join(searchers) + " |", "|---|---|" + "---|" * len(searchers)]
+        def cell(c: dict) -> str:
+            part = c.get("partial")
+            return f"{_f(c['pass1'])} / {_f(c['pass8'])}" + (f" ({part['done']} of {part['planned']})" if part else "")
+
         for subset, by in cells.items():
-            n = next(iter(by.values()))["n"]
+            n = max(c.get("partial", {}).get("planned", c["n"]) for c in by.values())
             lines.append(f"| {SUBSETS.get(subset, subset)} | {n} | " + " | ".join(
-                f"{_f(by[x]['pass1'])} / {_f(by[x]['pass8'])}" if x in by else "–" for x in searchers) + " |")
+                cell(by[x]) if x in by else "–" for x in searchers) + " |")
+        not_run = (results.get("prover") or {}).get("not_run") or []
+        if not_run or any(c.get("partial") for by in cells.values() for c in by.values()):
+            lines += ["", "(k of n): a partial cell, pass@k over the first k problems searched when the run was "
+                      "assembled from the cache" + (f"; not run: {', '.join(not_run)}" if not_run else "") + "."]
         bad = [f"{subset} {x}: {c.get('unloadable', 0)} unloadable, {c.get('search_errors', 0)} failed"
                for subset, by in cells.items() for x, c in by.items()
                if c.get("unloadable", 0) or c.get("search_errors", 0)]
@@ -516,7 +625,9 @@ def _run(cfg: TrigoBenchConfig, *, out_json, work_dir, plot) -> dict[str, Any]:
     threads = torch.get_num_threads()
     torch.set_num_threads(max(int(os.environ.get("MORPHLM_BENCH_THREADS", "1")), 1))
     try:
-        tactic = run_tactic(cfg, work) if "tactic" in cfg.parts else None
+        tactic = None
+        if "tactic" in cfg.parts:
+            tactic = cached_tactic(cfg, work) if cfg.only_cached else run_tactic(cfg, work)
         prover = run_prover(cfg, work) if "prover" in cfg.parts else None
     finally:
         torch.set_num_threads(threads)

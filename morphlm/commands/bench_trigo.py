@@ -44,6 +44,9 @@ def bench_trigo(
     work_dir: Optional[Path] = typer.Option(
         None, help="Cache of finished parts and the policy checkpoint; a rerun reuses them. Default "
                    "$MORPHLM_CACHE/trigo-bench."),
+    only_cached: bool = typer.Option(False, "--only-cached", help="Assemble the results JSON from what is cached "
+                                                                 "(finished cells; partial ones marked with the "
+                                                                 "problems done) without training or searching."),
     table: bool = typer.Option(False, "--table", help="Print the README markdown tables of an existing results JSON "
                                                      "and exit (runs nothing)."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
@@ -79,6 +82,8 @@ def bench_trigo(
         changes["problems"] = problems  # ... unless part B is given its own
     if data is not None:
         changes["data"] = str(data)
+    if only_cached:
+        changes["only_cached"] = True
     if part:
         changes["parts"] = list(part)
     if subset:
