@@ -109,3 +109,33 @@ def test_trigo_own_tg1_proofs_replay(shared_data):
         assert Proof(st, acts).replay(gym)[0]
         ok += 1
     assert ok >= 38
+
+
+class _Picks:
+    """A stand-in rng whose choice() returns the named rule / the given angle, in order."""
+
+    def __init__(self, picks):
+        self.picks = list(picks)
+
+    def choice(self, seq):
+        want = self.picks.pop(0)
+        return next(x for x in seq if getattr(x, "name", x) == want)
+
+    def randint(self, a, b):
+        return 3
+
+
+def test_seed_of_an_addition_formula_closes_right_to_left():
+    # the gym evaluates angle arithmetic (cos(π/3 - (-π/2)) is cos(5π/6)), so cos_sub cannot split the left side:
+    # the seed step is the rule right-to-left on the right side, and it closes the goal
+    import sympy as sp
+
+    from morphlm.reason.trigo_gen import _seed
+
+    gym = Gym(helpers=False)
+    st, action = _seed(_Picks(["cos_sub", sp.pi / 3, -sp.pi / 2]), gym)
+    assert (action.rule, action.reverse, action.side) == ("cos_sub", True, "rhs")
+    assert gym.is_closed(gym.step(st, action))
+    st, action = _seed(_Picks(["sin_two_mul", sp.pi / 3, sp.pi / 6]), gym)  # a one-angle rule: left-to-right
+    assert (action.rule, action.reverse, action.side) == ("sin_two_mul", False, "lhs")
+    assert gym.is_closed(gym.step(st, action))

@@ -41,6 +41,9 @@ SCHEMA_VERSION = 1
 SUBSETS = {"tg1": "TG-1 test (1 rule)", "tg2": "TG-2 test (2 rules)", "real": "TG-REAL test (86 statements)"}
 SEARCHERS = ("bfs", "heuristic", "lm")
 SUMMARY_KEYS = ("tactic_em", "tactic_em_anchor", "pass8_tg2_lm", "pass8_tg2_heuristic")
+# the generator's version in the keys of the policy and of the LM cells: 2 = addition formulas can seed a problem
+# (closed right-to-left); a policy trained on version-1 problems never saw sin_add/sin_sub/cos_add/cos_sub
+GENERATOR_VERSION = 2
 
 
 class BenchError(ValueError):
@@ -282,6 +285,7 @@ def _policy_dir(cfg: TrigoBenchConfig, work: Path, n_train: int) -> Path:
                "data": cfg.data, "v": SCHEMA_VERSION}
     if cfg.gym_share:  # (a run without oversampling keeps its earlier key)
         shaping["gym_share"] = cfg.gym_share
+    shaping["generator"] = GENERATOR_VERSION
     return work / f"policy-{_hash(shaping)}"
 
 
@@ -322,6 +326,7 @@ def cell_key(cfg: TrigoBenchConfig, subset: str, searcher: str) -> str:
         shaping["policy"] = [cfg.policy, cfg.train_limit, cfg.gen_problems, cfg.gen_seed]
         if cfg.gym_share:
             shaping["gym_share"] = cfg.gym_share
+        shaping["generator"] = GENERATOR_VERSION
         if cfg.policy_mode != "sample":  # (the key of a default run stays what it was)
             shaping["policy_mode"] = cfg.policy_mode
     return f"prover-{subset}-{searcher}-{_hash({'s': shaping, 'data': cfg.data, 'v': SCHEMA_VERSION})}"

@@ -56,12 +56,18 @@ def _seed(rng: random.Random, gym: Gym) -> Optional[tuple]:
         return None
     if not gym_guard_ok(gym, st):
         return None
-    seed_action = Action(rule.name, False, "lhs", expr_to_lean(st.lhs), int(bind[_N]) if rule.periodic else None)
-    try:  # the seed step must itself be a gym step that closes the goal
-        closed = gym.is_closed(gym.step(st, seed_action))
-    except TrigoError:
-        return None
-    return (st, seed_action) if closed else None
+    k = int(bind[_N]) if rule.periodic else None
+    # the seed step must itself be a gym step that closes the goal: the rule left-to-right on the left side, or,
+    # where the left side's angle arithmetic was evaluated (an addition formula: sin(π/3 + π/2) is sin(5π/6)
+    # in the gym, which sin_add cannot split), right-to-left on the right side
+    for seed_action in (Action(rule.name, False, "lhs", expr_to_lean(st.lhs), k),
+                        Action(rule.name, True, "rhs", expr_to_lean(st.rhs), k)):
+        try:
+            if gym.is_closed(gym.step(st, seed_action)):
+                return st, seed_action
+        except TrigoError:
+            continue
+    return None
 
 
 def gym_guard_ok(gym: Gym, st: TrigoState) -> bool:
