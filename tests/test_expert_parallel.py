@@ -87,6 +87,9 @@ if world == 2:
 else:  # 2 expert-parallel groups of 2: each shard has a replica
     run({moe!r}, "replicas", 4, "ddp", 1, 2)
     run({pool!r}, "pool", 4, "fsdp", 2, 2)
+import torch.distributed as dist
+dist.barrier()
+dist.destroy_process_group()  # a gloo group alive at interpreter exit can abort the process
 """
 
 

@@ -18,6 +18,7 @@ files.
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 
@@ -55,7 +56,15 @@ def init_distributed(device_type: str) -> DistInfo:
         if device_type == "cuda":
             torch.cuda.set_device(local_rank)
         dist.init_process_group(backend=backend)
+        # leave the group before the interpreter tears down: a gloo group still alive at exit can abort the
+        # process ("terminate called without an active exception") after the work is done
+        atexit.register(_leave_group)
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank)
+
+
+def _leave_group() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def wrap_model(model: nn.Module, mode: str, info: DistInfo, device: torch.device,
