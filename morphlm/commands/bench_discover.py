@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from .base import _setup_logging, bench_app, friendly
+from .bench_options import print_table
 from .options import verb, with_config
 
 
@@ -38,20 +39,11 @@ def bench_discover(
     with the SymPy discoverer, a chat model asked once, and the chat model in a propose → check → correct loop;
     report recovered / wrong / abstained answers by source."""
     _setup_logging(verbose)
-    import json
 
     from ..bench import discover as bd
 
     if table:
-        path = out or bd.results_path(bd.quick_config() if quick else bd.full_config())
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"{path} does not exist; run `morphlm bench discover` first (or pass --out FILE)")
-        try:
-            text = bd.markdown_table(json.loads(Path(path).read_text()))
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-            raise bd.BenchError(f"{path} is not a `morphlm bench discover` results file ({type(exc).__name__}: "
-                                f"{exc}); pass the JSON that `morphlm bench discover` wrote") from exc
-        typer.echo(text)
+        print_table("discover", bd, bd.quick_config() if quick else bd.full_config(), out)
         return
     changes: dict = {}
     if splits is not None:

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from .base import _setup_logging, bench_app, friendly
+from .bench_options import print_table
 from .options import verb, with_config
 
 
@@ -55,20 +56,11 @@ def bench_trigo(
     on TG-1, TG-2 and TG-REAL test (pass@1 / pass@8 at <= 128 expansions) for uniform BFS, a size heuristic and a
     best-first prover with a morphlm LM policy."""
     _setup_logging(verbose)
-    import json
 
     from ..bench import trigo as tb
 
     if table:
-        path = out or tb.results_path(tb.quick_config() if quick else tb.full_config())
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"{path} does not exist; run `morphlm bench trigo` first (or pass --out FILE)")
-        try:
-            text = tb.markdown_table(json.loads(Path(path).read_text()))
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-            raise tb.BenchError(f"{path} is not a `morphlm bench trigo` results file ({type(exc).__name__}: {exc}); "
-                                f"pass the JSON that `morphlm bench trigo` wrote") from exc
-        typer.echo(text)
+        print_table("trigo", tb, tb.quick_config() if quick else tb.full_config(), out)
         return
     changes: dict = {}
     for name, value in (("limit", limit), ("train_limit", train_limit), ("max_expansions", max_expansions),
